@@ -1,0 +1,23 @@
+"""Evaluate a checkpoint on the test split: `python eval.py ckpt_path=PATH [data.root=DIR]`."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from pneumonia.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from pneumonia.eval_runner import evaluate
+
+    try:
+        evaluate(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

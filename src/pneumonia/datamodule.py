@@ -1,0 +1,233 @@
+"""`ChestXrayDataModule`: the Kaggle ImageFolder splits, decoded once, batched by index.
+
+Batches are `(images, labels, indices)`: uint8 images leave the loader and become float
+in [0, 1] (and are augmented, when training) in `on_after_batch_transfer`, that is on the
+model's device, one batch at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pneumonia.augment import BatchAugment
+from pneumonia.errors import ConfigError
+from pneumonia.image_cache import DecodedImages, decode_images
+from pneumonia.image_folder import DataLayoutError, SplitFiles, scan_split
+from pneumonia.patients import grouped_split
+
+log = logging.getLogger(__name__)
+
+
+class IndexedImages(Dataset):
+    """Indexed with a list of indices, returns a whole batch: one gather, no collate."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+        self.images, self.labels, self.indices = images, labels, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = self.indices[batch]
+        return self.images[idx], self.labels[idx], idx
+
+
+class EpochBatchSampler:
+    """Index batches, shuffled with (seed, epoch) and sharded over ranks without padding.
+
+    Seeding by epoch, not by a running generator, makes a run resumed at an epoch
+    boundary see exactly the batches the uninterrupted run saw. Training shards are cut
+    to equal length (every rank must take the same number of steps); evaluation shards
+    are disjoint and cover every image exactly once, so synced metrics equal one process'.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+            order = order[: self.n - self.n % self.world_size] if self.world_size > 1 else order
+        else:
+            order = list(range(self.n))
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self):
+        shard = self._shard()
+        stop = len(shard) - len(shard) % self.batch_size if self.drop_last else len(shard)
+        for start in range(0, stop, self.batch_size):
+            yield shard[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        size = len(self._shard())
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+
+
+class ChestXrayDataModule(L.LightningDataModule):
+    """`root/{train,val,test}/{NORMAL,PNEUMONIA}` → decoded, resized uint8 tensors.
+
+    When `val/` is missing or has fewer than `min_val_images` images (the official one
+    has 16), validation is carved out of `train/` by patient: see `patients.py`.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/chest_xray",
+        image_size: int = 150,
+        channels: int = 1,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        val_fraction: float = 0.1,
+        min_val_images: int = 100,
+        split_seed: int = 42,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_workers: int = 0,
+        cache_dir: str | None = ".cache/images",
+        decode_threads: int | None = None,
+        on_bad_image: str = "skip",
+        bad_image_report: str | None = None,
+        augment: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if on_bad_image not in ("skip", "error"):
+            raise ConfigError(f"data.on_bad_image={on_bad_image!r} must be 'skip' or 'error'")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must be >= 1")
+        if channels not in (1, 3):
+            raise ConfigError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
+        if image_size < 8:
+            raise ConfigError(f"data.image_size={image_size} must be >= 8")
+        self.save_hyperparameters(logger=False)
+        self.augment = BatchAugment(**(augment or {}))
+        self._aug_generator = torch.Generator()
+        self._aug_epoch = -1
+        self.splits: dict[str, IndexedImages] = {}
+        self.paths: dict[str, tuple[str, ...]] = {}
+        self._train_sampler: EpochBatchSampler | None = None
+        self.predict_split = "test"  # which split predict_dataloader() serves
+
+    # ---- discovery and decoding ------------------------------------------------
+    def check_layout(self, stages: tuple[str, ...] = ("fit",)) -> None:
+        """Raise `DataLayoutError` now if a folder needed by `stages` is missing or wrong."""
+        if "fit" in stages:
+            scan_split(self.hparams.root, "train")
+            scan_split(self.hparams.root, "val", required=False)
+        if "test" in stages:
+            scan_split(self.hparams.root, "test")
+
+    def _decode(self, files: SplitFiles) -> DecodedImages:
+        h = self.hparams
+        decoded = decode_images(files.paths, files.labels, h.image_size, h.channels,
+                                cache_dir=h.cache_dir, threads=h.decode_threads)
+        if decoded.bad:
+            self._report_bad(files, decoded.bad)
+        return decoded
+
+    def _report_bad(self, files: SplitFiles, bad: list[tuple[str, str]]) -> None:
+        h = self.hparams
+        if h.on_bad_image == "error":
+            listing = "; ".join(f"{p} ({why})" for p, why in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise DataLayoutError(
+                f"{len(bad)} unreadable image(s) in '{files.split_dir}': {listing}{more} "
+                f"(set data.on_bad_image=skip to train without them)"
+            )
+        where = ""
+        if h.bad_image_report:
+            report = Path(h.bad_image_report)
+            report.parent.mkdir(parents=True, exist_ok=True)
+            with report.open("a") as f:
+                for p, why in bad:
+                    f.write(f"{p}\t{why}\n")
+            where = f", listed in {report}"
+        log.warning("Skipped %d unreadable image(s) in %s%s", len(bad), files.split_dir, where)
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        predicting_test = stage == "predict" and self.predict_split == "test"
+        if stage in ("fit", "validate", "predict", None) and not predicting_test and "train" not in self.splits:
+            train_files = scan_split(h.root, "train")
+            val_files = scan_split(h.root, "val", required=False)
+            train = self._decode(train_files)
+            if val_files is not None and len(val_files) >= h.min_val_images:
+                val = self._decode(val_files)
+                self._register("train", train, torch.arange(len(train.paths)))
+                self._register("val", val, torch.arange(len(val.paths)))
+            else:
+                if val_files is not None:
+                    log.info("Ignoring %s: %d images < data.min_val_images=%d; validating on a "
+                             "patient-grouped split of train/", val_files.split_dir, len(val_files),
+                             h.min_val_images)
+                tr, va = grouped_split(train.paths, train.labels.tolist(), h.val_fraction, h.split_seed)
+                self._register("train", train, torch.from_numpy(tr))
+                self._register("val", train, torch.from_numpy(va))
+            log.info("Train %d images, validation %d images", len(self.splits["train"]), len(self.splits["val"]))
+        if (stage == "test" or predicting_test) and "test" not in self.splits:
+            test = self._decode(scan_split(h.root, "test"))
+            self._register("test", test, torch.arange(len(test.paths)))
+
+    def _register(self, split: str, decoded: DecodedImages, indices: torch.Tensor) -> None:
+        if len(indices) == 0:
+            raise DataLayoutError(f"the {split} split of data.root '{self.hparams.root}' has no readable images")
+        self.splits[split] = IndexedImages(decoded.images, decoded.labels, indices)
+        self.paths[split] = decoded.paths
+
+    def class_counts(self, split: str) -> torch.Tensor:
+        data = self.splits[split]
+        return torch.bincount(data.labels[data.indices], minlength=2)
+
+    # ---- loaders -------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        h = self.hparams
+        rank, world = self._rank_world()
+        sampler = EpochBatchSampler(
+            len(self.splits[split]), h.batch_size if train else h.eval_batch_size,
+            shuffle=train, seed=h.seed, drop_last=train and h.drop_last, rank=rank, world_size=world,
+        )
+        if train:
+            self._train_sampler = sampler
+        return DataLoader(self.splits[split], batch_size=None, sampler=sampler,
+                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, train=False)
+
+    # ---- on the device -------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels, indices = batch
+        x = images.float().div_(255)
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            epoch = self._train_sampler.epoch if self._train_sampler else trainer.current_epoch
+            if epoch != self._aug_epoch:  # reseed per epoch: resumed runs augment identically
+                self._aug_generator.manual_seed(self.hparams.seed * 1_000_003 + epoch + 7)
+                self._aug_epoch = epoch
+            x = self.augment(x, self._aug_generator)
+        return x, labels, indices

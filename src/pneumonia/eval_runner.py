@@ -1,0 +1,98 @@
+"""`evaluate(cfg)`: score a checkpoint on the test split, as `python eval.py` does."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+from pneumonia.checkpoints import load_checkpoint
+from pneumonia.datamodule import ChestXrayDataModule
+from pneumonia.lit_module import PneumoniaClassifier
+from pneumonia.metrics import report
+from pneumonia.plots import confusion_matrix_figure, pr_figure, roc_figure
+from pneumonia.train_runner import build_loggers, configure_torch
+
+log = logging.getLogger(__name__)
+
+REPORT_KEYS = ("accuracy", "precision", "recall", "specificity", "f1", "auroc",
+               "tn", "fp", "fn", "tp", "threshold", "n")
+
+
+def restore(ckpt: dict[str, Any], data_overrides: dict[str, Any]) -> tuple[PneumoniaClassifier, ChestXrayDataModule]:
+    """Rebuild module and data module from a checkpoint's plain-type settings."""
+    hp = dict(ckpt["hyper_parameters"])
+    module = PneumoniaClassifier(**{k: hp[k] for k in ("net", "optimizer", "scheduler", "pos_weight",
+                                                       "channels_last", "seed") if k in hp})
+    module.load_state_dict(ckpt["state_dict"])
+    data_hp = dict(ckpt["datamodule_hyper_parameters"])
+    data_hp.update({k: v for k, v in data_overrides.items() if v is not None})
+    data_hp["bad_image_report"] = data_overrides.get("bad_image_report")
+    return module, ChestXrayDataModule(**data_hp)
+
+
+def format_table(rep: dict[str, Any]) -> str:
+    lines = [f"{'metric':<12} {'value':>10}", "-" * 23]
+    for key in REPORT_KEYS:
+        v = rep[key]
+        lines.append(f"{key:<12} {v:>10.4f}" if isinstance(v, float) else f"{key:<12} {v:>10}")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    configure_torch(cfg.get("threads"))
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    overrides = dict(cfg.get("data") or {})
+    overrides["bad_image_report"] = str(out_dir / "bad_images.tsv")
+    module, datamodule = restore(ckpt, overrides)
+    if cfg.get("threshold") is not None:
+        module.threshold.fill_(float(cfg.threshold))
+    datamodule.check_layout(("test",))  # fail before building anything else
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    trainer.test(module, datamodule=datamodule)
+
+    out = module.test_outputs
+    probs, labels = out["probs"], out["labels"]
+    threshold = float(module.threshold)
+    rep = report(probs, labels, threshold)
+    rep = {k: rep[k] for k in REPORT_KEYS}
+    (out_dir / "metrics.json").write_text(json.dumps(rep, indent=2))
+
+    paths = datamodule.paths["test"]
+    with (out_dir / "predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "probability", "prediction"])
+        for i, p, y in zip(out["indices"].tolist(), probs.tolist(), labels.tolist()):
+            writer.writerow([paths[i], y, f"{p:.6f}", int(p >= threshold)])
+
+    confmat = torch.tensor([[rep["tn"], rep["fp"]], [rep["fn"], rep["tp"]]])
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(confmat, f"test (threshold {threshold:.2f})"),
+        "roc_curve": roc_figure(probs, labels, rep["auroc"]),
+        "pr_curve": pr_figure(probs, labels),
+    }
+    for name, fig in figures.items():
+        fig.savefig(out_dir / f"{name}.png")
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(f"test/{name}", fig, global_step=0)
+        plt.close(fig)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_metrics({f"eval/{k}": float(v) for k, v in rep.items()}, step=0)
+            logger.experiment.flush()
+    print(f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}\n"
+          f"{format_table(rep)}\nWritten to {out_dir}")
+    return rep

@@ -1,0 +1,145 @@
+"""`PneumoniaClassifier`: the CNN, BCE on logits, Adam, and per-split metrics.
+
+Hyperparameters are stored as plain dicts (no modules, no config objects) so a
+checkpoint loads with `torch.load(weights_only=True)` and cannot run code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from pneumonia.errors import CheckpointError
+from pneumonia.metrics import classification_metrics, set_threshold, split_confmat
+from pneumonia.plots import confusion_matrix_figure
+
+PHASES = ("train", "val", "test")
+# Only these modules may be named by a checkpoint's `_target_`: a checkpoint from
+# elsewhere must not be able to instantiate arbitrary callables.
+ALLOWED_NET_PREFIX = "pneumonia.models."
+
+
+def build_net(net: dict[str, Any]) -> nn.Module:
+    target = str(net.get("_target_", ""))
+    if not target.startswith(ALLOWED_NET_PREFIX):
+        raise CheckpointError(f"model._target_={target!r} is not a model of this project ({ALLOWED_NET_PREFIX}*)")
+    return instantiate(net, _convert_="all")
+
+
+class PneumoniaClassifier(L.LightningModule):
+    def __init__(
+        self,
+        net: dict[str, Any],
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        pos_weight: float | None = None,
+        channels_last: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = build_net(net)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        # The decision threshold lives in the state dict: chosen on validation after
+        # training, it travels with the weights into eval.py.
+        self.register_buffer("threshold", torch.tensor(0.5))
+        self.register_buffer("pos_weight", torch.tensor(float(pos_weight) if pos_weight else 1.0))
+        for phase in PHASES:
+            setattr(self, f"{phase}_metrics", classification_metrics(prefix=f"{phase}/"))
+        self.test_outputs: dict[str, torch.Tensor] = {}
+        self._test_batches: list[tuple[torch.Tensor, ...]] = []
+
+    # ---- forward and steps ---------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _step(self, phase: str, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, _ = batch
+        logits = self(x).float()
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=self.pos_weight)
+        probs = torch.sigmoid(logits.detach())
+        getattr(self, f"{phase}_metrics").update(probs, y)
+        self.log(f"{phase}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y),
+                 sync_dist=True, prog_bar=phase != "test")
+        return loss, probs
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step("train", batch)[0]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step("val", batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        _, probs = self._step("test", batch)
+        self._test_batches.append((probs.cpu(), batch[1].cpu(), batch[2].cpu()))
+
+    def predict_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, ...]:
+        x, y, idx = batch
+        return torch.sigmoid(self(x).float()).cpu(), y.cpu(), idx.cpu()
+
+    # ---- epoch ends: compute, log once, reset ---------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # Dropout draws from the global RNG: seeding it per epoch (and rank) makes a run
+        # resumed from an epoch-end checkpoint continue exactly like an uninterrupted one.
+        torch.manual_seed(self.hparams.seed * 1_000_003 + 7919 * self.global_rank + self.current_epoch)
+
+    def on_validation_epoch_start(self) -> None:
+        set_threshold(self.val_metrics, float(self.threshold))
+
+    def on_test_epoch_start(self) -> None:
+        set_threshold(self.test_metrics, float(self.threshold))
+        self._test_batches = []
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+        if self._test_batches:
+            probs, labels, indices = (torch.cat(t) for t in zip(*self._test_batches))
+            self.test_outputs = {"probs": probs, "labels": labels, "indices": indices}
+
+    def _log_epoch(self, phase: str) -> None:
+        metrics = getattr(self, f"{phase}_metrics")
+        if not any(m.update_called for m in metrics.values()):
+            return  # e.g. a validation epoch with no batches
+        scalars, confmat = split_confmat(metrics.compute(), f"{phase}/")
+        metrics.reset()
+        self.log_dict(scalars, prog_bar=False)  # torchmetrics already synced the ranks
+        if phase != "train" and not self.trainer.sanity_checking:
+            self._log_figure(f"{phase}/confusion_matrix", confmat)
+
+    def _log_figure(self, tag: str, confmat: torch.Tensor) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                fig = confusion_matrix_figure(confmat, title=f"{tag} (threshold {float(self.threshold):.2f})")
+                logger.experiment.add_figure(tag, fig, global_step=self.current_epoch, close=True)
+
+    # ---- optimisation -----------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        sched_cfg = self.hparams.scheduler
+        if not sched_cfg:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": instantiate(sched_cfg["scheduler"])(optimizer=optimizer),
+                "monitor": sched_cfg.get("monitor", "val/loss"),
+                "interval": sched_cfg.get("interval", "epoch"),
+                "frequency": sched_cfg.get("frequency", 1),
+            },
+        }

@@ -1,0 +1,54 @@
+"""The metrics reported everywhere, as torchmetrics (synced across DDP ranks on compute)."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+)
+
+METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "auroc")
+
+
+def classification_metrics(prefix: str = "", threshold: float = 0.5) -> MetricCollection:
+    """All metrics take probabilities; AUROC is threshold-free, the rest use `threshold`."""
+    return MetricCollection(
+        {
+            "accuracy": BinaryAccuracy(threshold=threshold),
+            "precision": BinaryPrecision(threshold=threshold),
+            "recall": BinaryRecall(threshold=threshold),
+            "specificity": BinarySpecificity(threshold=threshold),
+            "f1": BinaryF1Score(threshold=threshold),
+            "auroc": BinaryAUROC(),
+            "confmat": BinaryConfusionMatrix(threshold=threshold),
+        },
+        prefix=prefix,
+        compute_groups=False,
+    )
+
+
+def set_threshold(metrics: MetricCollection, threshold: float) -> None:
+    for metric in metrics.values():
+        if hasattr(metric, "threshold"):
+            metric.threshold = float(threshold)
+
+
+def split_confmat(values: dict[str, torch.Tensor], prefix: str) -> tuple[dict[str, float], torch.Tensor]:
+    """Scalar metrics as floats, plus the 2x2 confusion matrix [[tn, fp], [fn, tp]]."""
+    confmat = values.pop(f"{prefix}confmat")
+    return {k: float(v) for k, v in values.items()}, confmat
+
+
+def report(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
+    """metrics.json's numbers for one set of predictions (single process)."""
+    metrics = classification_metrics(threshold=threshold)
+    scalars, confmat = split_confmat(metrics(probs.float(), labels.long()), "")
+    (tn, fp), (fn, tp) = confmat.tolist()
+    return {**scalars, "tn": tn, "fp": fp, "fn": fn, "tp": tp, "threshold": float(threshold), "n": len(labels)}

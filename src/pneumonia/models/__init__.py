@@ -1,0 +1,3 @@
+from pneumonia.models.custom_cnn import CustomCNN
+
+__all__ = ["CustomCNN"]

@@ -1,0 +1,66 @@
+"""Patient ids from Kaggle file names and a patient-grouped, stratified validation split.
+
+Several patients have more than one image (30 pairs are byte-identical), so an
+image-by-image split leaks patients into validation and inflates its metrics.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pneumonia.errors import ConfigError
+
+# personN_bacteria_K / personN_virus_K: pneumonia patient N.
+_PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
+# IM-NNNN-KKKK and NORMAL2-IM-NNNN-KKKK: one normal patient per NNNN. Both prefixes map to
+# the same id: if they are different patients we only group more than needed, never leak.
+_NORMAL = re.compile(r"^(?:NORMAL2-)?IM-(\d+)", re.IGNORECASE)
+
+
+def patient_id(path: str | Path) -> str:
+    """The patient a file belongs to; an unrecognised name is its own patient."""
+    name = Path(path).name
+    if m := _PERSON.match(name):
+        return f"person{int(m.group(1))}"
+    if m := _NORMAL.match(name):
+        return f"normal{int(m.group(1))}"
+    return f"file:{Path(path).stem}"
+
+
+def grouped_split(
+    paths: Sequence[str], labels: Sequence[int], val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split image indices into (train, val) so that no patient is on both sides.
+
+    Stratified by class: for each class, whole patients (shuffled with `seed`) go to
+    validation until it holds `val_fraction` of that class's images.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
+    by_patient: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(paths):
+        by_patient[patient_id(p)].append(i)
+    rng = np.random.default_rng(seed)
+    val: list[int] = []
+    for cls in sorted(set(labels)):
+        # a patient belongs to the class most of their images have
+        patients = sorted(
+            pid for pid, idx in by_patient.items()
+            if max(set(labels[i] for i in idx), key=[labels[i] for i in idx].count) == cls
+        )
+        rng.shuffle(patients)
+        target = val_fraction * sum(1 for lab in labels if lab == cls)
+        taken = 0
+        for pid in patients:
+            if taken >= target:
+                break
+            val.extend(by_patient[pid])
+            taken += len(by_patient[pid])
+    val_idx = np.array(sorted(val), dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(paths)), val_idx)
+    return train_idx, val_idx
