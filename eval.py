@@ -5,6 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+import pneumonia.resolvers  # noqa: F401  (resolvers used by conf/)
 from pneumonia.errors import UserError
 
 

@@ -20,7 +20,7 @@ def _xray(rng: np.random.Generator, size: tuple[int, int], pneumonia: bool) -> n
     if pneumonia:
         cx = rng.choice([0.3, 0.7]) + rng.uniform(-0.05, 0.05)
         cy = rng.uniform(0.45, 0.65)
-        img += 110 * np.exp(-(((xx - cx) ** 2) + ((yy - cy) ** 2)) / 0.02)
+        img += 120 * np.exp(-(((xx - cx) ** 2) + ((yy - cy) ** 2)) / 0.04)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

@@ -60,7 +60,7 @@ def load_image(path: str, image_size: int, channels: int) -> np.ndarray:
             img = Image.alpha_composite(background, img)
         img = img.convert("L" if channels == 1 else "RGB")
         img = img.resize((image_size, image_size), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = np.array(img, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -92,8 +92,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     datamodule.check_layout(("fit", "test") if cfg.test else ("fit",))  # fail before any decoding
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
-    callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg)
+    if not loggers:  # logger=none: nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)

@@ -1,0 +1,66 @@
+"""Every option of every config group composes and instantiates."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from pneumonia.lit_module import build_net
+from pneumonia.train_runner import build_callbacks, build_loggers
+from tests.helpers import CONF_DIR, compose_cfg, train_cfg
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def instantiate_all(cfg, root):
+    dm = instantiate(cfg.data, _convert_="all")
+    assert dm.hparams.root == str(root)
+    net = build_net(OmegaConf.to_container(cfg.model, resolve=True))
+    x = torch.zeros(2, cfg.model.in_channels, cfg.data.image_size, cfg.data.image_size)
+    assert net(x).shape == (2,)
+    opt = instantiate(cfg.optimizer)(params=net.parameters())
+    if cfg.scheduler:
+        instantiate(cfg.scheduler.scheduler)(optimizer=opt)
+    trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False)
+    return trainer
+
+
+@pytest.mark.parametrize("group", ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger",
+                                   "experiment", "debug"])
+def test_every_option_composes_and_instantiates(group, xray_root, tmp_path):
+    opts = options(group)
+    assert opts, f"conf/{group} is empty"
+    for option in opts:
+        if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
+            cfg = train_cfg(xray_root, tmp_path, f"{group}={option}", tiny=False)
+            assert cfg.trainer.accelerator == "gpu"
+            continue
+        cfg = train_cfg(xray_root, tmp_path, f"{group}={option}", tiny=False)
+        instantiate_all(cfg, xray_root)
+
+
+def test_hparams_search_options_compose(xray_root, tmp_path):
+    for option in options("hparams_search"):
+        cfg = compose_cfg("train", [f"data.root={xray_root}", f"hparams_search={option}"], tmp_path)
+        assert cfg.monitor
+
+
+def test_eval_config_requires_a_checkpoint(tmp_path):
+    cfg = compose_cfg("eval", [], tmp_path)
+    assert OmegaConf.is_missing(cfg, "ckpt_path")
+
+
+def test_seed_replica_is_the_original_recipe(xray_root, tmp_path):
+    cfg = train_cfg(xray_root, tmp_path, "experiment=seed_replica", tiny=False)
+    assert (cfg.data.image_size, cfg.model.in_channels, cfg.data.batch_size) == (150, 3, 64)
+    assert cfg.trainer.max_epochs == 30 and cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.callbacks.early_stopping.patience == 5 and cfg.callbacks.early_stopping.monitor == "val/loss"
+
+
+def test_model_and_data_agree_on_channels_and_size(xray_root, tmp_path):
+    cfg = train_cfg(xray_root, tmp_path, "model.in_channels=3", "data.image_size=96", tiny=False)
+    assert cfg.data.channels == 3 and cfg.model.image_size == 96

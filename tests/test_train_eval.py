@@ -1,0 +1,123 @@
+"""train → checkpoint → eval end to end on synthetic data, a multirun, and the CLI."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pneumonia.eval_runner import REPORT_KEYS, evaluate
+from pneumonia.train_runner import train
+from tests.conftest import PROJECT_ROOT, SHARED_DATA
+from tests.helpers import compose_cfg, train_cfg
+
+
+def tb_tags(folder: Path) -> dict:
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc.Tags()
+
+
+@pytest.fixture(scope="module")
+def trained(xray_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_run")
+    cfg = train_cfg(xray_root, out, "trainer.max_epochs=8", "logger=tensorboard_csv", "seed=3",
+                    "callbacks.early_stopping=null")
+    score, val_report = train(cfg)
+    return out, score, val_report
+
+
+def test_training_writes_checkpoints_summary_and_learns(trained):
+    out, score, val_report = trained
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["monitor"] == "val/auroc" and summary["best_score"] == pytest.approx(score)
+    assert score > 0.8, f"val AUROC {score} on an easy synthetic task"
+    assert val_report["accuracy"] > 0.7
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)  # plain types only
+    assert float(ckpt["state_dict"]["threshold"]) == pytest.approx(val_report["threshold"])
+    assert ckpt["hyper_parameters"]["net"]["depth"] == 3
+
+
+def test_tensorboard_has_epoch_metrics_figures_and_hparams(trained):
+    out, _, _ = trained
+    tags = tb_tags(out / "tensorboard")
+    scalars = set(tags["scalars"])
+    for phase in ("train", "val"):
+        for name in ("loss", "accuracy", "precision", "recall", "specificity", "f1", "auroc"):
+            assert f"{phase}/{name}" in scalars
+    assert "val/confusion_matrix" in tags["images"]
+    assert {"hp/val_f1", "hp/val_auroc", "hp/val_accuracy"} <= scalars
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert len(acc.Scalars("val/f1")) == 8  # once per epoch, not per step
+    with open(out / "csv" / "metrics.csv") as f:
+        assert "val/auroc" in f.readline()
+
+
+def test_eval_writes_metrics_predictions_and_figures(trained, xray_root, tmp_path):
+    out, _, val_report = trained
+    cfg = compose_cfg("eval", [f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu",
+                               f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}",
+                               "trainer.enable_progress_bar=false"], tmp_path)
+    rep = evaluate(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics) == list(REPORT_KEYS)
+    assert metrics["n"] == 32 and metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == 32
+    assert metrics["threshold"] == pytest.approx(val_report["threshold"])
+    assert metrics["accuracy"] > 0.7 and metrics["auroc"] > 0.8  # better than chance (0.5)
+    with open(tmp_path / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 32 and {r["label"] for r in rows} == {"0", "1"}
+    assert all(Path(r["path"]).is_file() for r in rows)
+    correct = sum(int(r["prediction"]) == int(r["label"]) for r in rows)
+    assert correct / 32 == pytest.approx(metrics["accuracy"])
+    for png in ("confusion_matrix", "roc_curve", "pr_curve"):
+        assert (tmp_path / f"{png}.png").stat().st_size > 1000
+    assert "test/auroc" in tb_tags(tmp_path / "tensorboard")["scalars"]
+    assert rep == metrics
+
+
+def run_cli(script: str, *args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_multirun_two_jobs_with_readable_folders(xray_root, tmp_path):
+    res = run_cli("train.py", "-m", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny",
+                  "trainer.max_epochs=1", "model.depth=2,3", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 2 and jobs[0].startswith("0_") and "model.depth=2" in jobs[0]
+    for job in jobs:
+        assert (tmp_path / "sweep" / job / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_cli_bad_data_root_is_one_line_error(tmp_path):
+    res = run_cli("train.py", f"data.root={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: data.root")
+    assert "Traceback" not in res.stderr
+
+
+def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "model.ckpt"
+    bogus.write_bytes(b"not a checkpoint")
+    res = run_cli("eval.py", f"ckpt_path={bogus}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2 and "is not a readable checkpoint" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/chest_xray is not here")
+def test_short_run_on_the_real_images(tmp_path):
+    cfg = train_cfg(SHARED_DATA, tmp_path, "data.image_size=64", "trainer.max_epochs=1",
+                    "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "data.batch_size=32")
+    score, val_report = train(cfg)
+    assert score is not None and 0.0 <= score <= 1.0
+    assert val_report["n"] > 400  # the patient-grouped 10% validation split of 5216 images
