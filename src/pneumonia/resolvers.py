@@ -17,9 +17,17 @@ def short_dirname(text: str) -> str:
     return f"{text[:MAX_DIRNAME - 9]}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
+def precision(accelerator: str = "auto") -> str:
+    from pneumonia.hardware import auto_precision
+
+    return auto_precision(str(accelerator))
+
+
 def register() -> None:
     if not OmegaConf.has_resolver("dirname"):
         OmegaConf.register_new_resolver("dirname", short_dirname)
+    if not OmegaConf.has_resolver("auto_precision"):
+        OmegaConf.register_new_resolver("auto_precision", precision)
 
 
 register()

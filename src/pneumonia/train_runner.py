@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.calibration import calibrate_threshold
 from pneumonia.config_checks import check_train_config
 from pneumonia.datamodule import ChestXrayDataModule
+from pneumonia.hardware import cpu_has_native_bf16
 from pneumonia.lit_module import PneumoniaClassifier
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,13 @@ warnings.filterwarnings("ignore", ".*LeafSpec.*")
 def configure_torch(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(int(threads))
+
+
+def warn_slow_precision(trainer: L.Trainer) -> None:
+    if isinstance(trainer.accelerator, CPUAccelerator) and "bf16" in str(trainer.precision) \
+            and not cpu_has_native_bf16():
+        log.warning("trainer.precision=%s on a CPU without native bf16 (AVX512-BF16/AMX) is ~10x slower "
+                    "than 32-true here; see README 'Performance'", trainer.precision)
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -97,6 +106,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if not loggers:  # logger=none: nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    warn_slow_precision(trainer)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if trainer.interrupted:
