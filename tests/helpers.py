@@ -38,3 +38,21 @@ def train_cfg(root: Path, out_dir: Path, *overrides: str, tiny: bool = True) -> 
         [f"data.root={root}", f"data.cache_dir={out_dir / 'cache'}", *(TINY if tiny else []), *overrides],
         out_dir,
     )
+
+
+class KillAfterEpoch:
+    """Test callback: the process kills itself (SIGKILL, like an OOM kill or a pulled plug)
+    at the end of epoch `epoch` (0-based), after that epoch's checkpoints were written."""
+
+    def __new__(cls, epoch: int = 1, sig: str = "SIGKILL"):
+        import os
+        import signal
+
+        import lightning as L
+
+        class _Kill(L.Callback):
+            def on_train_epoch_end(self, trainer, pl_module):
+                if trainer.current_epoch == epoch:
+                    os.kill(os.getpid(), getattr(signal, sig))
+
+        return _Kill()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.errors import ConfigError
 
@@ -45,3 +45,8 @@ def check_train_config(cfg: DictConfig) -> None:
     pw = cfg.module.pos_weight
     if pw is not None and pw != "balanced" and (isinstance(pw, bool) or not isinstance(pw, (int, float)) or pw <= 0):
         raise ConfigError(f"module.pos_weight={pw!r} must be null, 'balanced' or a positive number")
+    # builds the network (milliseconds): a depth too large for the image size fails now,
+    # not after the images are decoded
+    from pneumonia.lit_module import build_net
+
+    build_net(OmegaConf.to_container(cfg.model, resolve=True))

@@ -62,6 +62,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
     trainer.test(module, datamodule=datamodule)
+    if not trainer.is_global_zero:
+        return {}  # under DDP every rank has every prediction; rank 0 writes them
 
     out = module.test_outputs
     probs, labels = out["probs"], out["labels"]

@@ -108,7 +108,21 @@ class PneumoniaClassifier(L.LightningModule):
         self._log_epoch("test")
         if self._test_batches:
             probs, labels, indices = (torch.cat(t) for t in zip(*self._test_batches))
-            self.test_outputs = {"probs": probs, "labels": labels, "indices": indices}
+        else:
+            probs, labels, indices = torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+        if self.trainer.world_size > 1:  # every rank scored a disjoint shard: collect them all
+            probs, labels, indices = (self._gather_varlen(t) for t in (probs, labels, indices))
+            order = torch.argsort(indices)
+            probs, labels, indices = probs[order], labels[order], indices[order]
+        self.test_outputs = {"probs": probs, "labels": labels, "indices": indices}
+
+    def _gather_varlen(self, t: torch.Tensor) -> torch.Tensor:
+        """all_gather for shards of different lengths (pad, gather, cut)."""
+        sizes = self.all_gather(torch.tensor(len(t), device=self.device)).flatten().tolist()
+        padded = torch.zeros(max(sizes), dtype=t.dtype, device=self.device)
+        padded[: len(t)] = t.to(self.device)
+        gathered = self.all_gather(padded).reshape(len(sizes), -1).cpu()
+        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
     def _log_epoch(self, phase: str) -> None:
         metrics = getattr(self, f"{phase}_metrics")

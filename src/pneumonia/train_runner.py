@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.calibration import calibrate_threshold
 from pneumonia.config_checks import check_train_config
+from pneumonia.checkpoints import load_checkpoint
 from pneumonia.datamodule import ChestXrayDataModule
+from pneumonia.errors import ConfigError
 from pneumonia.hardware import cpu_has_native_bf16
 from pneumonia.lit_module import PneumoniaClassifier
 
@@ -88,10 +90,26 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: `resume=<run dir>` means its checkpoints/last.ckpt."""
+    path = cfg.get("ckpt_path")
+    if cfg.get("resume"):
+        if path:
+            raise ConfigError("give either resume=<run dir> or ckpt_path=<file>, not both")
+        path = str(Path(cfg.resume) / "checkpoints" / "last.ckpt")
+        if not Path(path).is_file():
+            raise ConfigError(f"resume={cfg.resume}: no checkpoints/last.ckpt there to resume from")
+    if path:
+        load_checkpoint(path)  # a clear error now for a missing or foreign file
+        log.info("Resuming from %s", path)
+    return path
+
+
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit, pick the threshold on validation, optionally test. Returns the best value of
     `cfg.monitor` (what a sweeper optimises) and the validation report."""
     check_train_config(cfg)
+    resume_from = resume_checkpoint(cfg)
     configure_torch(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
@@ -108,7 +126,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     warn_slow_precision(trainer)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:
         log.warning("Training was interrupted; resume with ckpt_path=%s", out_dir / "checkpoints" / "last.ckpt")
 
@@ -116,8 +134,16 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     best_path = checkpoint.best_model_path or checkpoint.last_model_path if checkpoint else ""
     best_score = float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None
     val_report: dict[str, Any] = {}
-    if best_path and trainer.is_global_zero and not trainer.fast_dev_run:
-        val_report = calibrate_threshold(trainer, module, datamodule, best_path,
+    if trainer.world_size > 1:
+        trainer.strategy.barrier()
+        if not trainer.is_global_zero:
+            return best_score, val_report  # rank 0 alone calibrates and writes the summaries
+    if best_path and not trainer.fast_dev_run:
+        # a plain one-device Trainer: after DDP, collective ops on rank 0 alone would hang
+        solo = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False)
+        val_report = calibrate_threshold(solo, module, datamodule, best_path,
                                          OmegaConf.to_container(cfg.threshold), out_dir)
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -126,8 +152,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
                                                                              "recall", "specificity", "threshold")})
         if best_score is None:
             best_score = val_report.get(cfg.monitor.split("/", 1)[-1])
-    if cfg.test and best_path:
-        trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
+        if cfg.test:
+            solo.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
 
     summary = {"best_checkpoint": best_path, "monitor": cfg.monitor, "best_score": best_score,
                "epochs": trainer.current_epoch, "val": val_report}

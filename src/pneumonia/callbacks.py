@@ -1,0 +1,36 @@
+"""Project callbacks that Lightning does not ship."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from pneumonia.errors import UserError
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged; the message says which checkpoint is the last good one."""
+
+
+class FiniteLossGuard(L.Callback):
+    """Stop at the first NaN/inf training loss, before it reaches any checkpoint.
+
+    Lightning's EarlyStopping(check_finite) only looks at the monitored validation metric
+    once per epoch, after the weights are already ruined and possibly saved as last.ckpt.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None or torch.isfinite(loss).all():
+            return
+        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        last_good = f"the last good checkpoint is {ckpt}" if ckpt and Path(ckpt).is_file() \
+            else "no checkpoint was written yet"
+        raise NonFiniteLossError(
+            f"non-finite training loss ({float(loss.detach().float())}) at epoch {trainer.current_epoch}, "
+            f"batch {batch_idx}; {last_good}. Try a lower optimizer.lr or trainer.gradient_clip_val=1.0"
+        )
