@@ -42,7 +42,8 @@ def train_cfg(root: Path, out_dir: Path, *overrides: str, tiny: bool = True) -> 
 
 class KillAfterEpoch:
     """Test callback: the process kills itself (SIGKILL, like an OOM kill or a pulled plug)
-    at the end of epoch `epoch` (0-based), after that epoch's checkpoints were written."""
+    once epoch `epoch` (0-based) is over and its checkpoints were written: at the start of
+    the next epoch (checkpoint callbacks run after all others at an epoch's end)."""
 
     def __new__(cls, epoch: int = 1, sig: str = "SIGKILL"):
         import os
@@ -51,8 +52,8 @@ class KillAfterEpoch:
         import lightning as L
 
         class _Kill(L.Callback):
-            def on_train_epoch_end(self, trainer, pl_module):
-                if trainer.current_epoch == epoch:
+            def on_train_epoch_start(self, trainer, pl_module):
+                if trainer.current_epoch == epoch + 1:
                     os.kill(os.getpid(), getattr(signal, sig))
 
         return _Kill()

@@ -69,12 +69,12 @@ def test_on_bad_image_error_stops_before_training_with_the_list(tmp_path):
     ("model.depth=abc", "model.depth"),
     ("data.batch_size=0", "data.batch_size"),
     ("data.val_fraction=1.5", "data.val_fraction"),
-    ("model.depth=6", "model.depth=6 is too deep for data.image_size=48"),
+    ("data.image_size=40;model.depth=5;model.widths=[8,8,8,8,8]", "model.depth=5 is too deep for data.image_size=40"),
     ("optimizer.lr=fast", "optimizer.lr"),
     ("module.pos_weight=-1", "module.pos_weight"),
 ])
 def test_bad_config_values_are_rejected_naming_the_key(override, key, xray_root, tmp_path):
-    cfg = train_cfg(xray_root, tmp_path, override)
+    cfg = train_cfg(xray_root, tmp_path, *override.split(";"))
     with pytest.raises(ConfigError, match=key):
         check_train_config(cfg)
 

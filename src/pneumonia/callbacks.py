@@ -27,9 +27,9 @@ class FiniteLossGuard(L.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None or torch.isfinite(loss).all():
             return
-        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
-        last_good = f"the last good checkpoint is {ckpt}" if ckpt and Path(ckpt).is_file() \
-            else "no checkpoint was written yet"
+        saved = [Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+        ckpt = next((p for p in saved if p.is_file()), None)
+        last_good = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
         raise NonFiniteLossError(
             f"non-finite training loss ({float(loss.detach().float())}) at epoch {trainer.current_epoch}, "
             f"batch {batch_idx}; {last_good}. Try a lower optimizer.lr or trainer.gradient_clip_val=1.0"

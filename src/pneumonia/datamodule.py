@@ -204,7 +204,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         )
         if train:
             self._train_sampler = sampler
-        return DataLoader(self.splits[split], batch_size=None, sampler=sampler,
+        # its own generator: creating an iterator must not draw from the global RNG
+        return DataLoader(self.splits[split], batch_size=None, sampler=sampler, generator=torch.Generator(),
                           num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -11,12 +11,12 @@ from typing import Any
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from pneumonia.checkpoints import load_checkpoint
 from pneumonia.datamodule import ChestXrayDataModule
+from pneumonia.errors import instantiate
 from pneumonia.lit_module import PneumoniaClassifier
 from pneumonia.metrics import report
 from pneumonia.plots import confusion_matrix_figure, pr_figure, roc_figure

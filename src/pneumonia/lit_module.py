@@ -10,11 +10,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
+from torchmetrics import MeanMetric
 
-from pneumonia.errors import CheckpointError
+from pneumonia.errors import CheckpointError, instantiate
 from pneumonia.metrics import classification_metrics, set_threshold, split_confmat
 from pneumonia.plots import confusion_matrix_figure
 
@@ -52,6 +52,10 @@ class PneumoniaClassifier(L.LightningModule):
         self.register_buffer("pos_weight", torch.tensor(float(pos_weight) if pos_weight else 1.0))
         for phase in PHASES:
             setattr(self, f"{phase}_metrics", classification_metrics(prefix=f"{phase}/"))
+            # the epoch loss as a metric too: synced inside our own epoch hooks, which every
+            # rank runs in the same order (self.log(sync_dist=True) syncs lazily, when rank 0's
+            # progress bar asks, and deadlocks DDP against the metric sync of the other ranks)
+            setattr(self, f"{phase}_loss", MeanMetric())
         self.test_outputs: dict[str, torch.Tensor] = {}
         self._test_batches: list[tuple[torch.Tensor, ...]] = []
 
@@ -67,8 +71,7 @@ class PneumoniaClassifier(L.LightningModule):
         loss = nn.functional.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=self.pos_weight)
         probs = torch.sigmoid(logits.detach())
         getattr(self, f"{phase}_metrics").update(probs, y)
-        self.log(f"{phase}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y),
-                 sync_dist=True, prog_bar=phase != "test")
+        getattr(self, f"{phase}_loss").update(loss.detach(), weight=len(y))
         return loss, probs
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -86,10 +89,11 @@ class PneumoniaClassifier(L.LightningModule):
         return torch.sigmoid(self(x).float()).cpu(), y.cpu(), idx.cpu()
 
     # ---- epoch ends: compute, log once, reset ---------------------------------------
-    def on_train_epoch_start(self) -> None:
-        # Dropout draws from the global RNG: seeding it per epoch (and rank) makes a run
-        # resumed from an epoch-end checkpoint continue exactly like an uninterrupted one.
-        torch.manual_seed(self.hparams.seed * 1_000_003 + 7919 * self.global_rank + self.current_epoch)
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout draws from the global RNG, which Lightning and DataLoader iterators also
+        # draw from at moments that differ between a fresh and a resumed run. Seeding it per
+        # (seed, rank, epoch, batch) makes a resumed run continue exactly like an uninterrupted one.
+        torch.manual_seed(hash((self.hparams.seed, self.global_rank, self.current_epoch, batch_idx)) % 2**62)
 
     def on_validation_epoch_start(self) -> None:
         set_threshold(self.val_metrics, float(self.threshold))
@@ -129,8 +133,12 @@ class PneumoniaClassifier(L.LightningModule):
         if not any(m.update_called for m in metrics.values()):
             return  # e.g. a validation epoch with no batches
         scalars, confmat = split_confmat(metrics.compute(), f"{phase}/")
+        loss = getattr(self, f"{phase}_loss")
+        epoch_loss = float(loss.compute())
         metrics.reset()
+        loss.reset()
         self.log_dict(scalars, prog_bar=False)  # torchmetrics already synced the ranks
+        self.log(f"{phase}/loss", epoch_loss, prog_bar=phase != "test")
         if phase != "train" and not self.trainer.sanity_checking:
             self._log_figure(f"{phase}/confusion_matrix", confmat)
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -20,7 +19,7 @@ from pneumonia.calibration import calibrate_threshold
 from pneumonia.config_checks import check_train_config
 from pneumonia.checkpoints import load_checkpoint
 from pneumonia.datamodule import ChestXrayDataModule
-from pneumonia.errors import ConfigError
+from pneumonia.errors import ConfigError, instantiate
 from pneumonia.hardware import cpu_has_native_bf16
 from pneumonia.lit_module import PneumoniaClassifier
 
@@ -130,8 +129,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if trainer.interrupted:
         log.warning("Training was interrupted; resume with ckpt_path=%s", out_dir / "checkpoints" / "last.ckpt")
 
-    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
-    best_path = checkpoint.best_model_path or checkpoint.last_model_path if checkpoint else ""
+    checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    checkpoint = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
+    best_path = checkpoint.best_model_path if checkpoint else ""
     best_score = float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None
     val_report: dict[str, Any] = {}
     if trainer.world_size > 1:
