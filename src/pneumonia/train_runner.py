@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     warn_slow_precision(trainer)
 
+    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    train_minutes = (time.perf_counter() - started) / 60
     if trainer.interrupted:
         log.warning("Training was interrupted; resume with ckpt_path=%s", out_dir / "checkpoints" / "last.ckpt")
 
@@ -156,7 +159,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             solo.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
 
     summary = {"best_checkpoint": best_path, "monitor": cfg.monitor, "best_score": best_score,
-               "epochs": trainer.current_epoch, "val": val_report}
+               "epochs": trainer.current_epoch, "train_minutes": round(train_minutes, 2), "val": val_report}
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("Best %s = %s (%s)", cfg.monitor, best_score, best_path)
     return best_score, val_report
