@@ -117,3 +117,10 @@ def test_sampler_shuffles_by_epoch_and_shards_without_padding():
     shards = [[i for b in EpochBatchSampler(11, 4, shuffle=False, rank=r, world_size=2) for i in b] for r in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(11))  # every val image exactly once
     assert len(EpochBatchSampler(11, 4, shuffle=False, rank=0, world_size=2)) == 2
+
+
+def test_training_never_yields_a_single_image_batch():
+    s = EpochBatchSampler(17, 8, shuffle=True)
+    assert [len(b) for b in s] == [8, 8] and len(s) == 2
+    assert [len(b) for b in EpochBatchSampler(17, 8, shuffle=False)] == [8, 8, 1]  # evaluation keeps all
+    assert [len(b) for b in EpochBatchSampler(18, 8, shuffle=True)] == [8, 8, 2]

@@ -27,7 +27,7 @@ def tb_tags(folder: Path) -> dict:
 def trained(xray_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("train_run")
     cfg = train_cfg(xray_root, out, "trainer.max_epochs=8", "logger=tensorboard_csv", "seed=3",
-                    "callbacks.early_stopping=null")
+                    "callbacks.early_stopping=null", "test=true")
     score, val_report = train(cfg)
     return out, score, val_report
 
@@ -53,6 +53,7 @@ def test_tensorboard_has_epoch_metrics_figures_and_hparams(trained):
             assert f"{phase}/{name}" in scalars
     assert "val/confusion_matrix" in tags["images"]
     assert {"hp/val_f1", "hp/val_auroc", "hp/val_accuracy"} <= scalars
+    assert "test/auroc" in scalars  # test=true scores test/ with the best checkpoint
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     assert len(acc.Scalars("val/f1")) == 8  # once per epoch, not per step

@@ -65,15 +65,21 @@ class EpochBatchSampler:
             order = list(range(self.n))
         return order[self.rank :: self.world_size]
 
+    def _stop(self, size: int) -> int:
+        remainder = size % self.batch_size
+        # a training batch of one image breaks batch norm ("expected more than 1 value per
+        # channel"): drop it, as if drop_last were set for that one image
+        if self.drop_last or (self.shuffle and remainder == 1 and size > 1):
+            return size - remainder
+        return size
+
     def __iter__(self):
         shard = self._shard()
-        stop = len(shard) - len(shard) % self.batch_size if self.drop_last else len(shard)
-        for start in range(0, stop, self.batch_size):
+        for start in range(0, self._stop(len(shard)), self.batch_size):
             yield shard[start : start + self.batch_size]
 
     def __len__(self) -> int:
-        size = len(self._shard())
-        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+        return -(-self._stop(len(self._shard())) // self.batch_size)
 
 
 class ChestXrayDataModule(L.LightningDataModule):

@@ -144,7 +144,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if best_path and not trainer.fast_dev_run:
         # a plain one-device Trainer: after DDP, collective ops on rank 0 alone would hang
         solo = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         logger=loggers or False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, use_distributed_sampler=False)
         val_report = calibrate_threshold(solo, module, datamodule, best_path,
                                          OmegaConf.to_container(cfg.threshold), out_dir)
