@@ -43,9 +43,11 @@ def test_every_option_composes_and_instantiates(group, xray_root, tmp_path):
         instantiate_all(cfg, xray_root)
 
 
-def test_hparams_search_options_compose(xray_root, tmp_path):
-    for option in options("hparams_search"):
-        cfg = compose_cfg("train", [f"data.root={xray_root}", f"hparams_search={option}"], tmp_path)
+@pytest.mark.parametrize("group", ["hparams_search", "launcher"])
+def test_sweeper_and_launcher_options_compose(group, xray_root, tmp_path):
+    assert options(group)
+    for option in options(group):
+        cfg = compose_cfg("train", [f"data.root={xray_root}", f"{group}={option}"], tmp_path)
         assert cfg.monitor
 
 
