@@ -29,27 +29,28 @@ def confusion_matrix_figure(confmat: torch.Tensor, title: str = "Confusion matri
     return fig
 
 
-def roc_figure(probs: torch.Tensor, labels: torch.Tensor, auroc: float) -> plt.Figure:
-    fpr, tpr, _ = binary_roc(probs.float(), labels.long())
+def _curve_figure(x: torch.Tensor, y: torch.Tensor, *, label: str | None, chance: tuple, xlabel: str,
+                  ylabel: str, title: str, legend_loc: str) -> plt.Figure:
+    """One curve plus its chance line (a diagonal for ROC, the prevalence for PR)."""
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.plot(fpr.numpy(), tpr.numpy(), label=f"AUROC {auroc:.3f}")
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (recall)")
-    ax.set_title("ROC curve")
-    ax.legend(loc="lower right")
+    ax.plot(x.numpy(), y.numpy(), label=label)
+    ax.plot(*chance, ls="--", c="grey", lw=0.8, label="chance")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(loc=legend_loc)
     fig.tight_layout()
     return fig
+
+
+def roc_figure(probs: torch.Tensor, labels: torch.Tensor, auroc: float) -> plt.Figure:
+    fpr, tpr, _ = binary_roc(probs.float(), labels.long())
+    return _curve_figure(fpr, tpr, label=f"AUROC {auroc:.3f}", chance=([0, 1], [0, 1]),
+                         xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (recall)",
+                         title="ROC curve", legend_loc="lower right")
 
 
 def pr_figure(probs: torch.Tensor, labels: torch.Tensor) -> plt.Figure:
     precision, recall, _ = binary_precision_recall_curve(probs.float(), labels.long())
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.plot(recall.numpy(), precision.numpy())
-    ax.axhline(labels.float().mean().item(), ls="--", c="grey", lw=0.8, label="chance")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title("Precision-recall curve")
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    return fig
+    prevalence = labels.float().mean().item()
+    return _curve_figure(recall, precision, label=None, chance=([0, 1], [prevalence, prevalence]),
+                         xlabel="recall", ylabel="precision", title="Precision-recall curve",
+                         legend_loc="lower left")
