@@ -1,6 +1,9 @@
 """Grid and Optuna sweeps on synthetic data, and the sweep summary."""
 
 import csv
+import json
+
+import pytest
 
 from pneumonia.sweep_summary import main as sweep_summary
 from tests.test_train_eval import run_cli
@@ -31,3 +34,31 @@ def test_grid_summary_lists_failed_jobs_last(xray_root, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     assert {r["overrides"].split()[-1] for r in rows[:2]} == {"optimizer.lr=0.001", "optimizer.lr=0.003"}
     assert (sweep / "summary.md").read_text().count("\n") == 5
+
+
+def fake_job(folder, name, overrides, best, minutes, monitor="val/auroc", mode="max"):
+    job = folder / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (job / ".hydra" / "config.yaml").write_text(f"monitor_mode: {mode}\n")
+    (job / "train_summary.json").write_text(json.dumps(
+        {"monitor": monitor, "best_score": best, "epochs": 3, "train_minutes": minutes,
+         "val": {"auroc": best, "accuracy": best - 0.1}}))
+
+
+def test_over_seeds_groups_jobs_that_differ_only_in_seed(tmp_path, capsys):
+    for i, (lr, seed, best, minutes) in enumerate([(0.1, 1, 0.90, 2.0), (0.1, 2, 0.94, 4.0), (0.2, 1, 0.80, 1.0)]):
+        fake_job(tmp_path, f"{i}_job", [f"optimizer.lr={lr}", f"seed={seed}"], best, minutes)
+    fake_job(tmp_path, "3_job", ["optimizer.lr=0.3", "seed=1"], 0.2, 1.0, monitor="val/loss", mode="min")
+    fake_job(tmp_path, "4_job", ["optimizer.lr=0.3", "seed=2"], 0.1, 1.0, monitor="val/loss", mode="min")
+    rows = sweep_summary([str(tmp_path), "--over-seeds"])
+    assert [r["job"] for r in rows] == ["1_job", "0_job", "2_job", "4_job", "3_job"]  # best first per monitor
+    with open(tmp_path / "seeds.csv") as f:
+        groups = {g["overrides"]: g for g in csv.DictReader(f)}
+    lr1 = groups["optimizer.lr=0.1"]
+    assert lr1["n"] == "2" and sorted(lr1["seeds"].split()) == ["1", "2"]
+    assert float(lr1["val_auroc_mean"]) == pytest.approx(0.92)
+    assert float(lr1["val_auroc_std"]) == pytest.approx(0.02828, abs=1e-4)
+    assert float(lr1["train_minutes_mean"]) == pytest.approx(3.0)
+    assert groups["optimizer.lr=0.2"]["n"] == "1" and float(groups["optimizer.lr=0.2"]["val_auroc_std"]) == 0.0
+    assert "0.9200 ± 0.0283" in capsys.readouterr().out
