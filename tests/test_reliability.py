@@ -101,7 +101,9 @@ def test_killed_run_resumed_ends_like_an_uninterrupted_one(xray_root, tmp_path):
     killed = tmp_path / "killed"
     res = run_train(*common, f"hydra.run.dir={killed}", "+callbacks.kill._target_=tests.helpers.KillAfterEpoch")
     assert res.returncode != 0  # SIGKILL after epoch index 1, i.e. 2 of 4 epochs done
-    assert load_checkpoint(killed / "checkpoints" / "last.ckpt")["epoch"] == 1
+    killed_last = load_checkpoint(killed / "checkpoints" / "last.ckpt")
+    assert killed_last["epoch"] == 1
+    first_part = killed_last["callbacks"]["TrainingClock"]["seconds"]
     assert not (killed / "train_summary.json").exists()
     first_config = (killed / ".hydra" / "config.yaml").read_text()
     res = run_train(*common, f"resume={killed}")  # no hydra.run.dir: resume picks the run's own folder
@@ -113,6 +115,10 @@ def test_killed_run_resumed_ends_like_an_uninterrupted_one(xray_root, tmp_path):
     assert a["epoch"] == b["epoch"] == 3
     for k in a["state_dict"]:
         assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
+    clock = b["callbacks"]["TrainingClock"]["seconds"]
+    summary = json.loads((killed / "train_summary.json").read_text())
+    assert 0 < first_part < clock <= summary["train_seconds"] + 0.1  # the killed session's time is counted
+    assert summary["session_train_seconds"] < summary["train_seconds"] - first_part + 1
     va = json.loads((whole / "val_metrics.json").read_text())["at_0.5"]
     vb = json.loads((killed / "val_metrics.json").read_text())["at_0.5"]
     assert va == pytest.approx(vb, abs=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,31 @@ class FiniteLossGuard(L.Callback):
             f"non-finite training loss ({float(loss.detach().float())}) at epoch {trainer.current_epoch}, "
             f"batch {batch_idx}; {last_good}. Try a lower optimizer.lr or trainer.gradient_clip_val=1.0"
         )
+
+
+class TrainingClock(L.Callback):
+    """Wall-clock seconds spent in `fit`, carried in every checkpoint so that a resumed run
+    reports the training time of all its sessions, not only of the last one.
+
+    Time lost to a kill after the last checkpoint is not counted: that work is redone.
+    """
+
+    def __init__(self) -> None:
+        self.previous_seconds = 0.0  # from the checkpoint resumed from
+        self._started: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.previous_seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.previous_seconds, self._started = self.seconds, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous_seconds = float(state_dict.get("seconds", 0.0))

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.calibration import calibrate_threshold
+from pneumonia.callbacks import TrainingClock
 from pneumonia.config_checks import check_train_config
 from pneumonia.checkpoints import load_checkpoint
 from pneumonia.datamodule import ChestXrayDataModule
@@ -120,7 +121,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
     loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg)
+    clock = TrainingClock()
+    callbacks = [*build_callbacks(cfg), clock]
     if not loggers:  # logger=none: nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -128,7 +130,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    train_minutes = (time.perf_counter() - started) / 60
+    session_seconds = time.perf_counter() - started
     if trainer.interrupted:
         log.warning("Training was interrupted; resume with ckpt_path=%s", out_dir / "checkpoints" / "last.ckpt")
 
@@ -159,7 +161,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             solo.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
 
     summary = {"best_checkpoint": best_path, "monitor": cfg.monitor, "best_score": best_score,
-               "epochs": trainer.current_epoch, "train_minutes": round(train_minutes, 2), "val": val_report}
+               "epochs": trainer.current_epoch,
+               # all sessions of a resumed run (TrainingClock), and this process alone
+               "train_minutes": round(clock.seconds / 60, 2), "train_seconds": round(clock.seconds, 1),
+               "session_train_seconds": round(session_seconds, 1), "val": val_report}
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("Best %s = %s (%s)", cfg.monitor, best_score, best_path)
     return best_score, val_report
