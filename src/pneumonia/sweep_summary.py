@@ -3,7 +3,7 @@
     python -m pneumonia.sweep_summary outputs/multirun/<date_time>
 
 Prints a table and writes `summary.csv` and `summary.md` into the sweep folder. Jobs that
-did not finish are listed last as failed, with their overrides.
+did not finish (failed, killed or still running) are listed last as `unfinished`.
 
     python -m pneumonia.sweep_summary outputs/multirun/<date_time> --over-seeds
 
@@ -35,7 +35,7 @@ def read_job(job_dir: Path) -> dict[str, Any]:
                            "monitor_mode": config.get("monitor_mode", "max")}
     summary_file = job_dir / "train_summary.json"
     if not summary_file.is_file():
-        row["status"] = "failed"
+        row["status"] = "unfinished"
         return row
     summary = json.loads(summary_file.read_text())
     row.update(status="ok", monitor=summary.get("monitor"), best=summary.get("best_score"),
@@ -75,7 +75,7 @@ def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [float(r[key]) for r in members if r.get(key) is not None]
             if values:
                 agg[f"{key}_mean"] = statistics.fmean(values)
-                agg[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+                agg[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None  # one seed: no spread
                 agg[f"{key}_min"], agg[f"{key}_max"] = min(values), max(values)
         out.append(agg)
     return out
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if f"{c}_mean" not in g:
                 return ""
             digits = 1 if c == "train_minutes" else 4
+            if g[f"{c}_std"] is None:
+                return f"{g[c + '_mean']:.{digits}f} (1 seed)"
             return f"{g[c + '_mean']:.{digits}f} ± {g[c + '_std']:.{digits}f}"
 
         print("\nmean ± sample standard deviation over seeds:\n")
