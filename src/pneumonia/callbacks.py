@@ -45,21 +45,26 @@ class TrainingClock(L.Callback):
     """
 
     def __init__(self) -> None:
-        self.previous_seconds = 0.0  # from the checkpoint resumed from
+        self.resumed_seconds = 0.0  # from the checkpoint resumed from
         self._started: float | None = None
+        self._session = 0.0  # this process's fit, once it ended
+
+    @property
+    def session_seconds(self) -> float:
+        return time.perf_counter() - self._started if self._started is not None else self._session
 
     @property
     def seconds(self) -> float:
-        return self.previous_seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
+        return self.resumed_seconds + self.session_seconds
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.previous_seconds, self._started = self.seconds, None
+        self._session, self._started = self.session_seconds, None
 
     def state_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.previous_seconds = float(state_dict.get("seconds", 0.0))
+        self.resumed_seconds = float(state_dict.get("seconds", 0.0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -128,9 +127,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     warn_slow_precision(trainer)
 
-    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    session_seconds = time.perf_counter() - started
     if trainer.interrupted:
         log.warning("Training was interrupted; resume with ckpt_path=%s", out_dir / "checkpoints" / "last.ckpt")
 
@@ -164,7 +161,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
                "epochs": trainer.current_epoch,
                # all sessions of a resumed run (TrainingClock), and this process alone
                "train_minutes": round(clock.seconds / 60, 2), "train_seconds": round(clock.seconds, 1),
-               "session_train_seconds": round(session_seconds, 1), "val": val_report}
+               "session_train_seconds": round(clock.session_seconds, 1), "val": val_report}
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("Best %s = %s (%s)", cfg.monitor, best_score, best_path)
     return best_score, val_report
