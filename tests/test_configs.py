@@ -25,7 +25,8 @@ def instantiate_all(cfg, root):
     opt = instantiate(cfg.optimizer)(params=net.parameters())
     if cfg.scheduler:
         instantiate(cfg.scheduler.scheduler)(optimizer=opt)
-    trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False)
+    loggers = build_loggers(cfg)
+    trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg, bool(loggers)), logger=loggers or False)
     return trainer
 
 
@@ -66,3 +67,17 @@ def test_seed_replica_is_the_original_recipe(xray_root, tmp_path):
 def test_model_and_data_agree_on_channels_and_size(xray_root, tmp_path):
     cfg = train_cfg(xray_root, tmp_path, "model.in_channels=3", "data.image_size=96", tiny=False)
     assert cfg.data.channels == 3 and cfg.model.image_size == 96
+
+
+@pytest.mark.parametrize("overrides, dropped", [
+    (["trainer.enable_progress_bar=false"], "TQDMProgressBar"),
+    (["logger=none"], "LearningRateMonitor"),
+])
+def test_callbacks_follow_trainer_settings(overrides, dropped, xray_root, tmp_path):
+    # Lightning rejects a progress bar callback beside enable_progress_bar=false (found on a GPU run)
+    cfg = train_cfg(xray_root, tmp_path, *overrides, "trainer.accelerator=cpu", tiny=False)
+    loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg, bool(loggers))
+    assert dropped not in {type(c).__name__ for c in callbacks}
+    assert "FiniteLossGuard" in {type(c).__name__ for c in callbacks}
+    instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

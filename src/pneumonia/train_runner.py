@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -43,8 +43,16 @@ def warn_slow_precision(trainer: L.Trainer) -> None:
                     "than 32-true here; see README 'Performance'", trainer.precision)
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[L.Callback]:
+    """The configured callbacks, less those the Trainer settings leave nothing to do for:
+    Lightning refuses a progress bar callback beside `trainer.enable_progress_bar=false`, and a
+    learning-rate monitor needs a logger to write into."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not has_logger:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -121,9 +129,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     module = build_module(cfg, datamodule)
     loggers = build_loggers(cfg)
     clock = TrainingClock()
-    callbacks = [*build_callbacks(cfg), clock]
-    if not loggers:  # logger=none: nothing to monitor the learning rate into
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     warn_slow_precision(trainer)
 
