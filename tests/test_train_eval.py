@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pneumonia.eval_runner import REPORT_KEYS, evaluate
+from pneumonia.checkpoints import load_checkpoint
+from pneumonia.eval_runner import REPORT_KEYS, evaluate, scoring_precision
+from pneumonia.hardware import auto_precision
 from pneumonia.train_runner import train
 from tests.conftest import PROJECT_ROOT, SHARED_DATA
 from tests.helpers import compose_cfg, train_cfg
@@ -122,3 +125,14 @@ def test_short_run_on_the_real_images(tmp_path):
     score, val_report = train(cfg)
     assert score is not None and 0.0 <= score <= 1.0
     assert val_report["n"] > 400  # the patient-grouped 10% validation split of 5216 images
+
+
+def test_eval_scores_under_the_precision_the_threshold_was_chosen_under(trained):
+    out, _, _ = trained
+    ckpt = load_checkpoint(out / "checkpoints" / "best.ckpt")
+    assert ckpt["pneumonia"]["precision"] == auto_precision("cpu")  # what TINY trained and calibrated under
+    trainer = OmegaConf.create({"accelerator": "cpu", "precision": None})
+    assert scoring_precision(trainer, {"pneumonia": {"precision": "bf16-mixed"}}) == "bf16-mixed"
+    assert scoring_precision(OmegaConf.merge(trainer, {"precision": "16-mixed"}),
+                             {"pneumonia": {"precision": "bf16-mixed"}}) == "16-mixed"  # an override wins
+    assert scoring_precision(trainer, {}) == auto_precision("cpu")  # a checkpoint from before this key

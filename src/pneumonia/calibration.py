@@ -41,7 +41,9 @@ def calibrate_threshold(trainer: L.Trainer, module: PneumoniaClassifier, datamod
     at_half = report(probs, labels, 0.5)
     chosen = report(probs, labels, threshold)
     ckpt["state_dict"]["threshold"] = torch.tensor(threshold)
-    ckpt["pneumonia"] = {"threshold_method": settings["method"], "val_report": chosen}
+    # the precision the threshold was chosen under: eval.py scores with it by default
+    ckpt["pneumonia"] = {"threshold_method": settings["method"], "val_report": chosen,
+                         "precision": str(trainer.precision)}
     save_checkpoint(ckpt, ckpt_path)
     module.threshold.fill_(threshold)
     summary = {"checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "threshold_method": settings["method"],

@@ -12,10 +12,11 @@ import lightning as L
 import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.checkpoints import load_checkpoint
 from pneumonia.datamodule import ChestXrayDataModule
+from pneumonia.hardware import auto_precision
 from pneumonia.errors import instantiate
 from pneumonia.lit_module import PneumoniaClassifier
 from pneumonia.metrics import report
@@ -40,6 +41,17 @@ def restore(ckpt: dict[str, Any], data_overrides: dict[str, Any]) -> tuple[Pneum
     return module, ChestXrayDataModule(**data_hp)
 
 
+def scoring_precision(trainer_cfg: DictConfig, ckpt: dict[str, Any]) -> str:
+    """`trainer.precision` if set, else the precision the checkpoint's threshold was chosen
+    under. Scores under another precision shift a little (bf16 keeps 8 bits of mantissa), and
+    an undertrained model whose scores sit within that shift of its threshold then flips
+    predictions: seen on a CPU with native bf16 scoring an fp32-trained checkpoint."""
+    if trainer_cfg.get("precision") is not None:
+        return str(trainer_cfg.precision)
+    stored = (ckpt.get("pneumonia") or {}).get("precision")
+    return str(stored) if stored else auto_precision(str(trainer_cfg.get("accelerator", "auto")))
+
+
 def format_table(rep: dict[str, Any]) -> str:
     lines = [f"{'metric':<12} {'value':>10}", "-" * 23]
     for key in REPORT_KEYS:
@@ -59,8 +71,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("threshold") is not None:
         module.threshold.fill_(float(cfg.threshold))
     datamodule.check_layout(("test",))  # fail before building anything else
+    trainer_cfg = OmegaConf.merge(cfg.trainer, {"precision": scoring_precision(cfg.trainer, ckpt)})
     loggers = build_loggers(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=[])
     trainer.test(module, datamodule=datamodule)
     if not trainer.is_global_zero:
         return {}  # under DDP every rank has every prediction; rank 0 writes them
