@@ -68,9 +68,9 @@ def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups.setdefault(without_seed(r["overrides"]), []).append(r)
     out = []
     for overrides, members in groups.items():
-        agg: dict[str, Any] = {"overrides": overrides, "n": len(members),
-                               "seeds": " ".join(o.split("=", 1)[1] for r in members for o in r["overrides"].split()
-                                                 if o.startswith("seed="))}
+        seeds = [o.split("=", 1)[1] for r in members for o in r["overrides"].split() if o.startswith("seed=")]
+        seeds.sort(key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
+        agg: dict[str, Any] = {"overrides": overrides, "n": len(members), "seeds": " ".join(seeds)}
         for key in (*[f"val_{k}" for k in METRICS], "epochs", "train_minutes"):
             values = [float(r[key]) for r in members if r.get(key) is not None]
             if values:
