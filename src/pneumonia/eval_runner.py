@@ -16,12 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.checkpoints import load_checkpoint
 from pneumonia.datamodule import ChestXrayDataModule
-from pneumonia.hardware import auto_precision
 from pneumonia.errors import instantiate
+from pneumonia.hardware import auto_precision
 from pneumonia.lit_module import PneumoniaClassifier
 from pneumonia.metrics import report
 from pneumonia.plots import confusion_matrix_figure, pr_figure, roc_figure
-from pneumonia.train_runner import build_loggers, configure_torch
+from pneumonia.train_runner import build_loggers, configure_torch, warn_slow_precision
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer_cfg = OmegaConf.merge(cfg.trainer, {"precision": scoring_precision(cfg.trainer, ckpt)})
     loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=[])
+    warn_slow_precision(trainer)  # a GPU's bf16 checkpoint scored on a CPU without native bf16
     trainer.test(module, datamodule=datamodule)
     if not trainer.is_global_zero:
         return {}  # under DDP every rank has every prediction; rank 0 writes them
@@ -108,6 +109,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(logger, TensorBoardLogger):
             logger.log_metrics({f"eval/{k}": float(v) for k, v in rep.items()}, step=0)
             logger.experiment.flush()
-    print(f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}\n"
+    print(f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}, "
+          f"precision {trainer.precision}\n"
           f"{format_table(rep)}\nWritten to {out_dir}")
     return rep

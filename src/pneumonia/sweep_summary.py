@@ -69,7 +69,7 @@ def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for overrides, members in groups.items():
         seeds = [o.split("=", 1)[1] for r in members for o in r["overrides"].split() if o.startswith("seed=")]
-        seeds.sort(key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
+        seeds.sort(key=lambda v: (0, int(v), "") if v.lstrip("-").isdigit() else (1, 0, v))  # numeric order
         agg: dict[str, Any] = {"overrides": overrides, "n": len(members), "seeds": " ".join(seeds)}
         for key in (*[f"val_{k}" for k in METRICS], "epochs", "train_minutes"):
             values = [float(r[key]) for r in members if r.get(key) is not None]

@@ -43,7 +43,7 @@ def warn_slow_precision(trainer: L.Trainer) -> None:
                     "than 32-true here; see README 'Performance'", trainer.precision)
 
 
-def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     """The configured callbacks, less those the Trainer settings leave nothing to do for:
     Lightning refuses a progress bar callback beside `trainer.enable_progress_bar=false`, and a
     learning-rate monitor needs a logger to write into."""
