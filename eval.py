@@ -5,13 +5,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import pneumonia.resolvers  # noqa: F401  (resolvers used by conf/)
+import pneumonia.config.resolvers  # noqa: F401  (resolvers used by conf/)
 from pneumonia.errors import UserError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from pneumonia.eval_runner import evaluate
+    from pneumonia.runners.eval import evaluate
 
     try:
         evaluate(cfg)

@@ -5,13 +5,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import pneumonia.resolvers  # noqa: F401  (resolvers used by conf/)
+import pneumonia.config.resolvers  # noqa: F401  (resolvers used by conf/)
 from pneumonia.errors import UserError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from pneumonia.train_runner import train  # heavy imports after Hydra parsed the command line
+    from pneumonia.runners.train import train  # heavy imports after Hydra parsed the command line
 
     try:
         score, _ = train(cfg)

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # name -> (description, overrides of conf/train.yaml)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -73,14 +72,15 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from pneumonia.train_runner import build_module, configure_torch
-    from tests.helpers import compose_cfg
+    from pneumonia.config.compose import compose
+    from pneumonia.runners.common import configure_torch
+    from pneumonia.runners.train import build_module
 
     overrides = [] if name == "baseline" else VARIANTS[name][1]
     if name == "baseline":
         overrides = ["trainer.precision=32-true", "module.channels_last=false", "model.in_channels=3"]
     out = Path(args.tmp) / name
-    cfg = compose_cfg("train", [f"data.root={args.data}", f"data.image_size={args.image_size}",
+    cfg = compose("train", [f"data.root={args.data}", f"data.image_size={args.image_size}",
                                 f"data.batch_size={args.batch_size}", f"data.cache_dir={args.cache_dir}",
                                 "logger=none", "callbacks=none", *overrides], out)
     configure_torch(cfg.get("threads"))

@@ -6,11 +6,20 @@ import pytest
 from tests.synthetic import make_chest_xray_tree
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests run on the CPU, always
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "chest_xray"
 
 
 @pytest.fixture(scope="session")
 def xray_root(tmp_path_factory) -> Path:
     """A synthetic data root, built once per test session (read-only for tests)."""
     return make_chest_xray_tree(tmp_path_factory.mktemp("chest_xray"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(xray_root, tmp_path_factory) -> Path:
+    """best.ckpt of a tiny CNN trained 3 epochs on the synthetic data, calibrated on validation."""
+    from pneumonia.runners.train import train
+    from tests.helpers import train_cfg
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(train_cfg(xray_root, out, "trainer.max_epochs=3", "logger=none", "seed=2", "callbacks.early_stopping=null"))
+    return out / "checkpoints" / "best.ckpt"

@@ -1,16 +1,20 @@
-"""Compose the project's real configs for tests: CPU, no workers, tiny models and data."""
+"""Test support: the project's real configs composed small (CPU, no workers, tiny models),
+the entry points run as a user runs them, and a callback that kills a run."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-import pneumonia.resolvers  # noqa: F401  (resolvers used by conf/)
+from pneumonia.config.compose import CONF_DIR, compose
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "chest_xray"
+SHARED_DICOM = PROJECT_ROOT.parent / "shared" / "data" / "dicom"
 
 # A small, quick version of the custom CNN that still learns the synthetic pattern.
 TINY = [
@@ -22,14 +26,12 @@ TINY = [
     "callbacks.progress_bar=null",
 ]
 
+__all__ = ["CONF_DIR", "PROJECT_ROOT", "SHARED_DATA", "SHARED_DICOM", "TINY", "compose_cfg", "train_cfg", "run_cli",
+           "KillAfterEpoch"]
+
 
 def compose_cfg(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-    return cfg
+    return compose(config_name, overrides, out_dir)
 
 
 def train_cfg(root: Path, out_dir: Path, *overrides: str, tiny: bool = True) -> DictConfig:
@@ -40,13 +42,19 @@ def train_cfg(root: Path, out_dir: Path, *overrides: str, tiny: bool = True) -> 
     )
 
 
+def run_cli(script: str, *args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    """`python <script> args...` as a user runs it, on the CPU."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
 class KillAfterEpoch:
     """Test callback: the process kills itself (SIGKILL, like an OOM kill or a pulled plug)
     once epoch `epoch` (0-based) is over and its checkpoints were written: at the start of
     the next epoch (checkpoint callbacks run after all others at an epoch's end)."""
 
     def __new__(cls, epoch: int = 1, sig: str = "SIGKILL"):
-        import os
         import signal
 
         import lightning as L

@@ -1,7 +1,7 @@
 import torch
 
-from pneumonia.augment import BatchAugment
-from pneumonia.datamodule import ChestXrayDataModule
+from pneumonia.data.augment import BatchAugment
+from pneumonia.data.datamodule import ChestXrayDataModule
 
 
 def batch(n=16, c=1, s=32):

@@ -7,8 +7,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pneumonia.lit_module import build_net
-from pneumonia.train_runner import build_callbacks, build_loggers
+from pneumonia.models import build_net
+from pneumonia.runners.common import build_callbacks, build_loggers
 from tests.helpers import CONF_DIR, compose_cfg, train_cfg
 
 
@@ -44,12 +44,24 @@ def test_every_option_composes_and_instantiates(group, xray_root, tmp_path):
         instantiate_all(cfg, xray_root)
 
 
-@pytest.mark.parametrize("group", ["hparams_search", "launcher"])
-def test_sweeper_and_launcher_options_compose(group, xray_root, tmp_path):
-    assert options(group)
-    for option in options(group):
-        cfg = compose_cfg("train", [f"data.root={xray_root}", f"{group}={option}"], tmp_path)
-        assert cfg.monitor
+def test_sweeper_and_launcher_options_compose(xray_root, tmp_path):
+    from pneumonia.config.compose import compose
+
+    assert options("hparams_search") == ["optuna"]
+    cfg = compose("train", [f"data.root={xray_root}", "hparams_search=optuna"], tmp_path, hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"  # monitor_mode=max
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert {"optimizer.lr", "model.depth", "data.batch_size"} <= set(sweeper.params)
+    cfg = compose("train", [f"data.root={xray_root}", "hparams_search=optuna", "monitor=val/loss", "monitor_mode=min"],
+                  tmp_path, hydra_config=True)
+    assert cfg.hydra.sweeper.direction == "minimize"
+
+    assert options("launcher") == ["submitit_local", "submitit_slurm"]
+    for option, target in (("submitit_local", "LocalLauncher"), ("submitit_slurm", "SlurmLauncher")):
+        cfg = compose("train", [f"data.root={xray_root}", f"launcher={option}"], tmp_path, hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith(target)
+        assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.timeout_min > 0
 
 
 def test_eval_config_requires_a_checkpoint(tmp_path):

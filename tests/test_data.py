@@ -7,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumonia.datamodule import ChestXrayDataModule, EpochBatchSampler
-from pneumonia.image_cache import decode_images
-from pneumonia.image_folder import DataLayoutError, scan_split
+from pneumonia.data.cache import decode_images
+from pneumonia.data.datamodule import ChestXrayDataModule
+from pneumonia.data.folder import DataLayoutError, scan_split
+from pneumonia.data.preprocess import Preprocess
+from pneumonia.data.sampler import EpochBatchSampler
 from tests.synthetic import make_chest_xray_tree
 
 
@@ -39,31 +41,30 @@ def test_mixed_sizes_and_modes_decode_to_requested_shape(xray_root, tmp_path):
     files = scan_split(xray_root, "train")
     modes = {Image.open(p).mode for p in files.paths}
     assert {"L", "RGB"} <= modes
-    rgb = decode_images(files.paths, files.labels, 40, 3)
-    gray = decode_images(files.paths, files.labels, 40, 1)
+    rgb = decode_images(files.paths, files.labels, Preprocess(40, 3))
+    gray = decode_images(files.paths, files.labels, Preprocess(40, 1))
     assert rgb.images.shape == (96, 3, 40, 40) and gray.images.shape == (96, 1, 40, 40)
     assert rgb.labels.tolist() == list(files.labels)
 
 
 def test_cache_hit_returns_same_tensor_without_decoding(xray_root, tmp_path, monkeypatch):
     files = scan_split(xray_root, "test")
-    first = decode_images(files.paths, files.labels, 32, 1, cache_dir=tmp_path)
+    first = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path)
     assert len(list(tmp_path.glob("images-*.pt"))) == 1
-    import pneumonia.image_cache as ic
-    monkeypatch.setattr(ic, "load_image", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
-    second = decode_images(files.paths, files.labels, 32, 1, cache_dir=tmp_path)
+    monkeypatch.setattr(Preprocess, "load", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    second = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path)
     assert torch.equal(first.images, second.images)
 
 
 def test_cache_is_invalidated_by_a_changed_file(tmp_path):
     root = make_chest_xray_tree(tmp_path / "data", {"test": (3, 3)})
     files = scan_split(root, "test")
-    first = decode_images(files.paths, files.labels, 32, 1, cache_dir=tmp_path / "c")
+    first = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path / "c")
     target = files.paths[0]
     Image.fromarray(np.full((50, 50), 255, np.uint8)).save(target, format="PNG" if target.endswith("png") else "JPEG")
     st = os.stat(target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    second = decode_images(files.paths, files.labels, 32, 1, cache_dir=tmp_path / "c")
+    second = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path / "c")
     assert len(list((tmp_path / "c").glob("images-*.pt"))) == 2
     assert not torch.equal(first.images[0], second.images[0])
     assert second.images[0].float().mean() > 250  # the new white image, not the stale one

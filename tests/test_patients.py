@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from pneumonia.data.folder import scan_split
+from pneumonia.data.patients import grouped_split, patient_id
 from pneumonia.errors import ConfigError
-from pneumonia.image_folder import scan_split
-from pneumonia.patients import grouped_split, patient_id
 
 
 @pytest.mark.parametrize("name, pid", [
@@ -43,7 +43,7 @@ def test_split_is_seeded():
 
 
 def test_real_data_split_has_no_shared_patient_or_duplicate(tmp_path):
-    from tests.conftest import SHARED_DATA
+    from tests.helpers import SHARED_DATA
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/chest_xray is not here")
     files = scan_split(SHARED_DATA, "train")
@@ -52,7 +52,9 @@ def test_real_data_split_has_no_shared_patient_or_duplicate(tmp_path):
     assert 0.09 < len(va) / len(files) < 0.12
 
 
-@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, "abc"])
 def test_val_fraction_outside_open_interval_is_rejected(fraction):
+    from pneumonia.data.datamodule import ChestXrayDataModule
+
     with pytest.raises(ConfigError, match="data.val_fraction"):
-        grouped_split(["a.png", "b.png"], [0, 1], fraction, 0)
+        ChestXrayDataModule(val_fraction=fraction)

@@ -11,17 +11,3 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A file that is not a checkpoint of this project."""
-
-
-def instantiate(node, **kwargs):
-    """`hydra.utils.instantiate`, but our one-line errors come out unwrapped instead of
-    inside Hydra's multi-line InstantiationException."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate as hydra_instantiate
-
-    try:
-        return hydra_instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
-            raise err.__cause__ from None
-        raise

@@ -1,9 +1,9 @@
 """Choosing the numeric precision by what the hardware runs fast.
 
-Measured on this project's 2-core AMD EPYC (AVX2, no AVX512-BF16), the custom CNN trains
-at ~40 img/s in fp32 channels_last but ~4 img/s under bf16 autocast: without native bf16
-instructions oneDNN emulates it. CPUs with AVX512-BF16 or AMX, and Ampere+ GPUs, run
-bf16 natively and gain from it, so `auto` picks bf16 only there.
+bf16 autocast pays off only where the hardware has bf16 instructions: CPUs with
+AVX512-BF16 or AMX, and GPUs from Ampere on. Elsewhere oneDNN emulates bf16 on the CPU,
+which is about 10x slower than fp32 for this network (README "Performance" has the
+measurements and the machines they come from), so `auto` picks bf16 only where it is native.
 """
 
 from __future__ import annotations

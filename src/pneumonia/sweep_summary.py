@@ -23,7 +23,9 @@ from typing import Any
 
 import yaml
 
-METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auroc", "threshold")
+from pneumonia.evaluation import METRIC_NAMES
+
+METRICS = (*METRIC_NAMES, "threshold")
 
 
 def read_job(job_dir: Path) -> dict[str, Any]:

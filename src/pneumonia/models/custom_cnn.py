@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from pneumonia.errors import ConfigError
-from torch import nn
 
 ORIGINAL_WIDTHS = (16, 32, 64, 96, 128, 160, 192)
 
@@ -40,6 +40,9 @@ class CustomCNN(nn.Module):
     ) -> None:
         super().__init__()
         widths = list(widths)
+        for key, value in (("depth", depth), ("image_size", image_size), ("dense_units", dense_units)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"model.{key}={value!r} must be an integer")
         if not 1 <= depth <= len(widths):
             raise ConfigError(f"model.depth={depth} needs 1..{len(widths)} (one model.widths entry per block)")
         if in_channels not in (1, 3):

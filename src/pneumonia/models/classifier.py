@@ -1,4 +1,5 @@
-"""`PneumoniaClassifier`: the CNN, BCE on logits, Adam, and per-split metrics.
+"""`PneumoniaClassifier`: the LightningModule around a net: BCE on logits, the optimizer and
+scheduler, per-split metrics.
 
 Hyperparameters are stored as plain dicts (no modules, no config objects) so a
 checkpoint loads with `torch.load(weights_only=True)` and cannot run code.
@@ -10,25 +11,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics import MeanMetric
 
-from pneumonia.errors import CheckpointError, instantiate
-from pneumonia.metrics import classification_metrics, set_threshold, split_confmat
-from pneumonia.plots import confusion_matrix_figure
+from pneumonia.config.instantiate import instantiate
+from pneumonia.evaluation.metrics import classification_metrics, set_threshold, split_confmat
+from pneumonia.evaluation.tensorboard import tensorboard_loggers
+from pneumonia.models import build_net
 
 PHASES = ("train", "val", "test")
-# Only these modules may be named by a checkpoint's `_target_`: a checkpoint from
-# elsewhere must not be able to instantiate arbitrary callables.
-ALLOWED_NET_PREFIX = "pneumonia.models."
-
-
-def build_net(net: dict[str, Any]) -> nn.Module:
-    target = str(net.get("_target_", ""))
-    if not target.startswith(ALLOWED_NET_PREFIX):
-        raise CheckpointError(f"model._target_={target!r} is not a model of this project ({ALLOWED_NET_PREFIX}*)")
-    return instantiate(net, _convert_="all")
 
 
 class PneumoniaClassifier(L.LightningModule):
@@ -143,12 +134,14 @@ class PneumoniaClassifier(L.LightningModule):
             self._log_figure(f"{phase}/confusion_matrix", confmat)
 
     def _log_figure(self, tag: str, confmat: torch.Tensor) -> None:
-        if not self.trainer.is_global_zero:
+        tensorboards = tensorboard_loggers(self.loggers) if self.trainer.is_global_zero else []
+        if not tensorboards:
             return
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                fig = confusion_matrix_figure(confmat, title=f"{tag} (threshold {float(self.threshold):.2f})")
-                logger.experiment.add_figure(tag, fig, global_step=self.current_epoch, close=True)
+        from pneumonia.evaluation.plots import confusion_matrix_figure  # matplotlib: only when drawing
+
+        for tb in tensorboards:
+            fig = confusion_matrix_figure(confmat, title=f"{tag} (threshold {float(self.threshold):.2f})")
+            tb.experiment.add_figure(tag, fig, global_step=self.current_epoch, close=True)
 
     # ---- optimisation -----------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -156,12 +149,11 @@ class PneumoniaClassifier(L.LightningModule):
         sched_cfg = self.hparams.scheduler
         if not sched_cfg:
             return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": instantiate(sched_cfg["scheduler"])(optimizer=optimizer),
-                "monitor": sched_cfg.get("monitor", "val/loss"),
-                "interval": sched_cfg.get("interval", "epoch"),
-                "frequency": sched_cfg.get("frequency", 1),
-            },
+        scheduler = {
+            "scheduler": instantiate(sched_cfg["scheduler"])(optimizer=optimizer),
+            "interval": sched_cfg.get("interval", "epoch"),
+            "frequency": sched_cfg.get("frequency", 1),
         }
+        if sched_cfg.get("monitor"):  # only schedulers that watch a metric (plateau) have one
+            scheduler["monitor"] = sched_cfg["monitor"]
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -28,25 +28,25 @@ def _number(cfg: DictConfig, key: str) -> float:
 
 
 def check_train_config(cfg: DictConfig) -> None:
+    """Check a composed train config before any image is decoded.
+
+    Each value is checked once, by its owner: `data.*` by the DataModule (and
+    `data.image_size`/`model.in_channels` by the preprocessing preset), `model.*` by the
+    network, `data.augment.*` by the augmentation; both are built here (milliseconds, no
+    decoding). The keys without an owner class are checked below.
+    """
     _int(cfg, "seed")
-    _int(cfg, "model.depth", 1)
-    _int(cfg, "model.in_channels", 1)
-    _int(cfg, "data.image_size", 8)
-    _int(cfg, "data.batch_size", 1)
-    _int(cfg, "data.eval_batch_size", 1)
     _int(cfg, "data.num_workers", 0)
     _int(cfg, "trainer.max_epochs", -1)
-    frac = _number(cfg, "data.val_fraction")
-    if not 0.0 < frac < 1.0:
-        raise ConfigError(f"data.val_fraction={frac} must be in (0, 1)")
     _number(cfg, "optimizer.lr")
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r} must be 'min' or 'max'")
     pw = cfg.module.pos_weight
     if pw is not None and pw != "balanced" and (isinstance(pw, bool) or not isinstance(pw, (int, float)) or pw <= 0):
         raise ConfigError(f"module.pos_weight={pw!r} must be null, 'balanced' or a positive number")
-    # builds the network (milliseconds): a depth too large for the image size fails now,
-    # not after the images are decoded
-    from pneumonia.lit_module import build_net
+    from pneumonia.config.instantiate import instantiate
+    from pneumonia.models import build_net
 
+    instantiate(cfg.data, _convert_="all")  # the DataModule's constructor checks data.*; no decoding
+    # a depth too large for the image size fails now, not after the images are decoded
     build_net(OmegaConf.to_container(cfg.model, resolve=True))

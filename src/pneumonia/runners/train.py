@@ -4,59 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.calibration import calibrate_threshold
-from pneumonia.callbacks import TrainingClock
-from pneumonia.config_checks import check_train_config
-from pneumonia.checkpoints import load_checkpoint
-from pneumonia.datamodule import ChestXrayDataModule
-from pneumonia.errors import ConfigError, instantiate
-from pneumonia.hardware import cpu_has_native_bf16
-from pneumonia.lit_module import PneumoniaClassifier
+from pneumonia.config.checks import check_train_config
+from pneumonia.config.instantiate import instantiate
+from pneumonia.data.datamodule import ChestXrayDataModule
+from pneumonia.errors import ConfigError
+from pneumonia.evaluation.calibration import calibrate_threshold
+from pneumonia.evaluation.metrics import METRIC_NAMES
+from pneumonia.evaluation.tensorboard import tensorboard_loggers
+from pneumonia.inference.checkpoint import load_checkpoint
+from pneumonia.models.classifier import PneumoniaClassifier
+from pneumonia.runners.callbacks import TrainingClock
+from pneumonia.runners.common import build_callbacks, build_loggers, configure_torch, warn_slow_precision
 
 log = logging.getLogger(__name__)
-
-# With decoded images in memory, loader workers only add overhead (README "Performance").
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*LeafSpec.*")
-
-
-def configure_torch(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(int(threads))
-
-
-def warn_slow_precision(trainer: L.Trainer) -> None:
-    if isinstance(trainer.accelerator, CPUAccelerator) and "bf16" in str(trainer.precision) \
-            and not cpu_has_native_bf16():
-        log.warning("trainer.precision=%s on a CPU without native bf16 (AVX512-BF16/AMX) is ~10x slower "
-                    "than 32-true here; see README 'Performance'", trainer.precision)
-
-
-def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
-    """The configured callbacks, less those the Trainer settings leave nothing to do for:
-    Lightning refuses a progress bar callback beside `trainer.enable_progress_bar=false`, and a
-    learning-rate monitor needs a logger to write into."""
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    if not cfg.trainer.get("enable_progress_bar", True):
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if not has_logger:
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return callbacks
-
-
-def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
 
 
 def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule) -> PneumoniaClassifier:
@@ -151,17 +118,15 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         solo = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
                          logger=loggers or False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, use_distributed_sampler=False)
-        val_report = calibrate_threshold(solo, module, datamodule, best_path,
-                                         OmegaConf.to_container(cfg.threshold), out_dir)
-        for logger in loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(flat_hparams(cfg), metrics={f"hp/val_{k}": v for k, v in val_report.items()
-                                                                    if k in ("accuracy", "f1", "auroc", "precision",
-                                                                             "recall", "specificity", "threshold")})
+        best_module, val_report = calibrate_threshold(solo, datamodule, best_path,
+                                                      OmegaConf.to_container(cfg.threshold), out_dir)
+        hp_metrics = {f"hp/val_{k}": val_report[k] for k in (*METRIC_NAMES, "threshold")}
+        for tb in tensorboard_loggers(loggers):
+            tb.log_hyperparams(flat_hparams(cfg), metrics=hp_metrics)
         if best_score is None:
             best_score = val_report.get(cfg.monitor.split("/", 1)[-1])
         if cfg.test:
-            solo.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
+            solo.test(best_module, datamodule=datamodule)
 
     summary = {"best_checkpoint": best_path, "monitor": cfg.monitor, "best_score": best_score,
                "epochs": trainer.current_epoch,

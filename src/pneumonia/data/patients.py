@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumonia.errors import ConfigError
-
 # personN_bacteria_K / personN_virus_K: pneumonia patient N.
 _PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
 # IM-NNNN-KKKK and NORMAL2-IM-NNNN-KKKK: one normal patient per NNNN. Both prefixes map to
@@ -38,10 +36,9 @@ def grouped_split(
     """Split image indices into (train, val) so that no patient is on both sides.
 
     Stratified by class: for each class, whole patients (shuffled with `seed`) go to
-    validation until it holds `val_fraction` of that class's images.
+    validation until it holds `val_fraction` (in (0, 1), checked by the DataModule) of
+    that class's images.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction={val_fraction} must be in (0, 1)")
     by_patient: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(paths):
         by_patient[patient_id(p)].append(i)

@@ -1,8 +1,8 @@
 """`ChestXrayDataModule`: the Kaggle ImageFolder splits, decoded once, batched by index.
 
 Batches are `(images, labels, indices)`: uint8 images leave the loader and become float
-in [0, 1] (and are augmented, when training) in `on_after_batch_transfer`, that is on the
-model's device, one batch at a time.
+in [0, 1] through the preprocessing preset (and are augmented, when training) in
+`on_after_batch_transfer`, that is on the model's device, one batch at a time.
 """
 
 from __future__ import annotations
@@ -13,73 +13,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from pneumonia.augment import BatchAugment
+from pneumonia.data.augment import BatchAugment
+from pneumonia.data.cache import DecodedImages, decode_images
+from pneumonia.data.folder import DataLayoutError, SplitFiles, scan_split
+from pneumonia.data.patients import grouped_split
+from pneumonia.data.preprocess import Preprocess
+from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
 from pneumonia.errors import ConfigError
-from pneumonia.image_cache import DecodedImages, decode_images
-from pneumonia.image_folder import DataLayoutError, SplitFiles, scan_split
-from pneumonia.patients import grouped_split
 
 log = logging.getLogger(__name__)
-
-
-class IndexedImages(Dataset):
-    """Indexed with a list of indices, returns a whole batch: one gather, no collate."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
-        self.images, self.labels, self.indices = images, labels, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = self.indices[batch]
-        return self.images[idx], self.labels[idx], idx
-
-
-class EpochBatchSampler:
-    """Index batches, shuffled with (seed, epoch) and sharded over ranks without padding.
-
-    Seeding by epoch, not by a running generator, makes a run resumed at an epoch
-    boundary see exactly the batches the uninterrupted run saw. Training shards are cut
-    to equal length (every rank must take the same number of steps); evaluation shards
-    are disjoint and cover every image exactly once, so synced metrics equal one process'.
-    """
-
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _shard(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-            order = order[: self.n - self.n % self.world_size] if self.world_size > 1 else order
-        else:
-            order = list(range(self.n))
-        return order[self.rank :: self.world_size]
-
-    def _stop(self, size: int) -> int:
-        remainder = size % self.batch_size
-        # a training batch of one image breaks batch norm ("expected more than 1 value per
-        # channel"): drop it, as if drop_last were set for that one image
-        if self.drop_last or (self.shuffle and remainder == 1 and size > 1):
-            return size - remainder
-        return size
-
-    def __iter__(self):
-        shard = self._shard()
-        for start in range(0, self._stop(len(shard)), self.batch_size):
-            yield shard[start : start + self.batch_size]
-
-    def __len__(self) -> int:
-        return -(-self._stop(len(self._shard())) // self.batch_size)
 
 
 class ChestXrayDataModule(L.LightningDataModule):
@@ -111,12 +55,13 @@ class ChestXrayDataModule(L.LightningDataModule):
         super().__init__()
         if on_bad_image not in ("skip", "error"):
             raise ConfigError(f"data.on_bad_image={on_bad_image!r} must be 'skip' or 'error'")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must be >= 1")
-        if channels not in (1, 3):
-            raise ConfigError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
-        if image_size < 8:
-            raise ConfigError(f"data.image_size={image_size} must be >= 8")
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{key}={value!r} must be an integer >= 1")
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+                or not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={val_fraction!r} must be a number in (0, 1)")
+        self.preprocess = Preprocess(image_size, channels)  # checks image_size and channels
         self.save_hyperparameters(logger=False)
         self.augment = BatchAugment(**(augment or {}))
         self._aug_generator = torch.Generator()
@@ -137,7 +82,7 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def _decode(self, files: SplitFiles) -> DecodedImages:
         h = self.hparams
-        decoded = decode_images(files.paths, files.labels, h.image_size, h.channels,
+        decoded = decode_images(files.paths, files.labels, self.preprocess,
                                 cache_dir=h.cache_dir, threads=h.decode_threads)
         if decoded.bad:
             self._report_bad(files, decoded.bad)
@@ -229,12 +174,12 @@ class ChestXrayDataModule(L.LightningDataModule):
     # ---- on the device -------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels, indices = batch
-        x = images.float().div_(255)
+        x = self.preprocess.to_input(images)
         trainer = self.trainer
         if trainer is not None and trainer.training:
             epoch = self._train_sampler.epoch if self._train_sampler else trainer.current_epoch
             if epoch != self._aug_epoch:  # reseed per epoch: resumed runs augment identically
-                self._aug_generator.manual_seed(self.hparams.seed * 1_000_003 + epoch + 7)
+                self._aug_generator.manual_seed(epoch_seed(self.hparams.seed, epoch, stream=7))
                 self._aug_epoch = epoch
             x = self.augment(x, self._aug_generator)
         return x, labels, indices

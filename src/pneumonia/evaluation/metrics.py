@@ -14,24 +14,24 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
-METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "auroc")
+from pneumonia.evaluation import METRIC_NAMES, REPORT_KEYS
+
+__all__ = ["METRIC_NAMES", "REPORT_KEYS", "classification_metrics", "report", "set_threshold", "split_confmat"]
 
 
 def classification_metrics(prefix: str = "", threshold: float = 0.5) -> MetricCollection:
     """All metrics take probabilities; AUROC is threshold-free, the rest use `threshold`."""
-    return MetricCollection(
-        {
-            "accuracy": BinaryAccuracy(threshold=threshold),
-            "precision": BinaryPrecision(threshold=threshold),
-            "recall": BinaryRecall(threshold=threshold),
-            "specificity": BinarySpecificity(threshold=threshold),
-            "f1": BinaryF1Score(threshold=threshold),
-            "auroc": BinaryAUROC(),
-            "confmat": BinaryConfusionMatrix(threshold=threshold),
-        },
-        prefix=prefix,
-        compute_groups=False,
-    )
+    metrics = {
+        "accuracy": BinaryAccuracy(threshold=threshold),
+        "precision": BinaryPrecision(threshold=threshold),
+        "recall": BinaryRecall(threshold=threshold),
+        "specificity": BinarySpecificity(threshold=threshold),
+        "f1": BinaryF1Score(threshold=threshold),
+        "auroc": BinaryAUROC(),
+    }
+    assert tuple(metrics) == METRIC_NAMES  # one list of names, kept in step with this collection
+    return MetricCollection({**metrics, "confmat": BinaryConfusionMatrix(threshold=threshold)},
+                            prefix=prefix, compute_groups=False)
 
 
 def set_threshold(metrics: MetricCollection, threshold: float) -> None:
@@ -51,4 +51,5 @@ def report(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[
     metrics = classification_metrics(threshold=threshold)
     scalars, confmat = split_confmat(metrics(probs.float(), labels.long()), "")
     (tn, fp), (fn, tp) = confmat.tolist()
-    return {**scalars, "tn": tn, "fp": fp, "fn": fn, "tp": tp, "threshold": float(threshold), "n": len(labels)}
+    rep = {**scalars, "tn": tn, "fp": fp, "fn": fn, "tp": tp, "threshold": float(threshold), "n": len(labels)}
+    return {k: rep[k] for k in REPORT_KEYS}

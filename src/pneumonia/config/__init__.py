@@ -1,0 +1,1 @@
+"""Everything about configs: resolvers, composing from code, instantiation, value checks."""

@@ -1,0 +1,78 @@
+"""The checkpoint format: the only module that knows a checkpoint's keys.
+
+A checkpoint is Lightning's dict, loaded with `weights_only=True` (tensors and plain types
+only, so it cannot run code), with:
+
+- `state_dict`: the LightningModule's weights; `net.*` is the network, `threshold` the
+  decision threshold (0.5 until calibration stores the validation-chosen one);
+- `hyper_parameters`: the LightningModule's arguments as plain dicts, `net` the network
+  spec of `pneumonia.models.build_net`;
+- `datamodule_hyper_parameters`: the DataModule's arguments (root, image size, channels...);
+- `pneumonia`: written by calibration after training: `threshold_method`, `val_report`
+  (validation metrics at the threshold) and `precision` (what the threshold was chosen under).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pneumonia.errors import CheckpointError
+from pneumonia.io import atomic_torch_save
+
+REQUIRED_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
+NET_PREFIX = "net."
+CALIBRATION = "pneumonia"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint as a dict; a `CheckpointError` for anything that is not one of ours."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path '{path}' does not exist" if not path.exists()
+                              else f"ckpt_path '{path}' is not a file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"'{path}' is not a readable checkpoint of this project ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        raise CheckpointError(f"'{path}' is not a checkpoint written by this project's train.py")
+    return ckpt
+
+
+def module_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The LightningModule's arguments (`net`, `optimizer`, `scheduler`, ...)."""
+    return dict(ckpt["hyper_parameters"])
+
+
+def data_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The DataModule's arguments as trained (image size, channels, root, ...)."""
+    return dict(ckpt["datamodule_hyper_parameters"])
+
+
+def net_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's weights alone (the `net.` entries of the module's state dict)."""
+    return {k[len(NET_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
+
+
+def threshold(ckpt: dict[str, Any]) -> float:
+    return float(ckpt["state_dict"].get("threshold", torch.tensor(0.5)))
+
+
+def calibration(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What calibration stored ({} for a checkpoint that was never calibrated)."""
+    return dict(ckpt.get(CALIBRATION) or {})
+
+
+def store_calibration(path: str | Path, threshold_value: float, *, method: str, val_report: dict[str, Any],
+                      precision: str) -> dict[str, Any]:
+    """Write the validation-chosen threshold, its method and validation metrics and the
+    precision they were measured under into the checkpoint at `path` (atomically)."""
+    ckpt = load_checkpoint(path)
+    ckpt["state_dict"]["threshold"] = torch.tensor(float(threshold_value))
+    ckpt[CALIBRATION] = {"threshold_method": method, "val_report": val_report, "precision": str(precision)}
+    atomic_torch_save(ckpt, path)
+    return ckpt

@@ -1,0 +1,174 @@
+"""`Predictor`: a checkpoint turned into a ready scoring model, the one boundary between
+checkpoint files and everything that scores (eval.py, calibration, predict, export).
+
+    predictor = Predictor.from_checkpoint("outputs/train/<run>/checkpoints/best.ckpt")
+    probs = predictor.predict_files(["a.jpeg", "b.dcm"])      # P(pneumonia) per file
+    decisions = predictor.decide(probs)                        # 1 = PNEUMONIA at the stored threshold
+
+It holds the network in eval mode (plain `torch.nn`, no Lightning: importing
+`pneumonia.inference` pulls in neither Lightning, matplotlib nor TensorBoard), the
+preprocessing preset the network was trained with, the validation-chosen threshold, the
+precision that threshold was chosen under, the class names and a summary of the recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pneumonia import CLASSES
+from pneumonia.data.preprocess import Preprocess
+from pneumonia.errors import ConfigError
+from pneumonia.hardware import auto_precision
+from pneumonia.inference import checkpoint as ckpt_format
+from pneumonia.models import build_net
+
+_AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
+_FULL = ("32-true", "32", "64-true", "64")
+
+
+def resolve_precision(requested: str | None, stored: str | None, accelerator: str = "auto") -> str:
+    """`requested` if given, else the precision the checkpoint's threshold was chosen under,
+    else what `auto` picks. Scores under another precision shift a little (bf16 keeps 8 bits
+    of mantissa), and an undertrained model whose scores sit within that shift of its
+    threshold then flips predictions: seen on a CPU with native bf16 scoring an fp32-trained
+    checkpoint."""
+    if requested is not None:
+        return str(requested)
+    return str(stored) if stored else auto_precision(str(accelerator))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} was asked for, but this machine has no usable CUDA GPU")
+    return device
+
+
+class Predictor:
+    """A network ready to score: eval mode, preprocessing, threshold, precision."""
+
+    def __init__(self, net: nn.Module, preprocess: Preprocess, threshold: float = 0.5, *,
+                 precision: str = "32-true", device: str | torch.device = "cpu", channels_last: bool = True,
+                 classes: Sequence[str] = CLASSES, recipe: dict[str, Any] | None = None,
+                 module_settings: dict[str, Any] | None = None, data_settings: dict[str, Any] | None = None,
+                 module_state: dict[str, torch.Tensor] | None = None) -> None:
+        if precision not in _AUTOCAST and precision not in _FULL:
+            raise ConfigError(f"precision={precision!r} is not one of {', '.join([*_FULL[:1], *_AUTOCAST])}")
+        self.device = resolve_device(device)
+        self.channels_last = channels_last
+        self.net = net.to(self.device).eval()
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.preprocess = preprocess
+        self.threshold = float(threshold)
+        self.precision = str(precision)
+        self.classes = tuple(classes)
+        self.recipe = recipe or {}
+        self.module_settings = module_settings or {}
+        self.data_settings = data_settings or {"image_size": preprocess.image_size, "channels": preprocess.channels}
+        self._module_state = module_state
+
+    # ---- from a checkpoint ---------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str | None = None,
+                        threshold: float | None = None, accelerator: str = "auto") -> Predictor:
+        """Load `path` (with `weights_only=True`). `precision`/`threshold` override the stored
+        ones; `accelerator` is what `precision: auto` is resolved for when nothing is stored."""
+        ckpt = ckpt_format.load_checkpoint(path)
+        module_hp = ckpt_format.module_settings(ckpt)
+        data_hp = ckpt_format.data_settings(ckpt)
+        net = build_net(module_hp["net"])
+        try:
+            net.load_state_dict(ckpt_format.net_state(ckpt))
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise ckpt_format.CheckpointError(f"'{path}': the weights do not fit the network it names ({first})") \
+                from None
+        calibration = ckpt_format.calibration(ckpt)
+        chosen = ckpt_format.threshold(ckpt) if threshold is None else float(threshold)
+        recipe = {
+            "checkpoint": str(path),
+            "epoch": ckpt.get("epoch"),
+            "net": module_hp["net"],
+            "optimizer": module_hp.get("optimizer"),
+            "scheduler": module_hp.get("scheduler"),
+            "pos_weight": module_hp.get("pos_weight"),
+            "seed": module_hp.get("seed"),
+            "image_size": data_hp.get("image_size"),
+            "channels": data_hp.get("channels"),
+            "augment": data_hp.get("augment"),
+            "threshold_method": calibration.get("threshold_method"),
+            "val_report": calibration.get("val_report"),
+            "calibrated": bool(calibration),
+        }
+        return cls(
+            net, Preprocess(int(data_hp["image_size"]), int(data_hp["channels"])), chosen,
+            precision=resolve_precision(precision, calibration.get("precision"), accelerator),
+            device=device, channels_last=bool(module_hp.get("channels_last", True)), recipe=recipe,
+            module_settings=module_hp, data_settings=data_hp, module_state=ckpt["state_dict"],
+        )
+
+    # ---- scoring -------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = _AUTOCAST.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Float inputs (N, C, S, S) in [0, 1] → float32 logits (N,) on the CPU."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            return self.net(x).float().cpu()
+
+    def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Float inputs (N, C, S, S) in [0, 1] → P(pneumonia) (N,)."""
+        return torch.sigmoid(self.logits(x))
+
+    def predict_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed uint8 images (N, C, S, S), as the decoded cache holds them → P(pneumonia)."""
+        return self.predict_tensor(self.preprocess.to_input(images.to(self.device)))
+
+    def predict_files(self, paths: Sequence[str | Path], batch_size: int = 64) -> torch.Tensor:
+        """P(pneumonia) for each file (an unreadable file raises; `predict.py` skips and reports)."""
+        probs = [self.predict_images(torch.stack([torch.from_numpy(self.preprocess.load(p)) for p in chunk]))
+                 for chunk in _chunks(list(paths), batch_size)]
+        return torch.cat(probs) if probs else torch.empty(0)
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """1 (PNEUMONIA) where the probability reaches the threshold, else 0 (NORMAL)."""
+        return (probs >= self.threshold).long()
+
+    # ---- for the Lightning paths (eval.py scores through a Trainer for DDP) ----------------
+    def lightning_module(self) -> Any:
+        """A `PneumoniaClassifier` with this checkpoint's weights and this threshold."""
+        from pneumonia.models.classifier import PneumoniaClassifier
+
+        if self._module_state is None:
+            raise ConfigError("this Predictor was not loaded from a checkpoint: no module to rebuild")
+        keys = ("net", "optimizer", "scheduler", "pos_weight", "channels_last", "seed")
+        module = PneumoniaClassifier(**{k: self.module_settings[k] for k in keys if k in self.module_settings})
+        module.load_state_dict(self._module_state)
+        module.threshold.fill_(self.threshold)
+        return module
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-type description: classes, threshold, precision, preprocessing and recipe."""
+        return {"classes": list(self.classes), "positive_class": self.classes[1], "threshold": self.threshold,
+                "precision": self.precision, "preprocess": self.preprocess.describe(), "recipe": self.recipe}
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

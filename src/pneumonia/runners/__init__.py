@@ -1,0 +1,1 @@
+"""What the entry points do: `train`, `evaluate` (and their shared setup in `common`)."""

@@ -1,0 +1,83 @@
+"""The inference core: one Predictor reads checkpoints, one preprocessing preset feeds every path."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pneumonia import CLASSES
+from pneumonia.data.datamodule import ChestXrayDataModule
+from pneumonia.errors import CheckpointError, ConfigError
+from pneumonia.inference import Predictor
+from pneumonia.runners.eval import evaluate
+from tests.helpers import compose_cfg
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
+
+
+def test_predictor_holds_what_the_checkpoint_says(checkpoint):
+    p = Predictor.from_checkpoint(checkpoint)
+    stored = torch.load(checkpoint, weights_only=True)
+    assert not p.net.training and p.classes == CLASSES
+    assert p.threshold == pytest.approx(float(stored["state_dict"]["threshold"]))
+    assert p.threshold != 0.5  # calibrated on validation, not the default
+    assert p.precision == stored["pneumonia"]["precision"]
+    assert (p.preprocess.image_size, p.preprocess.channels) == (48, 1)  # debug=tiny
+    assert p.recipe["threshold_method"] == "youden" and p.recipe["val_report"]["n"] > 0
+    assert p.recipe["net"]["depth"] == 3
+    summary = p.summary()
+    assert summary["positive_class"] == "PNEUMONIA" and summary["preprocess"]["image_size"] == 48
+    assert Predictor.from_checkpoint(checkpoint, threshold=0.9).threshold == 0.9
+    probs = torch.tensor([0.1, 0.95, p.threshold])
+    assert p.decide(probs).tolist() == [0, 1, 1]  # the threshold itself counts as PNEUMONIA
+
+
+def test_same_file_gives_bit_identical_input_through_predictor_and_datamodule(checkpoint, xray_root, tmp_path):
+    p = Predictor.from_checkpoint(checkpoint)
+    dm = ChestXrayDataModule(**{**p.data_settings, "root": str(xray_root), "cache_dir": str(tmp_path / "cache"),
+                                "bad_image_report": None})
+    dm.setup("fit")
+    images, labels, indices = next(iter(dm.val_dataloader()))
+    x, _, _ = dm.on_after_batch_transfer((images, labels, indices), 0)  # the validation (eval) path
+    for row, i in enumerate(indices.tolist()[:8]):
+        path = dm.paths["val"][i]
+        assert torch.equal(p.preprocess(path), x[row]), path
+
+
+def test_predictor_scores_like_eval(checkpoint, xray_root, tmp_path):
+    cfg = compose_cfg("eval", [f"ckpt_path={checkpoint}", "trainer.accelerator=cpu", f"data.root={xray_root}",
+                               f"data.cache_dir={tmp_path / 'cache'}", "logger=none",
+                               "trainer.enable_progress_bar=false"], tmp_path)
+    evaluate(cfg)
+    with open(tmp_path / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    p = Predictor.from_checkpoint(checkpoint)
+    probs = p.predict_files([r["path"] for r in rows], batch_size=7)
+    expected = torch.tensor([float(r["probability"]) for r in rows])
+    assert torch.allclose(probs, expected, atol=2e-6)
+    assert p.decide(probs).tolist() == [int(r["prediction"]) for r in rows]
+
+
+def test_bad_predictor_settings_are_one_line_errors(checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="precision='half'"):
+        Predictor.from_checkpoint(checkpoint, precision="half")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Predictor.from_checkpoint(tmp_path / "missing.ckpt")
+    stored = torch.load(checkpoint, weights_only=True)
+    stored["hyper_parameters"]["net"]["depth"] = 2  # weights of a 3-block net
+    torch.save(stored, tmp_path / "mismatch.ckpt")
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        Predictor.from_checkpoint(tmp_path / "mismatch.ckpt")
+
+
+def test_importing_inference_stays_light():
+    code = ("import sys, pneumonia.inference; heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'matplotlib', 'tensorboard', 'lightning', 'pytorch_lightning', 'hydra', 'captum'}); print(heavy)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
