@@ -52,6 +52,10 @@ def test_tensorboard_has_epoch_metrics_figures_and_hparams(trained):
         for name in ("loss", "accuracy", "precision", "recall", "specificity", "f1", "auroc"):
             assert f"{phase}/{name}" in scalars
     assert "val/confusion_matrix" in tags["images"]
+    assert "val/gradcam" in tags["images"]  # Grad-CAM overlays of fixed validation images
+    acc_images = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    acc_images.Reload()
+    assert len(acc_images.Images("val/gradcam")) == 8  # one gallery per epoch
     assert {"hp/val_f1", "hp/val_auroc", "hp/val_accuracy"} <= scalars
     assert "test/auroc" in scalars  # test=true scores test/ with the best checkpoint
     acc = EventAccumulator(str(out / "tensorboard"))
@@ -82,6 +86,16 @@ def test_eval_writes_metrics_predictions_and_figures(trained, xray_root, tmp_pat
         assert (tmp_path / f"{png}.png").stat().st_size > 1000
     assert "test/auroc" in tb_tags(tmp_path / "tensorboard")["scalars"]
     assert rep == metrics
+    assert (tmp_path / "errors_gallery.png").is_file() == (metrics["fp"] + metrics["fn"] > 0)
+    # threshold 0 calls all 16 normal test images pneumonia: the gallery shows the 8 most confident
+    cfg = compose_cfg("eval", [f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu",
+                               f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "threshold=0.0",
+                               "logger=none", "trainer.enable_progress_bar=false"], tmp_path / "all_pneumonia")
+    assert evaluate(cfg)["fp"] == 16
+    from PIL import Image
+
+    with Image.open(tmp_path / "all_pneumonia" / "errors_gallery.png") as img:
+        assert img.size == (4 * 240, 2 * 280)  # 8 thumbnails, 4 per row
 
 
 def test_multirun_two_jobs_with_readable_folders(xray_root, tmp_path):

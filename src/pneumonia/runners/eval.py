@@ -72,6 +72,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             writer.writerow([paths[i], y, f"{p:.6f}", int(p >= threshold)])
 
     write_figures(out_dir, probs, labels, rep, loggers)
+    if cfg.get("gallery_size"):
+        errors_gallery(out_dir / "errors_gallery.png", datamodule, out, threshold, cfg.gallery_size)
     print(f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}, "
           f"precision {trainer.precision}\n"
           f"{format_table(rep)}\nWritten to {out_dir}")
@@ -100,3 +102,26 @@ def write_figures(out_dir: Path, probs: torch.Tensor, labels: torch.Tensor, rep:
     for tb in tensorboards:
         tb.log_metrics({f"eval/{k}": float(v) for k, v in rep.items()}, step=0)
         tb.experiment.flush()
+
+
+def errors_gallery(path: Path, datamodule: ChestXrayDataModule, out: dict[str, torch.Tensor], threshold: float,
+                   size: int) -> Path | None:
+    """The most confident mistakes: up to `size // 2` false positives (highest probability
+    among NORMAL images) and false negatives (lowest among PNEUMONIA), as one grid."""
+    probs, labels, indices = out["probs"], out["labels"], out["indices"]
+    wrong_pos = torch.nonzero((labels == 0) & (probs >= threshold)).flatten()
+    wrong_neg = torch.nonzero((labels == 1) & (probs < threshold)).flatten()
+    fp = wrong_pos[torch.argsort(probs[wrong_pos], descending=True)][: (size + 1) // 2]
+    fn = wrong_neg[torch.argsort(probs[wrong_neg])][: size // 2]
+    chosen = torch.cat([fp, fn])
+    if not len(chosen):
+        log.info("No false positives or false negatives: no errors gallery")
+        return None
+    from pneumonia.explain.figures import save_gallery
+
+    data, paths = datamodule.splits["test"], datamodule.paths["test"]
+    items = [{"image": data.images[int(indices[i])].numpy(), "probability": float(probs[i]),
+              "prediction": int(probs[i] >= threshold), "label": int(labels[i]),
+              "title": ("FP " if labels[i] == 0 else "FN ") + Path(paths[int(indices[i])]).name[:28]}
+             for i in chosen.tolist()]
+    return save_gallery(path, items)

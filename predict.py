@@ -1,0 +1,28 @@
+"""Predict: `python predict.py ckpt_path=PATH inputs=<file|folder|glob> [explain=true] [gallery=true]`."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import pneumonia.config.resolvers  # noqa: F401  (resolvers used by conf/)
+from pneumonia.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    for key, example in (("ckpt_path", "outputs/train/<run>/checkpoints/best.ckpt"), ("inputs", "scans/")):
+        if OmegaConf.is_missing(cfg, key):
+            print(f"error: {key} is required, e.g. python predict.py {key}={example}", file=sys.stderr)
+            raise SystemExit(2)
+    from pneumonia.runners.predict import predict  # heavy imports after Hydra parsed the command line
+
+    try:
+        predict(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
