@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.synthetic import make_chest_xray_tree
+from pneumonia.data.synthetic import make_chest_xray_tree
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests run on the CPU, always
 

@@ -16,7 +16,7 @@ from pneumonia.inference import Predictor
 from pneumonia.inference.checkpoint import load_checkpoint
 from pneumonia.runners.train import train
 from tests.helpers import run_cli, train_cfg
-from tests.synthetic import make_chest_xray_tree
+from pneumonia.data.synthetic import make_chest_xray_tree
 
 
 def add_bad_and_odd_files(root: Path) -> None:

@@ -12,7 +12,7 @@ from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.data.folder import DataLayoutError, scan_split
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler
-from tests.synthetic import make_chest_xray_tree
+from pneumonia.data.synthetic import make_chest_xray_tree
 
 
 def make_dm(root, tmp_path, **kw):

@@ -182,6 +182,7 @@ def gallery_figure(items: Sequence[Mapping[str, Any]], *, columns: int = 4) -> p
     rows = math.ceil(len(items) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.8 * rows), dpi=100, squeeze=False,
                              layout="constrained")
+    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.12 / rows))  # constrained layout clips the top titles
     for ax in axes.flat[len(items):]:
         ax.axis("off")
     for ax, item in zip(axes.flat, items):
