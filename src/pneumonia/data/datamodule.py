@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from pneumonia.data.augment import BatchAugment
 from pneumonia.data.cache import DecodedImages, decode_images
 from pneumonia.data.folder import DataLayoutError, SplitFiles, scan_split
+from pneumonia.data.layout import find_data_root
 from pneumonia.data.patients import grouped_split
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
@@ -51,6 +52,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         on_bad_image: str = "skip",
         bad_image_report: str | None = None,
         augment: dict[str, Any] | None = None,
+        download: bool = False,
     ) -> None:
         super().__init__()
         if on_bad_image not in ("skip", "error"):
@@ -70,15 +72,31 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.paths: dict[str, tuple[str, ...]] = {}
         self._train_sampler: EpochBatchSampler | None = None
         self.predict_split = "test"  # which split predict_dataloader() serves
+        self._data_root: Path | None = None
+
+    @property
+    def data_root(self) -> Path:
+        """The folder holding the split folders: `root` itself, or the one split set found
+        below it (the Kaggle archive's top folder, kagglehub's cache, the Mendeley release);
+        downloaded first when `download` is set and `root` does not exist."""
+        if self._data_root is None:
+            if self.hparams.download:
+                from pneumonia.data.download import ensure
+
+                ensure(self.hparams.root)
+            self._data_root = find_data_root(self.hparams.root)
+            if str(self._data_root) != str(Path(self.hparams.root).expanduser()):
+                log.info("data.root %s: using the split folders in %s", self.hparams.root, self._data_root)
+        return self._data_root
 
     # ---- discovery and decoding ------------------------------------------------
     def check_layout(self, stages: tuple[str, ...] = ("fit",)) -> None:
         """Raise `DataLayoutError` now if a folder needed by `stages` is missing or wrong."""
         if "fit" in stages:
-            scan_split(self.hparams.root, "train")
-            scan_split(self.hparams.root, "val", required=False)
+            scan_split(self.data_root, "train")
+            scan_split(self.data_root, "val", required=False)
         if "test" in stages:
-            scan_split(self.hparams.root, "test")
+            scan_split(self.data_root, "test")
 
     def _decode(self, files: SplitFiles) -> DecodedImages:
         h = self.hparams
@@ -111,8 +129,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         h = self.hparams
         predicting_test = stage == "predict" and self.predict_split == "test"
         if stage in ("fit", "validate", "predict", None) and not predicting_test and "train" not in self.splits:
-            train_files = scan_split(h.root, "train")
-            val_files = scan_split(h.root, "val", required=False)
+            train_files = scan_split(self.data_root, "train")
+            val_files = scan_split(self.data_root, "val", required=False)
             train = self._decode(train_files)
             if val_files is not None and len(val_files) >= h.min_val_images:
                 val = self._decode(val_files)
@@ -128,12 +146,12 @@ class ChestXrayDataModule(L.LightningDataModule):
                 self._register("val", train, torch.from_numpy(va))
             log.info("Train %d images, validation %d images", len(self.splits["train"]), len(self.splits["val"]))
         if (stage == "test" or predicting_test) and "test" not in self.splits:
-            test = self._decode(scan_split(h.root, "test"))
+            test = self._decode(scan_split(self.data_root, "test"))
             self._register("test", test, torch.arange(len(test.paths)))
 
     def _register(self, split: str, decoded: DecodedImages, indices: torch.Tensor) -> None:
         if len(indices) == 0:
-            raise DataLayoutError(f"the {split} split of data.root '{self.hparams.root}' has no readable images")
+            raise DataLayoutError(f"the {split} split of data.root '{self.data_root}' has no readable images")
         self.splits[split] = IndexedImages(decoded.images, decoded.labels, indices)
         self.paths[split] = decoded.paths
 

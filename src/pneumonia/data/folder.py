@@ -66,6 +66,9 @@ def walk_images(folder: str | Path) -> list[str]:
 def scan_split(root: str | Path, split: str, *, required: bool = True) -> SplitFiles | None:
     """Image files of `root/split`; None if the split is absent and not `required`."""
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataLayoutError(f"data.root '{root}' is a file, not a folder: expected a folder with train/ val/ "
+                              f"test/ subfolders (see README, 'Data')")
     if not root.is_dir():
         raise DataLayoutError(
             f"data.root '{root}' does not exist: expected a folder with train/ val/ test/ "
