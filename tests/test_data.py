@@ -1,6 +1,8 @@
+import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +52,7 @@ def test_mixed_sizes_and_modes_decode_to_requested_shape(xray_root, tmp_path):
 def test_cache_hit_returns_same_tensor_without_decoding(xray_root, tmp_path, monkeypatch):
     files = scan_split(xray_root, "test")
     first = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("images-*.pt"))) == 1
+    assert len(list(tmp_path.glob("images-*/meta.json"))) == 1
     monkeypatch.setattr(Preprocess, "load", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
     second = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path)
     assert torch.equal(first.images, second.images)
@@ -65,7 +67,7 @@ def test_cache_is_invalidated_by_a_changed_file(tmp_path):
     st = os.stat(target)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     second = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path / "c")
-    assert len(list((tmp_path / "c").glob("images-*.pt"))) == 2
+    assert len(list((tmp_path / "c").glob("images-*/meta.json"))) == 2
     assert not torch.equal(first.images[0], second.images[0])
     assert second.images[0].float().mean() > 250  # the new white image, not the stale one
     assert torch.equal(first.images[1:], second.images[1:])
@@ -125,3 +127,68 @@ def test_training_never_yields_a_single_image_batch():
     assert [len(b) for b in s] == [8, 8] and len(s) == 2
     assert [len(b) for b in EpochBatchSampler(17, 8, shuffle=False)] == [8, 8, 1]  # evaluation keeps all
     assert [len(b) for b in EpochBatchSampler(18, 8, shuffle=True)] == [8, 8, 2]
+
+
+def test_disk_cache_is_memory_mapped_and_shared_by_readers(xray_root, tmp_path):
+    files = scan_split(xray_root, "train")
+    a = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path)
+    b = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path)
+    cache_file = next(tmp_path.glob("images-*/images.u8"))
+    # read through a memory map of the one file (copy-on-write, never written), not a private copy
+    assert str(cache_file) in Path("/proc/self/maps").read_text()
+    assert cache_file.stat().st_size == 96 * 32 * 32
+    in_memory = decode_images(files.paths, files.labels, Preprocess(32, 1))
+    assert torch.equal(a.images, in_memory.images) and torch.equal(a.ok, in_memory.ok)
+    # another process reads the same cache (as a second run or a DDP rank would)
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from pneumonia.data.cache import decode_images; "
+            "from pneumonia.data.folder import scan_split; from pneumonia.data.preprocess import Preprocess; "
+            f"f = scan_split({str(xray_root)!r}, 'train'); "
+            "import pneumonia.data.preprocess as pp; pp.Preprocess.load = None; "  # decoding would fail
+            f"d = decode_images(f.paths, f.labels, Preprocess(32, 1), cache_dir={str(tmp_path)!r}); "
+            "print(int(d.images.sum()))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout) == int(a.images.sum())
+
+
+def test_interrupted_cache_build_resumes_where_it_stopped(xray_root, tmp_path, monkeypatch):
+    import pneumonia.data.cache as cache
+
+    monkeypatch.setattr(cache, "CHUNK", 10)
+    files = scan_split(xray_root, "train")
+    original = Preprocess.load
+    calls = []
+
+    def interrupted(self, path):
+        calls.append(path)
+        if len(calls) == 35:
+            raise KeyboardInterrupt  # Ctrl-C in the 4th chunk
+        return original(self, path)
+
+    monkeypatch.setattr(Preprocess, "load", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path, threads=1)
+    folder = next(tmp_path.glob("images-*"))
+    assert not (folder / "meta.json").exists()  # not complete: never served as a cache
+    assert json.loads((folder / "progress.json").read_text())["done"] == [0, 1, 2]
+    calls.clear()
+    monkeypatch.setattr(Preprocess, "load", lambda self, path: (calls.append(path), original(self, path))[1])
+    resumed = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path, threads=1)
+    assert len(calls) == 96 - 30  # the three chunks on disk are not decoded again
+    fresh = decode_images(files.paths, files.labels, Preprocess(32, 1))
+    assert torch.equal(resumed.images, fresh.images) and bool(resumed.ok.all())
+    assert (folder / "meta.json").is_file() and not (folder / "progress.json").exists()
+
+
+def test_damaged_cache_is_rebuilt_not_trusted(xray_root, tmp_path):
+    files = scan_split(xray_root, "test")
+    first = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path)
+    data_file = next(tmp_path.glob("images-*/images.u8"))
+    with open(data_file, "r+b") as f:
+        f.truncate(100)  # a cut file
+    second = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path)
+    assert torch.equal(first.images, second.images)
+    assert data_file.stat().st_size == 32 * 32 * 32

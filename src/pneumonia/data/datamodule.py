@@ -134,20 +134,22 @@ class ChestXrayDataModule(L.LightningDataModule):
             train = self._decode(train_files)
             if val_files is not None and len(val_files) >= h.min_val_images:
                 val = self._decode(val_files)
-                self._register("train", train, torch.arange(len(train.paths)))
-                self._register("val", val, torch.arange(len(val.paths)))
+                self._register("train", train, train.rows)
+                self._register("val", val, val.rows)
             else:
                 if val_files is not None:
                     log.info("Ignoring %s: %d images < data.min_val_images=%d; validating on a "
                              "patient-grouped split of train/", val_files.split_dir, len(val_files),
                              h.min_val_images)
-                tr, va = grouped_split(train.paths, train.labels.tolist(), h.val_fraction, h.split_seed)
-                self._register("train", train, torch.from_numpy(tr))
-                self._register("val", train, torch.from_numpy(va))
+                rows = train.rows  # the files that decoded; the split is made among them
+                tr, va = grouped_split([train.paths[i] for i in rows.tolist()], train.labels[rows].tolist(),
+                                       h.val_fraction, h.split_seed)
+                self._register("train", train, rows[torch.from_numpy(tr)])
+                self._register("val", train, rows[torch.from_numpy(va)])
             log.info("Train %d images, validation %d images", len(self.splits["train"]), len(self.splits["val"]))
         if (stage == "test" or predicting_test) and "test" not in self.splits:
             test = self._decode(scan_split(self.data_root, "test"))
-            self._register("test", test, torch.arange(len(test.paths)))
+            self._register("test", test, test.rows)
 
     def _register(self, split: str, decoded: DecodedImages, indices: torch.Tensor) -> None:
         if len(indices) == 0:
