@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from pneumonia.evaluation import METRIC_NAMES, REPORT_KEYS
 from tests.helpers import run_cli
 
 
@@ -28,7 +29,10 @@ def test_ddp_two_cpu_processes_train_once_and_score_like_one(xray_root, tmp_path
         metrics.append(json.loads((out / "metrics.json").read_text()))
         with open(out / "predictions.csv") as f:
             assert len(f.readlines()) == 1 + 32
-    assert metrics[0] == pytest.approx(metrics[1], abs=1e-6)
+    points = [{k: m[k] for k in REPORT_KEYS} for m in metrics]  # metrics.json also holds nested sections
+    assert points[0] == pytest.approx(points[1], abs=1e-6)
+    for name in METRIC_NAMES:  # and the same bootstrap intervals
+        assert metrics[0]["ci95"][name] == pytest.approx(metrics[1]["ci95"][name], abs=1e-6)
     assert metrics[1]["n"] == 32
 
 

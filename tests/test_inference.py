@@ -81,3 +81,27 @@ def test_importing_inference_stays_light():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_checkpoint_carries_the_validation_roc(checkpoint):
+    p = Predictor.from_checkpoint(checkpoint)
+    roc, rep = p.recipe["val_roc"], p.recipe["val_report"]
+    t = roc["thresholds"]
+    assert t == sorted(t) and len(t) == len(roc["sensitivity"]) == len(roc["specificity"]) > 2
+    assert roc["n_pneumonia"] == rep["tp"] + rep["fn"] and roc["n_normal"] == rep["tn"] + rep["fp"]
+    # the stored threshold sits between two validation scores: the next stored point above it
+    # is the operating point the model was calibrated at
+    i = next(k for k, v in enumerate(t) if v >= p.threshold)
+    assert roc["sensitivity"][i] == pytest.approx(rep["recall"])
+    assert roc["specificity"][i] == pytest.approx(rep["specificity"])
+    assert roc["sensitivity"][0] == 1.0 and roc["specificity"][-1] >= roc["specificity"][0]
+
+
+def test_a_probability_at_the_threshold_is_pneumonia_everywhere():
+    from pneumonia.evaluation.metrics import report
+
+    probs = torch.tensor([0.2, 0.3, 0.3, 0.7])
+    labels = torch.tensor([0, 1, 0, 1])
+    rep = report(probs, labels, 0.3)  # 0.3 itself is PNEUMONIA, as Predictor.decide says
+    assert (rep["tp"], rep["fp"], rep["tn"], rep["fn"]) == (2, 1, 1, 0)
+    assert rep["threshold"] == 0.3

@@ -39,6 +39,10 @@ def test_training_writes_checkpoints_summary_and_learns(trained):
     assert summary["monitor"] == "val/auroc" and summary["best_score"] == pytest.approx(score)
     assert score > 0.8, f"val AUROC {score} on an easy synthetic task"
     assert val_report["accuracy"] > 0.7
+    val = json.loads((out / "val_metrics.json").read_text())
+    lo, hi = val["at_threshold"]["ci95"]["auroc"]  # bootstrap intervals by patient
+    assert lo <= val_report["auroc"] <= hi and val["bootstrap"]["unit"] == "patient"
+    assert val["calibration"]["bins"] == 15 and val["calibration"]["temperature"] is None  # off by default
     ckpt = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)  # plain types only
     assert float(ckpt["state_dict"]["threshold"]) == pytest.approx(val_report["threshold"])
     assert ckpt["hyper_parameters"]["net"]["depth"] == 3
@@ -57,6 +61,7 @@ def test_tensorboard_has_epoch_metrics_figures_and_hparams(trained):
     acc_images.Reload()
     assert len(acc_images.Images("val/gradcam")) == 8  # one gallery per epoch
     assert {"hp/val_f1", "hp/val_auroc", "hp/val_accuracy"} <= scalars
+    assert "val/metrics/text_summary" in tags["tensors"]  # the validation table with its intervals
     assert "test/auroc" in scalars  # test=true scores test/ with the best checkpoint
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
@@ -72,7 +77,8 @@ def test_eval_writes_metrics_predictions_and_figures(trained, xray_root, tmp_pat
                                "trainer.enable_progress_bar=false"], tmp_path)
     rep = evaluate(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert list(metrics) == list(REPORT_KEYS)
+    assert list(metrics)[:len(REPORT_KEYS)] == list(REPORT_KEYS)  # then ci95, calibration, ... (test_report.py)
+    assert set(metrics["ci95"]) == {"accuracy", "precision", "recall", "specificity", "f1", "auroc"}
     assert metrics["n"] == 32 and metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == 32
     assert metrics["threshold"] == pytest.approx(val_report["threshold"])
     assert metrics["accuracy"] > 0.7 and metrics["auroc"] > 0.8  # better than chance (0.5)
@@ -82,8 +88,9 @@ def test_eval_writes_metrics_predictions_and_figures(trained, xray_root, tmp_pat
     assert all(Path(r["path"]).is_file() for r in rows)
     correct = sum(int(r["prediction"]) == int(r["label"]) for r in rows)
     assert correct / 32 == pytest.approx(metrics["accuracy"])
-    for png in ("confusion_matrix", "roc_curve", "pr_curve"):
+    for png in ("confusion_matrix", "roc_curve", "pr_curve", "reliability_diagram"):
         assert (tmp_path / f"{png}.png").stat().st_size > 1000
+    assert (tmp_path / "report.html").stat().st_size > 10_000
     assert "test/auroc" in tb_tags(tmp_path / "tensorboard")["scalars"]
     assert rep == metrics
     assert (tmp_path / "errors_gallery.png").is_file() == (metrics["fp"] + metrics["fn"] > 0)

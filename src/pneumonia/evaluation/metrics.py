@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -19,8 +20,20 @@ from pneumonia.evaluation import METRIC_NAMES, REPORT_KEYS
 __all__ = ["METRIC_NAMES", "REPORT_KEYS", "classification_metrics", "report", "set_threshold", "split_confmat"]
 
 
+def at_or_above(threshold: float) -> float:
+    """The threshold to give torchmetrics so that it decides like the rest of the project.
+
+    torchmetrics calls a probability positive when it is `> threshold`; the Predictor,
+    predictions.csv and the ONNX backend call it PNEUMONIA when it is `>= threshold`. The
+    float32 number just below `threshold` makes `>` mean `>=` for float32 probabilities
+    (torchmetrics wants [0, 1], so a threshold of 0 stays 0)."""
+    return max(0.0, float(np.nextafter(np.float32(threshold), np.float32(-np.inf))))
+
+
 def classification_metrics(prefix: str = "", threshold: float = 0.5) -> MetricCollection:
-    """All metrics take probabilities; AUROC is threshold-free, the rest use `threshold`."""
+    """All metrics take probabilities; AUROC is threshold-free, the rest call a probability
+    PNEUMONIA when it is >= `threshold`."""
+    threshold = at_or_above(threshold)
     metrics = {
         "accuracy": BinaryAccuracy(threshold=threshold),
         "precision": BinaryPrecision(threshold=threshold),
@@ -37,7 +50,7 @@ def classification_metrics(prefix: str = "", threshold: float = 0.5) -> MetricCo
 def set_threshold(metrics: MetricCollection, threshold: float) -> None:
     for metric in metrics.values():
         if hasattr(metric, "threshold"):
-            metric.threshold = float(threshold)
+            metric.threshold = at_or_above(threshold)
 
 
 def split_confmat(values: dict[str, torch.Tensor], prefix: str) -> tuple[dict[str, float], torch.Tensor]:

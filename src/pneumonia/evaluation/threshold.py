@@ -43,3 +43,21 @@ def choose_threshold(probs: torch.Tensor, labels: torch.Tensor, method: str = "y
     # middle of that gap rather than sitting on one validation image's probability
     low = float(candidates[i - 1]) if i > 0 else 0.0
     return (low + float(candidates[i])) / 2
+
+
+def roc_points(probs: torch.Tensor, labels: torch.Tensor, max_points: int = 2000) -> dict[str, list[float]]:
+    """Sensitivity and specificity at each distinct score used as the threshold (PNEUMONIA
+    when probability >= threshold), thresholds ascending; at most `max_points` of them
+    (evenly spaced in rank) so a large validation split keeps a small checkpoint. Stored in
+    the checkpoint, so the app can show what any threshold meant on validation."""
+    probs, labels = probs.double().flatten(), labels.long().flatten()
+    thresholds = torch.unique(probs)
+    if len(thresholds) > max_points:
+        thresholds = thresholds[torch.linspace(0, len(thresholds) - 1, max_points).round().long()]
+    pred = probs[None, :] >= thresholds[:, None]
+    pos = labels.bool()[None, :]
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    sens = (pred & pos).sum(1).double() / max(n_pos, 1)
+    spec = (~pred & ~pos).sum(1).double() / max(n_neg, 1)
+    return {"thresholds": thresholds.tolist(), "sensitivity": sens.tolist(), "specificity": spec.tolist(),
+            "n_pneumonia": n_pos, "n_normal": n_neg}

@@ -9,7 +9,10 @@ only, so it cannot run code), with:
   spec of `pneumonia.models.build_net`;
 - `datamodule_hyper_parameters`: the DataModule's arguments (root, image size, channels...);
 - `pneumonia`: written by calibration after training: `threshold_method`, `val_report`
-  (validation metrics at the threshold) and `precision` (what the threshold was chosen under).
+  (validation metrics at the threshold), `precision` (what the threshold was chosen under)
+  and, when temperature scaling was fitted on validation, `temperature` (P = sigmoid(logit / T);
+  the threshold was then chosen on those scaled probabilities), and `val_roc`: sensitivity
+  and specificity on validation at each candidate threshold (`evaluation.threshold.roc_points`).
 """
 
 from __future__ import annotations
@@ -62,17 +65,29 @@ def threshold(ckpt: dict[str, Any]) -> float:
     return float(ckpt["state_dict"].get("threshold", torch.tensor(0.5)))
 
 
+def temperature(ckpt: dict[str, Any]) -> float:
+    """The stored temperature T (1.0 when none was fitted: the raw sigmoid of the logit)."""
+    value = (ckpt.get(CALIBRATION) or {}).get("temperature")
+    return 1.0 if value is None else float(value)
+
+
 def calibration(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What calibration stored ({} for a checkpoint that was never calibrated)."""
     return dict(ckpt.get(CALIBRATION) or {})
 
 
 def store_calibration(path: str | Path, threshold_value: float, *, method: str, val_report: dict[str, Any],
-                      precision: str) -> dict[str, Any]:
-    """Write the validation-chosen threshold, its method and validation metrics and the
-    precision they were measured under into the checkpoint at `path` (atomically)."""
+                      precision: str, temperature_value: float | None = None,
+                      val_roc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the validation-chosen threshold, its method and validation metrics, the
+    precision they were measured under and the fitted temperature (None: none fitted) into
+    the checkpoint at `path` (atomically)."""
     ckpt = load_checkpoint(path)
     ckpt["state_dict"]["threshold"] = torch.tensor(float(threshold_value))
     ckpt[CALIBRATION] = {"threshold_method": method, "val_report": val_report, "precision": str(precision)}
+    if temperature_value is not None:
+        ckpt[CALIBRATION]["temperature"] = float(temperature_value)
+    if val_roc is not None:
+        ckpt[CALIBRATION]["val_roc"] = val_roc
     atomic_torch_save(ckpt, path)
     return ckpt

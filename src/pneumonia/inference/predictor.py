@@ -9,6 +9,13 @@ It holds the network in eval mode (plain `torch.nn`, no Lightning: importing
 `pneumonia.inference` pulls in neither Lightning, matplotlib nor TensorBoard), the
 preprocessing preset the network was trained with, the validation-chosen threshold, the
 precision that threshold was chosen under, the class names and a summary of the recipe.
+
+Temperature scaling: when calibration fitted a temperature T on validation
+(`calibration.temperature=true`), `Predictor.net` is the network behind a
+`TemperatureScaled` wrapper that divides its logit by T, so every path that scores through
+the Predictor (predict.py, eval.py and calibration through `lightning_module()`, Grad-CAM on
+`Predictor.net`, export) gives P = sigmoid(logit / T), the probabilities the threshold was
+chosen on. `Predictor.raw_net` is the network alone.
 """
 
 from __future__ import annotations
@@ -52,10 +59,39 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-class Predictor:
-    """A network ready to score: eval mode, preprocessing, threshold, precision."""
+class TemperatureScaled(nn.Module):
+    """`net`'s logit divided by a temperature T: sigmoid(net(x) / T). T > 1 softens
+    over-confident probabilities; the ranking of the images (AUROC) does not change. The
+    network stays reachable as `.net` (Grad-CAM finds its conv blocks there)."""
 
-    def __init__(self, net: nn.Module, preprocess: Preprocess, threshold: float = 0.5, *,
+    def __init__(self, net: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("temperature", torch.tensor(check_temperature(temperature)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # in float32 even under bf16/fp16 autocast: a second rounding to 8 bits of mantissa
+        # would move scores near the threshold away from where calibration chose it
+        return self.net(x).float() / self.temperature
+
+
+def check_temperature(temperature: Any) -> float:
+    """`temperature` as a float; a `ConfigError` unless it is a positive finite number."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not 0.0 < float(temperature) < float("inf"):
+        raise ConfigError(f"temperature={temperature!r} must be a positive number (1 = no temperature scaling)")
+    return float(temperature)
+
+
+def with_temperature(net: nn.Module, temperature: float) -> nn.Module:
+    """`net` itself when T = 1, else `net` behind a `TemperatureScaled` wrapper."""
+    return net if check_temperature(temperature) == 1.0 else TemperatureScaled(net, temperature)
+
+
+class Predictor:
+    """A network ready to score: eval mode, preprocessing, threshold, temperature, precision."""
+
+    def __init__(self, net: nn.Module, preprocess: Preprocess, threshold: float = 0.5, *, temperature: float = 1.0,
                  precision: str = "32-true", device: str | torch.device = "cpu", channels_last: bool = True,
                  classes: Sequence[str] = CLASSES, recipe: dict[str, Any] | None = None,
                  module_settings: dict[str, Any] | None = None, data_settings: dict[str, Any] | None = None,
@@ -64,7 +100,9 @@ class Predictor:
             raise ConfigError(f"precision={precision!r} is not one of {', '.join([*_FULL[:1], *_AUTOCAST])}")
         self.device = resolve_device(device)
         self.channels_last = channels_last
-        self.net = net.to(self.device).eval()
+        self.temperature = check_temperature(temperature)
+        self.raw_net = net
+        self.net = with_temperature(net, self.temperature).to(self.device).eval()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.preprocess = preprocess
@@ -79,9 +117,11 @@ class Predictor:
     # ---- from a checkpoint ---------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str | None = None,
-                        threshold: float | None = None, accelerator: str = "auto") -> Predictor:
-        """Load `path` (with `weights_only=True`). `precision`/`threshold` override the stored
-        ones; `accelerator` is what `precision: auto` is resolved for when nothing is stored."""
+                        threshold: float | None = None, temperature: float | None = None,
+                        accelerator: str = "auto") -> Predictor:
+        """Load `path` (with `weights_only=True`). `precision`/`threshold`/`temperature`
+        override the stored ones (`temperature=1.0`: the raw logits); `accelerator` is what
+        `precision: auto` is resolved for when nothing is stored."""
         ckpt = ckpt_format.load_checkpoint(path)
         module_hp = ckpt_format.module_settings(ckpt)
         data_hp = ckpt_format.data_settings(ckpt)
@@ -94,6 +134,8 @@ class Predictor:
                 from None
         calibration = ckpt_format.calibration(ckpt)
         chosen = ckpt_format.threshold(ckpt) if threshold is None else float(threshold)
+        stored_temperature = ckpt_format.temperature(ckpt)
+        temp = stored_temperature if temperature is None else temperature
         recipe = {
             "checkpoint": str(path),
             "epoch": ckpt.get("epoch"),
@@ -107,10 +149,12 @@ class Predictor:
             "augment": data_hp.get("augment"),
             "threshold_method": calibration.get("threshold_method"),
             "val_report": calibration.get("val_report"),
+            "val_roc": calibration.get("val_roc"),
             "calibrated": bool(calibration),
+            "temperature": stored_temperature,
         }
         return cls(
-            net, Preprocess(int(data_hp["image_size"]), int(data_hp["channels"])), chosen,
+            net, Preprocess(int(data_hp["image_size"]), int(data_hp["channels"])), chosen, temperature=temp,
             precision=resolve_precision(precision, calibration.get("precision"), accelerator),
             device=device, channels_last=bool(module_hp.get("channels_last", True)), recipe=recipe,
             module_settings=module_hp, data_settings=data_hp, module_state=ckpt["state_dict"],
@@ -125,7 +169,8 @@ class Predictor:
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Float inputs (N, C, S, S) in [0, 1] → float32 logits (N,) on the CPU."""
+        """Float inputs (N, C, S, S) in [0, 1] → float32 logits (N,) on the CPU, divided by
+        the temperature (logit / T: what the threshold applies to after sigmoid)."""
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -133,7 +178,7 @@ class Predictor:
             return self.net(x).float().cpu()
 
     def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Float inputs (N, C, S, S) in [0, 1] → P(pneumonia) (N,)."""
+        """Float inputs (N, C, S, S) in [0, 1] → P(pneumonia) = sigmoid(logit / T) (N,)."""
         return torch.sigmoid(self.logits(x))
 
     def predict_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,7 +197,8 @@ class Predictor:
 
     # ---- for the Lightning paths (eval.py scores through a Trainer for DDP) ----------------
     def lightning_module(self) -> Any:
-        """A `PneumoniaClassifier` with this checkpoint's weights and this threshold."""
+        """A `PneumoniaClassifier` with this checkpoint's weights, this threshold and this
+        temperature (its `net` is then the `TemperatureScaled` wrapper)."""
         from pneumonia.models.classifier import PneumoniaClassifier
 
         if self._module_state is None:
@@ -161,12 +207,13 @@ class Predictor:
         module = PneumoniaClassifier(**{k: self.module_settings[k] for k in keys if k in self.module_settings})
         module.load_state_dict(self._module_state)
         module.threshold.fill_(self.threshold)
+        module.net = with_temperature(module.net, self.temperature)
         return module
 
     def summary(self) -> dict[str, Any]:
         """Plain-type description: classes, threshold, precision, preprocessing and recipe."""
         return {"classes": list(self.classes), "positive_class": self.classes[1], "threshold": self.threshold,
-                "precision": self.precision, "preprocess": self.preprocess.describe(), "recipe": self.recipe}
+                "temperature": self.temperature, "precision": self.precision, "preprocess": self.preprocess.describe(), "recipe": self.recipe}
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -1,10 +1,15 @@
-"""`evaluate(cfg)`: score a checkpoint on the test split, as `python eval.py` does."""
+"""`evaluate(cfg)`: score a checkpoint on the test split, as `python eval.py` does.
+
+Writes metrics.json (the point estimates, then bootstrap intervals, calibration, operating
+points, subgroups and the per-patient view), predictions.csv, the figures, errors_gallery.png,
+dataset.json (the scored split's counts) and report.html (all of it in one page)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.config.instantiate import instantiate
 from pneumonia.data.datamodule import ChestXrayDataModule
+from pneumonia.errors import ConfigError
+from pneumonia.evaluation import statistics as st
+from pneumonia.evaluation.analysis import evaluation_summary, probabilities_before_temperature
 from pneumonia.evaluation.metrics import REPORT_KEYS, report
+from pneumonia.evaluation.tables import format_table, markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.inference import Predictor
 from pneumonia.runners.common import build_loggers, configure_torch, warn_slow_precision
@@ -22,12 +31,7 @@ from pneumonia.runners.common import build_loggers, configure_torch, warn_slow_p
 log = logging.getLogger(__name__)
 
 
-def format_table(rep: dict[str, Any]) -> str:
-    lines = [f"{'metric':<12} {'value':>10}", "-" * 23]
-    for key in REPORT_KEYS:
-        v = rep[key]
-        lines.append(f"{key:<12} {v:>10.4f}" if isinstance(v, float) else f"{key:<12} {v:>10}")
-    return "\n".join(lines)
+__all__ = ["evaluate", "format_table", "test_datamodule", "write_figures", "errors_gallery"]
 
 
 def test_datamodule(predictor: Predictor, data_overrides: dict[str, Any]) -> ChestXrayDataModule:
@@ -43,8 +47,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, threshold=cfg.get("threshold"),
+                                          temperature=cfg.get("temperature"),
                                           precision=cfg.trainer.get("precision"),
                                           accelerator=str(cfg.trainer.get("accelerator", "auto")))
+    intervals_cfg = {"resamples": st.DEFAULT_RESAMPLES, "seed": 0, **dict(cfg.get("intervals") or {})}
+    ece_bins = cfg.get("ece_bins", st.DEFAULT_BINS)
+    for key, value, low in (("intervals.resamples", intervals_cfg["resamples"], 0),
+                            ("intervals.seed", intervals_cfg["seed"], 0), ("ece_bins", ece_bins, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{key}={value!r} must be an integer >= {low}")
     overrides = dict(cfg.get("data") or {})
     overrides["bad_image_report"] = str(out_dir / "bad_images.tsv")
     datamodule = test_datamodule(predictor, overrides)
@@ -61,37 +72,86 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = module.test_outputs
     probs, labels = out["probs"], out["labels"]
     threshold = float(module.threshold)
+    all_paths = datamodule.paths["test"]
+    paths = [all_paths[i] for i in out["indices"].tolist()]
     rep = report(probs, labels, threshold)
+    start = time.perf_counter()
+    rep.update(evaluation_summary(probs.numpy(), labels.numpy(), threshold, paths,
+                                  resamples=int(intervals_cfg["resamples"]), seed=int(intervals_cfg["seed"]),
+                                  bins=ece_bins, temperature=predictor.temperature))
     (out_dir / "metrics.json").write_text(json.dumps(rep, indent=2))
 
-    paths = datamodule.paths["test"]
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "probability", "prediction"])
-        for i, p, y in zip(out["indices"].tolist(), probs.tolist(), labels.tolist()):
-            writer.writerow([paths[i], y, f"{p:.6f}", int(p >= threshold)])
+        for path, p, y in zip(paths, probs.tolist(), labels.tolist()):
+            writer.writerow([path, y, f"{p:.6f}", int(p >= threshold)])
 
-    write_figures(out_dir, probs, labels, rep, loggers)
+    write_figures(out_dir, probs, labels, rep, loggers, temperature=predictor.temperature)
     if cfg.get("gallery_size"):
         errors_gallery(out_dir / "errors_gallery.png", datamodule, out, threshold, cfg.gallery_size)
+    dataset = None
+    if cfg.get("describe", True):
+        from pneumonia.describe import describe_split
+
+        dataset = describe_split(datamodule.data_root, "test")
+        (out_dir / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    if cfg.get("threshold") is not None:
+        source = f"given on the command line (threshold={cfg.threshold})"
+    elif predictor.recipe.get("calibrated"):
+        source = f"chosen on validation ({predictor.recipe.get('threshold_method')}), stored in the checkpoint"
+    else:
+        source = "the default 0.5: this checkpoint was never calibrated"
+    if cfg.get("temperature") is not None:
+        t_source = f"given on the command line (temperature={cfg.temperature})"
+    elif predictor.temperature != 1.0:
+        t_source = "fitted on validation after training, stored in the checkpoint"
+    else:
+        t_source = "none stored in the checkpoint; train with calibration.temperature=true to fit one"
+    write_report(out_dir, rep, predictor, dataset, data_root=str(datamodule.data_root),
+                 precision=str(trainer.precision), threshold_source=source, temperature_source=t_source)
+    log.info("Statistics, figures and report in %.1f s", time.perf_counter() - start)
     print(f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}, "
           f"precision {trainer.precision}\n"
-          f"{format_table(rep)}\nWritten to {out_dir}")
+          f"{format_table(rep)}\nWritten to {out_dir} (report.html: everything in one page)")
     return rep
 
 
+def write_report(out_dir: Path, rep: dict[str, Any], predictor: Predictor, dataset: dict[str, Any] | None, *,
+                 data_root: str, precision: str, threshold_source: str, temperature_source: str) -> Path:
+    """report.html: everything above in one self-contained page (evaluation/report.py)."""
+    from pneumonia.evaluation.report import render_report, run_facts
+
+    run = run_facts(checkpoint=str(predictor.recipe.get("checkpoint")), data_root=data_root, split="test",
+                    precision=precision, threshold=rep["threshold"], threshold_source=threshold_source,
+                    temperature=predictor.temperature, temperature_source=temperature_source, out_dir=str(out_dir))
+    return render_report(out_dir / "report.html", rep=rep, run=run, predictor_summary=predictor.summary(),
+                         dataset=dataset, figures_dir=out_dir)
+
+
 def write_figures(out_dir: Path, probs: torch.Tensor, labels: torch.Tensor, rep: dict[str, Any],
-                  loggers: list[Any]) -> None:
-    """Confusion matrix, ROC and PR curves as PNGs and to TensorBoard, with the metrics."""
+                  loggers: list[Any], temperature: float = 1.0) -> None:
+    """Confusion matrix, ROC and PR curves (with the operating points) and the reliability
+    diagram as PNGs and to TensorBoard, with the metrics and their table (text tab)."""
     import matplotlib.pyplot as plt
 
-    from pneumonia.evaluation.plots import confusion_matrix_figure, pr_figure, roc_figure
+    from pneumonia.evaluation.plots import (
+        confusion_matrix_figure,
+        operating_point_marks,
+        pr_figure,
+        reliability_figure,
+        roc_figure,
+    )
 
     confmat = torch.tensor([[rep["tn"], rep["fp"]], [rep["fn"], rep["tp"]]])
+    points = rep.get("operating_points") or []
+    bins = (rep.get("calibration") or {}).get("bins", st.DEFAULT_BINS)
+    before = probabilities_before_temperature(probs.numpy(), temperature) if temperature != 1.0 else None
     figures = {
         "confusion_matrix": confusion_matrix_figure(confmat, f"test (threshold {rep['threshold']:.2f})"),
-        "roc_curve": roc_figure(probs, labels, rep["auroc"]),
-        "pr_curve": pr_figure(probs, labels),
+        "roc_curve": roc_figure(probs, labels, rep["auroc"], points=operating_point_marks(points, "roc")),
+        "pr_curve": pr_figure(probs, labels, points=operating_point_marks(points, "pr")[:1]),
+        "reliability_diagram": reliability_figure(probs.numpy(), labels.numpy(), bins, probs_before=before),
     }
     tensorboards = tensorboard_loggers(loggers)
     for name, fig in figures.items():
@@ -100,7 +160,8 @@ def write_figures(out_dir: Path, probs: torch.Tensor, labels: torch.Tensor, rep:
             tb.experiment.add_figure(f"test/{name}", fig, global_step=0)
         plt.close(fig)
     for tb in tensorboards:
-        tb.log_metrics({f"eval/{k}": float(v) for k, v in rep.items()}, step=0)
+        tb.log_metrics({f"eval/{k}": float(rep[k]) for k in REPORT_KEYS}, step=0)
+        tb.experiment.add_text("eval/metrics", markdown_table(rep), global_step=0)
         tb.experiment.flush()
 
 

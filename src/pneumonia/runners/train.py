@@ -15,8 +15,9 @@ from pneumonia.config.checks import check_train_config
 from pneumonia.config.instantiate import instantiate
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
-from pneumonia.evaluation.calibration import calibrate_threshold
+from pneumonia.evaluation.calibration import calibrate_threshold, check_settings
 from pneumonia.evaluation.metrics import METRIC_NAMES
+from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.inference.checkpoint import load_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
@@ -44,7 +45,8 @@ def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule) -> PneumoniaC
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """Scalar settings for TensorBoard's HPARAMS tab (lists as strings, paths left out)."""
-    keep = ("seed", "monitor", "model", "data", "optimizer", "scheduler", "trainer", "module", "threshold")
+    keep = ("seed", "monitor", "model", "data", "optimizer", "scheduler", "trainer", "module", "threshold",
+            "calibration")
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -84,6 +86,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit, pick the threshold on validation, optionally test. Returns the best value of
     `cfg.monitor` (what a sweeper optimises) and the validation report."""
     check_train_config(cfg)
+    check_settings(OmegaConf.to_container(cfg.calibration) if cfg.get("calibration") else None,
+                   OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
     resume_from = resume_checkpoint(cfg)
     configure_torch(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -118,11 +122,14 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         solo = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
                          logger=loggers or False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, use_distributed_sampler=False)
-        best_module, val_report = calibrate_threshold(solo, datamodule, best_path,
-                                                      OmegaConf.to_container(cfg.threshold), out_dir)
+        best_module, val_report = calibrate_threshold(
+            solo, datamodule, best_path, OmegaConf.to_container(cfg.threshold), out_dir,
+            calibration=OmegaConf.to_container(cfg.calibration) if cfg.get("calibration") else None,
+            interval_settings=OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
         hp_metrics = {f"hp/val_{k}": val_report[k] for k in (*METRIC_NAMES, "threshold")}
         for tb in tensorboard_loggers(loggers):
             tb.log_hyperparams(flat_hparams(cfg), metrics=hp_metrics)
+            tb.experiment.add_text("val/metrics", markdown_table(val_report), global_step=trainer.current_epoch)
         if best_score is None:
             best_score = val_report.get(cfg.monitor.split("/", 1)[-1])
         if cfg.test:
