@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
 from pneumonia.config.compose import CONF_DIR, compose
@@ -27,7 +28,7 @@ TINY = [
 ]
 
 __all__ = ["CONF_DIR", "PROJECT_ROOT", "SHARED_DATA", "SHARED_DICOM", "TINY", "compose_cfg", "train_cfg", "run_cli",
-           "KillAfterEpoch"]
+           "write_dicom", "KillAfterEpoch"]
 
 
 def compose_cfg(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
@@ -65,3 +66,32 @@ class KillAfterEpoch:
                     os.kill(os.getpid(), getattr(signal, sig))
 
         return _Kill()
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", pixel_data: bool = True,
+                samples: int = 1) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = photometric
+    if samples == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8 if pixels.dtype == np.uint8 else 16
+    ds.HighBit = ds.BitsStored - 1 if pixels.dtype == np.uint8 else 11
+    if pixels.dtype != np.uint8:
+        ds.BitsStored = 12
+    ds.PixelRepresentation = 0
+    if pixel_data:
+        ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -13,7 +13,7 @@ from pneumonia.data.folder import DataLayoutError
 from pneumonia.errors import CheckpointError, ConfigError
 from pneumonia.inference import Predictor
 from pneumonia.runners.predict import predict
-from tests.helpers import compose_cfg, run_cli
+from tests.helpers import compose_cfg, run_cli, write_dicom
 
 
 def predict_cfg(ckpt, inputs, out, *overrides):
@@ -23,35 +23,6 @@ def predict_cfg(ckpt, inputs, out, *overrides):
 def read_rows(out: Path) -> list[dict]:
     with open(out / "predictions.csv") as f:
         return list(csv.DictReader(f))
-
-
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", pixel_data: bool = True,
-                samples: int = 1) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel = samples
-    ds.PhotometricInterpretation = photometric
-    if samples == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = ds.BitsStored = 8 if pixels.dtype == np.uint8 else 16
-    ds.HighBit = ds.BitsStored - 1 if pixels.dtype == np.uint8 else 11
-    if pixels.dtype != np.uint8:
-        ds.BitsStored = 12
-    ds.PixelRepresentation = 0
-    if pixel_data:
-        ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_folder_is_predicted_with_labels_from_folder_names(tiny_checkpoint, xray_root, tmp_path):

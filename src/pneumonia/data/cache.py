@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from pneumonia.data.preprocess import Preprocess
+from pneumonia.errors import file_error
 from pneumonia.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def _decode_rows(paths: tuple[str, ...], preprocess: Preprocess, out: np.ndarray
             out[i] = preprocess.load(paths[i])
             ok[i] = True
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... on bad files
-            bad.append((paths[i], f"{type(err).__name__}: {err}"))
+            bad.append((paths[i], file_error(err)))
 
     # PIL releases the GIL while decoding (large JPEGs gain from threads; 224 px ones decode
     # at about the same rate serially on 2 cores, ~5000 images/s at 112 px)

@@ -4,7 +4,8 @@ Two steps, used by everything that feeds the network:
 
 1. `Preprocess.load(path)`: decode (PIL for images, pydicom for DICOM), convert to gray or
    RGB, resize (squashed, bilinear, like Keras' `target_size`) to a (C, S, S) uint8 array.
-   The decoded-image cache stores exactly this, and the Predictor calls it per file.
+   The decoded-image cache stores exactly this, and the Predictor calls it per file. The
+   code is in `pneumonia.data.decode` (no torch), which the ONNX backend runs too.
 2. `Preprocess.to_input(batch)`: uint8 (N, C, S, S) → float in [0, 1], on whatever device
    the batch is on. The DataModule applies it after the batch reached the model's device
    (then augments, when training); the Predictor applies it to its batches.
@@ -23,19 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pneumonia.data import decode
 from pneumonia.errors import ConfigError
-
-# PIL modes of 16/32-bit integer and float images: scaled to 8 bits by range, not clipped
-_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-def _to_pil(path: str) -> Image.Image:
-    """The file as a PIL image in any mode (DICOM through pydicom, as 8-bit gray)."""
-    from pneumonia.data.dicom import is_dicom, read_dicom
-
-    if is_dicom(path):
-        return Image.fromarray(read_dicom(path), "L")
-    return Image.open(path)
 
 
 @dataclass(frozen=True)
@@ -53,33 +43,17 @@ class Preprocess:
 
     # ---- step 1: file -> uint8 (C, S, S) -------------------------------------------------
     def load(self, path: str | Path) -> np.ndarray:
-        """One file as a (C, S, S) uint8 array, whatever its format, mode and size.
+        """One file as a (C, S, S) uint8 array, whatever its format, mode and size
+        (`pneumonia.data.decode.load_image`: PIL and numpy only, shared with the ONNX backend).
 
         16-bit and 32-bit integer images are scaled to 8 bits by their range (PIL's own
         conversion would clip them white); palette and alpha images are flattened on black.
         """
-        size = self.image_size
-        with _to_pil(str(path)) as img:
-            if img.format == "JPEG" and min(img.size) >= 2 * size:
-                # DCT-domain downscaling: decodes a 2916 px original several times faster
-                img.draft("L" if self.channels == 1 else "RGB", (size, size))
-            img.load()
-            return self.from_pil(img)
+        return decode.load_image(path, self.image_size, self.channels)
 
     def from_pil(self, img: Image.Image) -> np.ndarray:
         """An already opened PIL image (any mode) as a (C, S, S) uint8 array."""
-        if img.mode in _WIDE_MODES:
-            arr = np.asarray(img, dtype=np.float32)
-            top = 65535.0 if arr.max() > 255 else 255.0
-            img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
-        if img.mode in ("PA", "LA", "RGBA") or (img.mode == "P" and "transparency" in img.info):
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-            img = Image.alpha_composite(background, img)
-        img = img.convert("L" if self.channels == 1 else "RGB")
-        img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
-        arr = np.array(img, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
-        return arr[None] if self.channels == 1 else arr.transpose(2, 0, 1)
+        return decode.from_pil(img, self.image_size, self.channels)
 
     # ---- step 2: uint8 batch -> float input --------------------------------------------------
     @staticmethod

@@ -3,6 +3,12 @@
 Files are decoded in a thread pool with the checkpoint's preprocessing preset, scored in
 batches by the `Predictor`, and every batch's rows are appended to `predictions.csv` as
 soon as they are scored, so an interruption or a bad file never loses what was predicted.
+
+Two backends share the loop, which works on numpy arrays: `backend=torch` (the default)
+scores with the checkpoint through `TorchScorer` (the Predictor; Grad-CAM and galleries),
+`backend=onnx` with an `export.py` model.onnx and its model.json through
+`pneumonia.export.onnx_predictor.OnnxPredictor`. This module imports no torch: the onnx
+backend runs where torch is not installed (tested).
 """
 
 from __future__ import annotations
@@ -14,38 +20,106 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia import CLASSES
 from pneumonia.data.folder import DataLayoutError, expand_inputs, label_from_path
-from pneumonia.data.preprocess import Preprocess
-from pneumonia.errors import ConfigError, UserError
-from pneumonia.inference import Predictor
-from pneumonia.runners.common import configure_torch
+from pneumonia.errors import ConfigError, file_error
+
+if TYPE_CHECKING:
+    from pneumonia.export.onnx_predictor import OnnxPredictor
 
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("path", "probability", "prediction", "threshold", "label")
+BACKENDS = ("torch", "onnx")
 
 
-def decoded_batches(paths: list[str], preprocess: Preprocess, batch_size: int, threads: int | None
+class Loader(Protocol):
+    def load(self, path: str) -> np.ndarray: ...
+
+
+class TorchScorer:
+    """The checkpoint's `Predictor` behind the numpy interface the loop uses (the one the
+    `OnnxPredictor` has): `load`, `predict_images`, `decide`, `threshold`, `precision`."""
+
+    backend = "torch"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise ConfigError("backend=torch needs torch, which is not installed here: score an export.py model "
+                              "with backend=onnx model_path=<export>/model.onnx instead") from None
+
+        from pneumonia.inference import Predictor
+
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        self.predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, precision=cfg.precision,
+                                                   threshold=cfg.threshold)
+        self.threshold, self.precision = self.predictor.threshold, self.predictor.precision
+        self.device, self.source = self.predictor.device, str(cfg.ckpt_path)
+
+    def load(self, path: str) -> np.ndarray:
+        return self.predictor.preprocess.load(path)
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        return self.predictor.predict_images(torch.from_numpy(images)).numpy()
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        import torch
+
+        return self.predictor.decide(torch.from_numpy(probs)).numpy()
+
+    def gradcam(self, images: np.ndarray, decisions: np.ndarray, explain: str) -> np.ndarray:
+        """Grad-CAM maps (N, h, w) of the batch, under the scoring precision."""
+        import torch
+
+        from pneumonia.explain.gradcam import gradcam
+
+        p = self.predictor
+        x = p.preprocess.to_input(torch.from_numpy(images))
+        with p.autocast():  # the scoring precision: bf16 maps cost less than fp32 ones
+            maps, _ = gradcam(p.net, x.to(p.device), explain=explain, threshold=p.threshold,
+                              decisions=torch.from_numpy(decisions))
+        return maps.float().cpu().numpy()
+
+    def report(self, probs: list[float], labels: list[int]) -> dict[str, Any]:
+        import torch
+
+        from pneumonia.evaluation.metrics import report
+
+        return report(torch.tensor(probs), torch.tensor(labels), self.threshold)
+
+
+def open_scorer(cfg: DictConfig) -> TorchScorer | OnnxPredictor:
+    """The backend `cfg.backend` names, ready to score."""
+    if cfg.backend == "onnx":
+        from pneumonia.export.onnx_predictor import OnnxPredictor
+
+        return OnnxPredictor.from_model(cfg.model_path, threshold=cfg.threshold, threads=cfg.get("threads"))
+    return TorchScorer(cfg)
+
+
+def decoded_batches(paths: list[str], preprocess: Loader, batch_size: int, threads: int | None
                     ) -> Iterator[tuple[list[str], list[np.ndarray], list[tuple[str, str]]]]:
     """(paths, uint8 arrays, bad files) per batch, each batch decoded by a thread pool (PIL
-    and pydicom release the GIL). Decoding does not overlap scoring: a 224 px JPEG decodes to
-    112 px in ~0.2 ms against ~1.2 ms for its forward pass (2 cores, benchmarks/predict.py),
-    so overlapping would gain little and compete with torch's threads for the cores."""
+    and pydicom release the GIL); `preprocess` is anything with `load(path)`: the
+    `Preprocess` preset, a `TorchScorer` or an `OnnxPredictor`. Decoding does not overlap
+    scoring: a 224 px JPEG decodes to 112 px in ~0.2 ms against ~1.2 ms for its forward
+    pass (2 cores, benchmarks/predict.py), so overlapping would gain little and compete
+    with torch's threads for the cores."""
     def load(path: str) -> tuple[str, np.ndarray | None, str | None]:
         try:
             return path, preprocess.load(path), None
         except Exception as err:  # PIL/pydicom raise many types for bad files; each is reported
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            if not isinstance(err, UserError):  # ours already say what is wrong, in one line
-                reason = f"{type(err).__name__}: {reason}"
-            return path, None, reason[:300]
+            return path, None, file_error(err)
 
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), batch_size):
@@ -55,6 +129,27 @@ def decoded_batches(paths: list[str], preprocess: Preprocess, batch_size: int, t
 
 
 def _check(cfg: DictConfig) -> None:
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"backend={cfg.backend!r} must be one of: {', '.join(BACKENDS)}")
+    if cfg.backend == "onnx":
+        if not cfg.model_path:
+            raise ConfigError("backend=onnx needs model_path=, e.g. model_path=outputs/export/<time>/model.onnx "
+                              "(written by export.py)")
+        for key in ("explain", "gallery"):
+            if cfg[key]:
+                raise ConfigError(f"{key}=true (Grad-CAM and its drawings) needs gradients and torch: use "
+                                  f"backend=torch with ckpt_path=; backend=onnx only scores")
+        if cfg.precision not in (None, "32-true", "32"):
+            raise ConfigError(f"precision={cfg.precision!r}: backend=onnx scores in fp32 only (leave precision unset)")
+        if str(cfg.device) not in ("auto", "cpu"):
+            raise ConfigError(f"device={cfg.device}: backend=onnx runs on the CPU (onnxruntime); use device=cpu or "
+                              f"backend=torch")
+    else:
+        if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+            raise ConfigError("ckpt_path is required with backend=torch, e.g. "
+                              "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt")
+        if cfg.get("model_path"):
+            raise ConfigError("model_path= is for backend=onnx; add backend=onnx, or give ckpt_path= alone")
     for key in ("batch_size", "gallery_size", "print_rows"):
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "batch_size" else 0):
@@ -77,23 +172,20 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every input; writes predictions.csv (+ bad_images.tsv, summary.json,
     heatmaps/, gallery.png) into the run folder and returns the summary."""
     _check(cfg)
-    configure_torch(cfg.get("threads"))
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, precision=cfg.precision,
-                                          threshold=cfg.threshold)
+    predictor = open_scorer(cfg)
     inputs = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else cfg.inputs
     paths = expand_inputs(inputs)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("Predicting %d file(s) with %s (threshold %.4f, precision %s, %s)", len(paths), cfg.ckpt_path,
-             predictor.threshold, predictor.precision, predictor.device)
+    log.info("Predicting %d file(s) with %s (%s backend, threshold %.4f, precision %s, %s)", len(paths),
+             predictor.source, predictor.backend, predictor.threshold, predictor.precision, predictor.device)
 
     heatmap_dir = out_dir / "heatmaps"
     if cfg.explain:
         heatmap_dir.mkdir(exist_ok=True)
         from pneumonia.explain.figures import save_overlay
-        from pneumonia.explain.gradcam import gradcam
 
-    from tqdm.auto import tqdm
+    tqdm = _progress_bar()
 
     # heatmap PNGs are drawn and written in threads (PIL and zlib release the GIL) while
     # the next batch is scored
@@ -109,8 +201,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         f.flush()
-        for batch_paths, arrays, batch_bad in decoded_batches(paths, predictor.preprocess, cfg.batch_size,
-                                                              cfg.decode_threads):
+        for batch_paths, arrays, batch_bad in decoded_batches(paths, predictor, cfg.batch_size, cfg.decode_threads):
             if batch_bad:
                 if cfg.on_bad_image == "error":
                     path, why = batch_bad[0]
@@ -121,16 +212,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 with bad_path.open("a") as tsv:
                     tsv.writelines(f"{p}\t{why}\n" for p, why in batch_bad)
             if batch_paths:
-                images = torch.from_numpy(np.stack(arrays))
+                images = np.stack(arrays)
                 probs = predictor.predict_images(images)
                 decisions = predictor.decide(probs)
-                maps = None
-                if cfg.explain:
-                    x = predictor.preprocess.to_input(images)
-                    with predictor.autocast():  # the scoring precision: bf16 maps cost less than fp32 ones
-                        maps, _ = gradcam(predictor.net, x.to(predictor.device), explain=cfg.explain_target,
-                                          threshold=predictor.threshold, decisions=decisions)
-                    maps = maps.cpu()
+                maps = predictor.gradcam(images, decisions, cfg.explain_target) if cfg.explain else None
                 for i, path in enumerate(batch_paths):
                     prob, decision, label = float(probs[i]), int(decisions[i]), label_from_path(path)
                     row = {"path": path, "probability": prob, "prediction": CLASSES[decision],
@@ -139,13 +224,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                     writer.writerow([path, f"{prob:.6f}", row["prediction"], f"{predictor.threshold:.6f}", row["label"]])
                     if maps is not None:
                         pending.append(writers.submit(
-                            save_overlay, heatmap_dir / _safe_name(len(rows), path), arrays[i], maps[i].numpy(),
+                            save_overlay, heatmap_dir / _safe_name(len(rows), path), arrays[i], maps[i],
                             probability=prob, threshold=predictor.threshold, title=Path(path).name,
                             explain=cfg.explain_target))
                     if cfg.gallery and len(gallery) < cfg.gallery_size:
                         gallery.append({"image": arrays[i], "probability": prob, "prediction": decision,
                                         "label": label, "title": Path(path).name,
-                                        "cam": maps[i].numpy() if maps is not None else None})
+                                        "cam": maps[i] if maps is not None else None})
                 f.flush()  # rows are on disk before the next batch is decoded
             if len(pending) > 4 * cfg.batch_size:  # bounded: memory stays flat on long lists
                 keep = len(pending) - 2 * cfg.batch_size
@@ -173,31 +258,49 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def summarize(rows: list[dict[str, Any]], bad: list[tuple[str, str]], predictor: Predictor) -> dict[str, Any]:
-    """Counts per predicted class and, for files under NORMAL/PNEUMONIA folders, the metrics."""
+def summarize(rows: list[dict[str, Any]], bad: list[tuple[str, str]], predictor: TorchScorer | OnnxPredictor
+              ) -> dict[str, Any]:
+    """Counts per predicted class and, for files under NORMAL/PNEUMONIA folders, the metrics
+    (torchmetrics on the torch backend, `pneumonia.export.metrics.numpy_report` on onnx)."""
     summary: dict[str, Any] = {
         "n": len(rows), "skipped": len(bad), "threshold": predictor.threshold, "precision": predictor.precision,
-        "predicted": {c: sum(r["prediction"] == c for r in rows) for c in CLASSES},
+        "backend": predictor.backend, "predicted": {c: sum(r["prediction"] == c for r in rows) for c in CLASSES},
     }
     labelled = [r for r in rows if r["label"]]
     if labelled:
         import warnings
 
-        from pneumonia.evaluation.metrics import report
-
-        probs = torch.tensor([r["probability"] for r in labelled])
-        labels = torch.tensor([CLASSES.index(r["label"]) for r in labelled])
+        probs = [r["probability"] for r in labelled]
+        labels = [CLASSES.index(r["label"]) for r in labelled]
         with warnings.catch_warnings():  # torchmetrics warns about a missing class; we say it below
             warnings.simplefilter("ignore")
-            rep = report(probs, labels, predictor.threshold)
+            if predictor.backend == "torch":
+                rep = predictor.report(probs, labels)
+            else:
+                from pneumonia.export.metrics import numpy_report
+
+                rep = numpy_report(probs, labels, predictor.threshold)
         # undefined with one class only: null, not torchmetrics' 0
-        if not labels.any():
+        if not any(labels):
             rep.update(recall=None, precision=None if not rep["tp"] + rep["fp"] else rep["precision"], f1=None,
                        auroc=None)
-        if labels.all():
+        if all(labels):
             rep.update(specificity=None, auroc=None)
         summary["labelled"] = rep
     return summary
+
+
+def _progress_bar() -> Any:
+    """tqdm.auto's bar, or a silent stand-in where tqdm is not installed (a torch-free install)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        class tqdm:  # noqa: N801  (tqdm's name)
+            def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+            def __enter__(self) -> tqdm: return self
+            def __exit__(self, *exc: Any) -> None: ...
+            def update(self, n: int = 1) -> None: ...
+    return tqdm
 
 
 def format_rows(rows: list[dict[str, Any]], limit: int) -> str:

@@ -1,0 +1,67 @@
+"""`export(cfg)`: a checkpoint → an exported model, its model.json and MODEL_CARD.md, as
+`python export.py` does."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pneumonia.errors import ConfigError
+from pneumonia.export.rundir import check_output_dir
+from pneumonia.export.sidecar import FORMATS, ONNX_MODULES, SIDECAR_NAME, ExportError, require_export_extra
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export"]
+
+MIN_OPSET = 18  # the dynamo exporter's lowest opset
+
+
+def _check(cfg: DictConfig) -> None:
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r} must be one of: {', '.join(FORMATS)}")
+    if cfg.format == "onnx" and (isinstance(cfg.opset, bool) or not isinstance(cfg.opset, int)
+                                 or cfg.opset < MIN_OPSET):
+        raise ConfigError(f"opset={cfg.opset!r} must be an integer >= {MIN_OPSET} (the dynamo exporter's lowest)")
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export `cfg.ckpt_path` as `cfg.format` into `cfg.paths.output_dir`; returns model.json's dict."""
+    _check(cfg)
+    if cfg.format == "onnx":
+        require_export_extra("format=onnx", *ONNX_MODULES)
+    out_dir = check_output_dir(cfg.paths.output_dir, "the output folder (hydra.run.dir)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"cannot create the output folder '{out_dir}' ({err.strerror})") from None
+
+    from pneumonia.export import exporter  # torch (and onnx): only once the settings are known to be good
+    from pneumonia.export.card import render_model_card
+    from pneumonia.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", precision="32-true")
+    # the precision the stored threshold was chosen under (fp32 export scores differ slightly from bf16 ones)
+    threshold_precision = (Predictor.from_checkpoint(cfg.ckpt_path, device="cpu").precision
+                           if predictor.recipe.get("calibrated") else None)
+    if not predictor.recipe.get("calibrated"):
+        log.warning("%s was never calibrated: the export's threshold is the default 0.5, not a validation-chosen one",
+                    cfg.ckpt_path)
+    model_path = out_dir / FORMATS[cfg.format]
+    try:
+        info = exporter.export_net(predictor, model_path, cfg.format, opset=int(cfg.opset))
+        verification = exporter.verify(predictor, model_path, cfg.format) if cfg.verify else None
+        meta = exporter.build_sidecar(predictor, cfg.format, info, verification=verification,
+                                      threshold_precision=threshold_precision)
+        (out_dir / SIDECAR_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        (out_dir / "MODEL_CARD.md").write_text(render_model_card(meta))
+    except OSError as err:
+        raise ExportError(f"cannot write into the output folder '{out_dir}' ({err.strerror or err})") from None
+    check = (f"; checked against PyTorch eager at batch sizes {verification['batch_sizes']}: max |Δp| "
+             f"{verification['max_abs_probability_difference']:.1e}" if verification else "")
+    print(f"Exported {cfg.ckpt_path} as {cfg.format} ({info['bytes'] / 1e6:.1f} MB{check})\n"
+          f"Written to {out_dir}: {model_path.name}, {SIDECAR_NAME}, MODEL_CARD.md")
+    return meta
