@@ -1,0 +1,11 @@
+"""`python app.py ckpt_path=...`: a local web page to try a checkpoint on uploaded X-rays.
+
+- `service.py`: what the page does, without Gradio or a browser (tested in CI): upload
+  limits, reading files safely, scoring through the `Predictor`, Grad-CAM of both classes,
+  re-deciding at another threshold, the validation operating point, the table and its CSV.
+- `page.py`: the Gradio Blocks around a `Service` (imports gradio).
+- `serve.py`: `serve(cfg)`: checks `app.*`, makes the private temp folder, turns off
+  telemetry, builds the page and launches it on `app.host:app.port`.
+
+Importing this package imports neither torch nor gradio.
+"""
