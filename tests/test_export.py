@@ -131,9 +131,11 @@ def test_sidecar_says_what_a_service_needs(exported, eager, tiny_checkpoint):
     card = (exported["onnx"] / "MODEL_CARD.md").read_text()
     for phrase in ("research and teaching only", "not a medical device", "Kermany et al.",
                    "Guangzhou Women and Children's Medical Center", "by whole patients",
-                   "**validation** numbers", "no confidence intervals are available yet", "adults",
+                   "**validation** numbers", "95% intervals from a bootstrap over patients", "adults",
                    "Grad-CAM) are available only in the torch backend", f"{eager.threshold:.4f}"):
         assert phrase in card, phrase
+    ci = meta["validation"]["ci95"]["auroc"]
+    assert f"{meta['validation']['auroc']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" in card  # the interval beside the value
 
 
 def test_onnx_backend_decodes_bit_identically_and_predicts_like_torch(exported, xray_root, tiny_checkpoint,

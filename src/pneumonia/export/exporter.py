@@ -267,7 +267,8 @@ def build_sidecar(predictor: Predictor, fmt: str, info: dict[str, Any], *, verif
         "precision": "fp32",
         "validation": validation,
         "validation_note": "metrics of the patient-grouped validation split at the stored threshold, as stored in the "
-                           "checkpoint; not test numbers; no confidence intervals",
+                           "checkpoint; not test numbers; ci95: patient-bootstrap 95% intervals where the checkpoint "
+                           "has them",
         "validation_roc": validation_roc,
         "recipe": recipe,
         "verification": verification,
