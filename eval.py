@@ -3,7 +3,7 @@
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import pneumonia.config.resolvers  # noqa: F401  (resolvers used by conf/)
 from pneumonia.errors import UserError
@@ -11,6 +11,10 @@ from pneumonia.errors import UserError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        print("error: ckpt_path is required, e.g. python eval.py ckpt_path=outputs/train/<run>/checkpoints/best.ckpt",
+              file=sys.stderr)
+        raise SystemExit(2)
     from pneumonia.runners.eval import evaluate
 
     try:

@@ -109,4 +109,6 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     bogus.write_bytes(b"not a checkpoint")
     res = run_cli("eval.py", f"ckpt_path={bogus}", f"hydra.run.dir={tmp_path / 'run'}")
     assert res.returncode == 2 and "is not a readable checkpoint" in res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and "weights_only` set to `False" not in res.stderr  # no unsafe advice
+    res = run_cli("eval.py", f"hydra.run.dir={tmp_path / 'run2'}")
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: ckpt_path is required")

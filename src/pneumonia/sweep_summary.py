@@ -104,7 +104,7 @@ def fmt(v: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog='python -m pneumonia.sweep_summary', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("--over-seeds", action="store_true",
                     help="also print mean ± std over the jobs that differ only in seed=")

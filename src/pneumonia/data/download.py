@@ -94,7 +94,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog='python -m pneumonia.data.download', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--link", default="data/chest_xray",
                     help="where to put a link to the split folders (default: data/chest_xray, train.py's default data.root)")
     ap.add_argument("--force", action="store_true", help="download again even when kagglehub has it cached")

@@ -87,12 +87,19 @@ def _decision(probability: float, threshold: float) -> int:
     return int(float(probability) >= float(threshold))
 
 
-def caption(probability: float, threshold: float, *, explain: str = "predicted") -> str:
-    """'P(pneumonia) = 0.87, threshold 0.34 → PNEUMONIA (map: evidence for PNEUMONIA)'."""
+def caption(probability: float, threshold: float, *, explain: str = "predicted", empty: bool = False) -> str:
+    """'P(pneumonia) = 0.87, threshold 0.34 → PNEUMONIA (map: evidence for PNEUMONIA)'.
+
+    Enough decimals that probability and threshold never print alike, and `empty` (a map
+    with nothing above the drawing floor) says so instead of promising evidence."""
     predicted = CLASSES[_decision(probability, threshold)]
     evidence = predicted if explain == "predicted" else CLASSES[1]
-    return (f"P(pneumonia) = {float(probability):.2f}, threshold {float(threshold):.2f} "
-            f"\u2192 {predicted} (map: evidence for {evidence})")
+    digits = 2
+    while digits < 6 and round(float(probability), digits) == round(float(threshold), digits):
+        digits += 1
+    what = f"no region pushed towards {evidence}" if empty else f"evidence for {evidence}"
+    return (f"P(pneumonia) = {float(probability):.{digits}f}, threshold {float(threshold):.{digits}f} "
+            f"\u2192 {predicted} (map: {what})")
 
 
 def overlay_figure(image: Any, cam: Any | None, *, probability: float, threshold: float,
@@ -136,7 +143,8 @@ def overlay_image(image: Any, cam: Any | None, *, probability: float, threshold:
     font = _font(12)
     if title:
         draw.text((size / 2, 10), str(title)[:60], fill="black", font=font, anchor="mm")
-    first, _, second = caption(probability, threshold, explain=explain).partition(" (")
+    empty = cam is not None and float(np.nanmax(_to_numpy(cam))) <= CAM_FLOOR
+    first, _, second = caption(probability, threshold, explain=explain, empty=empty).partition(" (")
     draw.text((size / 2, size + 8), first, fill="black", font=font, anchor="mm")
     draw.text((size / 2, size + 26), "(" + second, fill="black", font=font, anchor="mm")
     return canvas

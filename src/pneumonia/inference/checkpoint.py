@@ -40,6 +40,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if first.startswith("Weights only load failed"):  # torch's hint to load unsafely is no advice here
+            first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain types"
         raise CheckpointError(f"'{path}' is not a readable checkpoint of this project ({first[:200]})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         raise CheckpointError(f"'{path}' is not a checkpoint written by this project's train.py")

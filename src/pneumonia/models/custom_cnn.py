@@ -44,7 +44,8 @@ class CustomCNN(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"model.{key}={value!r} must be an integer")
         if not 1 <= depth <= len(widths):
-            raise ConfigError(f"model.depth={depth} needs 1..{len(widths)} (one model.widths entry per block)")
+            raise ConfigError(f"model.depth={depth} needs 1..{len(widths)}: model.widths={widths} has one entry "
+                              f"per block (give more, e.g. model.widths=[{','.join(map(str, ORIGINAL_WIDTHS))}])")
         if in_channels not in (1, 3):
             raise ConfigError(f"model.in_channels={in_channels} must be 1 (grayscale) or 3 (RGB)")
         if not 0.0 <= dropout < 1.0:
