@@ -1,27 +1,15 @@
 """Export a checkpoint for serving: `python export.py ckpt_path=PATH [format=onnx|torch_export]`."""
 
-import sys
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import pneumonia.config.resolvers  # noqa: F401  (resolvers used by conf/)
-from pneumonia.errors import UserError
+from pneumonia.config.entry import CKPT_EXAMPLE, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    if OmegaConf.is_missing(cfg, "ckpt_path"):
-        print("error: ckpt_path is required, e.g. python export.py ckpt_path=outputs/train/<run>/checkpoints/best.ckpt",
-              file=sys.stderr)
-        raise SystemExit(2)
-    from pneumonia.export.runner import export  # heavy imports after Hydra parsed the command line
-
-    try:
-        export(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run(cfg, "pneumonia.export.runner:export", "export.py", {"ckpt_path": CKPT_EXAMPLE})
 
 
 if __name__ == "__main__":

@@ -7,17 +7,11 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+from pneumonia.evaluation.tables import fmt
+
 __all__ = ["render_model_card"]
 
 TEMPLATE = "model_card.md.j2"
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def _shape(shape: Any) -> str:
@@ -31,6 +25,6 @@ def render_model_card(meta: dict[str, Any]) -> str:
     text = resources.files("pneumonia.export").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                              lstrip_blocks=True, autoescape=False)
-    env.filters["fmt"] = _fmt
+    env.filters["fmt"] = fmt
     env.filters["shape"] = _shape
     return env.from_string(text).render(meta=meta)
