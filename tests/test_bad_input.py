@@ -112,3 +112,11 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     assert "Traceback" not in res.stderr and "weights_only` set to `False" not in res.stderr  # no unsafe advice
     res = run_cli("eval.py", f"hydra.run.dir={tmp_path / 'run2'}")
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: ckpt_path is required")
+
+
+def test_eval_threshold_out_of_range_stops_before_scoring(tmp_path, tiny_checkpoint, xray_root):
+    res = run_cli("eval.py", f"ckpt_path={tiny_checkpoint}", f"data.root={xray_root}", "threshold=1.5",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "error: threshold=1.5 must be a number in [0, 1] (or null: the stored one)"
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -50,3 +50,13 @@ def check_train_config(cfg: DictConfig) -> None:
     instantiate(cfg.data, _convert_="all")  # the DataModule's constructor checks data.*; no decoding
     # a depth too large for the image size fails now, not after the images are decoded
     build_net(OmegaConf.to_container(cfg.model, resolve=True))
+
+
+def threshold_override(value: object) -> float | None:
+    """A decision threshold given on the command line (`threshold=`): null (use the stored
+    one) or a number in [0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"threshold={value!r} must be a number in [0, 1] (or null: the stored one)")
+    return float(value)

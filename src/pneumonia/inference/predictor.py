@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pneumonia import CLASSES
+from pneumonia.config.checks import threshold_override
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError
 from pneumonia.hardware import auto_precision
@@ -133,7 +134,7 @@ class Predictor:
             raise ckpt_format.CheckpointError(f"'{path}': the weights do not fit the network it names ({first})") \
                 from None
         calibration = ckpt_format.calibration(ckpt)
-        chosen = ckpt_format.threshold(ckpt) if threshold is None else float(threshold)
+        chosen = ckpt_format.threshold(ckpt) if threshold is None else threshold_override(threshold)
         stored_temperature = ckpt_format.temperature(ckpt)
         temp = stored_temperature if temperature is None else temperature
         recipe = {

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia import CLASSES
 from pneumonia.data.folder import DataLayoutError, expand_inputs, label_from_path
+from pneumonia.config.checks import threshold_override
 from pneumonia.errors import ConfigError, file_error
 
 if TYPE_CHECKING:
@@ -158,9 +159,7 @@ def _check(cfg: DictConfig) -> None:
         raise ConfigError(f"on_bad_image={cfg.on_bad_image!r} must be 'skip' or 'error'")
     if cfg.explain_target not in ("predicted", "pneumonia"):
         raise ConfigError(f"explain_target={cfg.explain_target!r} must be 'predicted' or 'pneumonia'")
-    if cfg.threshold is not None and (isinstance(cfg.threshold, bool) or not isinstance(cfg.threshold, (int, float))
-                                      or not 0.0 <= cfg.threshold <= 1.0):
-        raise ConfigError(f"threshold={cfg.threshold!r} must be a number in [0, 1] (or null: the stored one)")
+    threshold_override(cfg.threshold)
 
 
 def _safe_name(index: int, path: str) -> str:
