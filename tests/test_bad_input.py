@@ -102,6 +102,20 @@ def test_cli_bad_data_root_is_one_line_error(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("error: data.root")
     assert "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()  # a failed run leaves no empty folder behind
+
+
+def test_only_folders_with_nothing_but_hydra_files_count_as_empty(tmp_path):
+    from pneumonia.config.entry import is_empty_run
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("a: 1")
+    (tmp_path / "train.log").write_text("")
+    (tmp_path / "tensorboard").mkdir()
+    assert is_empty_run(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")  # e.g. a resumed run that failed: kept
+    assert not is_empty_run(tmp_path)
 
 
 def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path):

@@ -128,7 +128,12 @@ class PneumoniaClassifier(L.LightningModule):
         epoch_loss = float(loss.compute())
         metrics.reset()
         loss.reset()
-        self.log_dict(scalars, prog_bar=False)  # torchmetrics already synced the ranks
+        # torchmetrics already synced the ranks; validation AUROC and accuracy (what picks the
+        # checkpoint) also go to the progress bar, beside the losses
+        shown = {k: v for k, v in scalars.items() if k in ("val/auroc", "val/accuracy")}
+        self.log_dict({k: v for k, v in scalars.items() if k not in shown}, prog_bar=False)
+        if shown:
+            self.log_dict(shown, prog_bar=True)
         self.log(f"{phase}/loss", epoch_loss, prog_bar=phase != "test")
         if phase != "train" and not self.trainer.sanity_checking:
             self._log_figure(f"{phase}/confusion_matrix", confmat)

@@ -65,7 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=[])
     warn_slow_precision(trainer)  # a GPU's bf16 checkpoint scored on a CPU without native bf16
-    trainer.test(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)  # our table, with intervals, is printed below
     if not trainer.is_global_zero:
         return {}  # under DDP every rank has every prediction; rank 0 writes them
 

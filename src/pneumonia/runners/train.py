@@ -141,5 +141,20 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
                "train_minutes": round(clock.seconds / 60, 2), "train_seconds": round(clock.seconds, 1),
                "session_train_seconds": round(clock.session_seconds, 1), "val": val_report}
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("Best %s = %s (%s)", cfg.monitor, best_score, best_path)
+    log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir))
     return best_score, val_report
+
+
+def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_path: str, out_dir: Path) -> str:
+    """One line on how the run ended and what it left."""
+    if trainer.fast_dev_run:
+        return "fast_dev_run: one batch of each step ran; no checkpoint is kept and no threshold chosen"
+    if trainer.interrupted:
+        how = "interrupted"
+    elif trainer.should_stop and trainer.current_epoch < trainer.max_epochs:
+        how = f"stopped early after {trainer.current_epoch} epochs (callbacks.early_stopping)"
+    else:
+        how = f"trained {trainer.current_epoch} epochs"
+    if not best_path:
+        return f"{how}; no checkpoint was written (trainer.max_epochs={trainer.max_epochs}?); outputs in {out_dir}"
+    return f"{how}; best {cfg.monitor} = {best_score:.4f}: {best_path}"
