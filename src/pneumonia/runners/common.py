@@ -20,6 +20,31 @@ log = logging.getLogger(__name__)
 # With decoded images in memory, loader workers only add overhead (README "Performance").
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
+# the model summary sizes parameters in 32 bits under bf16 autocast, which is what they are
+warnings.filterwarnings("ignore", ".*is not supported by the model summary.*")
+
+
+class _NoAdverts(logging.Filter):
+    """Lightning's "💡 Tip: try installing litlogger/litmodels" lines, printed at every Trainer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\U0001f4a1 Tip:")
+
+
+def quiet_lightning_logs() -> None:
+    """Each Lightning line once: `lightning` adds its own console handler *and* propagates to
+    the root logger, where Hydra already prints (and files) every record; no adverts."""
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().hasHandlers():
+        for handler in list(lightning_logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                lightning_logger.removeHandler(handler)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdverts) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdverts())
+
+
+quiet_lightning_logs()
 
 
 def configure_torch(threads: int | None) -> None:
