@@ -1,7 +1,7 @@
 """Prediction throughput: `predict.py` on a folder of images, with and without Grad-CAM.
 
     python benchmarks/predict.py --ckpt outputs/<run>/checkpoints/best.ckpt \\
-        --data ../shared/data/chest_xray/train
+        --data data/chest_xray/train
 
 Three numbers, each after a warm-up on the first batches:
 1. `predict.py` end to end (decode in threads, preprocess, score, write predictions.csv) on
@@ -45,7 +45,7 @@ def run_predict(ckpt: str, inputs: str, out: Path, *overrides: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "chest_xray" / "train"))
+    ap.add_argument("--data", default="data/chest_xray/train")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--batches", type=int, default=0, help="0 = every batch of --data")
     ap.add_argument("--explain-images", type=int, default=256)

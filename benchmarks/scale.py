@@ -1,7 +1,7 @@
 """Datasets larger than memory: the memory-mapped decoded cache on a synthetic folder.
 
     python benchmarks/scale.py --n 100000 --size 224          # build, cache, train from it
-    python benchmarks/scale.py --n 100000 --size 224 --real ../shared/data/chest_xray
+    python benchmarks/scale.py --n 100000 --size 224 --real data/chest_xray
 
 1. Writes `--n` small synthetic JPEGs (the size of the Kaggle ones, `--size` px, gray) into
    `--folder` (kept for the next run), timing it.

@@ -154,7 +154,7 @@ def _pil_rgb(path: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "chest_xray"))
+    ap.add_argument("--data", default="data/chest_xray")
     ap.add_argument("--image-size", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--eval-batch-size", type=int, default=256)
