@@ -15,9 +15,7 @@ from PIL import Image
 import pneumonia
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError
-from pneumonia.evaluation.metrics import report as torch_report
 from pneumonia.export import ExportError
-from pneumonia.export.metrics import numpy_report
 from pneumonia.export.onnx_predictor import OnnxPredictor
 from pneumonia.export.rundir import check_output_dir
 from pneumonia.export.runner import export
@@ -174,23 +172,6 @@ def test_onnx_backend_decodes_bit_identically_and_predicts_like_torch(exported, 
     assert onnx_summary["backend"] == "onnx" and onnx_summary["predicted"] == torch_summary["predicted"]
     for key, value in torch_summary["labelled"].items():
         assert onnx_summary["labelled"][key] == pytest.approx(value, abs=1e-6), key
-
-
-def test_numpy_report_matches_torchmetrics():
-    rng = np.random.default_rng(0)
-    probs = np.round(rng.random(200), 2).astype(np.float32)  # rounded: many ties
-    labels = (rng.random(200) < probs).astype(np.int64)
-    for threshold in (0.005, 0.305, 0.505, 0.995):  # between the scores: torchmetrics counts a tie as negative
-        expected = torch_report(torch.from_numpy(probs), torch.from_numpy(labels), threshold)
-        got = numpy_report(probs, labels, threshold)
-        assert list(got) == list(expected)
-        for key in expected:
-            assert got[key] == pytest.approx(expected[key], abs=1e-6), (threshold, key)
-    with pytest.warns(UserWarning):  # torchmetrics warns about the missing class
-        one_class = torch_report(torch.from_numpy(probs[:10]), torch.ones(10, dtype=torch.long), 0.505)
-    assert numpy_report(probs[:10], np.ones(10), 0.505) == pytest.approx(one_class, abs=1e-6)
-    # a probability at the threshold is PNEUMONIA, as Predictor.decide and predictions.csv say
-    assert numpy_report(np.array([0.5, 0.2]), np.array([1, 0]), 0.5)["tp"] == 1
 
 
 def test_onnx_predict_path_imports_no_torch(exported, xray_root, tmp_path):

@@ -91,13 +91,6 @@ class TorchScorer:
                               decisions=torch.from_numpy(decisions))
         return maps.float().cpu().numpy()
 
-    def report(self, probs: list[float], labels: list[int]) -> dict[str, Any]:
-        import torch
-
-        from pneumonia.evaluation.metrics import report
-
-        return report(torch.tensor(probs), torch.tensor(labels), self.threshold)
-
 
 def open_scorer(cfg: DictConfig) -> TorchScorer | OnnxPredictor:
     """The backend `cfg.backend` names, ready to score."""
@@ -259,33 +252,23 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 def summarize(rows: list[dict[str, Any]], bad: list[tuple[str, str]], predictor: TorchScorer | OnnxPredictor
               ) -> dict[str, Any]:
-    """Counts per predicted class and, for files under NORMAL/PNEUMONIA folders, the metrics
-    (torchmetrics on the torch backend, `pneumonia.export.metrics.numpy_report` on onnx)."""
+    """Counts per predicted class and, for files under NORMAL/PNEUMONIA folders, the metrics of
+    the decisions in predictions.csv (numpy, the same for both backends; null where a class
+    is missing)."""
+    from pneumonia.evaluation.statistics import point_metrics
+
     summary: dict[str, Any] = {
         "n": len(rows), "skipped": len(bad), "threshold": predictor.threshold, "precision": predictor.precision,
         "backend": predictor.backend, "predicted": {c: sum(r["prediction"] == c for r in rows) for c in CLASSES},
     }
     labelled = [r for r in rows if r["label"]]
     if labelled:
-        import warnings
-
-        probs = [r["probability"] for r in labelled]
-        labels = [CLASSES.index(r["label"]) for r in labelled]
-        with warnings.catch_warnings():  # torchmetrics warns about a missing class; we say it below
-            warnings.simplefilter("ignore")
-            if predictor.backend == "torch":
-                rep = predictor.report(probs, labels)
-            else:
-                from pneumonia.export.metrics import numpy_report
-
-                rep = numpy_report(probs, labels, predictor.threshold)
-        # undefined with one class only: null, not torchmetrics' 0
-        if not any(labels):
-            rep.update(recall=None, precision=None if not rep["tp"] + rep["fp"] else rep["precision"], f1=None,
-                       auroc=None)
-        if all(labels):
-            rep.update(specificity=None, auroc=None)
-        summary["labelled"] = rep
+        labels = np.array([CLASSES.index(r["label"]) for r in labelled])
+        decided = np.array([CLASSES.index(r["prediction"]) for r in labelled])
+        metrics = point_metrics([r["probability"] for r in labelled], labels, predictor.threshold, decisions=decided)
+        counts = {"tn": int(((decided == 0) & (labels == 0)).sum()), "fp": int(((decided == 1) & (labels == 0)).sum()),
+                  "fn": int(((decided == 0) & (labels == 1)).sum()), "tp": int(((decided == 1) & (labels == 1)).sum())}
+        summary["labelled"] = {**metrics, **counts, "threshold": predictor.threshold, "n": len(labelled)}
     return summary
 
 
