@@ -44,29 +44,12 @@ def check_settings(calibration: dict[str, Any] | None, interval_settings: dict[s
             raise ConfigError(f"{key}={value!r} must be an integer >= {low}")
 
 
-def predict_split(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
-                  split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(probabilities, labels, indices) of `split`, through the module's own device path."""
-    probs, labels, indices, _ = predict_logits(trainer, module, datamodule, split)
-    return probs, labels, indices
-
-
 def predict_logits(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
                    split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(probabilities, labels, indices, logits) of `split`: the logits are the output of
-    `module.net`, caught by a forward hook while `trainer.predict` runs (one process)."""
+    """(probabilities, labels, indices, logits) of `split`, through the module's own device path."""
     datamodule.predict_split = split
-    caught: list[torch.Tensor] = []
-    handle = module.net.register_forward_hook(lambda _m, _i, out: caught.append(out.detach().float().cpu()))
-    try:
-        batches = trainer.predict(module, datamodule=datamodule)
-    finally:
-        handle.remove()
-    probs, labels, indices = (torch.cat(t) for t in zip(*batches))
-    logits = torch.cat(caught) if caught else torch.empty(0)
-    if logits.shape != probs.shape or not torch.allclose(torch.sigmoid(logits), probs, atol=1e-5):
-        log.warning("Could not catch the logits of %s; recovering them from the probabilities", split)
-        logits = torch.from_numpy(st.logit(probs.double().numpy(), eps=1e-7)).float()
+    batches = trainer.predict(module, datamodule=datamodule)
+    probs, labels, indices, logits = (torch.cat(t) for t in zip(*batches))
     return probs, labels, indices, logits
 
 

@@ -76,8 +76,10 @@ class PneumoniaClassifier(L.LightningModule):
         self._test_batches.append((probs.cpu(), batch[1].cpu(), batch[2].cpu()))
 
     def predict_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, ...]:
+        """(probabilities, labels, indices, logits) of a batch, on the CPU."""
         x, y, idx = batch
-        return torch.sigmoid(self(x).float()).cpu(), y.cpu(), idx.cpu()
+        logits = self(x).float()
+        return torch.sigmoid(logits).cpu(), y.cpu(), idx.cpu(), logits.cpu()
 
     # ---- epoch ends: compute, log once, reset ---------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
