@@ -30,7 +30,8 @@ from typing import Any
 from pneumonia import CLASSES
 from pneumonia.data.dicom import is_dicom
 from pneumonia.data.folder import DataLayoutError, scan_split
-from pneumonia.data.patients import patient_id
+from pneumonia.data.layout import find_data_root
+from pneumonia.data.patients import patient_id, pneumonia_subtype
 from pneumonia.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,6 @@ def _dicom_header(data: bytes) -> dict[str, Any]:
                 "mode": f"DICOM {ds.get('PhotometricInterpretation', '?')} {int(ds.get('BitsStored', 0))}-bit"}
     except Exception as err:  # noqa: BLE001
         return {"format": "DICOM", "error": f"{type(err).__name__}: {str(err)[:120]}"}
-
-
-def pneumonia_subtype(path: str | Path) -> str | None:
-    from pneumonia.evaluation.analysis import pneumonia_subtype as subtype
-
-    return subtype(path)
 
 
 # ---- a split ----------------------------------------------------------------------------
@@ -135,20 +130,10 @@ def describe_split(root: str | Path, split: str, *, required: bool = True) -> di
     return {"split": split, "folder": str(files.split_dir), **out}
 
 
-def resolve_root(root: str | Path) -> Path:
-    """The folder holding the split folders, found below `root` as the DataModule finds it
-    (the Kaggle archive's top folder...)."""
-    try:
-        from pneumonia.data.layout import find_data_root
-    except ImportError:  # an older tree: `root` itself
-        return Path(root).expanduser()
-    return find_data_root(root)
-
-
 def describe_root(root: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, Any]:
     """Every split present under `root` (train is required), and what the splits share:
     identical files and patient ids."""
-    root = resolve_root(root)
+    root = find_data_root(root)
     found: dict[str, Any] = {}
     files_of: dict[str, Any] = {}
     for split in splits:
@@ -185,7 +170,7 @@ def sample_grid(root: str | Path, path: str | Path, *, split: str = "train", per
 
     from pneumonia.data.preprocess import Preprocess
 
-    files = scan_split(resolve_root(root), split)
+    files = scan_split(find_data_root(root), split)
     rng = random.Random(seed)
     prep = Preprocess(size, 1)
     fig, axes = plt.subplots(len(CLASSES), per_class, figsize=(1.9 * per_class, 2.2 * len(CLASSES)), dpi=100,

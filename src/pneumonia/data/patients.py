@@ -18,6 +18,8 @@ _PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
 # IM-NNNN-KKKK and NORMAL2-IM-NNNN-KKKK: one normal patient per NNNN. Both prefixes map to
 # the same id: if they are different patients we only group more than needed, never leak.
 _NORMAL = re.compile(r"^(?:NORMAL2-)?IM-(\d+)", re.IGNORECASE)
+# personN_bacteria_K / personN_virus_K: the kind of pneumonia
+_SUBTYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
 
 
 def patient_id(path: str | Path) -> str:
@@ -28,6 +30,12 @@ def patient_id(path: str | Path) -> str:
     if m := _NORMAL.match(name):
         return f"normal{int(m.group(1))}"
     return f"file:{Path(path).stem}"
+
+
+def pneumonia_subtype(path: str | Path) -> str | None:
+    """`bacteria` or `virus` from a Kaggle name (`personN_bacteria_K.jpeg`), else None."""
+    m = _SUBTYPE.search(Path(path).name)
+    return m.group(1).lower() if m else None
 
 
 def grouped_split(

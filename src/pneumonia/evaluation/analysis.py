@@ -7,22 +7,19 @@ pure functions of `statistics.py`.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pneumonia.data.patients import patient_id
+from pneumonia.data.patients import patient_id, pneumonia_subtype
 from pneumonia.evaluation import METRIC_NAMES
 from pneumonia.evaluation import statistics as st
 
 log = logging.getLogger(__name__)
 
 SENSITIVITY_TARGETS = (0.90, 0.95, 0.99)
-_SUBTYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
 SUBTYPES = {"bacteria": "bacterial pneumonia", "virus": "viral pneumonia"}
 
 
@@ -32,12 +29,6 @@ def patient_groups(paths: Sequence[str]) -> tuple[list[str], bool]:
     own patient (`pneumonia.data.patients.patient_id`)."""
     ids = [patient_id(p) for p in paths]
     return ids, any(not i.startswith("file:") for i in ids)
-
-
-def pneumonia_subtype(path: str | Path) -> str | None:
-    """`bacteria` or `virus` from a Kaggle name (`personN_bacteria_K.jpeg`), else None."""
-    m = _SUBTYPE.search(Path(path).name)
-    return m.group(1).lower() if m else None
 
 
 def _clean(x: Any) -> Any:
