@@ -5,7 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 import pneumonia.config.resolvers  # noqa: F401  (resolvers used by conf/)
-from pneumonia.config.entry import CKPT_EXAMPLE, run
+from pneumonia.config.entry import CKPT_EXAMPLE, check_command_line, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
@@ -16,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("predict", "predict.py")  # a typo in a group or key: one line, not Hydra's report
     main()

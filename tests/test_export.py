@@ -17,7 +17,7 @@ from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError
 from pneumonia.export import ExportError
 from pneumonia.export.onnx_predictor import OnnxPredictor
-from pneumonia.export.rundir import check_output_dir
+from pneumonia.config.rundir import check_output_dir
 from pneumonia.export.runner import export
 from pneumonia.inference import Predictor
 from pneumonia.models import CustomCNN

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from pneumonia.config.checks import optional_int
 from pneumonia.app.service import Limits, Service
 from pneumonia.errors import ConfigError
 
@@ -123,10 +124,10 @@ def serve(cfg: DictConfig) -> None:
     cap_malloc_arenas()
     if importlib.util.find_spec("gradio") is None:
         raise ConfigError("the page needs gradio, which is not installed here: pip install -e '.[app]'")
-    if cfg.get("threads"):
+    if optional_int(cfg.get("threads"), "threads", 1):
         import torch
 
-        torch.set_num_threads(int(cfg.threads))
+        torch.set_num_threads(cfg.threads)
     service = Service.from_checkpoint(cfg.ckpt_path, settings["limits"], device=cfg.device,
                                       precision=cfg.precision, batch_size=int(cfg.batch_size))
     service.warm_up()

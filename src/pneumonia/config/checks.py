@@ -7,10 +7,15 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.errors import ConfigError
 
 
-def _int(cfg: DictConfig, key: str, low: int | None = None) -> int:
+def _get(cfg: DictConfig, key: str) -> object:
     value = cfg
     for part in key.split("."):
         value = value[part]
+    return value
+
+
+def _int(cfg: DictConfig, key: str, low: int | None = None) -> int:
+    value = _get(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{key}={value!r} must be an integer")
     if low is not None and value < low:
@@ -18,13 +23,47 @@ def _int(cfg: DictConfig, key: str, low: int | None = None) -> int:
     return value
 
 
-def _number(cfg: DictConfig, key: str) -> float:
-    value = cfg
-    for part in key.split("."):
-        value = value[part]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r} must be a number")
-    return float(value)
+def _bool(cfg: DictConfig, key: str) -> bool:
+    value = _get(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value
+
+
+def _optional_int(cfg: DictConfig, key: str, low: int) -> int | None:
+    return optional_int(_get(cfg, key), key, low)
+
+
+def optional_int(value: object, key: str, low: int) -> int | None:
+    """`value` if it is null or an integer >= `low`; else a `ConfigError` naming `key`
+    (thread counts, sizes: `threads`, `decode_threads`...)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key}={value!r} must be an integer >= {low} (or null)")
+    return value
+
+
+def _optional_path(cfg: DictConfig, key: str) -> str | None:
+    value = _get(cfg, key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{key}={value!r} must be a path (or null)")
+    return value
+
+
+def monitored_metrics() -> tuple[str, ...]:
+    """What a `monitor` may name: the loss or a metric of a phase that is logged every epoch."""
+    from pneumonia.evaluation import METRIC_NAMES
+
+    return tuple(f"{phase}/{name}" for phase in ("val", "train") for name in ("loss", *METRIC_NAMES))
+
+
+def check_monitor(key: str, value: object) -> None:
+    """A metric a checkpoint, early stopping or a scheduler can watch (else Lightning stops
+    the run after the first validation epoch, past the decoding)."""
+    known = monitored_metrics()
+    if value not in known and not (isinstance(value, str) and value.startswith("val_stress/")):
+        raise ConfigError(f"{key}={value!r} is not a logged metric: one of {', '.join(known)}")
 
 
 def check_train_config(cfg: DictConfig) -> None:
@@ -32,22 +71,43 @@ def check_train_config(cfg: DictConfig) -> None:
 
     Each value is checked once, by its owner: `data.*` by the DataModule (and
     `data.image_size`/`model.in_channels` by the preprocessing preset), `model.*` by the
-    network, `data.augment.*` by the augmentation; both are built here (milliseconds, no
-    decoding). The keys without an owner class are checked below.
+    network, `data.augment.*` by the augmentation, `optimizer`/`scheduler` by torch,
+    `trainer.*`, `callbacks.*` and `logger.*` by Lightning when they are built (before
+    decoding, `runners.common`). The keys without an owner class are checked here.
     """
-    _int(cfg, "seed")
+    seed = _int(cfg, "seed", 0)
+    if seed > 2**32 - 1:
+        raise ConfigError(f"seed={seed} must be < 2**32 (numpy's limit)")
+    _optional_int(cfg, "threads", 1)
+    _bool(cfg, "test")
+    _bool(cfg, "module.channels_last")
+    _optional_path(cfg, "resume")
+    _optional_path(cfg, "ckpt_path")
     _int(cfg, "data.num_workers", 0)
-    _int(cfg, "trainer.max_epochs", -1)
-    _number(cfg, "optimizer.lr")
+    epochs = _int(cfg, "trainer.max_epochs", -1)
+    callbacks = cfg.get("callbacks") or {}
+    if epochs == 0 or (epochs == -1 and not callbacks.get("early_stopping")):
+        raise ConfigError(f"trainer.max_epochs={epochs} must be >= 1 (-1, no limit, only with "
+                          "callbacks.early_stopping to end the run)")
+    check_monitor("monitor", cfg.monitor)
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r} must be 'min' or 'max'")
+    for name, callback in callbacks.items():
+        if callback and callback.get("monitor") is not None:
+            check_monitor(f"callbacks.{name}.monitor", callback.monitor)
+    if (cfg.get("scheduler") or {}).get("monitor") is not None:
+        check_monitor("scheduler.monitor", cfg.scheduler.monitor)
     pw = cfg.module.pos_weight
     if pw is not None and pw != "balanced" and (isinstance(pw, bool) or not isinstance(pw, (int, float)) or pw <= 0):
         raise ConfigError(f"module.pos_weight={pw!r} must be null, 'balanced' or a positive number")
-    from pneumonia.config.instantiate import instantiate
-    from pneumonia.models import build_net
+    check_optimization(cfg)
+    from pneumonia.config.instantiate import check_arguments, instantiate_setting
+    from pneumonia.models import NETS, build_net
 
-    instantiate(cfg.data, _convert_="all")  # the DataModule's constructor checks data.*; no decoding
+    instantiate_setting("data", cfg.data, _convert_="all")  # the DataModule's constructor checks data.*; no decoding
+    target = NETS.get(str(cfg.model.get("_target_")))
+    if target is not None:
+        check_arguments("model", cfg.model, target)
     # a depth too large for the image size fails now, not after the images are decoded
     build_net(OmegaConf.to_container(cfg.model, resolve=True))
 
@@ -60,3 +120,18 @@ def threshold_override(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigError(f"threshold={value!r} must be a number in [0, 1] (or null: the stored one)")
     return float(value)
+
+
+def check_optimization(cfg: DictConfig) -> None:
+    """Build `optimizer` and `scheduler.scheduler` on a stand-in parameter: torch's own checks
+    (a negative learning rate, betas outside [0, 1), an unknown plateau mode...) fail now, as
+    one line naming the key, instead of inside `configure_optimizers` after decoding."""
+    import torch
+
+    from pneumonia.config.instantiate import instantiate_setting
+
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = instantiate_setting("optimizer", cfg.optimizer, call={"params": params})
+    scheduler = (cfg.get("scheduler") or {}).get("scheduler")
+    if scheduler:
+        instantiate_setting("scheduler.scheduler", scheduler, call={"optimizer": optimizer})

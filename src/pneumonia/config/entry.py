@@ -20,6 +20,70 @@ from pneumonia.errors import UserError
 CKPT_EXAMPLE = "outputs/train/<run>/checkpoints/best.ckpt"
 
 
+def check_command_line(config_name: str, script: str, argv: list[str] | None = None) -> None:
+    """Compose `conf/<config_name>.yaml` with the command line's overrides before Hydra runs
+    it, so that a typo in a group option (`model=resnet`), a key that does not exist
+    (`optimiser.lr=1e-3`) or an override Hydra cannot parse is one `error:` line (exit 2)
+    instead of Hydra's multi-line report. Every value of a sweep over a group is tried; the
+    other sweeps with their first value. Command lines with flags other than -m (--help,
+    --cfg, -cp...) are left to Hydra."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from pneumonia.config.compose import CONF_DIR, compose
+
+    lines = [a for a in args if not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(lines)
+    except HydraException as err:
+        _fail(f"cannot read the command line: {_first_line(err)}")
+    plain = [o.input_line for o in overrides if not o.is_sweep_override()]
+    trials = [plain]
+    for o in overrides:
+        if not o.is_sweep_override():
+            continue
+        if not o.is_choice_sweep():
+            continue  # range()/interval() sweeps: the sweeper expands them, each job checks its values
+        values = list(o.sweep_string_iterator())
+        is_group = (CONF_DIR / o.key_or_group.split("@")[0]).is_dir()
+        for value in values if is_group else values[:1]:
+            prefix = {"ADD": "+", "FORCE_ADD": "++"}.get(o.type.name, "")
+            trials.append([*plain, f"{prefix}{o.key_or_group}={value}"])
+    for trial in trials:
+        try:
+            compose(config_name, trial, hydra_config=True)
+        except HydraException as err:
+            _fail(_composition_error(err, script))
+
+
+def _composition_error(err: Exception, script: str) -> str:
+    from hydra.errors import MissingConfigException
+
+    text = str(err)
+    if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
+        group, _, option = str(err.missing_cfg_file).rpartition("/")
+        return (f"{group}={option} is not an option of {group}/ (one of: {', '.join(sorted(err.options))}; "
+                f"python {script} --help lists them)")
+    if "is not in struct" in text or "Could not override" in text:
+        key = text.split("'")[1] if "'" in text else "the key"
+        return (f"{key} is not a setting of {script} (python {script} --cfg job shows them all; "
+                f"to add a new one: +{key}=...)")
+    return _first_line(err)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return " ".join(lines[:2])[:300] if lines else type(err).__name__
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run(cfg: DictConfig, runner: str, script: str, required: dict[str, str] | None = None) -> Any:
     """Check `required` keys (key -> an example value), then call `runner` ("module:function")
     with `cfg` and return what it returns."""

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pneumonia.errors import ConfigError
-from pneumonia.export.rundir import check_output_dir
+from pneumonia.config.rundir import make_output_dir
 from pneumonia.export.sidecar import FORMATS, ONNX_MODULES, SIDECAR_NAME, ExportError, require_export_extra
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     _check(cfg)
     if cfg.format == "onnx":
         require_export_extra("format=onnx", *ONNX_MODULES)
-    out_dir = check_output_dir(cfg.paths.output_dir, "the output folder (hydra.run.dir)")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ExportError(f"cannot create the output folder '{out_dir}' ({err.strerror})") from None
+    out_dir = make_output_dir(cfg.paths.output_dir, "the output folder (hydra.run.dir)")
 
     from pneumonia.export import exporter  # torch (and onnx): only once the settings are known to be good
     from pneumonia.export.card import render_model_card

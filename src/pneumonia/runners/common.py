@@ -12,7 +12,8 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig
 
-from pneumonia.config.instantiate import instantiate
+from pneumonia.config.checks import optional_int
+from pneumonia.config.instantiate import instantiate_setting
 from pneumonia.hardware import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ quiet_lightning_logs()
 
 
 def configure_torch(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(int(threads))
+    """`threads` torch intra-op threads (null: torch's default, one per physical core)."""
+    if optional_int(threads, "threads", 1):
+        torch.set_num_threads(threads)
 
 
 def warn_slow_precision(trainer: L.Trainer) -> None:
@@ -63,7 +65,8 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     """The configured callbacks, less those the Trainer settings leave nothing to do for:
     Lightning refuses a progress bar callback beside `trainer.enable_progress_bar=false`, and a
     learning-rate monitor needs a logger to write into."""
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    callbacks = [instantiate_setting(f"callbacks.{name}", c) for name, c in (cfg.get("callbacks") or {}).items()
+                 if c and "_target_" in c]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not has_logger:
@@ -72,4 +75,11 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    return [instantiate_setting(f"logger.{name}", c) for name, c in (cfg.get("logger") or {}).items() if c and "_target_" in c]
+
+
+def build_trainer(trainer: DictConfig, **kwargs: Any) -> L.Trainer:
+    """The `trainer` config node as a Lightning Trainer. Lightning checks its arguments here (accelerator,
+    devices, precision, strategy, limits...): a refusal becomes a one-line `ConfigError`
+    naming the `trainer.*` key, instead of a traceback after the images are decoded."""
+    return instantiate_setting("trainer", trainer, **kwargs)

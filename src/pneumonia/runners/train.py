@@ -13,16 +13,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.config.checks import check_train_config
 from pneumonia.config.instantiate import instantiate
+from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation.calibration import calibrate_threshold, check_settings
 from pneumonia.evaluation.metrics import METRIC_NAMES
 from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
-from pneumonia.inference.checkpoint import load_checkpoint
+from pneumonia.inference.checkpoint import load_checkpoint, trained_epochs
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import TrainingClock
-from pneumonia.runners.common import build_callbacks, build_loggers, configure_torch, warn_slow_precision
+from pneumonia.runners.common import build_callbacks, build_loggers, build_trainer, configure_torch, warn_slow_precision
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,14 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
         if not Path(path).is_file():
             raise ConfigError(f"resume={cfg.resume}: no checkpoints/last.ckpt there to resume from")
     if path:
-        load_checkpoint(path)  # a clear error now for a missing or foreign file
-        log.info("Resuming from %s", path)
+        done = trained_epochs(load_checkpoint(path))  # a clear error now for a missing or foreign file
+        max_epochs = cfg.trainer.max_epochs
+        if max_epochs != -1 and done > max_epochs:  # Lightning would refuse it after decoding
+            key = "resume" if cfg.get("resume") else "ckpt_path"
+            raise ConfigError(f"trainer.max_epochs={max_epochs} is below the {done} epochs the checkpoint of "
+                              f"{key}={cfg.get(key)} already trained (max_epochs counts them): give "
+                              f"trainer.max_epochs={done + 1} or more to train on")
+        log.info("Resuming from %s (%d epochs done)", path, done)
     return path
 
 
@@ -91,18 +98,18 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     resume_from = resume_checkpoint(cfg)
     configure_torch(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(cfg.paths.output_dir)
 
     datamodule: ChestXrayDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.check_layout(("fit", "test") if cfg.test else ("fit",))  # fail before any decoding
-    datamodule.setup("fit")
-    module = build_module(cfg, datamodule)
+    # loggers, callbacks and the Trainer before decoding too: their settings fail in seconds
     loggers = build_loggers(cfg)
     clock = TrainingClock()
     callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     warn_slow_precision(trainer)
+    datamodule.setup("fit")
+    module = build_module(cfg, datamodule)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:
