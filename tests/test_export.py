@@ -204,10 +204,10 @@ def test_bad_input_is_one_line(exported, tiny_checkpoint, tmp_path, monkeypatch)
         assert lines[-1].startswith("error: ") and expected in lines[-1], lines
     # a read-only folder (root may write anywhere, so the check is asked, not provoked)
     monkeypatch.setattr("os.access", lambda path, mode: False)
-    with pytest.raises(ExportError, match="is not writable"):
+    with pytest.raises(ConfigError, match="is not writable"):
         check_output_dir(tmp_path / "ro" / "export")
     monkeypatch.undo()
-    with pytest.raises(ExportError, match="is a file, not a folder"):
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
         export(export_cfg(tiny_checkpoint, tmp_path / "a_file"))
 
     # a missing extra names it

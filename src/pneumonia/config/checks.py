@@ -101,15 +101,39 @@ def check_train_config(cfg: DictConfig) -> None:
     if pw is not None and pw != "balanced" and (isinstance(pw, bool) or not isinstance(pw, (int, float)) or pw <= 0):
         raise ConfigError(f"module.pos_weight={pw!r} must be null, 'balanced' or a positive number")
     check_optimization(cfg)
+    check_trainer(cfg)
     from pneumonia.config.instantiate import check_arguments, instantiate_setting
+    from pneumonia.config.rundir import check_output_dir
     from pneumonia.models import NETS, build_net
 
-    instantiate_setting("data", cfg.data, _convert_="all")  # the DataModule's constructor checks data.*; no decoding
+    check_output_dir(cfg.paths.output_dir, "paths.output_dir")  # before the keys that interpolate it
+    check_folders(cfg)
+    # the model before the data: data.channels follows model.in_channels, named here first
     target = NETS.get(str(cfg.model.get("_target_")))
     if target is not None:
         check_arguments("model", cfg.model, target)
     # a depth too large for the image size fails now, not after the images are decoded
     build_net(OmegaConf.to_container(cfg.model, resolve=True))
+    instantiate_setting("data", cfg.data, _convert_="all")  # the DataModule's constructor checks data.*; no decoding
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Check a composed eval config before the checkpoint is scored (the keys without an
+    owner class; `data.*` is checked by the DataModule, `trainer.*` by Lightning)."""
+    from pneumonia.config.rundir import check_output_dir
+    from pneumonia.evaluation.calibration import check_settings
+
+    check_output_dir(cfg.paths.output_dir, "paths.output_dir")
+    check_folders(cfg)
+    check_trainer(cfg)
+    _optional_int(cfg, "threads", 1)
+    _int(cfg, "gallery_size", 0)
+    _bool(cfg, "describe")
+    if cfg.data.get("download") is not None:
+        _bool(cfg, "data.download")
+    threshold_override(cfg.get("threshold"))
+    check_settings({"ece_bins": cfg.get("ece_bins", 15)},
+                   OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
 
 
 def threshold_override(value: object) -> float | None:
@@ -132,6 +156,55 @@ def check_optimization(cfg: DictConfig) -> None:
 
     params = [torch.nn.Parameter(torch.zeros(1))]
     optimizer = instantiate_setting("optimizer", cfg.optimizer, call={"params": params})
-    scheduler = (cfg.get("scheduler") or {}).get("scheduler")
-    if scheduler:
-        instantiate_setting("scheduler.scheduler", scheduler, call={"optimizer": optimizer})
+    scheduler = cfg.get("scheduler") or {}
+    if scheduler.get("scheduler"):
+        instantiate_setting("scheduler.scheduler", scheduler.scheduler, call={"optimizer": optimizer})
+        if scheduler.get("interval", "epoch") not in ("epoch", "step"):
+            raise ConfigError(f"scheduler.interval={scheduler.interval!r} must be 'epoch' or 'step'")
+        if "frequency" in scheduler:
+            _int(cfg, "scheduler.frequency", 1)
+
+
+# Lightning takes these at construction and divides by them during the run
+TRAINER_AT_LEAST_ONE = ("check_val_every_n_epoch", "accumulate_grad_batches")
+# config keys that name a folder a run writes into
+FOLDER_KEYS = ("dirpath", "default_root_dir", "output_dir", "cache_dir", "save_dir", "root_dir")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """What Lightning's Trainer accepts when it is built but fails on during the run, and
+    the GPU asked for on a machine without one (Lightning's words name no key or fix)."""
+    accelerator = str(cfg.trainer.get("accelerator"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no usable CUDA GPU "
+                              "(torch.cuda.is_available() is False); use trainer.accelerator=cpu, or auto")
+    for key in TRAINER_AT_LEAST_ONE:
+        if cfg.trainer.get(key) is not None:
+            _int(cfg, f"trainer.{key}", 1)
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0):
+        # a negative norm would flip the gradients' sign in torch's clip_grad_norm_
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (or null: no clipping)")
+
+
+def check_folders(cfg: DictConfig, prefix: str = "") -> None:
+    """Every folder a run writes into (`*.dirpath`, `*.cache_dir`, `paths.output_dir`...): a
+    `ConfigError` naming the key when it is a file or cannot be created, before the run
+    spends minutes getting there."""
+    from pneumonia.config.rundir import check_output_dir
+
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        name = f"{prefix}{key}"
+        if OmegaConf.is_dict(node):
+            check_folders(cfg[key], f"{name}.")
+        elif str(key) in FOLDER_KEYS and not OmegaConf.is_missing(cfg, key):
+            value = cfg[key]
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name}={value!r} must be a folder path")
+            check_output_dir(value, name)

@@ -46,15 +46,16 @@ def _first_line(err: BaseException) -> str:
 def _culprit(key: str, node: Any, err: BaseException) -> str:
     """`key.<leaf>=<value>` for the leaf of `node` the error message names (Lightning says
     `Trainer(devices=4)` or "`accelerator`"; torch "Invalid learning rate"), else `key`."""
-    text = str(err)
-    names = {"learning rate": "lr", "epsilon": "eps", "beta parameter": "betas", "momentum": "momentum"}
+    import re
+
+    text = str(err).lower()
+    names = {"learning rate": "lr", "epsilon": "eps", "beta parameter": "betas"}
     for leaf in node.keys() if hasattr(node, "keys") else ():
         leaf = str(leaf)
         if leaf.startswith("_"):
             continue
-        spelled = [f"{leaf}=", f"`{leaf}`", f"'{leaf}'", f"{leaf} "]
-        spelled += [phrase for phrase, name in names.items() if name == leaf]
-        if any(s in text for s in spelled):
+        spelled = [re.escape(leaf.lower())] + [re.escape(p) for p, name in names.items() if name == leaf]
+        if any(re.search(rf"(?<![a-z_]){s}(?![a-z_])", text) for s in spelled):
             return f"{key}.{leaf}={node[leaf]!r}"
     return key
 

@@ -9,7 +9,7 @@ loop or a PIL round trip, and on the GPU when the model is there.
 
 from __future__ import annotations
 
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +25,11 @@ class BatchAugment:
     [1 - zoom, 1 + zoom], and pixels from outside the image repeat the border
     (fill_mode="nearest"). `rotation` is in degrees, `translate` a fraction of the size,
     `brightness` an additive shift and `contrast` a factor range around the image mean.
+
+    `mixup` (alpha, 0 = off) mixes each training image with another of the batch
+    (`mix`): x = lam * x_i + (1 - lam) * x_j, target = lam * y_i + (1 - lam) * y_j, with
+    lam ~ Beta(alpha, alpha) per image, folded to lam >= 0.5 so that image i dominates and
+    its own label stays its hard label (what the training metrics count).
     """
 
     def __init__(
@@ -36,16 +41,20 @@ class BatchAugment:
         translate: float = 0.0,
         brightness: float = 0.0,
         contrast: float = 0.0,
+        mixup: float = 0.0,
     ) -> None:
         for name, value in dict(shear=shear, zoom=zoom, rotation=rotation, translate=translate,
-                                brightness=brightness, contrast=contrast).items():
-            if value < 0:
-                raise ConfigError(f"data.augment.{name}={value} must be >= 0")
+                                brightness=brightness, contrast=contrast, mixup=mixup).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ConfigError(f"data.augment.{name}={value!r} must be a number >= 0")
         if zoom >= 1:
             raise ConfigError(f"data.augment.zoom={zoom} must be < 1")
+        if not isinstance(hflip, bool):
+            raise ConfigError(f"data.augment.hflip={hflip!r} must be true or false")
         self.shear, self.zoom, self.hflip = shear, zoom, hflip
         self.rotation, self.translate = rotation, translate
         self.brightness, self.contrast = brightness, contrast
+        self.mixup = float(mixup)
 
     @property
     def geometric(self) -> bool:
@@ -83,3 +92,24 @@ class BatchAugment:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = ((x - mean) * c + mean + b).clamp_(0, 1)
         return x
+
+    def mix(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup of a batch (`mixup` = alpha > 0): (mixed images, soft targets in [0, 1]).
+
+        Each image i is mixed with image perm(i) of the same batch, lam ~ Beta(alpha, alpha)
+        folded to max(lam, 1 - lam); the draws come from `generator` (a CPU generator: the
+        same seed mixes the same way on any device). With `mixup` = 0: `x` and the labels
+        as floats."""
+        targets = labels.float()
+        if not self.mixup or len(x) < 2:
+            return x, targets
+        n = len(x)
+        perm = torch.randperm(n, generator=generator)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        lam = np.random.default_rng(seed).beta(self.mixup, self.mixup, n)
+        lam = torch.from_numpy(np.maximum(lam, 1 - lam)).to(x.device, torch.float32)
+        perm = perm.to(x.device)
+        mixed = x * lam.view(n, *([1] * (x.ndim - 1))).to(x.dtype) \
+            + x[perm] * (1 - lam).view(n, *([1] * (x.ndim - 1))).to(x.dtype)
+        return mixed, targets * lam + targets[perm] * (1 - lam)

@@ -16,9 +16,11 @@ On disk a cache is a folder `images-<key>/` with
   build resumes where it stopped;
 - `meta.json`: written last, when every chunk is in: the cache is complete.
 
-The key is a hash of the file list, each file's size and mtime, the preset (image size,
-channels, resize and scaling) and the cache format: a changed, added or removed file
-gives a new key, so a changed dataset is never served stale. A build holds a lock on the
+The key is a hash of the file list, each file's size and mtime, the preset's decode step
+(image size, channels, resize and scaling: `Preprocess.decode_description()`) and the
+cache format: a changed, added or removed file gives a new key, so a changed dataset is
+never served stale. `data.normalize` is not in the key: it acts on the float batch, after
+the cache, so every value of it reads the same decoded bytes. A build holds a lock on the
 folder, so two processes asked for the same new cache decode it once.
 """
 
@@ -67,7 +69,7 @@ class DecodedImages:
 
 def cache_key(paths: tuple[str, ...], preprocess: Preprocess) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_FORMAT, preprocess.describe()]).encode())
+    h.update(json.dumps([CACHE_FORMAT, preprocess.decode_description()]).encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -1,13 +1,17 @@
 """`ChestXrayDataModule`: the Kaggle ImageFolder splits, decoded once, batched by index.
 
 Batches are `(images, labels, indices)`: uint8 images leave the loader and become float
-in [0, 1] through the preprocessing preset (and are augmented, when training) in
-`on_after_batch_transfer`, that is on the model's device, one batch at a time.
+in [0, 1] through the preprocessing preset (and are augmented, when training, before the
+preset's normalisation) in `on_after_batch_transfer`, that is on the model's device, one
+batch at a time. Two kinds of batch carry a fourth element: training batches with mixup
+(`data.augment.mixup > 0`) their soft targets, and the stress validation loader
+(`data.stress.enabled`, the second validation dataloader) each image's perturbation index.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from pneumonia.data.layout import find_data_root
 from pneumonia.data.patients import grouped_split
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
+from pneumonia.data.stress import StressImages, StressSettings, validation_images
 from pneumonia.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,9 @@ class ChestXrayDataModule(L.LightningDataModule):
         bad_image_report: str | None = None,
         augment: dict[str, Any] | None = None,
         download: bool = False,
+        normalize: str = "none",
+        stress: dict[str, Any] | None = None,
+        tta: bool = False,
     ) -> None:
         super().__init__()
         if on_bad_image not in ("skip", "error"):
@@ -63,9 +71,17 @@ class ChestXrayDataModule(L.LightningDataModule):
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
                 or not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction!r} must be a number in (0, 1)")
-        self.preprocess = Preprocess(image_size, channels)  # checks image_size and channels
+        # checks image_size, channels and normalize; stored in checkpoints with the other
+        # arguments (datamodule_hyper_parameters), so every scoring path normalises alike
+        self.preprocess = Preprocess(image_size, channels, normalize)
+        self.stress_settings = StressSettings.from_config(stress)
+        if not isinstance(tta, bool):  # read from checkpoints by the Predictor (models/tta.py)
+            raise ConfigError(f"data.tta={tta!r} must be true or false")
         self.save_hyperparameters(logger=False)
+        if augment is not None and not isinstance(augment, Mapping):
+            raise ConfigError(f"data.augment={augment!r} must be a mapping of augmentation settings")
         self.augment = BatchAugment(**(augment or {}))
+        self._stress: StressImages | None = None
         self._aug_generator = torch.Generator()
         self._aug_epoch = -1
         self.splits: dict[str, IndexedImages] = {}
@@ -166,24 +182,45 @@ class ChestXrayDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool, dataset: Any = None) -> DataLoader:
         h = self.hparams
         rank, world = self._rank_world()
+        dataset = self.splits[split] if dataset is None else dataset
         sampler = EpochBatchSampler(
-            len(self.splits[split]), h.batch_size if train else h.eval_batch_size,
+            len(dataset), h.batch_size if train else h.eval_batch_size,
             shuffle=train, seed=h.seed, drop_last=train and h.drop_last, rank=rank, world_size=world,
         )
         if train:
             self._train_sampler = sampler
         # its own generator: creating an iterator must not draw from the global RNG
-        return DataLoader(self.splits[split], batch_size=None, sampler=sampler, generator=torch.Generator(),
+        return DataLoader(dataset, batch_size=None, sampler=sampler, generator=torch.Generator(),
                           num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation split; with `data.stress.enabled`, also (second loader) the same
+        images under every perturbation of `data.stress.perturbations`."""
+        plain = self._loader("val", train=False)
+        stress = self.stress_set()
+        return plain if stress is None else [plain, self._loader("val_stress", train=False, dataset=stress)]
+
+    def stress_set(self) -> StressImages | None:
+        """The perturbed validation images (None unless `data.stress.enabled`), built once from
+        the decoded validation images: the same images every epoch and every run."""
+        if not self.stress_settings.enabled or "val" not in self.splits:
+            return None
+        if self._stress is None:
+            import time
+
+            start = time.perf_counter()
+            images, labels = validation_images(self.splits["val"])
+            self._stress = StressImages(images, labels, self.stress_settings)
+            log.info("Stress validation: %d images x %d perturbations (%s) built in %.1f s", len(images),
+                     len(self.stress_settings.perturbations), ", ".join(self.stress_settings.names),
+                     time.perf_counter() - start)
+        return self._stress
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
@@ -193,8 +230,8 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     # ---- on the device -------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels, indices = batch
-        x = self.preprocess.to_input(images)
+        images, labels, indices, *extra = batch
+        x = self.preprocess.to_unit(images)
         trainer = self.trainer
         if trainer is not None and trainer.training:
             epoch = self._train_sampler.epoch if self._train_sampler else trainer.current_epoch
@@ -202,4 +239,8 @@ class ChestXrayDataModule(L.LightningDataModule):
                 self._aug_generator.manual_seed(epoch_seed(self.hparams.seed, epoch, stream=7))
                 self._aug_epoch = epoch
             x = self.augment(x, self._aug_generator)
-        return x, labels, indices
+            if self.augment.mixup:  # soft targets as a 4th element; the labels stay the hard ones
+                x, targets = self.augment.mix(x, labels, self._aug_generator)
+                extra = [targets]
+        # normalisation last, after the augmentation, as in every scoring path (Preprocess.to_input)
+        return (self.preprocess.normalize_input(x), labels, indices, *extra)

@@ -6,9 +6,18 @@ Two steps, used by everything that feeds the network:
    RGB, resize (squashed, bilinear, like Keras' `target_size`) to a (C, S, S) uint8 array.
    The decoded-image cache stores exactly this, and the Predictor calls it per file. The
    code is in `pneumonia.data.decode` (no torch), which the ONNX backend runs too.
-2. `Preprocess.to_input(batch)`: uint8 (N, C, S, S) → float in [0, 1], on whatever device
-   the batch is on. The DataModule applies it after the batch reached the model's device
-   (then augments, when training); the Predictor applies it to its batches.
+2. `Preprocess.to_input(batch)`: uint8 (N, C, S, S) → float, on whatever device the batch
+   is on: `to_unit` (/255 to [0, 1]), then `normalize_input` (`normalize`: none, per-image
+   standardisation, or histogram equalisation). The DataModule applies it after the batch
+   reached the model's device (when training, the augmentation runs between the two steps,
+   on images in [0, 1], so normalisation is always the last thing before the network); the
+   Predictor applies it to its batches.
+
+`normalize` is applied to the float batch, not at decode time, on purpose: the decoded
+cache holds the same bytes whatever `normalize` is (one cache serves every value), and
+whatever changes an image before the network (training augmentation, the stress
+validation's acquisition changes) comes before the normalisation, as a different scanner
+would.
 
 So a file scored by `predict.py` gets the same tensor, bit for bit, as the same file in a
 validation batch (tested).
@@ -28,18 +37,26 @@ from pneumonia.data import decode
 from pneumonia.errors import ConfigError
 
 
+NORMALIZE = ("none", "standardize", "equalize")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Decode and resize to `image_size` px with `channels` channels (1 gray, 3 RGB)."""
+    """Decode and resize to `image_size` px with `channels` channels (1 gray, 3 RGB), then
+    scale to [0, 1] and normalise (`normalize`: "none", "standardize": each image to zero
+    mean and unit standard deviation, "equalize": each image's histogram equalised)."""
 
     image_size: int
     channels: int = 1
+    normalize: str = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
             raise ConfigError(f"data.image_size={self.image_size!r} must be an integer >= 8")
-        if self.channels not in (1, 3):
+        if isinstance(self.channels, bool) or self.channels not in (1, 3):
             raise ConfigError(f"model.in_channels={self.channels!r} must be 1 (grayscale) or 3 (RGB)")
+        if not isinstance(self.normalize, str) or self.normalize not in NORMALIZE:
+            raise ConfigError(f"data.normalize={self.normalize!r} must be one of {', '.join(NORMALIZE)}")
 
     # ---- step 1: file -> uint8 (C, S, S) -------------------------------------------------
     def load(self, path: str | Path) -> np.ndarray:
@@ -57,9 +74,27 @@ class Preprocess:
 
     # ---- step 2: uint8 batch -> float input --------------------------------------------------
     @staticmethod
-    def to_input(images: torch.Tensor) -> torch.Tensor:
+    def to_unit(images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, S, S) → float32 in [0, 1] on the same device."""
         return images.float().div_(255)
+
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The float batch in [0, 1] (N, C, S, S), normalised by `normalize` (the identity for none)."""
+        if self.normalize == "standardize":
+            return standardize(x)
+        if self.normalize == "equalize":
+            return equalize(x)
+        return x
+
+    def normalizer(self) -> torch.nn.Module:
+        """`normalize_input` as a module, to put in front of a network (an exported graph
+        that takes uint8 / 255, as model.json says, and normalises inside)."""
+        return InputNormalization(self.normalize)
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, S, S) → the network's float32 input on the same device: in [0, 1],
+        then normalised (`normalize`)."""
+        return self.normalize_input(self.to_unit(images))
 
     def __call__(self, path: str | Path) -> torch.Tensor:
         """One file → its (C, S, S) float model input."""
@@ -67,6 +102,15 @@ class Preprocess:
 
     def describe(self) -> dict[str, Any]:
         """What a consumer without this package needs to reproduce the preset."""
+        described = {**self.decode_description(), "normalize": self.normalize,
+                     "normalization": NORMALIZATION_TEXT[self.normalize]}
+        if self.normalize != "none":
+            described["scale"] = "uint8 / 255 -> float32 in [0, 1], then `normalization`"
+        return described
+
+    def decode_description(self) -> dict[str, Any]:
+        """The part of `describe()` that decides the decoded uint8 images (the image cache's
+        key): `normalize` is left out, as it acts on the float batch, after the cache."""
         return {
             "image_size": self.image_size,
             "channels": self.channels,
@@ -76,3 +120,57 @@ class Preprocess:
             "layout": "NCHW",
             "dicom": "modality LUT, VOI LUT/window, min-max to 8 bits, MONOCHROME1 inverted",
         }
+
+
+NORMALIZATION_TEXT = {
+    "none": "none: the network sees uint8 / 255",
+    "standardize": "per image, over all its pixels and channels: (x - mean) / max(std, 1e-6), x = uint8 / 255",
+    "equalize": "per image and channel, Pillow's ImageOps.equalize of round(x * 255), then / 255",
+}
+
+
+def standardize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each image of (N, C, H, W) to zero mean and unit standard deviation over all its
+    pixels and channels (population std; a constant image becomes all zeros). Cancels a
+    linear change of brightness and contrast."""
+    flat = x.flatten(1)
+    mean = flat.mean(1).view(-1, *([1] * (x.ndim - 1)))
+    std = flat.std(1, correction=0).clamp_min(eps).view(-1, *([1] * (x.ndim - 1)))
+    return (x - mean) / std
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each image and channel of a float (N, C, H, W) batch in
+    [0, 1], on 256 levels (round(x * 255)), vectorised on the batch's device. The same
+    look-up table as Pillow's `ImageOps.equalize` (tested equal): with `step` = (pixels
+    not at the brightest level present) // 255, level v becomes
+    (step // 2 + pixels darker than v) // step, clipped to 255; an image with a single level
+    (or fewer than 255 pixels below its brightest level) is left as it is. A monotone change
+    of the intensities (gamma, contrast) leaves the result (nearly) unchanged. Returns
+    [0, 1] floats of the input's dtype."""
+    n, c, h, w = x.shape
+    levels = (x.detach().float() * 255).round_().clamp_(0, 255).long().view(n * c, h * w)
+    counts = torch.zeros(n * c, 256, dtype=torch.long, device=x.device)
+    counts.scatter_add_(1, levels, torch.ones_like(levels))
+    darker = counts.cumsum(1) - counts  # pixels below each level
+    brightest = counts.gather(1, levels.max(1, keepdim=True).values)
+    step = (h * w - brightest) // 255  # (n * c, 1)
+    lut = torch.div(step // 2 + darker, step.clamp_min(1), rounding_mode="floor").clamp_(max=255)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device))  # nothing to spread: unchanged
+    return (lut.gather(1, levels).float() / 255).view(n, c, h, w).to(x.dtype)
+
+
+class InputNormalization(torch.nn.Module):
+    """`Preprocess.normalize_input` of a `normalize` value as a module (the identity for none)."""
+
+    def __init__(self, normalize: str = "none") -> None:
+        super().__init__()
+        Preprocess(8, 1, normalize)  # checks the value
+        self.normalize = normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize == "standardize":
+            return standardize(x)
+        if self.normalize == "equalize":
+            return equalize(x)
+        return x

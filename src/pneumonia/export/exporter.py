@@ -47,8 +47,11 @@ class Logits(nn.Module):
 
 
 def exportable(predictor: Predictor) -> Logits:
-    """A copy of the predictor's net, eval mode, fp32, contiguous (NCHW) weights, on the CPU."""
-    net = copy.deepcopy(predictor.net).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
+    """A copy of the predictor's net, eval mode, fp32, contiguous (NCHW) weights, on the CPU,
+    behind the preset's input normalisation (`data.normalize`; identity for `none`): the
+    graph takes uint8 / 255, whatever the recipe normalised."""
+    net = nn.Sequential(predictor.preprocess.normalizer(), copy.deepcopy(predictor.net))
+    net = net.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
     return Logits(net).eval()
 
 
@@ -200,7 +203,7 @@ def git_commit(where: Path | None = None) -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
-def preprocess_steps(channels: int, image_size: int) -> list[str]:
+def preprocess_steps(channels: int, image_size: int, normalize: str = "none") -> list[str]:
     """The decode rule of `pneumonia.data.decode.load_image`, step by step, for a service
     that reimplements it."""
     mode = "L" if channels == 1 else "RGB"
@@ -216,7 +219,8 @@ def preprocess_steps(channels: int, image_size: int) -> list[str]:
         f"img.resize(({image_size}, {image_size}), Image.BILINEAR): Pillow's bilinear, which filters when "
         "downscaling (OpenCV INTER_LINEAR or torch interpolate without antialias give other pixels)",
         f"uint8 array (H, W{'' if channels == 1 else ', 3'}) -> (1, {channels}, {image_size}, {image_size}) "
-        "float32 / 255, NCHW, no mean/std normalisation",
+        "float32 / 255, NCHW" + (", no mean/std normalisation" if normalize == "none" else
+                                 f"; the graph applies the recipe's normalisation ({normalize}) itself"),
     ]
 
 
@@ -255,7 +259,7 @@ def build_sidecar(predictor: Predictor, fmt: str, info: dict[str, Any], *, verif
                        f" (the network's logit already divided by the temperature {temperature:g} fitted on "
                        f"validation)" if temperature != 1.0 else ""),
                    "batch": "dynamic, the input's"},
-        "preprocess": {**prep.describe(), "steps": preprocess_steps(prep.channels, prep.image_size)},
+        "preprocess": {**prep.describe(), "steps": preprocess_steps(prep.channels, prep.image_size, prep.normalize)},
         "classes": summary["classes"],
         "positive_class": summary["positive_class"],
         "threshold": predictor.threshold,

@@ -26,6 +26,8 @@ def _check(cfg: DictConfig) -> None:
     if cfg.format == "onnx" and (isinstance(cfg.opset, bool) or not isinstance(cfg.opset, int)
                                  or cfg.opset < MIN_OPSET):
         raise ConfigError(f"opset={cfg.opset!r} must be an integer >= {MIN_OPSET} (the dynamo exporter's lowest)")
+    if not isinstance(cfg.verify, bool):
+        raise ConfigError(f"verify={cfg.verify!r} must be true or false")
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -33,7 +35,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     _check(cfg)
     if cfg.format == "onnx":
         require_export_extra("format=onnx", *ONNX_MODULES)
-    out_dir = make_output_dir(cfg.paths.output_dir, "the output folder (hydra.run.dir)")
+    out_dir = make_output_dir(cfg.paths.output_dir, "paths.output_dir (hydra.run.dir)")
 
     from pneumonia.export import exporter  # torch (and onnx): only once the settings are known to be good
     from pneumonia.export.card import render_model_card

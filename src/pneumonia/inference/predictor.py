@@ -16,6 +16,12 @@ Temperature scaling: when calibration fitted a temperature T on validation
 the Predictor (predict.py, eval.py and calibration through `lightning_module()`, Grad-CAM on
 `Predictor.net`, export) gives P = sigmoid(logit / T), the probabilities the threshold was
 chosen on. `Predictor.raw_net` is the network alone.
+
+Test-time augmentation (`tta`): the network behind a `pneumonia.models.tta.TTA` wrapper
+(the mean probability over small scale and shift variants), inside the temperature:
+`TemperatureScaled(TTA(net))`. By default as the checkpoint's recipe says (`data.tta`,
+false for older checkpoints; calibration then chose the threshold with it), or forced on or
+off with `from_checkpoint(tta=...)` (`tta=` in eval.yaml and predict.yaml).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError
 from pneumonia.hardware import auto_precision
 from pneumonia.inference import checkpoint as ckpt_format
-from pneumonia.models import build_net
+from pneumonia.models import build_net, weights_from_checkpoint
+from pneumonia.models.tta import check_tta, with_tta
 
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
 _FULL = ("32-true", "32", "64-true", "64")
@@ -54,7 +61,10 @@ def resolve_precision(requested: str | None, stored: str | None, accelerator: st
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} must be auto, cpu, cuda or cuda:<index>") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device} was asked for, but this machine has no usable CUDA GPU")
     return device
@@ -96,14 +106,15 @@ class Predictor:
                  precision: str = "32-true", device: str | torch.device = "cpu", channels_last: bool = True,
                  classes: Sequence[str] = CLASSES, recipe: dict[str, Any] | None = None,
                  module_settings: dict[str, Any] | None = None, data_settings: dict[str, Any] | None = None,
-                 module_state: dict[str, torch.Tensor] | None = None) -> None:
+                 module_state: dict[str, torch.Tensor] | None = None, tta: bool = False) -> None:
         if precision not in _AUTOCAST and precision not in _FULL:
             raise ConfigError(f"precision={precision!r} is not one of {', '.join([*_FULL[:1], *_AUTOCAST])}")
         self.device = resolve_device(device)
         self.channels_last = channels_last
         self.temperature = check_temperature(temperature)
+        self.tta = check_tta(tta)
         self.raw_net = net
-        self.net = with_temperature(net, self.temperature).to(self.device).eval()
+        self.net = with_temperature(with_tta(net, self.tta), self.temperature).to(self.device).eval()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.preprocess = preprocess
@@ -119,14 +130,16 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str | None = None,
                         threshold: float | None = None, temperature: float | None = None,
-                        accelerator: str = "auto") -> Predictor:
-        """Load `path` (with `weights_only=True`). `precision`/`threshold`/`temperature`
-        override the stored ones (`temperature=1.0`: the raw logits); `accelerator` is what
-        `precision: auto` is resolved for when nothing is stored."""
+                        accelerator: str = "auto", tta: bool | None = None) -> Predictor:
+        """Load `path` (with `weights_only=True`). `precision`/`threshold`/`temperature`/`tta`
+        override the stored ones (`temperature=1.0`: the raw logits; `tta=None`: the
+        recipe's `data.tta`); `accelerator` is what `precision: auto` is resolved for when
+        nothing is stored."""
         ckpt = ckpt_format.load_checkpoint(path)
         module_hp = ckpt_format.module_settings(ckpt)
         data_hp = ckpt_format.data_settings(ckpt)
-        net = build_net(module_hp["net"])
+        with weights_from_checkpoint():  # no download of model.weights: the checkpoint replaces them
+            net = build_net(module_hp["net"])
         try:
             net.load_state_dict(ckpt_format.net_state(ckpt))
         except RuntimeError as err:
@@ -137,6 +150,8 @@ class Predictor:
         chosen = ckpt_format.threshold(ckpt) if threshold is None else threshold_override(threshold)
         stored_temperature = ckpt_format.temperature(ckpt)
         temp = stored_temperature if temperature is None else temperature
+        stored_tta = bool(data_hp.get("tta", False))
+        use_tta = stored_tta if tta is None else check_tta(tta)
         recipe = {
             "checkpoint": str(path),
             "epoch": ckpt.get("epoch"),
@@ -153,9 +168,12 @@ class Predictor:
             "val_roc": calibration.get("val_roc"),
             "calibrated": bool(calibration),
             "temperature": stored_temperature,
+            "tta": stored_tta,
+            "normalize": data_hp.get("normalize", "none"),
         }
         return cls(
-            net, Preprocess(int(data_hp["image_size"]), int(data_hp["channels"])), chosen, temperature=temp,
+            net, Preprocess(int(data_hp["image_size"]), int(data_hp["channels"]), data_hp.get("normalize", "none")),
+            chosen, temperature=temp, tta=use_tta,
             precision=resolve_precision(precision, calibration.get("precision"), accelerator),
             device=device, channels_last=bool(module_hp.get("channels_last", True)), recipe=recipe,
             module_settings=module_hp, data_settings=data_hp, module_state=ckpt["state_dict"],
@@ -198,23 +216,24 @@ class Predictor:
 
     # ---- for the Lightning paths (eval.py scores through a Trainer for DDP) ----------------
     def lightning_module(self) -> Any:
-        """A `PneumoniaClassifier` with this checkpoint's weights, this threshold and this
-        temperature (its `net` is then the `TemperatureScaled` wrapper)."""
+        """A `PneumoniaClassifier` with this checkpoint's weights, this threshold, this
+        temperature and TTA (its `net` is then the `TemperatureScaled`/`TTA` wrapper)."""
         from pneumonia.models.classifier import PneumoniaClassifier
 
         if self._module_state is None:
             raise ConfigError("this Predictor was not loaded from a checkpoint: no module to rebuild")
         keys = ("net", "optimizer", "scheduler", "pos_weight", "channels_last", "seed")
-        module = PneumoniaClassifier(**{k: self.module_settings[k] for k in keys if k in self.module_settings})
+        with weights_from_checkpoint():
+            module = PneumoniaClassifier(**{k: self.module_settings[k] for k in keys if k in self.module_settings})
         module.load_state_dict(self._module_state)
         module.threshold.fill_(self.threshold)
-        module.net = with_temperature(module.net, self.temperature)
+        module.net = with_temperature(with_tta(module.net, self.tta), self.temperature)
         return module
 
     def summary(self) -> dict[str, Any]:
         """Plain-type description: classes, threshold, precision, preprocessing and recipe."""
         return {"classes": list(self.classes), "positive_class": self.classes[1], "threshold": self.threshold,
-                "temperature": self.temperature, "precision": self.precision, "preprocess": self.preprocess.describe(), "recipe": self.recipe}
+                "temperature": self.temperature, "tta": self.tta, "precision": self.precision, "preprocess": self.preprocess.describe(), "recipe": self.recipe}
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -1,6 +1,13 @@
 """`PneumoniaClassifier`: the LightningModule around a net: BCE on logits, the optimizer and
 scheduler, per-split metrics.
 
+Training targets may be soft: label smoothing (`label_smoothing`, training loss only) and
+mixup (the DataModule's `data.augment.mixup`, whose training batches carry soft targets as a
+4th element) change what the loss fits; the training metrics always count the hard labels.
+With the stress validation on (`data.stress.enabled`), validation has a second dataloader:
+the same images under acquisition changes, scored into `val_stress/*` (its own metric
+collection and an AUROC per perturbation), never into `val/*`, the loss or the monitor.
+
 Hyperparameters are stored as plain dicts (no modules, no config objects) so a
 checkpoint loads with `torch.load(weights_only=True)` and cannot run code.
 """
@@ -13,8 +20,10 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
 
 from pneumonia.config.instantiate import instantiate
+from pneumonia.errors import ConfigError
 from pneumonia.evaluation.metrics import classification_metrics, set_threshold, split_confmat
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.models import build_net
@@ -31,8 +40,12 @@ class PneumoniaClassifier(L.LightningModule):
         pos_weight: float | None = None,
         channels_last: bool = True,
         seed: int = 0,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"module.label_smoothing={label_smoothing!r} must be a number in [0, 1)")
         self.save_hyperparameters(logger=False)
         self.net = build_net(net)
         if channels_last:
@@ -47,6 +60,11 @@ class PneumoniaClassifier(L.LightningModule):
             # rank runs in the same order (self.log(sync_dist=True) syncs lazily, when rank 0's
             # progress bar asks, and deadlocks DDP against the metric sync of the other ranks)
             setattr(self, f"{phase}_loss", MeanMetric())
+        # the stress validation (second validation dataloader): pooled metrics, and one AUROC
+        # per perturbation, made when the DataModule says which perturbations there are
+        self.val_stress_metrics = classification_metrics(prefix="val_stress/")
+        self.val_stress_auroc = nn.ModuleList()
+        self._stress_names: tuple[str, ...] = ()
         self.test_outputs: dict[str, torch.Tensor] = {}
         self._test_batches: list[tuple[torch.Tensor, ...]] = []
 
@@ -57,19 +75,42 @@ class PneumoniaClassifier(L.LightningModule):
         return self.net(x)
 
     def _step(self, phase: str, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y, _ = batch
+        x, y = batch[0], batch[1]
         logits = self(x).float()
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=self.pos_weight)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, self.targets(phase, batch),
+                                                              pos_weight=self.pos_weight)
         probs = torch.sigmoid(logits.detach())
         getattr(self, f"{phase}_metrics").update(probs, y)
         getattr(self, f"{phase}_loss").update(loss.detach(), weight=len(y))
         return loss, probs
 
+    def targets(self, phase: str, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """What the loss fits: the labels as floats, or a training batch's soft targets
+        (mixup's 4th element), smoothed towards 0.5 by `label_smoothing` when training:
+        y * (1 - eps) + eps / 2."""
+        targets = batch[3].float() if phase == "train" and len(batch) > 3 else batch[1].float()
+        eps = float(self.hparams.get("label_smoothing") or 0.0)
+        if phase == "train" and eps:
+            targets = targets * (1 - eps) + eps / 2
+        return targets
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step("train", batch)[0]
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step("val", batch)
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 0:
+            self._step("val", batch)
+        else:
+            self._stress_step(batch)
+
+    def _stress_step(self, batch: tuple[torch.Tensor, ...]) -> None:
+        """A batch of the stress validation: (images, labels, indices, perturbation index)."""
+        x, y, _, group = batch
+        probs = torch.sigmoid(self(x).float())
+        self.val_stress_metrics.update(probs, y)
+        for g in torch.unique(group).tolist():
+            chosen = group == g
+            self.val_stress_auroc[g].update(probs[chosen], y[chosen])
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         _, probs = self._step("test", batch)
@@ -90,6 +131,14 @@ class PneumoniaClassifier(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         set_threshold(self.val_metrics, float(self.threshold))
+        # during training the threshold buffer is 0.5: the stored one is chosen after training
+        set_threshold(self.val_stress_metrics, float(self.threshold))
+        trainer = self._trainer
+        stress = getattr(getattr(trainer, "datamodule", None), "stress_set", lambda: None)() if trainer else None
+        names = stress.names if stress is not None else ()
+        if names != self._stress_names:
+            self._stress_names = names
+            self.val_stress_auroc = nn.ModuleList([BinaryAUROC() for _ in names]).to(self.device)
 
     def on_test_epoch_start(self) -> None:
         set_threshold(self.test_metrics, float(self.threshold))
@@ -100,6 +149,20 @@ class PneumoniaClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
+        self._log_stress()
+
+    def _log_stress(self) -> None:
+        """`val_stress/*`: the metrics pooled over every perturbed image (at the threshold
+        buffer), and `val_stress/<perturbation>/auroc`."""
+        if not any(m.update_called for m in self.val_stress_metrics.values()):
+            return
+        scalars, _ = split_confmat(self.val_stress_metrics.compute(), "val_stress/")
+        self.val_stress_metrics.reset()
+        for name, auroc in zip(self._stress_names, self.val_stress_auroc):
+            if auroc.update_called:
+                scalars[f"val_stress/{name}/auroc"] = float(auroc.compute())
+            auroc.reset()
+        self.log_dict(scalars, prog_bar=False)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

@@ -48,7 +48,13 @@ class CustomCNN(nn.Module):
                               f"per block (give more, e.g. model.widths=[{','.join(map(str, ORIGINAL_WIDTHS))}])")
         if in_channels not in (1, 3):
             raise ConfigError(f"model.in_channels={in_channels} must be 1 (grayscale) or 3 (RGB)")
-        if not 0.0 <= dropout < 1.0:
+        if dense_units < 1:
+            raise ConfigError(f"model.dense_units={dense_units} must be >= 1")
+        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            raise ConfigError(f"model.widths={widths} must be integers >= 1 (filters per block)")
+        if any(isinstance(b, bool) or not isinstance(b, int) for b in dilated_blocks):
+            raise ConfigError(f"model.dilated_blocks={list(dilated_blocks)} must be block numbers (1-based integers)")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
 
         blocks: list[nn.Module] = []

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.config.instantiate import instantiate
+from pneumonia.config.checks import check_eval_config
+from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation import statistics as st
@@ -26,7 +26,7 @@ from pneumonia.evaluation.metrics import REPORT_KEYS, report
 from pneumonia.evaluation.tables import format_table, markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.inference import Predictor
-from pneumonia.runners.common import build_loggers, configure_torch, warn_slow_precision
+from pneumonia.runners.common import build_loggers, build_trainer, configure_torch, warn_slow_precision
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,15 @@ def test_datamodule(predictor: Predictor, data_overrides: dict[str, Any]) -> Che
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    check_eval_config(cfg)
     configure_torch(cfg.get("threads"))
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(cfg.paths.output_dir)
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, threshold=cfg.get("threshold"),
-                                          temperature=cfg.get("temperature"),
+                                          temperature=cfg.get("temperature"), tta=cfg.get("tta"),
                                           precision=cfg.trainer.get("precision"),
                                           accelerator=str(cfg.trainer.get("accelerator", "auto")))
     intervals_cfg = {"resamples": st.DEFAULT_RESAMPLES, "seed": 0, **dict(cfg.get("intervals") or {})}
     ece_bins = cfg.get("ece_bins", st.DEFAULT_BINS)
-    for key, value, low in (("intervals.resamples", intervals_cfg["resamples"], 0),
-                            ("intervals.seed", intervals_cfg["seed"], 0), ("ece_bins", ece_bins, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{key}={value!r} must be an integer >= {low}")
     overrides = dict(cfg.get("data") or {})
     overrides["bad_image_report"] = str(out_dir / "bad_images.tsv")
     datamodule = test_datamodule(predictor, overrides)
@@ -63,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = predictor.lightning_module()
     trainer_cfg = OmegaConf.merge(cfg.trainer, {"precision": predictor.precision})
     loggers = build_loggers(cfg)
-    trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=[])
+    trainer = build_trainer(trainer_cfg, logger=loggers or False, callbacks=[])
     warn_slow_precision(trainer)  # a GPU's bf16 checkpoint scored on a CPU without native bf16
     trainer.test(module, datamodule=datamodule, verbose=False)  # our table, with intervals, is printed below
     if not trainer.is_global_zero:

@@ -27,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia import CLASSES
 from pneumonia.data.folder import DataLayoutError, expand_inputs, label_from_path
-from pneumonia.config.checks import threshold_override
+from pneumonia.config.rundir import make_output_dir
+from pneumonia.config.checks import optional_int, threshold_override
 from pneumonia.errors import ConfigError, file_error
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class TorchScorer:
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         self.predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, precision=cfg.precision,
-                                                   threshold=cfg.threshold)
+                                                   threshold=cfg.threshold, tta=cfg.get("tta"))
         self.threshold, self.precision = self.predictor.threshold, self.predictor.precision
         self.device, self.source = self.predictor.device, str(cfg.ckpt_path)
 
@@ -129,6 +130,8 @@ def _check(cfg: DictConfig) -> None:
         if not cfg.model_path:
             raise ConfigError("backend=onnx needs model_path=, e.g. model_path=outputs/export/<time>/model.onnx "
                               "(written by export.py)")
+        if cfg.get("tta"):
+            raise ConfigError("tta=true (test-time augmentation) runs in PyTorch: use backend=torch with ckpt_path=")
         for key in ("explain", "gallery"):
             if cfg[key]:
                 raise ConfigError(f"{key}=true (Grad-CAM and its drawings) needs gradients and torch: use "
@@ -153,6 +156,11 @@ def _check(cfg: DictConfig) -> None:
     if cfg.explain_target not in ("predicted", "pneumonia"):
         raise ConfigError(f"explain_target={cfg.explain_target!r} must be 'predicted' or 'pneumonia'")
     threshold_override(cfg.threshold)
+    for key in ("threads", "decode_threads"):
+        optional_int(cfg.get(key), key, 1)
+    for key in ("explain", "gallery"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
 
 
 def _safe_name(index: int, path: str) -> str:
@@ -167,8 +175,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     predictor = open_scorer(cfg)
     inputs = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else cfg.inputs
     paths = expand_inputs(inputs)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(cfg.paths.output_dir)
     log.info("Predicting %d file(s) with %s (%s backend, threshold %.4f, precision %s, %s)", len(paths),
              predictor.source, predictor.backend, predictor.threshold, predictor.precision, predictor.device)
 

@@ -40,6 +40,7 @@ def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule) -> PneumoniaC
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
         pos_weight=pos_weight,
         channels_last=cfg.module.channels_last,
+        label_smoothing=cfg.module.get("label_smoothing", 0.0),
         seed=cfg.seed,
     )
 
@@ -148,20 +149,38 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
                "train_minutes": round(clock.seconds / 60, 2), "train_seconds": round(clock.seconds, 1),
                "session_train_seconds": round(clock.session_seconds, 1), "val": val_report}
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir))
+    log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))
     return best_score, val_report
 
 
-def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_path: str, out_dir: Path) -> str:
-    """One line on how the run ended and what it left."""
+def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_path: str, out_dir: Path,
+           val_report: dict[str, Any] | None = None) -> str:
+    """How the run ended, what it left where, and the command to run next (three lines)."""
     if trainer.fast_dev_run:
         return "fast_dev_run: one batch of each step ran; no checkpoint is kept and no threshold chosen"
+    last = out_dir / "checkpoints" / "last.ckpt"
+    stopper = trainer.early_stopping_callback
     if trainer.interrupted:
-        how = "interrupted"
+        how = f"Interrupted after {trainer.current_epoch} epochs"
+    elif trainer.should_stop and trainer.current_epoch < trainer.max_epochs and stopper is not None:
+        how = (f"Stopped early after {trainer.current_epoch} epochs: {stopper.monitor} did not improve for "
+               f"{stopper.patience} epochs (callbacks.early_stopping.patience)")
     elif trainer.should_stop and trainer.current_epoch < trainer.max_epochs:
-        how = f"stopped early after {trainer.current_epoch} epochs (callbacks.early_stopping)"
+        how = f"Stopped after {trainer.current_epoch} epochs by a callback (see the log above)"
     else:
-        how = f"trained {trainer.current_epoch} epochs"
+        how = f"Trained {trainer.current_epoch} epochs (trainer.max_epochs={trainer.max_epochs})"
     if not best_path:
-        return f"{how}; no checkpoint was written (trainer.max_epochs={trainer.max_epochs}?); outputs in {out_dir}"
-    return f"{how}; best {cfg.monitor} = {best_score:.4f}: {best_path}"
+        return (f"{how}; no checkpoint was written (trainer.max_epochs={trainer.max_epochs}?); outputs in {out_dir}")
+    best_epoch = trained_epochs(load_checkpoint(best_path))
+    limit = cfg.trainer.get("limit_val_batches")
+    limited = limit is not None and not (isinstance(limit, float) and limit == 1.0)
+    note = (f" (on the validation batches that trainer.limit_val_batches={cfg.trainer.limit_val_batches} "
+            "kept; val_metrics.json scores the whole validation split)" if limited else "")
+    threshold = (val_report or {}).get("threshold")
+    chosen = f" (threshold {threshold:.4f}, chosen on validation)" if threshold is not None else ""
+    logs = [name for name in ("tensorboard", "csv") if (out_dir / name).is_dir()]
+    where = f"Outputs in {out_dir}: checkpoints/best.ckpt{chosen}, val_metrics.json" + \
+        "".join(f", {name}/" for name in logs)
+    nxt = (f"Next: python train.py resume={out_dir} (goes on from {last.name})" if trainer.interrupted
+           else f"Next: python eval.py ckpt_path={best_path}")
+    return f"{how}; best {cfg.monitor} = {best_score:.4f} at epoch {best_epoch}{note}\n{where}\n{nxt}"

@@ -1,0 +1,363 @@
+"""Stress validation: the validation images again, under the acquisition changes a
+different scanner, hospital or export pipeline brings (contrast and gamma, blur, noise, JPEG
+re-compression, a lower resolution, a slightly different crop).
+
+Plain validation AUROC saturates (0.998 for every recipe of README "Results"); the same
+images made harder tell recipes apart and show which ones rely on acquisition details.
+
+- Training (`data.stress.enabled=true`): the DataModule builds the perturbed copies once,
+  from the decoded uint8 validation images it already holds (no file is decoded again),
+  and serves them as a second validation dataloader; the LightningModule logs
+  `val_stress/*` beside `val/*` every epoch (pooled over every perturbation, plus
+  `val_stress/<name>/auroc` per perturbation). Checkpoint selection is unchanged.
+- Scripts: `stress_metrics(predictor, images, labels, threshold)` scores a checkpoint's
+  `Predictor` on them; `python -m pneumonia.data.stress CKPT [CKPT ...]` does it for
+  checkpoints on their own validation split, at their stored thresholds.
+
+Every perturbation is deterministic: random parts (noise, crop positions) come from a
+generator seeded by (`seed`, the perturbation's name), so every epoch and every run sees
+the same perturbed images. Each perturbation works on uint8 (N, C, S, S) images, as the
+decoded cache holds them, and returns uint8 images of the same shape; the preprocessing
+preset's float step (`Preprocess.to_input`, with its normalisation) runs afterwards, as it
+would on images from another scanner.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from pneumonia.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pneumonia.data.sampler import IndexedImages
+
+__all__ = ["DEFAULT_PERTURBATIONS", "KINDS", "StressImages", "StressSettings", "perturb", "stress_images",
+           "stress_metrics", "validation_images"]
+
+# name: strength. The kind of a perturbation is its name up to the first "_".
+DEFAULT_PERTURBATIONS: dict[str, float] = {
+    "gamma_low": 0.7,       # x ** 0.7: brighter mid-tones
+    "gamma_high": 1.4,      # x ** 1.4: darker mid-tones
+    "contrast_low": 0.7,    # (x - mean) * 0.7 + mean
+    "contrast_high": 1.3,
+    "blur": 1.0,            # Gaussian blur, sigma in pixels of data.image_size
+    "noise": 0.03,          # additive Gaussian noise, std on the 0-1 scale
+    "jpeg": 30,             # JPEG re-compression at this quality (PIL)
+    "resolution": 0.5,      # down-sampled to this fraction of the size, then back up
+    "crop": 0.9,            # a crop of this fraction of the side at a seeded random place, resized back
+}
+
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
+def _gamma(images: torch.Tensor, g: float, rng: np.random.Generator) -> torch.Tensor:
+    return _u8((images.float() / 255).pow(g) * 255)
+
+
+def _contrast(images: torch.Tensor, c: float, rng: np.random.Generator) -> torch.Tensor:
+    x = images.float()
+    mean = x.flatten(1).mean(1).view(-1, 1, 1, 1)
+    return _u8((x - mean) * c + mean)
+
+
+def _blur(images: torch.Tensor, sigma: float, rng: np.random.Generator) -> torch.Tensor:
+    n, c, h, w = images.shape
+    radius = max(1, min(math.ceil(3 * sigma), min(h, w) - 1))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-t**2 / (2 * sigma**2))
+    kernel /= kernel.sum()
+    x = images.float().reshape(n * c, 1, h, w)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return _u8(x.reshape(n, c, h, w))
+
+
+def _noise(images: torch.Tensor, std: float, rng: np.random.Generator) -> torch.Tensor:
+    noise = torch.from_numpy(rng.normal(0.0, std * 255, images.shape).astype(np.float32))
+    return _u8(images.float() + noise)
+
+
+def _jpeg(images: torch.Tensor, quality: float, rng: np.random.Generator) -> torch.Tensor:
+    from PIL import Image
+
+    out = torch.empty_like(images)
+    for i, img in enumerate(images.numpy()):
+        pil = Image.fromarray(img[0], "L") if img.shape[0] == 1 else Image.fromarray(img.transpose(1, 2, 0), "RGB")
+        buffer = io.BytesIO()
+        pil.save(buffer, format="JPEG", quality=int(quality))
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            arr = np.array(decoded.convert(pil.mode))
+        out[i] = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+    return out
+
+
+def _resolution(images: torch.Tensor, factor: float, rng: np.random.Generator) -> torch.Tensor:
+    size = images.shape[-2:]
+    small = [max(1, round(s * factor)) for s in size]
+    x = F.interpolate(images.float(), size=small, mode="bilinear", align_corners=False, antialias=True)
+    return _u8(F.interpolate(x, size=list(size), mode="bilinear", align_corners=False))
+
+
+def _crop(images: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """A square-fraction crop at a random place of each image, resized back (bilinear)."""
+    n = len(images)
+    # the crop's centre in [-1, 1] coordinates: anywhere that keeps the crop inside the image
+    centre = torch.from_numpy(rng.uniform(-(1 - fraction), 1 - fraction, (n, 2)).astype(np.float32))
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = fraction
+    theta[:, :, 2] = centre
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return _u8(F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False))
+
+
+@dataclass(frozen=True)
+class Kind:
+    apply: Callable[[torch.Tensor, float, np.random.Generator], torch.Tensor]
+    valid: Callable[[float], bool]
+    rule: str
+    integer: bool = False
+
+
+KINDS: dict[str, Kind] = {
+    "gamma": Kind(_gamma, lambda v: 0 < v <= 10, "a number in (0, 10]: x ** gamma on the 0-1 scale"),
+    "contrast": Kind(_contrast, lambda v: 0 <= v <= 10, "a number in [0, 10]: the factor around the image mean"),
+    "blur": Kind(_blur, lambda v: 0 < v <= 20, "a number in (0, 20]: the Gaussian sigma in pixels"),
+    "noise": Kind(_noise, lambda v: 0 < v <= 1, "a number in (0, 1]: the noise std on the 0-1 scale"),
+    "jpeg": Kind(_jpeg, lambda v: 1 <= v <= 100, "an integer in [1, 100]: the JPEG quality", integer=True),
+    "resolution": Kind(_resolution, lambda v: 0 < v < 1, "a number in (0, 1): the down-sampling factor"),
+    "crop": Kind(_crop, lambda v: 0 < v <= 1, "a number in (0, 1]: the crop's side as a fraction of the image"),
+}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def kind_of(name: str) -> str:
+    return name.split("_", 1)[0]
+
+
+def _generator(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+
+
+def perturb(images: torch.Tensor, name: str, strength: float, seed: int = 0, chunk: int = 256) -> torch.Tensor:
+    """`images` (uint8 (N, C, S, S), on the CPU) under the perturbation `name` (kind: the
+    name up to its first "_") of `strength`; uint8, same shape. Deterministic: random
+    draws come from (`seed`, `name`)."""
+    if kind_of(name) not in KINDS:
+        raise ValueError(f"perturbation {name!r}: its name must start with one of {', '.join(KINDS)}")
+    kind = KINDS[kind_of(name)]
+    rng = _generator(seed, name)
+    images = images.cpu()
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"perturb wants uint8 (N, C, S, S) images, got {images.dtype} {tuple(images.shape)}")
+    # in chunks: the float copies of a large validation split stay small; one generator
+    # for all chunks, so the result does not depend on the chunk size's split of the draws
+    return torch.cat([kind.apply(images[i:i + chunk].contiguous(), strength, rng)
+                      for i in range(0, len(images), chunk)]) if len(images) else images.clone()
+
+
+@dataclass(frozen=True)
+class StressSettings:
+    """`data.stress`: whether validation also runs on the perturbed images, their seed and
+    the perturbations (name → strength, in order)."""
+
+    enabled: bool = False
+    seed: int = 0
+    perturbations: tuple[tuple[str, float], ...] = tuple(DEFAULT_PERTURBATIONS.items())
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.perturbations)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None, key: str = "data.stress") -> StressSettings:
+        """Checked settings from a config block (None: the defaults, disabled); a one-line
+        `ConfigError` naming the key for anything wrong."""
+        if cfg is None:
+            return cls()
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"{key}={cfg!r} must be a mapping with enabled, seed and perturbations")
+        unknown = sorted(set(cfg) - {"enabled", "seed", "perturbations"})
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]} is not a setting of {key} (enabled, seed, perturbations)")
+        enabled = cfg.get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{key}.enabled={enabled!r} must be true or false")
+        seed = cfg.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"{key}.seed={seed!r} must be an integer >= 0")
+        given = cfg.get("perturbations", DEFAULT_PERTURBATIONS)
+        if given is None:
+            given = {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{key}.perturbations={given!r} must be a mapping of name: strength")
+        perturbations = []
+        for name, value in given.items():
+            where = f"{key}.perturbations.{name}"
+            if not isinstance(name, str) or not _NAME.match(name) or kind_of(name) not in KINDS:
+                raise ConfigError(f"{where}: a perturbation's name starts with its kind, one of "
+                                  f"{', '.join(KINDS)} (e.g. gamma_low)")
+            if value is None:
+                continue  # null drops a perturbation
+            kind = KINDS[kind_of(name)]
+            wrong_type = isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (kind.integer and not float(value).is_integer())
+            if wrong_type or not math.isfinite(value) or not kind.valid(value):
+                raise ConfigError(f"{where}={value!r} must be {kind.rule} (or null: left out)")
+            perturbations.append((name, int(value) if kind.integer else float(value)))
+        if enabled and not perturbations:
+            raise ConfigError(f"{key}.enabled=true needs at least one perturbation in {key}.perturbations")
+        return cls(enabled, seed, tuple(perturbations))
+
+
+def stress_images(images: torch.Tensor, settings: StressSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every perturbation of `settings` applied to every image: (P * N, C, S, S) uint8 images,
+    perturbation by perturbation, and the (P * N,) index of each one's perturbation."""
+    images = images.cpu().contiguous()
+    out = torch.cat([perturb(images, name, strength, settings.seed) for name, strength in settings.perturbations])
+    group = torch.arange(len(settings.perturbations)).repeat_interleave(len(images))
+    return out, group
+
+
+class StressImages(Dataset):
+    """The perturbed validation set, indexed by a list of indices like `IndexedImages`:
+    a batch is (images, labels, indices, perturbation index)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, settings: StressSettings) -> None:
+        self.settings = settings
+        self.n_images = len(images)
+        self.images, self.group = stress_images(images, settings)
+        self.labels = labels.cpu().repeat(len(settings.perturbations))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.settings.names
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, batch: list[int]) -> tuple[torch.Tensor, ...]:
+        idx = torch.as_tensor(batch, dtype=torch.long)
+        return self.images[idx], self.labels[idx], idx, self.group[idx]
+
+
+def validation_images(data: IndexedImages) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images, labels) of a split as the DataModule holds it (`datamodule.splits["val"]`),
+    gathered into memory in split order."""
+    return data.images[data.indices].contiguous(), data.labels[data.indices].clone()
+
+
+def stress_metrics(predictor: Any, images_uint8: torch.Tensor, labels: torch.Tensor, threshold: float | None = None,
+                   *, perturbations: Mapping[str, float] | None = None, seed: int = 0,
+                   batch_size: int = 256) -> dict[str, Any]:
+    """Score `predictor` (a `pneumonia.inference.Predictor`: its preset, TTA and temperature
+    apply) on `images_uint8` (N, C, S, S) plain and under every perturbation.
+
+    Returns {"plain": metrics, "stress": metrics pooled over all N x P perturbed images,
+    "per_perturbation": {name: metrics}, "perturbations": {name: strength}, "seed",
+    "threshold"}, each metrics dict with accuracy, precision, recall (= sensitivity),
+    specificity, f1, auroc, tn/fp/fn/tp, n at `threshold` (None: the predictor's)."""
+    from pneumonia.evaluation.metrics import report
+
+    settings = StressSettings.from_config({"enabled": True, "seed": seed,
+                                           "perturbations": dict(perturbations or DEFAULT_PERTURBATIONS)},
+                                          key="stress")
+    threshold = float(predictor.threshold if threshold is None else threshold)
+    labels = labels.cpu().long()
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat([predictor.predict_images(batch[i:i + batch_size])
+                          for i in range(0, len(batch), batch_size)]) if len(batch) else torch.empty(0)
+
+    plain = score(images_uint8.cpu())
+    per: dict[str, Any] = {}
+    probs = []
+    for name, strength in settings.perturbations:
+        p = score(perturb(images_uint8, name, strength, seed))
+        per[name] = report(p, labels, threshold)
+        probs.append(p)
+    pooled = report(torch.cat(probs), labels.repeat(len(probs)), threshold)
+    return {"plain": report(plain, labels, threshold), "stress": pooled, "per_perturbation": per,
+            "perturbations": dict(settings.perturbations), "seed": seed, "threshold": threshold}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m pneumonia.data.stress CKPT [CKPT ...]: plain and stress validation metrics of
+    each checkpoint, on its own validation split, at its stored threshold."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m pneumonia.data.stress",
+                                 description="Stress validation of checkpoints: their validation split (rebuilt from "
+                                             "their data settings) plain and under acquisition changes.")
+    ap.add_argument("checkpoints", nargs="+", help="best.ckpt files (or run folders holding checkpoints/best.ckpt)")
+    ap.add_argument("--data-root", default=None, help="data.root (default: the one stored in each checkpoint)")
+    ap.add_argument("--cache-dir", default=None, help="decoded image cache (default: the one stored)")
+    ap.add_argument("--tta", choices=("stored", "on", "off"), default="stored",
+                    help="test-time augmentation: as the checkpoint's recipe says (stored), or forced on/off")
+    ap.add_argument("--threshold", type=float, default=None, help="default: each checkpoint's stored threshold")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the perturbations (noise, crop positions)")
+    ap.add_argument("--perturbations", default=None,
+                    help="name=strength,... in place of the default set (data.stress.perturbations), "
+                         "e.g. 'noise=0.06,blur=2,jpeg=15'")
+    ap.add_argument("--json", type=Path, default=None, help="also write every result to this JSON file")
+    args = ap.parse_args(argv)
+
+    from pneumonia.data.datamodule import ChestXrayDataModule
+    from pneumonia.errors import UserError
+    from pneumonia.inference import Predictor
+
+    results = {}
+    try:
+        chosen = None
+        if args.perturbations:
+            chosen = {}
+            for item in args.perturbations.split(","):
+                name, _, value = item.partition("=")
+                try:
+                    chosen[name.strip()] = float(value) if "." in value or "e" in value else int(value)
+                except ValueError:
+                    raise ConfigError(f"--perturbations: {item!r} must be name=number") from None
+        for given in args.checkpoints:
+            path = Path(given)
+            path = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
+            predictor = Predictor.from_checkpoint(path, tta={"stored": None, "on": True, "off": False}[args.tta])
+            settings = dict(predictor.data_settings)
+            settings.update(bad_image_report=None, download=False)
+            if args.data_root:
+                settings["root"] = args.data_root
+            if args.cache_dir:
+                settings["cache_dir"] = args.cache_dir
+            dm = ChestXrayDataModule(**settings)
+            dm.setup("fit")
+            images, labels = validation_images(dm.splits["val"])
+            results[str(path)] = res = stress_metrics(predictor, images, labels, args.threshold, seed=args.seed,
+                                                      perturbations=chosen)
+            per = "  ".join(f"{k} {v['auroc']:.4f}" for k, v in res["per_perturbation"].items())
+            print(f"{path}: threshold {res['threshold']:.4f}, {len(labels)} images\n"
+                  f"  plain  AUROC {res['plain']['auroc']:.4f}  specificity {res['plain']['specificity']:.4f}  "
+                  f"sensitivity {res['plain']['recall']:.4f}\n"
+                  f"  stress AUROC {res['stress']['auroc']:.4f}  specificity {res['stress']['specificity']:.4f}  "
+                  f"sensitivity {res['stress']['recall']:.4f}\n  AUROC per perturbation: {per}")
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
