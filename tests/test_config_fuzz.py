@@ -51,7 +51,9 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("data.augment.*", "0.0"): "0 = that augmentation off",
     ("data.augment.shear", "2.5"): "degrees",
     ("data.augment.rotation", "2.5"): "degrees",
-    ("data.stress.*", "0.0"): "0 = that perturbation off",
+    ("data.stress.perturbations.*", "*"): "a strength: any positive value is a perturbation (a gamma, a "
+                                          "contrast factor, a blur sigma...); each kind checks its own range",
+    ("data.augment.mixup", "2.5"): "mixup's Beta(alpha, alpha): any alpha > 0",
     ("model.dropout", "0.0"): "no dropout",
     ("model.dilated_blocks", "[]"): "no dilated block",
     ("module.label_smoothing", "0.0"): "0 = hard labels",

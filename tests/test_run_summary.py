@@ -98,8 +98,11 @@ def test_default_cache_does_not_depend_on_the_working_folder(monkeypatch, tmp_pa
     assert cache.default_cache_dir() == str(tmp_path / "xdg" / "pneumonia" / "images")
     monkeypatch.setenv("PNEUMONIA_CACHE_DIR", str(tmp_path / "mine"))
     from pneumonia.config.compose import compose
+    from pneumonia.config.instantiate import instantiate
 
-    assert compose("train", []).data.cache_dir == str(tmp_path / "mine")
+    cfg = compose("train", [])
+    assert cfg.data.cache_dir == "auto"  # resolved where it runs: checkpoints keep "auto", not a path
+    assert instantiate(cfg.data, _convert_="all").cache_dir == str(tmp_path / "mine")
 
 
 def test_console_command_runs_the_checkout_script(tmp_path):

@@ -93,6 +93,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r} must be 'min' or 'max'")
     for name, callback in callbacks.items():
+        if callback is not None and not OmegaConf.is_dict(callback):
+            raise ConfigError(f"callbacks.{name}={callback!r} must be the callback's settings or null (off); "
+                              f"the options are in conf/callbacks/")
         if callback and callback.get("monitor") is not None:
             check_monitor(f"callbacks.{name}.monitor", callback.monitor)
     if (cfg.get("scheduler") or {}).get("monitor") is not None:
@@ -104,7 +107,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_trainer(cfg)
     from pneumonia.config.instantiate import check_arguments, instantiate_setting
     from pneumonia.config.rundir import check_output_dir
-    from pneumonia.models import NETS, build_net
+    from pneumonia.models import NETS
 
     check_output_dir(cfg.paths.output_dir, "paths.output_dir")  # before the keys that interpolate it
     check_folders(cfg)
@@ -112,8 +115,12 @@ def check_train_config(cfg: DictConfig) -> None:
     target = NETS.get(str(cfg.model.get("_target_")))
     if target is not None:
         check_arguments("model", cfg.model, target)
-    # a depth too large for the image size fails now, not after the images are decoded
-    build_net(OmegaConf.to_container(cfg.model, resolve=True))
+    # the module (and its net: a depth too large for the image size) fails now, not after decoding
+    from pneumonia.models.classifier import PneumoniaClassifier
+
+    module = {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "pos_weight"}
+    check_arguments("module", module, PneumoniaClassifier)
+    PneumoniaClassifier(net=OmegaConf.to_container(cfg.model, resolve=True), **module)
     instantiate_setting("data", cfg.data, _convert_="all")  # the DataModule's constructor checks data.*; no decoding
 
 
@@ -203,7 +210,7 @@ def check_folders(cfg: DictConfig, prefix: str = "") -> None:
             check_folders(cfg[key], f"{name}.")
         elif str(key) in FOLDER_KEYS and not OmegaConf.is_missing(cfg, key):
             value = cfg[key]
-            if value is None:
+            if value is None or value == "auto":  # auto: the data cache's machine default
                 continue
             if isinstance(value, bool) or not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name}={value!r} must be a folder path")

@@ -43,12 +43,6 @@ def config_subdir(resume: str | None, ckpt_path: str | None) -> str:
     return ".hydra"
 
 
-def cache_dir() -> str:
-    from pneumonia.cache import default_cache_dir
-
-    return default_cache_dir()
-
-
 def register() -> None:
     if not OmegaConf.has_resolver("dirname"):
         OmegaConf.register_new_resolver("dirname", short_dirname)
@@ -56,8 +50,6 @@ def register() -> None:
         OmegaConf.register_new_resolver("run_dir", resume_run_dir)
     if not OmegaConf.has_resolver("config_subdir"):
         OmegaConf.register_new_resolver("config_subdir", config_subdir)
-    if not OmegaConf.has_resolver("default_cache_dir"):
-        OmegaConf.register_new_resolver("default_cache_dir", cache_dir)
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", precision)
 

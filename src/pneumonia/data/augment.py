@@ -47,8 +47,9 @@ class BatchAugment:
                                 brightness=brightness, contrast=contrast, mixup=mixup).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ConfigError(f"data.augment.{name}={value!r} must be a number >= 0")
-        if zoom >= 1:
-            raise ConfigError(f"data.augment.zoom={zoom} must be < 1")
+        for name, value in dict(zoom=zoom, translate=translate, brightness=brightness, contrast=contrast).items():
+            if value >= 1:  # zoom/contrast >= 1 allow scales <= 0; a shift >= 1 moves the image out of the frame
+                raise ConfigError(f"data.augment.{name}={value} must be < 1")
         if not isinstance(hflip, bool):
             raise ConfigError(f"data.augment.hflip={hflip!r} must be true or false")
         self.shear, self.zoom, self.hflip = shear, zoom, hflip

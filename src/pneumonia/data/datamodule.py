@@ -27,6 +27,7 @@ from pneumonia.data.patients import grouped_split
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
 from pneumonia.data.stress import StressImages, StressSettings, validation_images
+from pneumonia.config.checks import optional_int
 from pneumonia.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         seed: int = 0,
         drop_last: bool = False,
         num_workers: int = 0,
-        cache_dir: str | None = ".cache/images",
+        cache_dir: str | None = "auto",
         decode_threads: int | None = None,
         on_bad_image: str = "skip",
         bad_image_report: str | None = None,
@@ -71,6 +72,13 @@ class ChestXrayDataModule(L.LightningDataModule):
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
                 or not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction!r} must be a number in (0, 1)")
+        for key, value, low in (("min_val_images", min_val_images, 0), ("split_seed", split_seed, 0),
+                                ("seed", seed, 0), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"data.{key}={value!r} must be an integer >= {low}")
+        optional_int(decode_threads, "data.decode_threads", 1)
+        if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir.strip()):
+            raise ConfigError(f"data.cache_dir={cache_dir!r} must be a folder, auto or null")
         # checks image_size, channels and normalize; stored in checkpoints with the other
         # arguments (datamodule_hyper_parameters), so every scoring path normalises alike
         self.preprocess = Preprocess(image_size, channels, normalize)
@@ -89,6 +97,16 @@ class ChestXrayDataModule(L.LightningDataModule):
         self._train_sampler: EpochBatchSampler | None = None
         self.predict_split = "test"  # which split predict_dataloader() serves
         self._data_root: Path | None = None
+
+    @property
+    def cache_dir(self) -> str | None:
+        """Where decoded images are cached: `data.cache_dir`, with `auto` = this machine's
+        default (`pneumonia.cache.default_cache_dir()`: $PNEUMONIA_CACHE_DIR or
+        ~/.cache/pneumonia/images), whatever folder the command runs in; None = in memory."""
+        from pneumonia.cache import default_cache_dir
+
+        value = self.hparams.cache_dir
+        return default_cache_dir() if value == "auto" else value
 
     @property
     def data_root(self) -> Path:
@@ -117,7 +135,7 @@ class ChestXrayDataModule(L.LightningDataModule):
     def _decode(self, files: SplitFiles) -> DecodedImages:
         h = self.hparams
         decoded = decode_images(files.paths, files.labels, self.preprocess,
-                                cache_dir=h.cache_dir, threads=h.decode_threads)
+                                cache_dir=self.cache_dir, threads=h.decode_threads)
         if decoded.bad:
             self._report_bad(files, decoded.bad)
         return decoded

@@ -13,13 +13,19 @@ from torch import nn
 
 from pneumonia.errors import CheckpointError
 from pneumonia.models.custom_cnn import CustomCNN
+from pneumonia.models.ensemble import Ensemble
+from pneumonia.models.torchvision_nets import TorchvisionNet, weights_from_checkpoint
 
-__all__ = ["CustomCNN", "NETS", "build_net"]
+__all__ = ["CustomCNN", "Ensemble", "NETS", "TorchvisionNet", "build_net", "weights_from_checkpoint"]
 
 # `_target_` -> class; both spellings of the path are accepted
 NETS: dict[str, type[nn.Module]] = {
     "pneumonia.models.CustomCNN": CustomCNN,
     "pneumonia.models.custom_cnn.CustomCNN": CustomCNN,
+    "pneumonia.models.Ensemble": Ensemble,  # members: a list of specs of this registry
+    "pneumonia.models.ensemble.Ensemble": Ensemble,
+    "pneumonia.models.TorchvisionNet": TorchvisionNet,  # resnet18, densenet121, efficientnet_b0
+    "pneumonia.models.torchvision_nets.TorchvisionNet": TorchvisionNet,
 }
 
 

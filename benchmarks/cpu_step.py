@@ -1,0 +1,125 @@
+"""One training step of the seed CNN on the CPU, compute only: where the time goes, and what
+`torch.compile` buys (issue 16 item 5: fp32 on CPUs without native bf16).
+
+    python benchmarks/cpu_step.py                          # the table below, 150 px, batch 64
+    python benchmarks/cpu_step.py --profile fp32_cl_rgb    # + the PyTorch profiler's top ops of one variant
+
+Each variant runs the project's network (`pneumonia.models.CustomCNN`, the seed's 5 blocks,
+dense 256) through forward, BCE loss, backward and an Adam step on one fixed random batch,
+as `benchmarks/throughput.py` does end to end and the Keras peer's "compute only" figure
+does (`../shared/peers/keras_seed_cnn.py`, `train_on_batch` on a fixed tensor batch).
+`compile` variants use `torch.compile` (inductor, C++ codegen: fuses the ReLUs, the
+pointwise backward ops and the optimizer step; the first steps compile, a minute or two on
+2 cores, and are not timed). Images/s: median of `--repeats` windows of `--steps` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+# name -> (channels, channels_last, autocast bf16, compile)
+VARIANTS = {
+    "fp32_nchw_rgb": (3, False, False, False),
+    "fp32_cl_rgb": (3, True, False, False),
+    "fp32_cl_rgb_compile": (3, True, False, True),
+    "fp32_cl_gray": (1, True, False, False),
+    "fp32_cl_gray_compile": (1, True, False, True),
+    "bf16_cl_gray": (1, True, True, False),
+    "bf16_cl_gray_compile": (1, True, True, True),
+}
+
+
+def step_fn(name: str, size: int, batch: int):
+    import torch
+
+    from pneumonia.models import CustomCNN
+
+    channels, channels_last, bf16, compiled = VARIANTS[name]
+    torch.manual_seed(0)
+    net = CustomCNN(depth=5, in_channels=channels, image_size=size)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.rand(batch, channels, size, size).contiguous(memory_format=fmt)
+    y = (torch.rand(batch) > 0.5).float()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = net(x).reshape(-1).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return torch.compile(step) if compiled else step
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    step = step_fn(name, args.size, args.batch)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        float(step())
+    warm = time.perf_counter() - t0
+    rates = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
+        float(loss)
+        rates.append(args.steps * args.batch / (time.perf_counter() - t))
+    result = {"variant": name, "img_s": statistics.median(rates), "rates": rates, "warmup_s": warm,
+              "threads": torch.get_num_threads()}
+    if args.profile == name:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                float(step())
+        result["profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--profile", choices=list(VARIANTS), default=None)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return
+    from pneumonia.hardware import cpu_has_native_bf16
+
+    print(f"seed CNN, {args.size} px, batch {args.batch}, native bf16: {cpu_has_native_bf16()}")
+    print("| variant | train img/s (compute only) | first steps (s) |")
+    print("|---|---|---|")
+    for name in args.variants:
+        cmd = [sys.executable, __file__, "--one", name, *[a for a in sys.argv[1:] if a not in args.variants]]
+        cmd = [c for c in cmd if c != "--variants"]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"| {name} | failed: {out.stderr.strip().splitlines()[-1][:120]} | |")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {name} | {r['img_s']:.1f} | {r['warmup_s']:.1f} |", flush=True)
+        if "profile" in r:
+            print(r["profile"])
+
+
+if __name__ == "__main__":
+    main()

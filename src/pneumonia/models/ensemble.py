@@ -1,0 +1,88 @@
+"""`Ensemble`: several trained networks as one, with one logit per image like any member.
+
+Its spec is a plain dict like every net's (`pneumonia.models.build_net` builds the members
+recursively, from the registry only):
+
+    {"_target_": "pneumonia.models.Ensemble",
+     "members": [<member net spec>, ...],      # e.g. three CustomCNN specs
+     "temperatures": [1.0, 0.8, ...],          # each member's own calibration: z_i / T_i
+     "combine": "prob"}                        # or "logit"
+
+- `combine="prob"`: P = mean_i sigmoid(z_i / T_i), returned as its logit, log P - log(1 - P),
+  computed in the log domain (logsumexp of logsigmoid): exact, finite for any member logits
+  (no clamping) and in float32 even under bf16/fp16 autocast.
+- `combine="logit"`: mean_i (z_i / T_i), the logit of the geometric mean of the odds.
+
+The weights are the members' (`members.<i>.*` in the state dict); the temperatures are
+plain numbers of the spec, so an ensemble checkpoint is an ordinary checkpoint of this
+project: `Predictor.from_checkpoint` loads it, and eval.py, predict.py, Grad-CAM (the mean
+of the members' maps, `pneumonia.explain.gradcam`) and export.py (one graph) work on it.
+Built by `python -m pneumonia.ensemble` (`pneumonia.ensemble`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pneumonia.errors import ConfigError
+
+COMBINES = ("prob", "logit")
+
+
+class Ensemble(nn.Module):
+    """The members' logits, each divided by its temperature, combined into one logit."""
+
+    def __init__(self, members: Sequence[dict[str, Any]], temperatures: Sequence[float] | None = None,
+                 combine: str = "prob") -> None:
+        super().__init__()
+        from pneumonia.models import build_net  # the registry imports this module
+
+        if isinstance(members, (str, bytes, dict)) or not isinstance(members, Sequence) or not members:
+            raise ConfigError("model.members must be a non-empty list of network specs")
+        if combine not in COMBINES:
+            raise ConfigError(f"model.combine={combine!r} must be one of: {', '.join(COMBINES)}")
+        temperatures = [1.0] * len(members) if temperatures is None else list(temperatures)
+        if len(temperatures) != len(members):
+            raise ConfigError(f"model.temperatures has {len(temperatures)} entries for {len(members)} members")
+        for t in temperatures:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < math.inf:
+                raise ConfigError(f"model.temperatures: {t!r} must be a positive number")
+        for spec in members:
+            if not isinstance(spec, dict):
+                raise ConfigError(f"model.members: {spec!r} is not a network spec (a dict with _target_)")
+        self.members = nn.ModuleList(build_net(dict(spec)) for spec in members)
+        self.temperatures = tuple(float(t) for t in temperatures)
+        self.combine = combine
+
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, N) float32: each member's logit divided by its temperature."""
+        return torch.stack([member(x).float() / t for member, t in zip(self.members, self.temperatures)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.member_logits(x)
+        if self.combine == "logit":
+            return z.mean(dim=0)
+        # logit(mean_i sigmoid(z_i)) = logsumexp_i log sigmoid(z_i) - logsumexp_i log sigmoid(-z_i)
+        # (the 1/M of both means cancels); float32 throughout, finite for any finite z
+        return torch.logsumexp(nn.functional.logsigmoid(z), dim=0) - torch.logsumexp(nn.functional.logsigmoid(-z),
+                                                                                     dim=0)
+
+    def extra_repr(self) -> str:
+        return f"combine={self.combine!r}, temperatures={list(self.temperatures)}"
+
+
+def find_ensemble(net: nn.Module) -> Ensemble | None:
+    """The `Ensemble` in `net` or behind its `.net` wrappers (`TemperatureScaled`, a
+    LightningModule, the export's `Logits`), else None."""
+    seen = 0
+    while isinstance(net, nn.Module) and seen < 8:
+        if isinstance(net, Ensemble):
+            return net
+        net = getattr(net, "net", None)
+        seen += 1
+    return None
