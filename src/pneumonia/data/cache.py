@@ -103,6 +103,10 @@ def decode_images(
             meta = _read_complete(folder, shape)
             if meta is None:
                 meta = _build(folder, paths, preprocess, shape, threads)
+                from pneumonia.cache import human, summary_line
+
+                log.info("Decoded %d images into %s (%s); %s", len(paths), folder,
+                         human(int(np.prod(shape))), summary_line(cache_dir))
             else:
                 log.info("Loaded %d decoded images from cache %s", len(paths), folder)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -21,6 +22,7 @@ from pneumonia.evaluation.metrics import METRIC_NAMES
 from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.inference.checkpoint import load_checkpoint, trained_epochs
+from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import TrainingClock
 from pneumonia.runners.common import build_callbacks, build_loggers, build_trainer, configure_torch, warn_slow_precision
@@ -93,7 +95,10 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit, pick the threshold on validation, optionally test. Returns the best value of
     `cfg.monitor` (what a sweeper optimises) and the validation report."""
-    check_train_config(cfg)
+    # a resumed run takes every weight from its checkpoint: no pretrained download (model.weights)
+    pretrained = weights_from_checkpoint if cfg.get("resume") or cfg.get("ckpt_path") else contextlib.nullcontext
+    with pretrained():
+        check_train_config(cfg)
     check_settings(OmegaConf.to_container(cfg.calibration) if cfg.get("calibration") else None,
                    OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
     resume_from = resume_checkpoint(cfg)
@@ -110,7 +115,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     warn_slow_precision(trainer)
     datamodule.setup("fit")
-    module = build_module(cfg, datamodule)
+    with pretrained():
+        module = build_module(cfg, datamodule)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:
