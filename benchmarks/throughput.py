@@ -32,6 +32,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "cached_fp32_cl_rgb": ("+ channels_last", ["trainer.precision=32-true", "model.in_channels=3"]),
     "default": ("+ grayscale input, precision auto (train.py defaults)", []),
     "bf16_cl_gray": ("defaults with trainer.precision=bf16-mixed", ["trainer.precision=bf16-mixed"]),
+    "fp32_cl_gray": ("grayscale, channels_last, fp32 (the default path without native bf16)",
+                     ["trainer.precision=32-true"]),
+    "fp32_cl_gray_compile": ("+ module.compile=true (torch.compile)", ["trainer.precision=32-true", "module.compile=true"]),
 }
 DEFAULT_VARIANTS = ["cached_fp32_nchw_rgb", "cached_fp32_cl_rgb", "default"]
 

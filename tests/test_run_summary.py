@@ -114,3 +114,24 @@ def test_console_command_runs_the_checkout_script(tmp_path):
     res = subprocess.run([exe, "model=nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error: model=nope is not an option of model/")
     assert Path(exe).is_file()
+
+
+def test_module_compile_is_for_training_only(monkeypatch):
+    import torch
+
+    from pneumonia.config.compose import compose
+    from pneumonia.models.classifier import PneumoniaClassifier
+    from omegaconf import OmegaConf
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: calls.append(type(self).__name__))
+    net = OmegaConf.to_container(compose("train", ["model.depth=3", "data.image_size=48"]).model, resolve=True)
+    module = PneumoniaClassifier(net=net, compile=True)
+    module.setup("validate")
+    assert calls == []
+    module.setup("fit")
+    assert calls == ["CustomCNN"]
+    assert all(k.startswith(("net.", "threshold", "pos_weight")) or "metrics" in k or "loss" in k
+               for k in module.state_dict())  # compiled in place: the checkpoint keeps its keys
+    PneumoniaClassifier(net=net).setup("fit")  # off by default
+    assert calls == ["CustomCNN"]

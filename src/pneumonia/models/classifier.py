@@ -41,8 +41,11 @@ class PneumoniaClassifier(L.LightningModule):
         channels_last: bool = True,
         seed: int = 0,
         label_smoothing: float = 0.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(compile, bool):
+            raise ConfigError(f"module.compile={compile!r} must be true or false")
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
                 or not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"module.label_smoothing={label_smoothing!r} must be a number in [0, 1)")
@@ -67,6 +70,13 @@ class PneumoniaClassifier(L.LightningModule):
         self._stress_names: tuple[str, ...] = ()
         self.test_outputs: dict[str, torch.Tensor] = {}
         self._test_batches: list[tuple[torch.Tensor, ...]] = []
+
+    def setup(self, stage: str) -> None:
+        # torch.compile for training only (`module.compile`): scoring paths build the module
+        # without it (the Predictor), where a minute of compiling would not pay back.
+        # nn.Module.compile compiles in place: the state dict keeps its keys.
+        if stage == "fit" and self.hparams.get("compile"):
+            self.net.compile()
 
     # ---- forward and steps ---------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

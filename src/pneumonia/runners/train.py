@@ -43,6 +43,7 @@ def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule) -> PneumoniaC
         pos_weight=pos_weight,
         channels_last=cfg.module.channels_last,
         label_smoothing=cfg.module.get("label_smoothing", 0.0),
+        compile=cfg.module.get("compile", False),
         seed=cfg.seed,
     )
 
