@@ -14,15 +14,29 @@ pneumonia, compute the map with ``explain="pneumonia"``.
 
 Each map is scaled by its own maximum, so it shows where the evidence lies, not how strong
 it is: compare images by their probabilities, not by the brightness of their maps.
+
+An ensemble (`pneumonia.models.Ensemble`, also behind a `TemperatureScaled` wrapper or a
+LightningModule's `.net`) gets the mean of its members' maps: the decision and the
+probabilities are the ensemble's; each member's map is computed for that decision (with
+``explain="predicted"`` a member that disagrees still shows its evidence for the ensemble's
+class), scaled by its own maximum, then the members' maps are averaged and the mean scaled by
+its maximum again. Scaling each member first gives every member the same say: the raw
+Grad-CAM magnitudes of independently trained networks are not on one scale (batch norm,
+weight decay and training length set them), so an unscaled mean would show mostly whichever
+member has the largest activations. Where the members look at different regions, the mean
+shows all of them, each fainter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
+
+from pneumonia.models.ensemble import find_ensemble
 
 Explain = Literal["predicted", "pneumonia"]
 
@@ -59,7 +73,7 @@ def gradcam(
     net: nn.Module,
     x: torch.Tensor,
     *,
-    layer: nn.Module | None = None,
+    layer: nn.Module | Sequence[nn.Module] | None = None,
     explain: Explain = "predicted",
     threshold: float = 0.5,
     decisions: torch.Tensor | None = None,
@@ -67,7 +81,8 @@ def gradcam(
     """Grad-CAM maps and probabilities for a batch.
 
     x: (N, C, H, W) float images in [0, 1] (any memory format, e.g. channels_last).
-    layer: the layer to explain at; `default_layer(net)` when None.
+    layer: the layer to explain at; `default_layer(net)` when None. For an ensemble: None
+        (each member's default layer) or one layer per member.
     explain: "predicted" - each map shows the evidence for the image's predicted class
         (PNEUMONIA when P(pneumonia) >= threshold: the Grad-CAM of the logit; NORMAL: of the
         negated logit); "pneumonia" - every map explains the pneumonia logit.
@@ -86,6 +101,10 @@ def gradcam(
         raise ValueError(f"explain={explain!r} must be 'predicted' or 'pneumonia'")
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    ensemble = find_ensemble(net)
+    if ensemble is not None:
+        return _ensemble_gradcam(net, ensemble, x, layer=layer, explain=explain, threshold=threshold,
+                                 decisions=decisions)
     layer = default_layer(net) if layer is None else layer
     param = next(net.parameters(), None)
     if param is not None:  # the net's device and float dtype (uint8 input is not scaled: pass [0, 1] floats)
@@ -127,4 +146,36 @@ def gradcam(
     maps = maps / torch.where(peak > 0, peak, torch.ones_like(peak))
     maps = maps.clamp_(0.0, 1.0)
     probs = torch.sigmoid(captured["logits"])
+    return maps, probs
+
+
+def _ensemble_gradcam(net: nn.Module, ensemble: nn.Module, x: torch.Tensor, *, layer: nn.Module | Sequence[nn.Module]
+                      | None, explain: Explain, threshold: float, decisions: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of the members' maps for the ensemble's decisions, and the ensemble's
+    probabilities (`net`: the ensemble or what wraps it, e.g. with its temperature)."""
+    members = list(ensemble.members)
+    if layer is None:
+        layers: list[nn.Module | None] = [None] * len(members)
+    elif isinstance(layer, nn.Module) or len(layer) != len(members):
+        raise ValueError(f"an ensemble of {len(members)} members needs `layer=None` or one layer per member")
+    else:
+        layers = list(layer)
+    param = next(net.parameters(), None)
+    if param is not None:
+        x = x.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
+    modes = {module: module.training for module in net.modules()}
+    net.eval()
+    try:
+        with torch.no_grad():
+            probs = torch.sigmoid(net(x).reshape(-1).float())
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if explain == "predicted" and decisions is None:
+        decisions = (probs >= threshold).long()
+    maps = torch.stack([gradcam(member, x, layer=member_layer, explain=explain, decisions=decisions)[0]
+                        for member, member_layer in zip(members, layers)]).mean(dim=0)
+    peak = maps.amax(dim=(1, 2), keepdim=True)
+    maps = (maps / torch.where(peak > 0, peak, torch.ones_like(peak))).clamp_(0.0, 1.0)
     return maps, probs

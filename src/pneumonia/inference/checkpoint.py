@@ -12,7 +12,11 @@ only, so it cannot run code), with:
   (validation metrics at the threshold), `precision` (what the threshold was chosen under)
   and, when temperature scaling was fitted on validation, `temperature` (P = sigmoid(logit / T);
   the threshold was then chosen on those scaled probabilities), and `val_roc`: sensitivity
-  and specificity on validation at each candidate threshold (`evaluation.threshold.roc_points`).
+  and specificity on validation at each candidate threshold (`evaluation.threshold.roc_points`);
+- `ensemble` (only in a checkpoint built by `python -m pneumonia.ensemble`, whose `net` is a
+  `pneumonia.models.Ensemble` spec): how it was built: `combine`, and per member its source
+  checkpoint, seed, epoch, temperature and stored validation report. Such a checkpoint has no
+  optimizer or trainer state (it is scored, never resumed); `new_checkpoint` writes one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pneumonia.io import atomic_torch_save
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
 NET_PREFIX = "net."
 CALIBRATION = "pneumonia"
+ENSEMBLE = "ensemble"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -42,9 +47,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if first.startswith("Weights only load failed"):  # torch's hint to load unsafely is no advice here
             first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain types"
-        raise CheckpointError(f"'{path}' is not a readable checkpoint of this project ({first[:200]})") from None
+        raise CheckpointError(f"ckpt_path='{path}' is not a readable checkpoint of this project ({first[:200]})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
-        raise CheckpointError(f"'{path}' is not a checkpoint written by this project's train.py")
+        raise CheckpointError(f"ckpt_path='{path}' is not a checkpoint written by this project's train.py")
     return ckpt
 
 
@@ -61,6 +66,11 @@ def data_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
 def net_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The network's weights alone (the `net.` entries of the module's state dict)."""
     return {k[len(NET_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
+
+
+def trained_epochs(ckpt: dict[str, Any]) -> int:
+    """Epochs a training checkpoint has finished (Lightning's 0-based `epoch` + 1); 0 if unknown."""
+    return int(ckpt.get("epoch", -1)) + 1
 
 
 def threshold(ckpt: dict[str, Any]) -> float:
@@ -91,5 +101,25 @@ def store_calibration(path: str | Path, threshold_value: float, *, method: str, 
         ckpt[CALIBRATION]["temperature"] = float(temperature_value)
     if val_roc is not None:
         ckpt[CALIBRATION]["val_roc"] = val_roc
+    atomic_torch_save(ckpt, path)
+    return ckpt
+
+
+def ensemble_info(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """How an ensemble checkpoint was built ({} for a single network's checkpoint)."""
+    return dict(ckpt.get(ENSEMBLE) or {})
+
+
+def new_checkpoint(path: str | Path, *, state_dict: dict[str, torch.Tensor], module_settings: dict[str, Any],
+                   data_settings: dict[str, Any], ensemble: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a checkpoint assembled from parts (atomically): the LightningModule's
+    `state_dict` (`net.*` and the `threshold` buffer), its arguments and the DataModule's,
+    plus `ensemble` (see above). Not yet calibrated: `store_calibration` adds that."""
+    if not any(k.startswith(NET_PREFIX) for k in state_dict) or "net" not in module_settings:
+        raise CheckpointError("a checkpoint needs the network's weights (net.*) and its spec (net)")
+    ckpt: dict[str, Any] = {"state_dict": dict(state_dict), "hyper_parameters": dict(module_settings),
+                            "datamodule_hyper_parameters": dict(data_settings)}
+    if ensemble is not None:
+        ckpt[ENSEMBLE] = dict(ensemble)
     atomic_torch_save(ckpt, path)
     return ckpt

@@ -1,0 +1,201 @@
+"""Which checkpoints a command line names, and what each member brings: its network, its
+temperature, its data settings and the recipe settings its threshold was chosen with.
+Light: no Lightning, so the CLI refuses bad input before anything heavy is imported."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pneumonia.errors import UserError
+from pneumonia.inference import checkpoint as ckpt_format
+
+BEST = Path("checkpoints") / "best.ckpt"
+# DataModule arguments that decide which images are in the validation split and what the
+# networks see: every member must have the same (the ensemble's threshold is chosen there,
+# and one preprocessing preset feeds every member); with the value a checkpoint that
+# predates the key stands for
+SPLIT_KEYS = ("root", "val_fraction", "min_val_images", "split_seed", "on_bad_image")
+INPUT_KEYS = ("image_size", "channels", "normalize", "tta")
+KEY_DEFAULTS: dict[str, Any] = {"normalize": "none", "tta": False}
+# defaults of conf/train.yaml, for members whose run folder has no .hydra/config.yaml
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "threshold": {"method": "youden", "value": 0.5, "target_sensitivity": 0.95},
+    "calibration": {"temperature": False, "ece_bins": 15},
+    "intervals": {"resamples": 2000, "seed": 0},
+}
+
+
+class EnsembleError(UserError):
+    """Members that cannot make one ensemble, or a command line that names none."""
+
+
+@dataclass
+class Member:
+    path: Path
+    ckpt: dict[str, Any] = field(repr=False)
+    recipe: dict[str, dict[str, Any]]  # threshold / calibration / intervals / monitor, as the run had them
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.path.parent.parent if self.path.parent.name == "checkpoints" else None
+
+    @property
+    def net(self) -> dict[str, Any]:
+        return dict(ckpt_format.module_settings(self.ckpt)["net"])
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return ckpt_format.data_settings(self.ckpt)
+
+    @property
+    def temperature(self) -> float:
+        return ckpt_format.temperature(self.ckpt)
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        return ckpt_format.calibration(self.ckpt)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain types for the ensemble checkpoint and ensemble.json."""
+        report = self.calibration.get("val_report") or {}
+        keep = ("accuracy", "precision", "recall", "specificity", "f1", "auroc", "threshold", "n")
+        summary = self.train_summary()
+        return {"checkpoint": str(self.path), "seed": ckpt_format.module_settings(self.ckpt).get("seed"),
+                "epoch": self.ckpt.get("epoch"), "temperature": self.temperature,
+                "threshold_method": self.calibration.get("threshold_method"),
+                "precision": self.calibration.get("precision"),
+                "val": {k: report[k] for k in keep if k in report},
+                "train_minutes": summary.get("train_minutes")}
+
+    def train_summary(self) -> dict[str, Any]:
+        file = self.run_dir / "train_summary.json" if self.run_dir else None
+        try:
+            return json.loads(file.read_text()) if file and file.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+
+
+def find_members(sources: Sequence[str | Path]) -> list[Path]:
+    """The checkpoints `sources` name: a .ckpt file; a run folder (its checkpoints/best.ckpt);
+    a multirun folder (the checkpoints/best.ckpt of every job folder in it)."""
+    found: list[Path] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_file():
+            found.append(path)
+        elif not path.exists():
+            raise EnsembleError(f"'{path}' does not exist: give run folders, multirun folders or .ckpt files")
+        elif (path / BEST).is_file():
+            found.append(path / BEST)
+        else:
+            jobs = sorted((d for d in path.iterdir()
+                           if d.is_dir() and ((d / ".hydra").is_dir() or (d / "checkpoints").is_dir())), key=_job_order)
+            if not jobs:
+                raise EnsembleError(f"'{path}' holds no {BEST} and no job folders with one (a run folder, a multirun "
+                                    "folder or a .ckpt file was expected)")
+            missing = [d.name for d in jobs if not (d / BEST).is_file()]
+            if missing:
+                raise EnsembleError(f"job folder(s) {', '.join(missing)} in '{path}' have no {BEST} (unfinished or "
+                                    "failed): name the finished jobs' folders instead")
+            found.extend(d / BEST for d in jobs)
+    seen: dict[str, Path] = {}
+    for p in found:
+        key = os.path.realpath(p)
+        if key in seen:
+            raise EnsembleError(f"'{p}' is named twice (it would count double in the average)")
+        seen[key] = p
+    if len(found) < 2:
+        raise EnsembleError(f"an ensemble needs at least 2 members; {len(found)} found in: "
+                            f"{', '.join(str(s) for s in sources) or '(nothing given)'}")
+    return found
+
+
+def _job_order(job: Path) -> tuple[int, str]:
+    head = job.name.split("_", 1)[0]
+    return (int(head), job.name) if head.isdigit() else (1 << 30, job.name)
+
+
+def load_member(path: Path) -> Member:
+    ckpt = ckpt_format.load_checkpoint(path)
+    if not ckpt_format.calibration(ckpt):
+        raise EnsembleError(f"'{path}' has no threshold chosen on validation: its training has not finished (or "
+                            "stopped before calibration); only finished runs can be members")
+    if str(ckpt_format.module_settings(ckpt)["net"].get("_target_", "")).rsplit(".", 1)[-1] == "Ensemble":
+        raise EnsembleError(f"'{path}' is itself an ensemble: give its members instead (experiment=best_ensemble "
+                            "keeps them in <run>/members; an ensemble of ensembles would weigh members unevenly)")
+    return Member(path, ckpt, _recipe(path, ckpt))
+
+
+def _recipe(path: Path, ckpt: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """threshold / calibration / intervals / monitor as the member's run had them: from its
+    `.hydra/config.yaml` when the run folder has one, else what the checkpoint says."""
+    config: dict[str, Any] = {}
+    if path.parent.name == "checkpoints":
+        file = path.parent.parent / ".hydra" / "config.yaml"
+        if file.is_file():
+            import yaml
+
+            try:
+                config = yaml.safe_load(file.read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                config = {}
+    calibration = ckpt_format.calibration(ckpt)
+    recipe: dict[str, dict[str, Any]] = {}
+    for group, defaults in RECIPE_DEFAULTS.items():
+        given = config.get(group) if isinstance(config.get(group), dict) else {}
+        recipe[group] = {k: given[k] if k in given and not _interpolation(given[k]) else v
+                         for k, v in defaults.items()}
+    if not config:  # a bare checkpoint: what calibration stored
+        recipe["threshold"]["method"] = calibration.get("threshold_method") or "youden"
+        if recipe["threshold"]["method"] == "fixed":
+            recipe["threshold"]["value"] = ckpt_format.threshold(ckpt)
+        recipe["calibration"]["temperature"] = "temperature" in calibration
+    monitor = config.get("monitor")
+    recipe["run"] = {"monitor": monitor if isinstance(monitor, str) and not _interpolation(monitor) else "val/auroc"}
+    return recipe
+
+
+def _interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+def check_agreement(members: Sequence[Member]) -> None:
+    """One line naming the first data setting the members disagree on."""
+    first = members[0]
+    for key in (*SPLIT_KEYS, *INPUT_KEYS):
+        want = _setting(first, key)
+        for m in members[1:]:
+            got = _setting(m, key)
+            if got != want:
+                why = ("one preprocessing feeds every member" if key in INPUT_KEYS else
+                       "their validation splits differ, so one member's training images would be in the split the "
+                       "ensemble's threshold is chosen on")
+                raise EnsembleError(f"members disagree on data.{key}: {want!r} in '{first.path}', "
+                                    f"{got!r} in '{m.path}' ({why})")
+
+
+def _setting(member: Member, key: str) -> Any:
+    value = member.data.get(key, KEY_DEFAULTS.get(key))
+    if key == "root" and isinstance(value, str):
+        return os.path.normpath(os.path.expanduser(value))
+    return value
+
+
+def common_setting(members: Sequence[Member], group: str, what: str, given: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """The recipe group (`threshold`, `calibration`, `intervals`) every member shares, with
+    the keys in `given` taken from there; one line naming the key and two members where
+    they differ on a key not given (`what` says how to choose)."""
+    given = dict(given or {})
+    first = members[0].recipe[group]
+    for m in members[1:]:
+        for key, value in first.items():
+            if key not in given and m.recipe[group].get(key) != value:
+                raise EnsembleError(f"members disagree on {group}.{key}: {value!r} in '{members[0].path}', "
+                                    f"{m.recipe[group].get(key)!r} in '{m.path}'{what}")
+    return {**first, **given}
