@@ -109,8 +109,10 @@ def main() -> None:
     print("| variant | train img/s (compute only) | first steps (s) |")
     print("|---|---|---|")
     for name in args.variants:
-        cmd = [sys.executable, __file__, "--one", name, *[a for a in sys.argv[1:] if a not in args.variants]]
-        cmd = [c for c in cmd if c != "--variants"]
+        cmd = [sys.executable, __file__, "--one", name, "--size", str(args.size), "--batch", str(args.batch),
+               "--warmup", str(args.warmup), "--steps", str(args.steps), "--repeats", str(args.repeats)]
+        cmd += (["--threads", str(args.threads)] if args.threads else []) + \
+            (["--profile", args.profile] if args.profile else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"| {name} | failed: {out.stderr.strip().splitlines()[-1][:120]} | |")

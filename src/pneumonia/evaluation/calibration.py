@@ -20,7 +20,7 @@ import torch
 from pneumonia.evaluation import statistics as st
 from pneumonia.evaluation.analysis import calibration_summary, intervals
 from pneumonia.evaluation.metrics import report
-from pneumonia.evaluation.threshold import choose_threshold, roc_points
+from pneumonia.evaluation.threshold import check_threshold_settings, choose_threshold, roc_points, rule_options
 from pneumonia.inference import Predictor
 from pneumonia.inference.checkpoint import store_calibration
 
@@ -30,9 +30,15 @@ CALIBRATION_DEFAULTS = {"temperature": False, "ece_bins": st.DEFAULT_BINS}
 INTERVAL_DEFAULTS = {"resamples": st.DEFAULT_RESAMPLES, "seed": 0}
 
 
-def check_settings(calibration: dict[str, Any] | None, interval_settings: dict[str, Any] | None) -> None:
-    """`ConfigError` now, before training, for a wrong `calibration.*` or `intervals.*`."""
+def check_settings(calibration: dict[str, Any] | None, interval_settings: dict[str, Any] | None,
+                   threshold_settings: dict[str, Any] | None = None) -> None:
+    """`ConfigError` now, before training, for a wrong `calibration.*` or `intervals.*` (and
+    `threshold.*` when given: `threshold.check_threshold_settings`, which `calibrate_threshold`
+    runs too)."""
     from pneumonia.errors import ConfigError
+
+    if threshold_settings is not None:
+        check_threshold_settings(threshold_settings)
 
     cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
@@ -64,16 +70,18 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, c
     validation report at the chosen threshold."""
     cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
+    rule = rule_options(settings)  # a wrong threshold.* fails here, before any scoring
     raw = Predictor.from_checkpoint(ckpt_path, temperature=1.0)  # fit on the raw logits, whatever is stored
     probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(), datamodule, "val")
     temperature = None
+    scaled_logits = logits.double()
     if cal["temperature"]:
         temperature = st.fit_temperature(logits.double().numpy(), labels.numpy())
         raw_probs = probs
         # exactly what the scoring paths compute (`TemperatureScaled`): float32 logit / float32 T
         probs = torch.sigmoid(logits.float() / torch.tensor(temperature, dtype=torch.float32))
-    threshold = choose_threshold(probs, labels, settings["method"], settings["value"],
-                                 settings["target_sensitivity"])
+        scaled_logits = logits.double() / temperature
+    threshold = choose_threshold(probs, labels, logits=scaled_logits, **rule)
     paths = [datamodule.paths["val"][i] for i in indices.tolist()]
     at_half = report(probs, labels, 0.5)
     chosen = report(probs, labels, threshold)
@@ -87,15 +95,15 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, c
         calib["before_temperature"]["nll"] = st.binary_nll(logits.double().numpy(), labels.numpy())
     chosen["calibration"] = calib
     # the precision the threshold was chosen under: eval.py and predict.py score with it by default
-    store_calibration(ckpt_path, threshold, method=settings["method"], val_report=chosen,
+    store_calibration(ckpt_path, threshold, method=rule["method"], val_report=chosen,
                       precision=str(trainer.precision), temperature_value=temperature,
                       val_roc=roc_points(probs, labels))
     module = Predictor.from_checkpoint(ckpt_path).lightning_module()  # with the stored threshold and temperature
     summary = {"checkpoint": str(ckpt_path), "epoch": raw.recipe["epoch"],
-               "threshold_method": settings["method"], "at_threshold": chosen, "at_0.5": at_half,
+               "threshold_method": rule["method"], "at_threshold": chosen, "at_0.5": at_half,
                "calibration": calib, "bootstrap": meta}
     (out_dir / "val_metrics.json").write_text(json.dumps(summary, indent=2))
-    log.info("Validation threshold (%s) = %.4f: accuracy %.4f, F1 %.4f, AUROC %.4f", settings["method"], threshold,
+    log.info("Validation threshold (%s) = %.4f: accuracy %.4f, F1 %.4f, AUROC %.4f", rule["method"], threshold,
              chosen["accuracy"], chosen["f1"], chosen["auroc"])
     if temperature:
         before = calib["before_temperature"]

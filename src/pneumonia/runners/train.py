@@ -101,7 +101,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     with pretrained():
         check_train_config(cfg)
     check_settings(OmegaConf.to_container(cfg.calibration) if cfg.get("calibration") else None,
-                   OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
+                   OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None,
+                   threshold_settings=OmegaConf.to_container(cfg.threshold) if cfg.get("threshold") else None)
     resume_from = resume_checkpoint(cfg)
     configure_torch(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
