@@ -34,6 +34,7 @@ from tests.helpers import PROJECT_ROOT, compose_cfg, run_cli, train_cfg
 
 SEEDS = (1, 2)
 RECIPE = ("experiment=best_ensemble", f"ensemble.seeds=[{','.join(map(str, SEEDS))}]", "trainer.max_epochs=2",
+          "threshold.method=youden",  # the tiny members of other tests use youden: mixable with these
           "logger=none", "callbacks.gradcam=null", "intervals.resamples=200")
 NET = {"_target_": "pneumonia.models.CustomCNN", "depth": 2, "widths": [4, 8], "in_channels": 1, "image_size": 32,
        "dense_units": 8, "dilated_blocks": [], "batch_norm": True}

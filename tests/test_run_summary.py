@@ -100,7 +100,7 @@ def test_default_cache_does_not_depend_on_the_working_folder(monkeypatch, tmp_pa
     from pneumonia.config.compose import compose
     from pneumonia.config.instantiate import instantiate
 
-    cfg = compose("train", [])
+    cfg = compose("train", [], tmp_path)
     assert cfg.data.cache_dir == "auto"  # resolved where it runs: checkpoints keep "auto", not a path
     assert instantiate(cfg.data, _convert_="all").cache_dir == str(tmp_path / "mine")
 
