@@ -4,14 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 import pneumonia.config.resolvers  # noqa: F401  (resolvers used by conf/)
-from pneumonia.config.entry import check_command_line, run
+from pneumonia.config.entry import check_command_line, run, train_runner
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    # experiment=best_ensemble (an `ensemble:` node): its members, then the ensemble (pneumonia.ensemble)
-    runner = "pneumonia.ensemble.train:train" if cfg.get("ensemble") else "pneumonia.runners.train:train"
-    score, _ = run(cfg, runner, "train.py")
+    score, _ = run(cfg, train_runner(cfg), "train.py")  # experiment=best_ensemble: members, then the ensemble
     return score  # what a Hydra sweeper optimises
 
 

@@ -22,7 +22,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from pneumonia.config.compose import compose
-from pneumonia.config.entry import run
+from pneumonia.config.entry import run, train_runner
 from tests.helpers import run_cli
 
 MISSING_PATH = "/no/such/folder/x"
@@ -51,8 +51,10 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("data.augment.*", "0.0"): "0 = that augmentation off",
     ("data.augment.shear", "2.5"): "degrees",
     ("data.augment.rotation", "2.5"): "degrees",
-    ("data.stress.perturbations.*", "*"): "a strength: any positive value is a perturbation (a gamma, a "
-                                          "contrast factor, a blur sigma...); each kind checks its own range",
+    ("data.stress.perturbations.gamma_*", "2.5"): "a gamma: any positive value",
+    ("data.stress.perturbations.contrast_*", "2.5"): "a contrast factor: any value >= 0",
+    ("data.stress.perturbations.contrast_*", "0.0"): "a contrast factor of 0 (every image its flat mean): extreme, defined",
+    ("data.stress.perturbations.blur", "2.5"): "a blur sigma in pixels: any positive value",
     ("data.augment.mixup", "2.5"): "mixup's Beta(alpha, alpha): any alpha > 0",
     ("model.dropout", "0.0"): "no dropout",
     ("model.dilated_blocks", "[]"): "no dilated block",
@@ -70,7 +72,8 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("callbacks.early_stopping.patience", "*"): "Lightning's EarlyStopping takes any integer (<= 0: stop at the first non-improvement)",
     ("callbacks.early_stopping.min_delta", "*"): "Lightning's EarlyStopping takes any number (it uses the absolute value)",
     ("callbacks.progress_bar.refresh_rate", "*"): "0 disables the bar; Lightning takes any integer",
-    ("callbacks.swa.*", "*"): "left to Lightning's StochasticWeightAveraging, which checks its arguments when built",
+    ("callbacks.swa.swa_lrs", "2.5"): "a learning rate: any positive value",
+    ("callbacks.swa.annealing_epochs", "0"): "no annealing: the SWA learning rate from the first SWA epoch (torch's SWALR)",
     # left to torch and Lightning on purpose
     ("scheduler.scheduler.*", "*"): "torch's schedulers check what they rely on (factor < 1, mode); the rest "
                                      "(patience, min_lr, negative factor) only changes when the LR drops",
@@ -139,11 +142,11 @@ def accepted(entry: str, key: str, value: Any) -> bool:
 
 
 def fuzz(config_name: str, overrides: list[str], runner: str, out: Path, a_file: str,
-         skip: tuple[str, ...] = ()) -> list[str]:
+         only: str = "*") -> list[str]:
     base = compose(config_name, overrides, out)
     problems = []
     for key, value in leaves(base):
-        if any(fnmatch.fnmatchcase(key, s) for s in skip):
+        if not fnmatch.fnmatchcase(key, only):
             continue
         for wrong in mutations(value, a_file):
             cfg = base.copy()
@@ -152,7 +155,7 @@ def fuzz(config_name: str, overrides: list[str], runner: str, out: Path, a_file:
             err, started = io.StringIO(), time.perf_counter()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 try:
-                    run(cfg, runner, f"{config_name}.py")
+                    run(cfg, train_runner(cfg) if runner == "train" else runner, f"{config_name}.py")
                     outcome = "finished"  # the sentinel was not reached: a missing stop, not a pass
                 except Reached:
                     outcome = "accepted"
@@ -199,7 +202,19 @@ def stops(monkeypatch, tmp_path):
 
 def test_train_config_fuzz(stops, xray_root, tmp_path):
     problems = fuzz("train", [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "logger=none"],
-                    "pneumonia.runners.train:train", tmp_path / "out", stops)
+                    "train", tmp_path / "out", stops)
+    assert not problems, "\n".join(problems)
+
+
+def test_train_config_fuzz_of_the_optional_parts(stops, xray_root, tmp_path):
+    """The keys that exist only with a group option or a switch: callbacks=swa, data.stress,
+    a torchvision net, an ensemble recipe."""
+    base = [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "logger=none"]
+    problems = []
+    for extra, only in ((["callbacks=swa"], "callbacks.swa.*"), (["model=resnet18"], "model.*"),
+                        (["experiment=best_ensemble"], "ensemble.*")):
+        problems += fuzz("train", base + extra, "train", tmp_path / "out", stops,
+                         only=only)
     assert not problems, "\n".join(problems)
 
 

@@ -84,6 +84,22 @@ def summary_line(cache_dir: str | Path) -> str:
             f"(python -m pneumonia.cache lists and clears them)")
 
 
+def _remove_unless_busy(folder: Path) -> bool:
+    """Delete a cache folder unless a run holds its lock (it is being built or opened)."""
+    import fcntl
+
+    try:
+        with open(folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder, ignore_errors=True)
+            return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pneumonia.cache", description=__doc__.split("\n\n")[0])
     parser.add_argument("cache_dir", nargs="?", default=None,
@@ -106,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     now = time.time()
     if args.clear:
         cutoff = None if args.older_than is None else now - args.older_than * 86400
-        gone = [e for e in found if cutoff is None or e.last_used < cutoff]
-        for e in gone:
-            shutil.rmtree(e.folder, ignore_errors=True)
-        print(f"Deleted {len(gone)} of {len(found)} caches in {cache_dir}: {human(sum(e.bytes for e in gone))} freed")
+        gone, busy = [], []
+        for e in (e for e in found if cutoff is None or e.last_used < cutoff):
+            (gone if _remove_unless_busy(e.folder) else busy).append(e)
+        print(f"Deleted {len(gone)} of {len(found)} caches in {cache_dir}: {human(sum(e.bytes for e in gone))} freed"
+              + (f"; kept {len(busy)} that a running command is writing" if busy else ""))
         return 0
     print(f"{'cache':<40} {'size':>9} {'images':>7} {'decoded to':>14} {'last used':>10}")
     for e in found:

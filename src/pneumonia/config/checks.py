@@ -58,12 +58,26 @@ def monitored_metrics() -> tuple[str, ...]:
     return tuple(f"{phase}/{name}" for phase in ("val", "train") for name in ("loss", *METRIC_NAMES))
 
 
-def check_monitor(key: str, value: object) -> None:
+def check_monitor(key: str, value: object, stress: tuple[str, ...] = ()) -> None:
     """A metric a checkpoint, early stopping or a scheduler can watch (else Lightning stops
-    the run after the first validation epoch, past the decoding)."""
+    the run after the first validation epoch, past the decoding). `stress`: the stress
+    validation's metrics, when `data.stress.enabled` logs them."""
     known = monitored_metrics()
-    if value not in known and not (isinstance(value, str) and value.startswith("val_stress/")):
-        raise ConfigError(f"{key}={value!r} is not a logged metric: one of {', '.join(known)}")
+    if value not in known and value not in stress:
+        raise ConfigError(f"{key}={value!r} is not a logged metric: one of {', '.join(known)}"
+                          + (", or a val_stress/ metric" if stress else ""))
+
+
+def stress_metrics(cfg: DictConfig) -> tuple[str, ...]:
+    """The `val_stress/*` names a run logs (none unless `data.stress.enabled`)."""
+    stress = cfg.data.get("stress") or {}
+    if not stress.get("enabled"):
+        return ()
+    from pneumonia.data.stress import StressSettings
+    from pneumonia.evaluation import METRIC_NAMES
+
+    names = StressSettings.from_config(OmegaConf.to_container(stress, resolve=True)).names
+    return (*(f"val_stress/{m}" for m in METRIC_NAMES), *(f"val_stress/{n}/auroc" for n in names))
 
 
 def check_train_config(cfg: DictConfig) -> None:
@@ -83,13 +97,13 @@ def check_train_config(cfg: DictConfig) -> None:
     _bool(cfg, "module.channels_last")
     _optional_path(cfg, "resume")
     _optional_path(cfg, "ckpt_path")
-    _int(cfg, "data.num_workers", 0)
     epochs = _int(cfg, "trainer.max_epochs", -1)
     callbacks = cfg.get("callbacks") or {}
     if epochs == 0 or (epochs == -1 and not callbacks.get("early_stopping")):
         raise ConfigError(f"trainer.max_epochs={epochs} must be >= 1 (-1, no limit, only with "
                           "callbacks.early_stopping to end the run)")
-    check_monitor("monitor", cfg.monitor)
+    stress = stress_metrics(cfg)
+    check_monitor("monitor", cfg.monitor, stress)
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r} must be 'min' or 'max'")
     for name, callback in callbacks.items():
@@ -97,9 +111,9 @@ def check_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"callbacks.{name}={callback!r} must be the callback's settings or null (off); "
                               f"the options are in conf/callbacks/")
         if callback and callback.get("monitor") is not None:
-            check_monitor(f"callbacks.{name}.monitor", callback.monitor)
+            check_monitor(f"callbacks.{name}.monitor", callback.monitor, stress)
     if (cfg.get("scheduler") or {}).get("monitor") is not None:
-        check_monitor("scheduler.monitor", cfg.scheduler.monitor)
+        check_monitor("scheduler.monitor", cfg.scheduler.monitor, stress)
     pw = cfg.module.pos_weight
     if pw is not None and pw != "balanced" and (isinstance(pw, bool) or not isinstance(pw, (int, float)) or pw <= 0):
         raise ConfigError(f"module.pos_weight={pw!r} must be null, 'balanced' or a positive number")
@@ -128,7 +142,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     """Check a composed eval config before the checkpoint is scored (the keys without an
     owner class; `data.*` is checked by the DataModule, `trainer.*` by Lightning)."""
     from pneumonia.config.rundir import check_output_dir
-    from pneumonia.evaluation.calibration import check_settings
+    from pneumonia.evaluation.calibration import CALIBRATION_DEFAULTS, check_settings
 
     check_output_dir(cfg.paths.output_dir, "paths.output_dir")
     check_folders(cfg)
@@ -139,7 +153,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     if cfg.data.get("download") is not None:
         _bool(cfg, "data.download")
     threshold_override(cfg.get("threshold"))
-    check_settings({"ece_bins": cfg.get("ece_bins", 15)},
+    check_settings({"ece_bins": cfg.get("ece_bins", CALIBRATION_DEFAULTS["ece_bins"])},
                    OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
 
 

@@ -20,6 +20,12 @@ from pneumonia.errors import UserError
 CKPT_EXAMPLE = "outputs/train/<run>/checkpoints/best.ckpt"
 
 
+def train_runner(cfg: DictConfig) -> str:
+    """The runner `train.py` calls: an `ensemble:` node (experiment=best_ensemble) trains its
+    members, then the ensemble (`pneumonia.ensemble.train`); anything else one run."""
+    return "pneumonia.ensemble.train:train" if cfg.get("ensemble") else "pneumonia.runners.train:train"
+
+
 def check_command_line(config_name: str, script: str, argv: list[str] | None = None) -> None:
     """Compose `conf/<config_name>.yaml` with the command line's overrides before Hydra runs
     it, so that a typo in a group option (`model=resnet`), a key that does not exist

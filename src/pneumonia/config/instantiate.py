@@ -120,7 +120,7 @@ def _matches(value: Any, hint: Any) -> bool | None:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
-    if hint is pathlib.Path or hint is typing.Any:
+    if hint is pathlib.Path:
         return isinstance(value, str)
     if origin in (list, tuple, collections.abc.Sequence):
         return isinstance(value, (list, tuple))

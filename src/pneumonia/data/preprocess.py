@@ -80,11 +80,7 @@ class Preprocess:
 
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
         """The float batch in [0, 1] (N, C, S, S), normalised by `normalize` (the identity for none)."""
-        if self.normalize == "standardize":
-            return standardize(x)
-        if self.normalize == "equalize":
-            return equalize(x)
-        return x
+        return normalized(x, self.normalize)
 
     def normalizer(self) -> torch.nn.Module:
         """`normalize_input` as a module, to put in front of a network (an exported graph
@@ -169,8 +165,13 @@ class InputNormalization(torch.nn.Module):
         self.normalize = normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalize == "standardize":
-            return standardize(x)
-        if self.normalize == "equalize":
-            return equalize(x)
-        return x
+        return normalized(x, self.normalize)
+
+
+def normalized(x: torch.Tensor, normalize: str) -> torch.Tensor:
+    """The one dispatch of `data.normalize` (eager batches and exported graphs alike)."""
+    if normalize == "standardize":
+        return standardize(x)
+    if normalize == "equalize":
+        return equalize(x)
+    return x

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pneumonia.evaluation.calibration import CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS
+from pneumonia.evaluation.threshold import DEFAULTS as threshold_defaults
 from pneumonia.errors import UserError
 from pneumonia.inference import checkpoint as ckpt_format
 
@@ -24,9 +26,9 @@ INPUT_KEYS = ("image_size", "channels", "normalize", "tta")
 KEY_DEFAULTS: dict[str, Any] = {"normalize": "none", "tta": False}
 # defaults of conf/train.yaml, for members whose run folder has no .hydra/config.yaml
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "threshold": {"method": "youden", "value": 0.5, "target_sensitivity": 0.95},
-    "calibration": {"temperature": False, "ece_bins": 15},
-    "intervals": {"resamples": 2000, "seed": 0},
+    "threshold": dict(threshold_defaults),
+    "calibration": dict(CALIBRATION_DEFAULTS),
+    "intervals": dict(INTERVAL_DEFAULTS),
 }
 
 

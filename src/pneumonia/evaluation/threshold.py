@@ -27,8 +27,9 @@ The rules (`threshold.method`; a decision is PNEUMONIA when P(pneumonia) >= thre
   each class (the equal-variance binormal cut, with medians, which the few images near the
   boundary barely move).
 
-Temperature scaling (`calibration.temperature=true`) changes no decision of any of these
-rules on validation: sigmoid(z / T) >= 0.5 exactly when z >= 0, the empirical rules depend
+Temperature scaling (`calibration.temperature=true`) changes no decision of these rules on
+validation (except `kernel` with a fixed `kernel_bandwidth`, which does not scale with 1/T, and
+`youden_bootstrap` marginally, whose median of an even count is averaged in probability): sigmoid(z / T) >= 0.5 exactly when z >= 0, the empirical rules depend
 only on the order of the scores, and the logit-space rules move with the logits (their cut
 becomes cut / T). All T can move is where the threshold sits inside the gap between two
 neighbouring validation scores (a midpoint in probability), which matters for new images only.

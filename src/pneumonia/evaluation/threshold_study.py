@@ -82,8 +82,9 @@ def validation_scores(ckpt_path: str | Path, data_root: str | None = None,
         settings["root"] = str(data_root)
     settings["bad_image_report"] = None
     # what defines the validation images and how they are decoded (not the training seed or batches)
-    key = json.dumps({k: settings.get(k) for k in ("root", "image_size", "channels", "val_fraction",
-                                                    "min_val_images", "split_seed", "cache_dir", "on_bad_image")},
+    from pneumonia.ensemble.members import INPUT_KEYS, SPLIT_KEYS
+
+    key = json.dumps({k: settings.get(k) for k in (*SPLIT_KEYS, *INPUT_KEYS, "cache_dir")},
                      sort_keys=True, default=str)
     datamodules = {} if datamodules is None else datamodules
     if key not in datamodules:

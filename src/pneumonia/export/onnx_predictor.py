@@ -105,7 +105,7 @@ class OnnxPredictor:
 
     @staticmethod
     def to_input(images: np.ndarray) -> np.ndarray:
-        """uint8 (N, C, S, S) → float32 in [0, 1] (bit-identical to `Preprocess.to_input`)."""
+        """uint8 (N, C, S, S) → float32 in [0, 1] (bit-identical to `Preprocess.to_unit`; the graph normalises)."""
         return np.ascontiguousarray(images, dtype=np.float32) / np.float32(255)
 
     # ---- scoring -------------------------------------------------------------------------

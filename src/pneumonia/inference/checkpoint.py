@@ -73,6 +73,13 @@ def trained_epochs(ckpt: dict[str, Any]) -> int:
     return int(ckpt.get("epoch", -1)) + 1
 
 
+def set_last_epoch(path: str | Path, epoch: int) -> None:
+    """Record `epoch` (0-based) as the last epoch the checkpoint at `path` trained (atomically)."""
+    ckpt = load_checkpoint(path)
+    ckpt["epoch"] = int(epoch)
+    atomic_torch_save(ckpt, path)
+
+
 def threshold(ckpt: dict[str, Any]) -> float:
     return float(ckpt["state_dict"].get("threshold", torch.tensor(0.5)))
 

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import StochasticWeightAveraging as _LightningSWA
 
+from pneumonia.inference.checkpoint import set_last_epoch
 from pneumonia.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,8 @@ class StochasticWeightAveraging(_LightningSWA):
         cb.best_model_score = score
         cb.best_k_models = {path: score} if score is not None else {}
         trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, like ModelCheckpoint's
+        # saved after the last epoch ended, when Lightning's epoch counter is already past it
+        set_last_epoch(path, trainer.current_epoch - 1)
         averaged = f"the weights after epochs {self.swa_start}-{self.swa_end + 1}" + (
             " (0: the initial weights)" if self.swa_start == 0 else "")
         scored = (f"{cb.monitor} = {float(score):.4f} after the batch-norm update" if score is not None

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.config.checks import check_eval_config
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
-from pneumonia.errors import ConfigError
 from pneumonia.evaluation import statistics as st
 from pneumonia.evaluation.analysis import evaluation_summary, probabilities_before_temperature
 from pneumonia.evaluation.metrics import REPORT_KEYS, report

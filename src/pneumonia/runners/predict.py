@@ -130,8 +130,9 @@ def _check(cfg: DictConfig) -> None:
         if not cfg.model_path:
             raise ConfigError("backend=onnx needs model_path=, e.g. model_path=outputs/export/<time>/model.onnx "
                               "(written by export.py)")
-        if cfg.get("tta"):
-            raise ConfigError("tta=true (test-time augmentation) runs in PyTorch: use backend=torch with ckpt_path=")
+        if cfg.get("tta") is not None:
+            raise ConfigError(f"tta={cfg.tta} is for backend=torch: an ONNX graph does what its model.json 'tta' "
+                              "says (export a checkpoint with the TTA you want)")
         for key in ("explain", "gallery"):
             if cfg[key]:
                 raise ConfigError(f"{key}=true (Grad-CAM and its drawings) needs gradients and torch: use "

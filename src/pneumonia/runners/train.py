@@ -146,7 +146,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         for tb in tensorboard_loggers(loggers):
             tb.log_hyperparams(flat_hparams(cfg), metrics=hp_metrics)
             tb.experiment.add_text("val/metrics", markdown_table(val_report), global_step=trainer.current_epoch)
-        if best_score is None:
+        if best_score is None and cfg.monitor.startswith("val/"):  # the same split, scored after training
             best_score = val_report.get(cfg.monitor.split("/", 1)[-1])
         if cfg.test:
             solo.test(best_module, datamodule=datamodule)
@@ -191,4 +191,5 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
         "".join(f", {name}/" for name in logs)
     nxt = (f"Next: python train.py resume={out_dir} (goes on from {last.name})" if trainer.interrupted
            else f"Next: python eval.py ckpt_path={best_path}")
-    return f"{how}; best {cfg.monitor} = {best_score:.4f} at epoch {best_epoch}{note}\n{where}\n{nxt}"
+    value = "n/a" if best_score is None else f"{best_score:.4f}"
+    return f"{how}; best {cfg.monitor} = {value} at epoch {best_epoch}{note}\n{where}\n{nxt}"
