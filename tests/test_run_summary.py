@@ -49,7 +49,23 @@ def test_resume_with_fewer_epochs_than_done_is_one_line_before_decoding(xray_roo
 
     with pytest.raises(ConfigError, match=r"trainer.max_epochs=2 is below the 3 epochs .* trainer.max_epochs=4 or more"):
         train(cfg)
+    # another network than the checkpoint's (the first run's overrides forgotten): one line
+    cfg = train_cfg(xray_root, run, f"resume={run}", "trainer.max_epochs=5", "logger=none", "model.depth=2")
+    with pytest.raises(ConfigError, match=r"builds another network than the checkpoint's: model.depth=2 "
+                                          r"\(the checkpoint: 3\)"):
+        train(cfg)
     assert not (run / "cache").exists()
+
+
+def test_printed_commands_paste_back(tmp_path):
+    from pneumonia.config.entry import cli_override
+
+    folder = tmp_path / "0_model.depth=2,seed=1"
+    folder.mkdir()
+    assert cli_override("ckpt_path", "/a/b.ckpt") == "ckpt_path=/a/b.ckpt"
+    word = cli_override("ckpt_path", folder / "best.ckpt")
+    res = run_cli("eval.py", word.strip("'"), f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2 and f"ckpt_path '{folder / 'best.ckpt'}' does not exist" in res.stderr
 
 
 @pytest.mark.parametrize("override, expected", [

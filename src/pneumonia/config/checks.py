@@ -80,6 +80,16 @@ def stress_metrics(cfg: DictConfig) -> tuple[str, ...]:
     return (*(f"val_stress/{m}" for m in METRIC_NAMES), *(f"val_stress/{n}/auroc" for n in names))
 
 
+def _sweeper_optimises() -> bool:
+    """True inside a sweep whose sweeper optimises the returned value (hparams_search=optuna)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return bool(HydraConfig.get().runtime.choices.get("hparams_search"))
+    except (ValueError, ImportError, AttributeError):  # not under @hydra.main
+        return False
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Check a composed train config before any image is decoded.
 
@@ -104,6 +114,9 @@ def check_train_config(cfg: DictConfig) -> None:
                           "callbacks.early_stopping to end the run)")
     stress = stress_metrics(cfg)
     check_monitor("monitor", cfg.monitor, stress)
+    if cfg.trainer.get("fast_dev_run") and _sweeper_optimises():
+        raise ConfigError("debug=fdr (trainer.fast_dev_run) scores nothing, so the hparams_search sweeper has "
+                          "nothing to optimise: use debug=tiny (or debug=limit) in a search")
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r} must be 'min' or 'max'")
     for name, callback in callbacks.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,16 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.errors import UserError
 
 CKPT_EXAMPLE = "outputs/train/<run>/checkpoints/best.ckpt"
+_STARTED = time.time()  # this process' start: what a failed run made after it is its own
+
+
+def cli_override(key: str, value: object) -> str:
+    """`key=value` as one shell word Hydra reads back: quoted when the value has `=`, `,` or
+    spaces (a multirun job's folder), so a printed "Next:" command can be pasted as is."""
+    text = str(value)
+    if any(c in text for c in "=, []{}()'\"") or not text:
+        return "'" + key + '="' + text.replace('"', '\\"') + '"' + "'"
+    return f"{key}={text}"
 
 
 def train_runner(cfg: DictConfig) -> str:
@@ -131,3 +142,9 @@ def _remove_empty_run() -> None:
         return
     if folder.is_dir() and is_empty_run(folder):
         shutil.rmtree(folder, ignore_errors=True)
+    elif folder.is_dir():
+        # a resume that failed before training: the config copy it made goes (the name is a
+        # time stamp, resolved anew at each access: found by its age), the first run stays as it was
+        for copy in folder.glob(".hydra-resume-*"):
+            if copy.is_dir() and copy.stat().st_mtime >= _STARTED - 1:
+                shutil.rmtree(copy, ignore_errors=True)

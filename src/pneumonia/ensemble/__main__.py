@@ -19,6 +19,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from pneumonia.evaluation.threshold import METHODS
 from pneumonia.errors import UserError
 
 
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", help="where the training images are now (default: the members' data.root); "
                                             "the validation split is carved from it as in training")
     parser.add_argument("--cache-dir", help="decoded-image cache (default: the members' data.cache_dir)")
-    parser.add_argument("--threshold-method", choices=("youden", "max_f1", "sensitivity", "fixed"),
+    parser.add_argument("--threshold-method", choices=METHODS,
                         help="default: the members' threshold.method")
     parser.add_argument("--temperature", choices=("yes", "no"),
                         help="fit a temperature on the ensemble's validation logits (default: as the members' recipe)")

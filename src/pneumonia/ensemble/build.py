@@ -175,6 +175,6 @@ def _short(path: str, width: int = 60) -> str:
 def eval_command(ckpt: str | Path) -> str:
     """`python eval.py ckpt_path=<ckpt>`, quoted as Hydra's command line needs when the path
     has `=` or `,` (a multirun job's folder)."""
-    text = str(ckpt)
-    value = f"'ckpt_path=\"{text}\"'" if any(c in text for c in "=,") else f"ckpt_path={text}"
-    return f"python eval.py {value}"
+    from pneumonia.config.entry import cli_override
+
+    return f"python eval.py {cli_override('ckpt_path', ckpt)}"

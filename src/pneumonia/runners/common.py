@@ -23,6 +23,10 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
 # the model summary sizes parameters in 32 bits under bf16 autocast, which is what they are
 warnings.filterwarnings("ignore", ".*is not supported by the model summary.*")
+# the sanity check's one validation batch may hold one class only (AUROC undefined there)
+warnings.filterwarnings("ignore", ".*No (positive|negative) samples in targets.*")
+# a resumed run writes into its own checkpoints/ folder on purpose
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
 
 
 class _NoAdverts(logging.Filter):

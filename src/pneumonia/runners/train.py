@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.config.checks import check_train_config
+from pneumonia.config.entry import cli_override
 from pneumonia.config.instantiate import instantiate
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
@@ -21,7 +22,7 @@ from pneumonia.evaluation.calibration import calibrate_threshold, check_settings
 from pneumonia.evaluation.metrics import METRIC_NAMES
 from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
-from pneumonia.inference.checkpoint import load_checkpoint, trained_epochs
+from pneumonia.inference.checkpoint import data_settings, load_checkpoint, module_settings, trained_epochs
 from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import TrainingClock
@@ -72,6 +73,29 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def check_same_recipe(cfg: DictConfig, ckpt: dict[str, Any], key: str) -> None:
+    """The network and input a resumed run builds must be the checkpoint's, or its weights do
+    not fit (Lightning's multi-line state-dict error, after decoding): one line naming the
+    differing keys and the first run's overrides instead."""
+    stored_net, stored_data = module_settings(ckpt).get("net") or {}, data_settings(ckpt)
+    net = OmegaConf.to_container(cfg.model, resolve=True)
+    differ = [f"model.{k}={net.get(k)!r} (the checkpoint: {v!r})" for k, v in stored_net.items()
+              if not str(k).startswith("_") and net.get(k) != v]
+    differ += [f"data.{k}={cfg.data.get(k)!r} (the checkpoint: {stored_data[k]!r})"
+               for k in ("image_size", "channels") if k in stored_data and cfg.data.get(k) != stored_data[k]]
+    if differ:
+        run = Path(str(cfg.get(key))).parent.parent if key == "ckpt_path" else Path(str(cfg.get(key)))
+        first = run / ".hydra" / "overrides.yaml"
+        hint = ""
+        if first.is_file():
+            overrides = [str(o) for o in (OmegaConf.load(first) or [])
+                         if not str(o).startswith(("resume=", "ckpt_path=", "hydra."))]
+            hint = f"; the first run's overrides were: {' '.join(overrides) or '(none)'}"
+        raise ConfigError(f"{key}={cfg.get(key)}: this config builds another network than the checkpoint's: "
+                          f"{'; '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}. Resume with the same "
+                          f"overrides as the first run{hint}")
+
+
 def resume_checkpoint(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from: `resume=<run dir>` means its checkpoints/last.ckpt."""
     path = cfg.get("ckpt_path")
@@ -82,7 +106,9 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
         if not Path(path).is_file():
             raise ConfigError(f"resume={cfg.resume}: no checkpoints/last.ckpt there to resume from")
     if path:
-        done = trained_epochs(load_checkpoint(path))  # a clear error now for a missing or foreign file
+        ckpt = load_checkpoint(path)  # a clear error now for a missing or foreign file
+        check_same_recipe(cfg, ckpt, "resume" if cfg.get("resume") else "ckpt_path")
+        done = trained_epochs(ckpt)
         max_epochs = cfg.trainer.max_epochs
         if max_epochs != -1 and done > max_epochs:  # Lightning would refuse it after decoding
             key = "resume" if cfg.get("resume") else "ckpt_path"
@@ -189,7 +215,7 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
     logs = [name for name in ("tensorboard", "csv") if (out_dir / name).is_dir()]
     where = f"Outputs in {out_dir}: checkpoints/best.ckpt{chosen}, val_metrics.json" + \
         "".join(f", {name}/" for name in logs)
-    nxt = (f"Next: python train.py resume={out_dir} (goes on from {last.name})" if trainer.interrupted
-           else f"Next: python eval.py ckpt_path={best_path}")
+    nxt = (f"Next: python train.py {cli_override('resume', out_dir)} (goes on from {last.name})"
+           if trainer.interrupted else f"Next: python eval.py {cli_override('ckpt_path', best_path)}")
     value = "n/a" if best_score is None else f"{best_score:.4f}"
     return f"{how}; best {cfg.monitor} = {value} at epoch {best_epoch}{note}\n{where}\n{nxt}"
