@@ -40,7 +40,9 @@ def read_job(job_dir: Path) -> dict[str, Any]:
         row["status"] = "unfinished"
         return row
     summary = json.loads(summary_file.read_text())
-    row.update(status="ok", monitor=summary.get("monitor"), best=summary.get("best_score"),
+    # a job that ran but kept no scored checkpoint (debug=fdr, max_epochs reached before a validation)
+    status = "ok" if summary.get("best_score") is not None else "no score"
+    row.update(status=status, monitor=summary.get("monitor"), best=summary.get("best_score"),
                epochs=summary.get("epochs"), train_minutes=summary.get("train_minutes"))
     for k in METRICS:
         row[f"val_{k}"] = summary.get("val", {}).get(k)
