@@ -264,3 +264,14 @@ def test_a_fitted_temperature_is_inside_the_exported_model(tmp_path):
     assert check["max_abs_probability_difference"] <= 1e-4
     meta = build_sidecar(predictor, "onnx", info, verification=check, threshold_precision=None)
     assert meta["temperature"] == 2.5 and "divided by the temperature 2.5" in meta["output"]["meaning"]
+
+
+def test_model_card_names_the_network_it_holds():
+    from pneumonia.export.card import describe_net
+
+    cnn = {"_target_": "pneumonia.models.CustomCNN", "depth": 4, "batch_norm": True, "dense_units": 64}
+    tv = {"_target_": "pneumonia.models.TorchvisionNet", "arch": "densenet121", "in_channels": 1, "weights": None}
+    assert describe_net(cnn) == "CustomCNN: depth 4, batch norm yes, dense 64"
+    assert describe_net(tv) == "torchvision densenet121, 1 input channel(s), trained from scratch"
+    ens = describe_net({"_target_": "pneumonia.models.Ensemble", "combine": "logit", "members": [cnn, tv]})
+    assert ens.startswith("an ensemble of 2 networks, logit averaging: CustomCNN: depth 4") and "densenet121" in ens

@@ -18,6 +18,22 @@ def _shape(shape: Any) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
+def describe_net(net: dict[str, Any]) -> str:
+    """One line on the network a spec describes: the custom CNN, a torchvision backbone or an
+    ensemble of members (each described the same way)."""
+    target = str(net.get("_target_", "n/a")).rsplit(".", 1)[-1]
+    if target == "Ensemble":
+        members = net.get("members") or []
+        return (f"an ensemble of {len(members)} networks, {net.get('combine', 'prob')} averaging: "
+                + "; ".join(describe_net(m) for m in members))
+    if target == "TorchvisionNet":
+        weights = net.get("weights")
+        start = f"from torchvision's {weights} ImageNet weights" if weights else "trained from scratch"
+        return f"torchvision {net.get('arch', 'n/a')}, {net.get('in_channels', 'n/a')} input channel(s), {start}"
+    return (f"{target}: depth {net.get('depth', 'n/a')}, batch norm {'yes' if net.get('batch_norm') else 'no'}, "
+            f"dense {net.get('dense_units', 'n/a')}")
+
+
 def render_model_card(meta: dict[str, Any]) -> str:
     """The model card of the export that `meta` (the model.json dict) describes."""
     import jinja2
@@ -27,4 +43,5 @@ def render_model_card(meta: dict[str, Any]) -> str:
                              lstrip_blocks=True, autoescape=False)
     env.filters["fmt"] = fmt
     env.filters["shape"] = _shape
+    env.filters["describe_net"] = describe_net
     return env.from_string(text).render(meta=meta)
