@@ -8,6 +8,22 @@ from pneumonia.data.synthetic import make_chest_xray_tree
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests run on the CPU, always
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny batches, restored afterwards (modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`). On a 2-core machine busy with
+    anything else, two intra-op threads spin-wait on each other at every op: training steps
+    measured 10-100x slower on two threads under load than on one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def xray_root(tmp_path_factory) -> Path:
     """A synthetic data root, built once per test session (read-only for tests)."""

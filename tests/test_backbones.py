@@ -32,15 +32,7 @@ SMALL = [f"data.image_size={SIZE}", f"data.batch_size={BATCH}", "data.val_fracti
          "trainer.enable_model_summary=false", "callbacks.progress_bar=null", "logger=none"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread for these tiny batches: a second one gains nothing here, and costs 10-100x
-    when other processes keep the cores busy (the OpenMP threads wait for each other at every op:
-    DenseNet's 64 px training step went from 0.2 s to 20 s on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 def cfg_for(root, tmp_path, arch, *overrides):

@@ -40,15 +40,7 @@ NET = {"_target_": "pneumonia.models.CustomCNN", "depth": 2, "widths": [4, 8], "
        "dense_units": 8, "dilated_blocks": [], "batch_norm": True}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: two intra-op threads spin-wait on each other on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")

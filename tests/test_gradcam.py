@@ -65,19 +65,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else 0.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run this module's torch work on one thread, restored afterwards.
-
-    On a 2-core machine that is busy with anything else, two intra-op threads spin-wait on
-    each other: training here measured 2-3 s on one thread but 40-60 s on two under load.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")
