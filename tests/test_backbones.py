@@ -238,6 +238,10 @@ def test_training_step_checkpoint_round_trip_and_gradcam(arch, datamodule, xray_
     assert maps.shape == (BATCH, SIZE, SIZE) and torch.isfinite(maps).all()
     assert maps.min() >= 0 and maps.max() <= 1
     torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
+    from pneumonia.app.service import Service, md_literal  # the app's page names the backbone, not the wrapper
+
+    named = md_literal(f"torchvision {arch}, 1 input channel(s), trained from scratch")
+    assert f"- network: {named}\n" in Service(predictor).describe_model()
 
 
 def test_onnx_export_needs_nothing_extra(tmp_path):

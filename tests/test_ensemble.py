@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,6 +200,23 @@ def test_gradcam_is_the_mean_of_the_members_maps_for_the_ensembles_decision(run,
     assert torch.allclose(tta_maps, maps, atol=1e-5) and torch.allclose(tta_probs, tta.predict_tensor(x), atol=1e-6)
     with pytest.raises(ValueError, match="one layer per member"):
         gradcam(ens.net, x, layer=find_ensemble(ens.net).members[0].features[-1][-2])
+
+
+def test_app_scores_the_ensemble_with_its_maps_and_names_its_members(run, xray_root):
+    from pneumonia.app.service import Service
+
+    service = Service.from_checkpoint(ckpt_of(run), device="cpu")
+    files = scan_test_split(xray_root)[::8]
+    results = service.score(files)
+    ens = service.predictor
+    assert all(r.ok for r in results)
+    expected = ens.predict_files(files)
+    assert torch.equal(torch.tensor([r.probability for r in results], dtype=torch.float32), expected)
+    size = ens.preprocess.image_size
+    assert all(r.cams.shape == (2, size, size) and np.isfinite(r.cams).all() for r in results)
+    about = service.describe_model()
+    assert f"an ensemble of {len(SEEDS)} networks" in about and about.count("CustomCNN: depth") == len(SEEDS)
+    assert f"threshold: {ens.threshold:.4f}" in about
 
 
 def test_onnx_export_is_one_graph_with_dynamic_batch_and_parity(run, xray_root, tmp_path):

@@ -445,13 +445,14 @@ class Service:
 
     def describe_model(self) -> str:
         """Markdown: what this checkpoint is (file, network, input, precision, validation)."""
+        from pneumonia.models import describe_net
+
         p, recipe = self.predictor, self.predictor.recipe
         net = recipe.get("net") or {}
         report = recipe.get("val_report") or {}
         lines = [f"- checkpoint: `{md_literal(Path(str(recipe.get('checkpoint', '?'))).name)}`"
                  + (f" (epoch {recipe['epoch']})" if recipe.get("epoch") is not None else ""),
-                 f"- network: {md_literal(str(net.get('_target_', '?')).rsplit('.', 1)[-1])}"
-                 + (f", {net['depth']} conv blocks" if "depth" in net else ""),
+                 f"- network: {md_literal(describe_net(net))}",
                  f"- input: {p.preprocess.image_size} px, "
                  + ("grayscale" if p.preprocess.channels == 1 else "RGB") + f"; precision {p.precision}",
                  f"- threshold: {self.stored_threshold:.4f}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.errors import ConfigError
@@ -90,8 +92,9 @@ def _sweeper_optimises() -> bool:
         return False
 
 
-def check_train_config(cfg: DictConfig) -> None:
-    """Check a composed train config before any image is decoded.
+def check_train_config(cfg: DictConfig) -> Any:
+    """Check a composed train config before any image is decoded; return the DataModule it built
+    (not set up: nothing decoded), for `train()` to go on with.
 
     Each value is checked once, by its owner: `data.*` by the DataModule (and
     `data.image_size`/`model.in_channels` by the preprocessing preset), `model.*` by the
@@ -142,13 +145,21 @@ def check_train_config(cfg: DictConfig) -> None:
     target = NETS.get(str(cfg.model.get("_target_")))
     if target is not None:
         check_arguments("model", cfg.model, target)
-    # the module (and its net: a depth too large for the image size) fails now, not after decoding
+    # the module (and its net: a depth too large for the image size) fails now, not after decoding;
+    # built without pretrained weights (train() builds it for real), which are only fetched into
+    # torchvision's cache here: a machine without network fails now, and the file is read once
+    from pneumonia.models import weights_from_checkpoint
     from pneumonia.models.classifier import PneumoniaClassifier
+    from pneumonia.models.torchvision_nets import TorchvisionNet, fetch_weights
 
     module = {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "pos_weight"}
     check_arguments("module", module, PneumoniaClassifier)
-    PneumoniaClassifier(net=OmegaConf.to_container(cfg.model, resolve=True), **module)
-    instantiate_setting("data", cfg.data, _convert_="all")  # the DataModule's constructor checks data.*; no decoding
+    with weights_from_checkpoint():
+        PneumoniaClassifier(net=OmegaConf.to_container(cfg.model, resolve=True), **module)
+    if target is TorchvisionNet:
+        fetch_weights(cfg.model.arch, cfg.model.get("weights"))
+    # the DataModule's constructor checks data.* (no decoding); train() goes on with this one
+    return instantiate_setting("data", cfg.data, _convert_="all")
 
 
 def check_eval_config(cfg: DictConfig) -> None:

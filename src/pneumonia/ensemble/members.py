@@ -68,7 +68,7 @@ class Member:
         keep = ("accuracy", "precision", "recall", "specificity", "f1", "auroc", "threshold", "n")
         summary = self.train_summary()
         return {"checkpoint": str(self.path), "seed": ckpt_format.module_settings(self.ckpt).get("seed"),
-                "epoch": self.ckpt.get("epoch"), "temperature": self.temperature,
+                "epoch": ckpt_format.saved_epoch(self.ckpt), "temperature": self.temperature,
                 "threshold_method": self.calibration.get("threshold_method"),
                 "precision": self.calibration.get("precision"),
                 "val": {k: report[k] for k in keep if k in report},

@@ -8,6 +8,7 @@ from importlib import resources
 from typing import Any
 
 from pneumonia.evaluation.tables import fmt
+from pneumonia.models import describe_net
 
 __all__ = ["render_model_card"]
 
@@ -16,22 +17,6 @@ TEMPLATE = "model_card.md.j2"
 
 def _shape(shape: Any) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def describe_net(net: dict[str, Any]) -> str:
-    """One line on the network a spec describes: the custom CNN, a torchvision backbone or an
-    ensemble of members (each described the same way)."""
-    target = str(net.get("_target_", "n/a")).rsplit(".", 1)[-1]
-    if target == "Ensemble":
-        members = net.get("members") or []
-        return (f"an ensemble of {len(members)} networks, {net.get('combine', 'prob')} averaging: "
-                + "; ".join(describe_net(m) for m in members))
-    if target == "TorchvisionNet":
-        weights = net.get("weights")
-        start = f"from torchvision's {weights} ImageNet weights" if weights else "trained from scratch"
-        return f"torchvision {net.get('arch', 'n/a')}, {net.get('in_channels', 'n/a')} input channel(s), {start}"
-    return (f"{target}: depth {net.get('depth', 'n/a')}, batch norm {'yes' if net.get('batch_norm') else 'no'}, "
-            f"dense {net.get('dense_units', 'n/a')}")
 
 
 def render_model_card(meta: dict[str, Any]) -> str:

@@ -63,9 +63,20 @@ def data_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     return dict(ckpt["datamodule_hyper_parameters"])
 
 
+def module_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The LightningModule's whole state dict (the network under `net.`, the `threshold` buffer)."""
+    return ckpt["state_dict"]
+
+
 def net_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The network's weights alone (the `net.` entries of the module's state dict)."""
     return {k[len(NET_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
+
+
+def saved_epoch(ckpt: dict[str, Any]) -> int | None:
+    """The 0-based epoch at which the checkpoint was saved (Lightning's `epoch`); None if unknown."""
+    epoch = ckpt.get("epoch")
+    return None if epoch is None else int(epoch)
 
 
 def trained_epochs(ckpt: dict[str, Any]) -> int:

@@ -154,7 +154,7 @@ class Predictor:
         use_tta = stored_tta if tta is None else check_tta(tta)
         recipe = {
             "checkpoint": str(path),
-            "epoch": ckpt.get("epoch"),
+            "epoch": ckpt_format.saved_epoch(ckpt),
             "net": module_hp["net"],
             "optimizer": module_hp.get("optimizer"),
             "scheduler": module_hp.get("scheduler"),
@@ -176,7 +176,7 @@ class Predictor:
             chosen, temperature=temp, tta=use_tta,
             precision=resolve_precision(precision, calibration.get("precision"), accelerator),
             device=device, channels_last=bool(module_hp.get("channels_last", True)), recipe=recipe,
-            module_settings=module_hp, data_settings=data_hp, module_state=ckpt["state_dict"],
+            module_settings=module_hp, data_settings=data_hp, module_state=ckpt_format.module_state(ckpt),
         )
 
     # ---- scoring -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pneumonia.models.custom_cnn import CustomCNN
 from pneumonia.models.ensemble import Ensemble
 from pneumonia.models.torchvision_nets import TorchvisionNet, weights_from_checkpoint
 
-__all__ = ["CustomCNN", "Ensemble", "NETS", "TorchvisionNet", "build_net", "weights_from_checkpoint"]
+__all__ = ["CustomCNN", "Ensemble", "NETS", "TorchvisionNet", "build_net", "describe_net", "weights_from_checkpoint"]
 
 # `_target_` -> class; both spellings of the path are accepted
 NETS: dict[str, type[nn.Module]] = {
@@ -37,3 +37,19 @@ def build_net(spec: dict[str, Any]) -> nn.Module:
                               f"(one of: {', '.join(sorted(NETS))})")
     kwargs = {k: v for k, v in spec.items() if not str(k).startswith("_")}
     return NETS[target](**kwargs)
+
+
+def describe_net(net: dict[str, Any]) -> str:
+    """One line on the network a spec describes: the custom CNN, a torchvision backbone or an
+    ensemble of members (each described the same way)."""
+    target = str(net.get("_target_", "n/a")).rsplit(".", 1)[-1]
+    if target == "Ensemble":
+        members = net.get("members") or []
+        return (f"an ensemble of {len(members)} networks, {net.get('combine', 'prob')} averaging: "
+                + "; ".join(describe_net(m) for m in members))
+    if target == "TorchvisionNet":
+        weights = net.get("weights")
+        start = f"from torchvision's {weights} ImageNet weights" if weights else "trained from scratch"
+        return f"torchvision {net.get('arch', 'n/a')}, {net.get('in_channels', 'n/a')} input channel(s), {start}"
+    return (f"{target}: depth {net.get('depth', 'n/a')}, batch norm {'yes' if net.get('batch_norm') else 'no'}, "
+            f"dense {net.get('dense_units', 'n/a')}")

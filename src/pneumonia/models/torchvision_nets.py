@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from pneumonia.errors import ConfigError
 
 __all__ = ["ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "MIN_IMAGE_SIZE", "GradCamSiLU", "TorchvisionNet", "gray_conv",
-           "resolve_weights", "weights_from_checkpoint"]
+           "fetch_weights", "resolve_weights", "weights_from_checkpoint"]
 
 ARCHS = ("resnet18", "densenet121", "efficientnet_b0")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -114,6 +114,40 @@ def resolve_weights(arch: str, weights: Any) -> Any:
                       f"(random init, train from scratch) or one of {', '.join(names)}")
 
 
+def _download_error(err: BaseException, arch: str, weights: Any, requested: str | None) -> ConfigError:
+    """One line for a failed download or read of `weights`: why, and where to put the file by hand."""
+    cause = err.reason if isinstance(err, URLError) and not isinstance(err, HTTPError) else err
+    text = str(cause).strip()
+    reason = text.splitlines()[0][:200] if text else type(err).__name__
+    filename = os.path.basename(urlparse(weights.url).path)
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    return ConfigError(f"model.weights={requested or weights.name}: could not download torchvision's {arch} weights "
+                       f"({reason}); use model.weights=null to train from scratch, "
+                       f"or put {filename} (from {weights.url}) in {folder}")
+
+
+_LOAD_ERRORS = (OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # URLError, timeouts, bad hash/file
+
+
+def fetch_weights(arch: str, weights: str | None) -> None:
+    """Make sure `model.weights` is in torchvision's cache ($TORCH_HOME/hub/checkpoints),
+    downloading it if needed, without reading it: the config check before decoding calls
+    this, so a machine without network fails in one line then, and the net built for training
+    reads the file once. Nothing to do for null weights or inside `weights_from_checkpoint()`."""
+    enum = resolve_weights(arch, weights) if _FETCH_WEIGHTS.get() else None
+    if enum is None:
+        return
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    file = os.path.join(folder, os.path.basename(urlparse(enum.url).path))
+    if os.path.isfile(file):
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.hub.download_url_to_file(enum.url, file, progress=True)
+    except _LOAD_ERRORS as err:
+        raise _download_error(err, arch, enum, weights) from None
+
+
 def _torchvision_model(arch: str, weights: Any, requested: str | None = None) -> nn.Module:
     """torchvision's RGB model, with `weights` (an enum member) loaded when given: torchvision
     downloads them into $TORCH_HOME/hub/checkpoints unless the file is already there."""
@@ -124,15 +158,8 @@ def _torchvision_model(arch: str, weights: Any, requested: str | None = None) ->
         return builder(weights=None)
     try:
         return builder(weights=weights, progress=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # URLError, timeouts, bad hash/file
-        cause = err.reason if isinstance(err, URLError) and not isinstance(err, HTTPError) else err
-        text = str(cause).strip()
-        reason = text.splitlines()[0][:200] if text else type(err).__name__
-        filename = os.path.basename(urlparse(weights.url).path)
-        folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-        raise ConfigError(f"model.weights={requested or weights.name}: could not download torchvision's {arch} weights "
-                          f"({reason}); use model.weights=null to train from scratch, "
-                          f"or put {filename} (from {weights.url}) in {folder}") from None
+    except _LOAD_ERRORS as err:
+        raise _download_error(err, arch, weights, requested) from None
 
 
 class TorchvisionNet(nn.Module):

@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.config.checks import check_train_config
 from pneumonia.config.entry import cli_override
-from pneumonia.config.instantiate import instantiate
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
@@ -125,7 +124,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     # a resumed run takes every weight from its checkpoint: no pretrained download (model.weights)
     pretrained = weights_from_checkpoint if cfg.get("resume") or cfg.get("ckpt_path") else contextlib.nullcontext
     with pretrained():
-        check_train_config(cfg)
+        datamodule: ChestXrayDataModule = check_train_config(cfg)
     check_settings(OmegaConf.to_container(cfg.calibration) if cfg.get("calibration") else None,
                    OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None,
                    threshold_settings=OmegaConf.to_container(cfg.threshold) if cfg.get("threshold") else None)
@@ -134,7 +133,6 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = make_output_dir(cfg.paths.output_dir)
 
-    datamodule: ChestXrayDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.check_layout(("fit", "test") if cfg.test else ("fit",))  # fail before any decoding
     # loggers, callbacks and the Trainer before decoding too: their settings fail in seconds
     loggers = build_loggers(cfg)
