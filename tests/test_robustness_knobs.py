@@ -4,6 +4,7 @@ mixup, and the intensity normalisation of the preprocessing preset (data.normali
 
 import csv
 import json
+import logging
 import re
 
 import numpy as np
@@ -145,15 +146,32 @@ def test_an_older_checkpoint_scores_without_normalisation_or_tta(standardized_tt
 @pytest.fixture(scope="module")
 def swa_run(xray_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("swa_run")
-    score, _ = train(train_cfg(xray_root, out, "trainer.max_epochs=3", "logger=none", "seed=6", "callbacks=swa",
-                               "callbacks.swa.swa_epoch_start=2", "callbacks.gradcam=null",
-                               "callbacks.progress_bar=null",
-                               "data.augment.mixup=0.4"))
-    return out, score
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("pneumonia.runners.train")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        score, _ = train(train_cfg(xray_root, out, "trainer.max_epochs=3", "logger=none", "seed=6", "callbacks=swa",
+                                   "callbacks.swa.swa_epoch_start=2", "callbacks.gradcam=null",
+                                   "callbacks.progress_bar=null",
+                                   "data.augment.mixup=0.4"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return out, score, said[-1]  # the run summary's three lines
+
+
+def test_swa_run_summary_counts_the_batch_norm_epoch_apart(swa_run):
+    how = swa_run[2].splitlines()[0]
+    assert how.startswith("Trained 3 epochs (trainer.max_epochs=3) and one more pass over the training images")
+    assert how.endswith(" of the averaged weights") and " at epoch " not in how
 
 
 def test_swa_leaves_the_averaged_weights_in_best_ckpt(swa_run):
-    out, score = swa_run
+    out, score, _ = swa_run
     folder = out / "checkpoints"
     best = torch.load(folder / "best.ckpt", weights_only=True)
     pre = torch.load(folder / "best_pre_swa.ckpt", weights_only=True)

@@ -24,7 +24,7 @@ from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.inference.checkpoint import data_settings, load_checkpoint, module_settings, trained_epochs
 from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
-from pneumonia.runners.callbacks import TrainingClock
+from pneumonia.runners.callbacks import StochasticWeightAveraging, TrainingClock
 from pneumonia.runners.common import build_callbacks, build_loggers, build_trainer, configure_torch, warn_slow_precision
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,10 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
         return "fast_dev_run: one batch of each step ran; no checkpoint is kept and no threshold chosen"
     last = out_dir / "checkpoints" / "last.ckpt"
     stopper = trainer.early_stopping_callback
+    # Lightning's SWA runs one epoch past max_epochs to recompute batch norm; best.ckpt then
+    # holds the averaged weights (runners.callbacks.StochasticWeightAveraging)
+    averaged = trainer.current_epoch > trainer.max_epochs and any(
+        isinstance(c, StochasticWeightAveraging) for c in trainer.callbacks)
     if trainer.interrupted:
         how = f"Interrupted after {trainer.current_epoch} epochs"
     elif trainer.should_stop and trainer.current_epoch < trainer.max_epochs and stopper is not None:
@@ -199,6 +203,9 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
                f"{stopper.patience} epochs (callbacks.early_stopping.patience)")
     elif trainer.should_stop and trainer.current_epoch < trainer.max_epochs:
         how = f"Stopped after {trainer.current_epoch} epochs by a callback (see the log above)"
+    elif averaged:
+        how = (f"Trained {trainer.max_epochs} epochs (trainer.max_epochs={trainer.max_epochs}) and one more pass "
+               "over the training images for the batch-norm statistics of callbacks.swa's averaged weights")
     else:
         how = f"Trained {trainer.current_epoch} epochs (trainer.max_epochs={trainer.max_epochs})"
     if not best_path:
@@ -216,4 +223,5 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
     nxt = (f"Next: python train.py {cli_override('resume', out_dir)} (goes on from {last.name})"
            if trainer.interrupted else f"Next: python eval.py {cli_override('ckpt_path', best_path)}")
     value = "n/a" if best_score is None else f"{best_score:.4f}"
-    return f"{how}; best {cfg.monitor} = {value} at epoch {best_epoch}{note}\n{where}\n{nxt}"
+    at = "of the averaged weights" if averaged else f"at epoch {best_epoch}"
+    return f"{how}; best {cfg.monitor} = {value} {at}{note}\n{where}\n{nxt}"
