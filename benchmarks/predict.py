@@ -1,7 +1,7 @@
 """Prediction throughput: `predict.py` on a folder of images, with and without Grad-CAM.
 
     python benchmarks/predict.py --ckpt outputs/<run>/checkpoints/best.ckpt \\
-        --data data/chest_xray/train
+        --data data/chest_xray/train [--tta off]
 
 Three numbers, each after a warm-up on the first batches:
 1. `predict.py` end to end (decode in threads, preprocess, score, write predictions.csv) on
@@ -12,6 +12,8 @@ Three numbers, each after a warm-up on the first batches:
    run up to 2x faster than the steady state.
 3. `predict.py explain=true` end to end on the first --explain-images images: images/s
    (this includes drawing and writing one heatmap PNG per image).
+With test-time augmentation (the recipe's `data.tta`, or --tta on) every number counts the
+image once, though the network runs on 7 variants of it.
 """
 
 from __future__ import annotations
@@ -29,12 +31,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _quoted(value: str) -> str:
+    """A Hydra override value that may hold `=` or `,` (a multirun job's folder)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def run_predict(ckpt: str, inputs: str, out: Path, *overrides: str) -> float:
     """Seconds `predict(cfg)` takes (the Predictor load included, Python start-up not)."""
     from pneumonia.config.compose import compose
     from pneumonia.runners.predict import predict
 
-    cfg = compose("predict", [f"ckpt_path={ckpt}", f"inputs={inputs}", "print_rows=0", *overrides], out)
+    if not inputs.startswith("["):
+        inputs = _quoted(inputs)
+    cfg = compose("predict", [f"ckpt_path={_quoted(ckpt)}", f"inputs={inputs}", "print_rows=0", *overrides], out)
     t0 = time.perf_counter()
     summary = predict(cfg)
     seconds = time.perf_counter() - t0
@@ -50,6 +59,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=0, help="0 = every batch of --data")
     ap.add_argument("--explain-images", type=int, default=256)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--tta", choices=("stored", "on", "off"), default="stored",
+                    help="test-time augmentation: as the checkpoint's recipe says (data.tta), or forced on/off")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -62,15 +73,16 @@ def main() -> None:
     from pneumonia.inference import Predictor
 
     files = walk_images(args.data)
-    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device)
+    tta = {"stored": None, "on": True, "off": False}[args.tta]
+    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, tta=tta)
+    device = [f"device={args.device}", *([] if tta is None else [f"tta={str(tta).lower()}"])]
     tmp = Path(tempfile.mkdtemp(prefix="pneumonia-bench-predict-"))
     print(f"{len(files)} images under {args.data}; checkpoint {args.ckpt}; precision {predictor.precision}; "
-          f"device {predictor.device}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
+          f"device {predictor.device}; tta {predictor.tta}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
 
     # 1. predict.py end to end (a short warm-up run first: imports, first-call costs)
-    run_predict(args.ckpt, files[0], tmp / "warmup", f"device={args.device}")
-    seconds = run_predict(args.ckpt, args.data, tmp / "plain", f"batch_size={args.batch_size}",
-                          f"device={args.device}")
+    run_predict(args.ckpt, files[0], tmp / "warmup", *device)
+    seconds = run_predict(args.ckpt, args.data, tmp / "plain", f"batch_size={args.batch_size}", *device)
     plain_rate = len(files) / seconds
     print(f"predict.py, {len(files)} images: {seconds:.1f} s, {plain_rate:.1f} img/s")
 
@@ -103,7 +115,7 @@ def main() -> None:
     chosen = files[: args.explain_images]
     inputs = "[" + ",".join(f"'{p}'" for p in chosen) + "]"
     seconds = run_predict(args.ckpt, inputs, tmp / "explain", "explain=true", f"batch_size={args.batch_size}",
-                          f"device={args.device}")
+                          *device)
     print(f"predict.py explain=true, {len(chosen)} images: {seconds:.1f} s, {len(chosen) / seconds:.1f} img/s "
           f"(heatmap PNGs included)")
     print(f"\n| measure | value |\n|---|---|\n| `predict.py` ({len(files)} images) | {plain_rate:.0f} img/s |\n"

@@ -173,6 +173,28 @@ def test_imagenet_weights_come_from_torchvisions_cache_converted_to_gray(no_netw
     torch.testing.assert_close(net.features.bn1.running_var, stored["bn1.running_var"])
 
 
+def test_training_start_fetches_weights_into_the_cache_without_reading_them(no_network, xray_root, tmp_path,
+                                                                            monkeypatch):
+    """check_train_config makes sure the file is there (no_network: it is) but does not load it:
+    train() builds the net once, and that build is the one read of the weights."""
+    import torchvision
+
+    from pneumonia.models.torchvision_nets import resolve_weights
+
+    url = resolve_weights("resnet18", "DEFAULT").url
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), cache / url.rsplit("/", 1)[-1])
+    reads: list[str] = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(str(f)) or real(f, *a, **k))
+    dm = check_train_config(cfg_for(xray_root, tmp_path, "resnet18", "model.weights=DEFAULT"))
+    assert reads == [] and no_network == []
+    assert dm.hparams.image_size == SIZE  # the DataModule train() goes on with, not yet set up
+    TorchvisionNet("resnet18", in_channels=1, image_size=SIZE, weights="DEFAULT")
+    assert reads == [str(cache / url.rsplit("/", 1)[-1])]
+
+
 def test_failed_download_is_one_config_error_at_training_start(no_network, xray_root, tmp_path):
     cfg = cfg_for(xray_root, tmp_path, "densenet121", "model.weights=IMAGENET1K_V1")
     with pytest.raises(ConfigError) as err:

@@ -232,7 +232,11 @@ def test_onnx_export_is_one_graph_with_dynamic_batch_and_parity(run, xray_root, 
     assert len(model.graph.input) == 1 and len(model.graph.output) == 1
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, free batch dimension
     convs = sum(node.op_type == "Conv" for node in model.graph.node)
-    assert convs == 2 * 6  # both members' 3 blocks of 2 convs, in one graph
+    from pneumonia.models.tta import TTA
+
+    assert Predictor.from_checkpoint(ckpt_of(run)).tta  # experiment=best's recipe scores with TTA
+    variants = len(TTA(torch.nn.Identity()).variants)  # 7: the graph runs the ensemble once per variant
+    assert convs == 2 * 6 * variants  # both members' 3 blocks of 2 convs, in one graph
     from pneumonia.export.onnx_predictor import OnnxPredictor
 
     files = scan_test_split(xray_root)  # real files: probabilities away from 0 and 1, batches of 7 and a rest
@@ -255,8 +259,12 @@ def with_changes(src: Path, dst: Path, data: dict | None = None, calibration: di
 
 
 def test_three_members_with_a_stored_temperature_fold_it_in(run, tiny_checkpoint, tmp_path):
-    hot = with_changes(members_of(run)[0], tmp_path / "hot.ckpt", calibration={"temperature": 2.0})
-    members = [hot, members_of(run)[1], tiny_checkpoint]  # another recipe on the same split: a fine member
+    # without TTA (with it, a member's temperature scales its TTA-averaged logit, the ensemble's
+    # each variant's logit: close, not equal; README "Ensembles"), and with one preprocessing
+    plain = {"tta": False, "normalize": "none"}
+    hot = with_changes(members_of(run)[0], tmp_path / "hot.ckpt", data=plain, calibration={"temperature": 2.0})
+    second = with_changes(members_of(run)[1], tmp_path / "second.ckpt", data=plain)
+    members = [hot, second, tiny_checkpoint]  # another recipe on the same split: a fine member
     with pytest.raises(UserError, match="disagree on calibration.temperature"):  # T fitted for hot.ckpt only
         build_ensemble(members, tmp_path / "three", cache_dir=str(tmp_path / "cache"))
     summary = build_ensemble(members, tmp_path / "three", cache_dir=str(tmp_path / "cache"),
@@ -265,8 +273,7 @@ def test_three_members_with_a_stored_temperature_fold_it_in(run, tiny_checkpoint
     assert ckpt["hyper_parameters"]["net"]["temperatures"] == [2.0, 1.0, 1.0]
     x = torch.rand(6, 1, 48, 48)
     ens = Predictor.from_checkpoint(summary["checkpoint"], precision="32-true").predict_tensor(x)
-    each = [Predictor.from_checkpoint(p, precision="32-true").predict_tensor(x)
-            for p in (hot, members_of(run)[1], tiny_checkpoint)]
+    each = [Predictor.from_checkpoint(p, precision="32-true").predict_tensor(x) for p in members]
     assert torch.allclose(ens, torch.stack(each).mean(0), atol=1e-6)
     assert math.isclose(summary["val"]["threshold"], float(ckpt["state_dict"]["threshold"]), abs_tol=1e-7)
 
@@ -306,7 +313,9 @@ def test_bad_members_are_refused_in_one_line(run, tmp_path, capsys):
     assert "data.image_size" in cli_error(capsys, one, size)
     assert "data.root" in cli_error(capsys, one, with_changes(two, tmp_path / "root.ckpt", data={"root": "/else"}))
     norm = with_changes(two, tmp_path / "norm.ckpt", data={"normalize": "imagenet"})
-    assert "data.normalize: 'none'" in cli_error(capsys, one, norm)
+    assert f"data.normalize: {load_checkpoint(one)['datamodule_hyper_parameters']['normalize']!r}" in \
+        cli_error(capsys, one, norm)
+    assert "data.tta" in cli_error(capsys, one, with_changes(two, tmp_path / "tta.ckpt", data={"tta": False}))
     f1 = with_changes(two, tmp_path / "f1.ckpt", calibration={"threshold_method": "max_f1"})
     assert "disagree on threshold.method: 'youden'" in cli_error(capsys, one, f1)  # --threshold-method chooses
     raw = with_changes(two, tmp_path / "raw.ckpt", drop_calibration=True)

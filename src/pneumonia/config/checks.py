@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pneumonia.data.datamodule import ChestXrayDataModule
 
 
 def _get(cfg: DictConfig, key: str) -> object:
@@ -92,7 +95,7 @@ def _sweeper_optimises() -> bool:
         return False
 
 
-def check_train_config(cfg: DictConfig) -> Any:
+def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
     """Check a composed train config before any image is decoded; return the DataModule it built
     (not set up: nothing decoded), for `train()` to go on with.
 
