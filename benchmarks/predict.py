@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -65,18 +64,29 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
 
+    from pneumonia.data.folder import walk_images
+    from pneumonia.errors import UserError
+    from pneumonia.inference import Predictor
+
+    tta = {"stored": None, "on": True, "off": False}[args.tta]
+    try:
+        files = walk_images(args.data)
+        predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, tta=tta)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="pneumonia-bench-predict-") as folder:  # CSVs and heatmaps: removed
+        measure(args, files, predictor, Path(folder))
+    return 0
+
+
+def measure(args: argparse.Namespace, files: list, predictor, tmp: Path) -> None:
     import numpy as np
     import torch
 
-    from pneumonia.data.folder import walk_images
     from pneumonia.explain.gradcam import gradcam
-    from pneumonia.inference import Predictor
 
-    files = walk_images(args.data)
-    tta = {"stored": None, "on": True, "off": False}[args.tta]
-    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, tta=tta)
-    device = [f"device={args.device}", *([] if tta is None else [f"tta={str(tta).lower()}"])]
-    tmp = Path(tempfile.mkdtemp(prefix="pneumonia-bench-predict-"))
+    device = [f"device={args.device}", *([] if args.tta == "stored" else [f"tta={args.tta == 'on'}".lower()])]
     print(f"{len(files)} images under {args.data}; checkpoint {args.ckpt}; precision {predictor.precision}; "
           f"device {predictor.device}; tta {predictor.tta}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
 

@@ -105,6 +105,17 @@ def test_cli_bad_data_root_is_one_line_error(tmp_path):
     assert not (tmp_path / "run").exists()  # a failed run leaves no empty folder behind
 
 
+def test_a_refused_first_command_leaves_no_empty_outputs_tree(tmp_path):
+    """In a fresh folder, the default run folder outputs/<task>/<time>/ and the outputs/ and
+    outputs/<task>/ folders Hydra made for it all go; a folder that holds something stays."""
+    res = run_cli("train.py", f"data.root={tmp_path / 'missing'}", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: data.root")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "outputs" / "train" / "kept").mkdir(parents=True)
+    assert run_cli("train.py", f"data.root={tmp_path / 'missing'}", cwd=tmp_path).returncode == 2
+    assert [p.name for p in (tmp_path / "outputs" / "train").iterdir()] == ["kept"]
+
+
 def test_only_folders_with_nothing_but_hydra_files_count_as_empty(tmp_path):
     from pneumonia.config.entry import is_empty_run
 

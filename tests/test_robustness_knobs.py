@@ -80,7 +80,7 @@ def standardized_tta_run(xray_root, tmp_path_factory):
     return out / "checkpoints" / "best.ckpt"
 
 
-def test_a_standardize_and_tta_recipe_is_scored_with_both(standardized_tta_run, xray_root):
+def test_a_standardize_and_tta_recipe_is_scored_with_both(standardized_tta_run, xray_root, caplog):
     p = Predictor.from_checkpoint(standardized_tta_run)
     assert p.preprocess.normalize == "standardize" and p.tta and isinstance(p.net, TTA)
     assert p.recipe["normalize"] == "standardize" and p.recipe["tta"] is True and p.summary()["tta"] is True
@@ -95,8 +95,10 @@ def test_a_standardize_and_tta_recipe_is_scored_with_both(standardized_tta_run, 
     ours = report(probs, labels, p.threshold)
     assert ours["auroc"] == pytest.approx(stored["auroc"], abs=1e-5)
     assert (ours["tp"], ours["fp"], ours["fn"]) == (stored["tp"], stored["fp"], stored["fn"])
-    plain = Predictor.from_checkpoint(standardized_tta_run, tta=False)
+    with caplog.at_level(logging.WARNING, logger="pneumonia.inference.predictor"):
+        plain = Predictor.from_checkpoint(standardized_tta_run, tta=False)
     assert not isinstance(plain.net, TTA) and not torch.equal(plain.predict_images(images), probs)
+    assert f"tta=false: the stored threshold {p.threshold:.4f} was chosen on validation with TTA on" in caplog.text
     with pytest.raises(ConfigError, match="tta='yes' must be true or false"):
         Predictor.from_checkpoint(standardized_tta_run, tta="yes")
     from pneumonia.explain.gradcam import gradcam  # predict.py explain=true: through the TTA wrapper
@@ -109,9 +111,31 @@ def test_predict_takes_the_tta_knob_and_onnx_refuses_it(tmp_path):
     from pneumonia.runners.predict import _check
 
     cfg = compose_cfg("predict", ["backend=onnx", "model_path=model.onnx", "inputs=scans/", "tta=true"], tmp_path)
-    with pytest.raises(ConfigError, match=re.escape("tta=True is for backend=torch")):
+    with pytest.raises(ConfigError, match=re.escape("tta=true is for backend=torch: an ONNX model scores as it "
+                                                    "was exported (its model.json 'tta'); export the checkpoint "
+                                                    "again with export.py tta=true")):
         _check(cfg)
     assert compose_cfg("predict", ["ckpt_path=x", "inputs=y"], tmp_path).tta is None  # null: as the recipe says
+
+
+def test_export_carries_tta_in_the_graph_and_says_so(standardized_tta_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from pneumonia.export.onnx_predictor import OnnxPredictor
+    from pneumonia.export.runner import export
+
+    meta = export(compose_cfg("export", [f"ckpt_path={standardized_tta_run}"], tmp_path / "on"))
+    assert meta["tta"]["enabled"] and meta["tta"]["variants"] == 7 and "mean probability over 7" in \
+        meta["output"]["meaning"]
+    card = (tmp_path / "on" / "MODEL_CARD.md").read_text()
+    assert "| test-time augmentation | on, inside the model: 7 variants per image" in card
+    assert "normalization `standardize` (per image" in card
+    assert OnnxPredictor.from_model(tmp_path / "on" / "model.onnx").tta
+    off = export(compose_cfg("export", [f"ckpt_path={standardized_tta_run}", "tta=false"], tmp_path / "off"))
+    assert off["tta"] == {"enabled": False, "variants": 1} and off["threshold"] == meta["threshold"]
+    assert "| test-time augmentation | off: one forward pass per image |" in \
+        (tmp_path / "off" / "MODEL_CARD.md").read_text()
+    assert not OnnxPredictor.from_model(tmp_path / "off" / "model.onnx").tta
 
 
 def test_eval_tta_changes_scores_not_shapes(standardized_tta_run, xray_root, tmp_path):

@@ -30,6 +30,18 @@ def test_summary_of_a_finished_run(xray_root, tmp_path, caplog):
     assert nxt == f"Next: python eval.py ckpt_path={tmp_path / 'checkpoints' / 'best.ckpt'}"
 
 
+def test_summary_of_a_tta_run_says_which_score_is_which(xray_root, tmp_path, caplog):
+    import json
+
+    caplog.set_level(logging.INFO)
+    train(train_cfg(xray_root, tmp_path, "trainer.max_epochs=1", "logger=none", "callbacks.early_stopping=null",
+                    "data.tta=true"))
+    how = _summary(caplog).splitlines()[0]
+    tta_auroc = json.loads((tmp_path / "val_metrics.json").read_text())["at_threshold"]["auroc"]
+    assert how.endswith(f"(validation during training scores without TTA; val_metrics.json scores the same "
+                        f"checkpoint with the recipe's TTA: auroc {tta_auroc:.4f})")
+
+
 def test_summary_says_early_stopping_and_limited_validation(xray_root, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     # every epoch after the first is "no improvement" by 10: patience 1 stops at the second epoch

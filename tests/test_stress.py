@@ -169,7 +169,21 @@ def test_stress_metrics_scores_a_checkpoint_at_its_threshold(stress_run, capsys)
     assert "stress AUROC" in printed and "jpeg" in printed
     assert json.loads((out / "stress.json").read_text())[str(out / "checkpoints" / "best.ckpt")]["stress"]["n"] \
         == res["stress"]["n"]
+    assert "images, TTA off\n" in printed
     main([str(out / "checkpoints" / "best.ckpt"), "--tta", "on", "--perturbations", "noise=0.06,jpeg=15"])
-    assert "noise" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="noise=2 must be a number in"):
-        main([str(out), "--perturbations", "noise=2"])
+    printed = capsys.readouterr().out
+    assert "noise" in printed and "images, TTA on\n" in printed
+
+    def refused(*args: str) -> str:
+        with pytest.raises(SystemExit) as stop:
+            main([*args])
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and err.startswith("error: ") and "\n" not in err
+        return err
+
+    assert "noise=2 must be a number in" in refused(str(out), "--perturbations", "noise=2")
+    assert "does not exist" in refused(str(out / "nope.ckpt"))
+    moved = dict(torch.load(out / "checkpoints" / "best.ckpt", weights_only=True))
+    moved["datamodule_hyper_parameters"] = {**moved["datamodule_hyper_parameters"], "root": "data/elsewhere"}
+    torch.save(moved, out / "moved.ckpt")
+    assert "give --data-root" in refused(str(out / "moved.ckpt"))

@@ -142,9 +142,23 @@ def _remove_empty_run() -> None:
         return
     if folder.is_dir() and is_empty_run(folder):
         shutil.rmtree(folder, ignore_errors=True)
+        _remove_empty_parents(folder)
     elif folder.is_dir():
         # a resume that failed before training: the config copy it made goes (the name is a
         # time stamp, resolved anew at each access: found by its age), the first run stays as it was
         for copy in folder.glob(".hydra-resume-*"):
             if copy.is_dir() and copy.stat().st_mtime >= _STARTED - 1:
                 shutil.rmtree(copy, ignore_errors=True)
+
+
+def _remove_empty_parents(folder: Path) -> None:
+    """The folders above a removed run (`outputs/`, `outputs/<task>/`) when nothing else is in
+    them, up to the working folder: a refused first command leaves no empty tree behind."""
+    cwd = Path.cwd().resolve()
+    parent = folder.resolve().parent
+    while parent != cwd and cwd in parent.parents:
+        try:
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+        parent = parent.parent

@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     each checkpoint, on its own validation split, at its stored threshold."""
     import argparse
     import json
+    import sys
     from pathlib import Path
 
     ap = argparse.ArgumentParser(prog="python -m pneumonia.data.stress",
@@ -340,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
             settings.update(bad_image_report=None, download=False)
             if args.data_root:
                 settings["root"] = args.data_root
+            elif not Path(str(settings.get("root"))).expanduser().is_dir():  # stored relative to where it trained
+                raise ConfigError(f"{path}: its data root {settings.get('root')!r} is not a folder from here: "
+                                  "run from the folder it was trained in, or give --data-root")
             if args.cache_dir:
                 settings["cache_dir"] = args.cache_dir
             dm = ChestXrayDataModule(**settings)
@@ -348,13 +352,15 @@ def main(argv: list[str] | None = None) -> None:
             results[str(path)] = res = stress_metrics(predictor, images, labels, args.threshold, seed=args.seed,
                                                       perturbations=chosen)
             per = "  ".join(f"{k} {v['auroc']:.4f}" for k, v in res["per_perturbation"].items())
-            print(f"{path}: threshold {res['threshold']:.4f}, {len(labels)} images\n"
+            print(f"{path}: threshold {res['threshold']:.4f}, {len(labels)} images, "
+                  f"TTA {'on' if predictor.tta else 'off'}\n"
                   f"  plain  AUROC {res['plain']['auroc']:.4f}  specificity {res['plain']['specificity']:.4f}  "
                   f"sensitivity {res['plain']['recall']:.4f}\n"
                   f"  stress AUROC {res['stress']['auroc']:.4f}  specificity {res['stress']['specificity']:.4f}  "
                   f"sensitivity {res['stress']['recall']:.4f}\n  AUROC per perturbation: {per}")
     except UserError as err:
-        raise SystemExit(f"error: {err}") from None
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

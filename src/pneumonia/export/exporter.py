@@ -224,6 +224,21 @@ def preprocess_steps(channels: int, image_size: int, normalize: str = "none") ->
     ]
 
 
+def _tta_of(predictor: Predictor) -> dict[str, Any]:
+    """model.json's `tta`: whether the exported model scores each image on test-time
+    augmentation variants (inside the model: nothing for a service to do but pay the cost)."""
+    from pneumonia.models.tta import TTA
+
+    found = next((m for m in predictor.net.modules() if isinstance(m, TTA)), None)
+    if found is None:
+        return {"enabled": False, "variants": 1}
+    return {"enabled": True, "variants": len(found.variants), "scales": list(found.scales),
+            "shifts": list(found.shifts),
+            "note": "inside the model: each image is scored on every variant (zoom about the centre, shifts "
+                    "left/right/up/down by a fraction of the image size), one forward pass of the network each, and "
+                    "the output is the logit of their mean probability"}
+
+
 def build_sidecar(predictor: Predictor, fmt: str, info: dict[str, Any], *, verification: dict[str, Any] | None,
                   threshold_precision: str | None) -> dict[str, Any]:
     """model.json (format_version 1; see `pneumonia.export.sidecar`)."""
@@ -245,6 +260,7 @@ def build_sidecar(predictor: Predictor, fmt: str, info: dict[str, Any], *, verif
         import onnxscript
 
         versions.update(onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__)
+    tta = _tta_of(predictor)
     return {
         "format_version": FORMAT_VERSION,
         "format": fmt,
@@ -257,8 +273,11 @@ def build_sidecar(predictor: Predictor, fmt: str, info: dict[str, Any], *, verif
         "output": {**info["output"],
                    "meaning": "one logit per image; sigmoid(logit) = P(PNEUMONIA)" + (
                        f" (the network's logit already divided by the temperature {temperature:g} fitted on "
-                       f"validation)" if temperature != 1.0 else ""),
+                       f"validation)" if temperature != 1.0 else "") + (
+                       f"; with test-time augmentation, the logit of the mean probability over {tta['variants']} "
+                       f"variants of the image" if tta["enabled"] else ""),
                    "batch": "dynamic, the input's"},
+        "tta": tta,
         "preprocess": {**prep.describe(), "steps": preprocess_steps(prep.channels, prep.image_size, prep.normalize)},
         "classes": summary["classes"],
         "positive_class": summary["positive_class"],

@@ -71,6 +71,8 @@ class OnnxPredictor:
         self.image_size, self.channels = int(prep["image_size"]), int(prep["channels"])
         self.classes = tuple(meta["classes"])
         self.threshold = float(meta["threshold"] if threshold is None else threshold)
+        # inside the graph (model.json 'tta'; older exports: the recipe's data.tta)
+        self.tta = bool((meta.get("tta") or {}).get("enabled", (meta.get("recipe") or {}).get("tta", False)))
         self.input_name = meta["input"]["name"]
         self.output_name = meta["output"]["name"]
         try:

@@ -27,6 +27,7 @@ off with `from_checkpoint(tta=...)` (`tta=` in eval.yaml and predict.yaml).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ from pneumonia.hardware import auto_precision
 from pneumonia.inference import checkpoint as ckpt_format
 from pneumonia.models import build_net, weights_from_checkpoint
 from pneumonia.models.tta import check_tta, with_tta
+
+log = logging.getLogger(__name__)
 
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
 _FULL = ("32-true", "32", "64-true", "64")
@@ -152,6 +155,10 @@ class Predictor:
         temp = stored_temperature if temperature is None else temperature
         stored_tta = bool(data_hp.get("tta", False))
         use_tta = stored_tta if tta is None else check_tta(tta)
+        if use_tta != stored_tta and threshold is None and calibration:
+            log.warning("tta=%s: the stored threshold %.4f was chosen on validation with TTA %s; scores %s TTA sit "
+                        "a little differently (give threshold= to use another)", str(use_tta).lower(), chosen,
+                        "on" if stored_tta else "off", "with" if use_tta else "without")
         recipe = {
             "checkpoint": str(path),
             "epoch": ckpt_format.saved_epoch(ckpt),

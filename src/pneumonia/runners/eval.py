@@ -107,7 +107,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                  precision=str(trainer.precision), threshold_source=source, temperature_source=t_source)
     log.info("Statistics, figures and report in %.1f s", time.perf_counter() - start)
     print(f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}, "
-          f"precision {trainer.precision}\n"
+          f"precision {trainer.precision}, TTA {'on' if predictor.tta else 'off'}, "
+          f"input normalisation {predictor.preprocess.normalize}\n"
           f"{format_table(rep)}\nWritten to {out_dir} (report.html: everything in one page)")
     return rep
 

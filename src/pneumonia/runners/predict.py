@@ -64,6 +64,7 @@ class TorchScorer:
         self.predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, precision=cfg.precision,
                                                    threshold=cfg.threshold, tta=cfg.get("tta"))
         self.threshold, self.precision = self.predictor.threshold, self.predictor.precision
+        self.tta = self.predictor.tta
         self.device, self.source = self.predictor.device, str(cfg.ckpt_path)
 
     def load(self, path: str) -> np.ndarray:
@@ -131,8 +132,9 @@ def _check(cfg: DictConfig) -> None:
             raise ConfigError("backend=onnx needs model_path=, e.g. model_path=outputs/export/<time>/model.onnx "
                               "(written by export.py)")
         if cfg.get("tta") is not None:
-            raise ConfigError(f"tta={cfg.tta} is for backend=torch: an ONNX graph does what its model.json 'tta' "
-                              "says (export a checkpoint with the TTA you want)")
+            value = str(cfg.tta).lower() if isinstance(cfg.tta, bool) else repr(cfg.tta)
+            raise ConfigError(f"tta={value} is for backend=torch: an ONNX model scores as it was exported (its "
+                              f"model.json 'tta'); export the checkpoint again with export.py tta={value}")
         for key in ("explain", "gallery"):
             if cfg[key]:
                 raise ConfigError(f"{key}=true (Grad-CAM and its drawings) needs gradients and torch: use "
@@ -177,8 +179,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     inputs = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else cfg.inputs
     paths = expand_inputs(inputs)
     out_dir = make_output_dir(cfg.paths.output_dir)
-    log.info("Predicting %d file(s) with %s (%s backend, threshold %.4f, precision %s, %s)", len(paths),
-             predictor.source, predictor.backend, predictor.threshold, predictor.precision, predictor.device)
+    log.info("Predicting %d file(s) with %s (%s backend, threshold %.4f, precision %s, %s, TTA %s)", len(paths),
+             predictor.source, predictor.backend, predictor.threshold, predictor.precision, predictor.device,
+             "on" if predictor.tta else "off")
 
     heatmap_dir = out_dir / "heatmaps"
     if cfg.explain:

@@ -224,4 +224,8 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
            if trainer.interrupted else f"Next: python eval.py {cli_override('ckpt_path', best_path)}")
     value = "n/a" if best_score is None else f"{best_score:.4f}"
     at = "of the averaged weights" if averaged else f"at epoch {best_epoch}"
+    key = cfg.monitor.split("/", 1)[-1]
+    if cfg.data.get("tta") and cfg.monitor.startswith("val/") and (val_report or {}).get(key) is not None:
+        note += (f" (validation during training scores without TTA; val_metrics.json scores the same checkpoint "
+                 f"with the recipe's TTA: {key} {val_report[key]:.4f})")
     return f"{how}; best {cfg.monitor} = {value} {at}{note}\n{where}\n{nxt}"
