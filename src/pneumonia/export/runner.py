@@ -43,7 +43,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", precision="32-true", tta=cfg.get("tta"))
     # the precision the stored threshold was chosen under (fp32 export scores differ slightly from bf16 ones)
-    threshold_precision = (Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", tta=cfg.get("tta")).precision
+    threshold_precision = (Predictor.from_checkpoint(cfg.ckpt_path, device="cpu").precision
                            if predictor.recipe.get("calibrated") else None)
     if not predictor.recipe.get("calibrated"):
         log.warning("%s was never calibrated: the export's threshold is the default 0.5, not a validation-chosen one",
