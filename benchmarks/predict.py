@@ -30,19 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _quoted(value: str) -> str:
-    """A Hydra override value that may hold `=` or `,` (a multirun job's folder)."""
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def run_predict(ckpt: str, inputs: str, out: Path, *overrides: str) -> float:
     """Seconds `predict(cfg)` takes (the Predictor load included, Python start-up not)."""
     from pneumonia.config.compose import compose
     from pneumonia.runners.predict import predict
 
-    if not inputs.startswith("["):
-        inputs = _quoted(inputs)
-    cfg = compose("predict", [f"ckpt_path={_quoted(ckpt)}", f"inputs={inputs}", "print_rows=0", *overrides], out)
+    from pneumonia.config.entry import hydra_override
+
+    inputs = f"inputs={inputs}" if inputs.startswith("[") else hydra_override("inputs", inputs)
+    cfg = compose("predict", [hydra_override("ckpt_path", ckpt), inputs, "print_rows=0", *overrides], out)
     t0 = time.perf_counter()
     summary = predict(cfg)
     seconds = time.perf_counter() - t0

@@ -22,13 +22,19 @@ CKPT_EXAMPLE = "outputs/train/<run>/checkpoints/best.ckpt"
 _STARTED = time.time()  # this process' start: what a failed run made after it is its own
 
 
-def cli_override(key: str, value: object) -> str:
-    """`key=value` as one shell word Hydra reads back: quoted when the value has `=`, `,` or
-    spaces (a multirun job's folder), so a printed "Next:" command can be pasted as is."""
+def hydra_override(key: str, value: object) -> str:
+    """`key=value` as Hydra's override grammar reads it back: the value double-quoted when it
+    has `=`, `,`, spaces or brackets (a multirun job's folder)."""
     text = str(value)
     if any(c in text for c in "=, []{}()'\"") or not text:
-        return "'" + key + '="' + text.replace('"', '\\"') + '"' + "'"
+        return key + '="' + text.replace('"', '\\"') + '"'
     return f"{key}={text}"
+
+
+def cli_override(key: str, value: object) -> str:
+    """`hydra_override` as one shell word, so a printed "Next:" command can be pasted as is."""
+    word = hydra_override(key, value)
+    return word if word == f"{key}={value}" else "'" + word.replace("'", "'\\''") + "'"
 
 
 def train_runner(cfg: DictConfig) -> str:

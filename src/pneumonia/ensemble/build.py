@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pneumonia.ensemble.members import EnsembleError, Member, check_agreement, common_setting, load_member
+from pneumonia.ensemble.members import (
+    SUMMARY_KEYS,
+    EnsembleError,
+    Member,
+    check_agreement,
+    common_setting,
+    load_member,
+)
 from pneumonia.evaluation import METRIC_NAMES
 from pneumonia.inference import checkpoint as ckpt_format
 
@@ -52,7 +59,7 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
     from pneumonia.data.datamodule import ChestXrayDataModule
     from pneumonia.evaluation.calibration import calibrate_threshold, check_settings
     from pneumonia.hardware import auto_precision
-    from pneumonia.models import build_net, weights_from_checkpoint
+    from pneumonia.models import weights_from_checkpoint
     from pneumonia.models.classifier import PneumoniaClassifier
     from pneumonia.models.ensemble import COMBINES
 
@@ -84,14 +91,15 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
     first = ckpt_format.module_settings(members[0].ckpt)
     settings = {"net": spec, **{k: first[k] for k in MODULE_KEYS if k in first}}
     with weights_from_checkpoint():  # no download of a member's pretrained weights: its own replace them
-        module = PneumoniaClassifier(**settings)
-        build_net(spec)  # the spec alone rebuilds it (what Predictor.from_checkpoint does)
+        module = PneumoniaClassifier(**settings)  # builds the net from the spec alone, as the Predictor will
     for i, m in enumerate(members):
         try:
             module.net.members[i].load_state_dict(ckpt_format.net_state(m.ckpt))
         except RuntimeError as err:
             raise EnsembleError(f"'{m.path}': the weights do not fit the network it names "
                                 f"({str(err).strip().splitlines()[0]})") from None
+
+    described = [m.describe() for m in members]  # reads each member's train_summary.json once
 
     # the validation split the members were chosen and calibrated on
     data = dict(members[0].data)
@@ -115,7 +123,7 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
                                     "--data-root points at other data)")
         ckpt_format.new_checkpoint(
             ckpt_path, state_dict=module.state_dict(), module_settings=settings, data_settings=data,
-            ensemble={"combine": combine, "members": [m.describe() for m in members]})
+            ensemble={"combine": combine, "members": described})
         trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             use_distributed_sampler=False)
@@ -127,8 +135,7 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
             shutil.rmtree(out_dir, ignore_errors=True)  # nor an empty run folder
         raise
 
-    described = [m.describe() for m in members]
-    keep = (*METRIC_NAMES, "threshold", "n")
+    keep = SUMMARY_KEYS
     summary = {
         "checkpoint": str(ckpt_path), "combine": combine, "threshold_method": threshold["method"],
         "precision": str(trainer.precision), "temperature_fitted": bool(cal["temperature"]),

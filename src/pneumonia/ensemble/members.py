@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumonia.evaluation.calibration import CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS
+from pneumonia.evaluation import METRIC_NAMES
+from pneumonia.evaluation.statistics import CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS
 from pneumonia.evaluation.threshold import DEFAULTS as threshold_defaults
 from pneumonia.errors import UserError
 from pneumonia.inference import checkpoint as ckpt_format
 
 BEST = Path("checkpoints") / "best.ckpt"
+SUMMARY_KEYS = (*METRIC_NAMES, "threshold", "n")  # what ensemble.json keeps of a validation report
 # DataModule arguments that decide which images are in the validation split and what the
 # networks see: every member must have the same (the ensemble's threshold is chosen there,
 # and one preprocessing preset feeds every member); with the value a checkpoint that
@@ -65,7 +67,7 @@ class Member:
     def describe(self) -> dict[str, Any]:
         """Plain types for the ensemble checkpoint and ensemble.json."""
         report = self.calibration.get("val_report") or {}
-        keep = ("accuracy", "precision", "recall", "specificity", "f1", "auroc", "threshold", "n")
+        keep = SUMMARY_KEYS
         summary = self.train_summary()
         return {"checkpoint": str(self.path), "seed": ckpt_format.module_settings(self.ckpt).get("seed"),
                 "epoch": ckpt_format.saved_epoch(self.ckpt), "temperature": self.temperature,

@@ -26,8 +26,7 @@ from pneumonia.inference.checkpoint import store_calibration
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_DEFAULTS = {"temperature": False, "ece_bins": st.DEFAULT_BINS}
-INTERVAL_DEFAULTS = {"resamples": st.DEFAULT_RESAMPLES, "seed": 0}
+CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS = st.CALIBRATION_DEFAULTS, st.INTERVAL_DEFAULTS
 
 
 def check_settings(calibration: dict[str, Any] | None, interval_settings: dict[str, Any] | None,

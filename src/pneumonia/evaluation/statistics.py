@@ -28,6 +28,10 @@ import numpy as np
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auroc")
 DEFAULT_RESAMPLES = 2000
 DEFAULT_BINS = 15
+# the settings train.py's `calibration` and `intervals` default to (here, not in calibration.py:
+# modules that only read checkpoints, like ensemble.members, need them without Lightning)
+CALIBRATION_DEFAULTS = {"temperature": False, "ece_bins": DEFAULT_BINS}
+INTERVAL_DEFAULTS = {"resamples": DEFAULT_RESAMPLES, "seed": 0}
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs: below this McNemar uses the exact binomial test
 _CHUNK_ELEMENTS = 4_000_000  # resamples x images per vectorised chunk (about 32 MB of float64)
 

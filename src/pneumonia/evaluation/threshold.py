@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from pneumonia.errors import ConfigError
+from pneumonia.evaluation import statistics as st
 
 EMPIRICAL = ("max_f1", "youden", "sensitivity")
 METHODS = ("fixed", *EMPIRICAL, "youden_bootstrap", "binormal", "kernel", "platt", "midpoint")
@@ -110,7 +111,7 @@ def choose_threshold(probs: Any, labels: Any, method: str = "youden", value: flo
         return float(empirical_thresholds(p, y, np.ones((1, len(y))), method, target_sensitivity)[0])
     if method == "youden_bootstrap":
         return youden_bootstrap(p, y, resamples, seed)
-    z = _arr(logits) if logits is not None else _logit(p)
+    z = _arr(logits) if logits is not None else st.logit(p)
     if method == "binormal":
         t = binormal_cut(z, y)
     elif method == "kernel":
@@ -239,8 +240,10 @@ def kernel_cut(logits: Any, labels: Any, bandwidth: float | None = None) -> floa
 
     def j(t: np.ndarray) -> np.ndarray:
         rows = max(1, 4_000_000 // len(z))  # grid points per chunk: about 32 MB at a time
-        return np.concatenate([_sigmoid_np((c[:, None] - z0[None, :]) / k0).mean(1)
-                               - _sigmoid_np((c[:, None] - z1[None, :]) / k1).mean(1)
+        def row_means(a: np.ndarray) -> np.ndarray:  # the mean sigmoid of each grid point's row
+            return st.sigmoid(a).reshape(a.shape).mean(1)
+
+        return np.concatenate([row_means((c[:, None] - z0[None, :]) / k0) - row_means((c[:, None] - z1[None, :]) / k1)
                                for c in np.array_split(t, max(1, -(-len(t) // rows)))])
 
     grid = np.linspace(z.min(), z.max(), _GRID)
@@ -271,7 +274,7 @@ def platt_cut(logits: Any, labels: Any, iterations: int = 100) -> float | None:
     theta = np.array([1.0, 0.0])
     current = loss(theta)
     for _ in range(iterations):
-        p = _sigmoid_np(x @ theta)
+        p = st.sigmoid(x @ theta)
         grad = x.T @ (w * (p - y)) + ridge * theta
         hess = (x * (w * p * (1 - p))[:, None]).T @ x + np.diag(ridge) + 1e-12 * np.eye(2)
         step = np.linalg.solve(hess, grad)
@@ -303,17 +306,8 @@ def _phi(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2))
 
 
-def _sigmoid_np(x: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -x))
-
-
 def _sigmoid(t: float) -> float:
-    return float(_sigmoid_np(np.asarray(t, dtype=np.float64)))
-
-
-def _logit(p: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    p = np.clip(p, eps, 1 - eps)
-    return np.log(p) - np.log1p(-p)
+    return float(st.sigmoid(t)[0])
 
 
 def roc_points(probs: torch.Tensor, labels: torch.Tensor, max_points: int = 2000) -> dict[str, list[float]]:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumonia.evaluation.statistics import group_codes
+from pneumonia.evaluation.statistics import group_codes, logit
 from pneumonia.evaluation.threshold import DEFAULTS, EMPIRICAL, choose_threshold, empirical_thresholds
 
 log = logging.getLogger(__name__)
@@ -178,11 +178,6 @@ def _summary(x: np.ndarray) -> dict[str, float | None]:
             "p05": float(p05), "p95": float(p95)}
 
 
-def _logit(t: np.ndarray | float) -> np.ndarray:
-    t = np.clip(np.asarray(t, dtype=np.float64), 1e-12, 1 - 1e-12)
-    return np.log(t) - np.log1p(-t)
-
-
 def study_scores(probs: Any, labels: Any, logits: Any | None = None, groups: Sequence[Any] | None = None, *,
                  rules: Sequence[tuple[str, str, dict[str, Any]]] = RULES, splits: int = 300,
                  resamples: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
@@ -195,7 +190,7 @@ def study_scores(probs: Any, labels: Any, logits: Any | None = None, groups: Seq
 
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    z = _logit(p) if logits is None else np.asarray(logits, dtype=np.float64).reshape(-1)
+    z = logit(p) if logits is None else np.asarray(logits, dtype=np.float64).reshape(-1)
     codes, _ = group_codes(groups, len(y))
     boot_w = bootstrap_weights(len(y), resamples, seed, codes)
     halves = half_splits(y, groups, splits, seed + 1)
@@ -204,7 +199,7 @@ def study_scores(probs: Any, labels: Any, logits: Any | None = None, groups: Seq
         start = time.perf_counter()
         t = rule_threshold(rule, p, y, z)
         val = {k: float(v[0]) for k, v in decision_rates(p, y, np.array([t])).items()}
-        zt = float(_logit(t))
+        zt = float(logit(t)[0])
         margin = {"specificity": float(((z[y == 0] + SHIFT) < zt).mean()),
                   "sensitivity": float(((z[y == 1] - SHIFT) >= zt).mean())}
         boot_t = weighted_thresholds(rule, p, y, z, boot_w)
@@ -214,7 +209,7 @@ def study_scores(probs: Any, labels: Any, logits: Any | None = None, groups: Seq
         out[rule[0]] = {
             "method": rule[1], "options": dict(rule[2]), "threshold": t, "logit": zt, "validation": val,
             "margin": margin,
-            "bootstrap": {"threshold": _summary(boot_t), "logit": _summary(_logit(boot_t)),
+            "bootstrap": {"threshold": _summary(boot_t), "logit": _summary(logit(boot_t)),
                           "balanced_accuracy": _summary(boot_rates["balanced_accuracy"]),
                           "resamples": int(resamples)},
             "split_half": {**{k: _summary(v) for k, v in held_out.items()}, "splits": int(splits),

@@ -81,14 +81,8 @@ def saved_epoch(ckpt: dict[str, Any]) -> int | None:
 
 def trained_epochs(ckpt: dict[str, Any]) -> int:
     """Epochs a training checkpoint has finished (Lightning's 0-based `epoch` + 1); 0 if unknown."""
-    return int(ckpt.get("epoch", -1)) + 1
-
-
-def set_last_epoch(path: str | Path, epoch: int) -> None:
-    """Record `epoch` (0-based) as the last epoch the checkpoint at `path` trained (atomically)."""
-    ckpt = load_checkpoint(path)
-    ckpt["epoch"] = int(epoch)
-    atomic_torch_save(ckpt, path)
+    epoch = saved_epoch(ckpt)
+    return 0 if epoch is None else epoch + 1
 
 
 def threshold(ckpt: dict[str, Any]) -> float:

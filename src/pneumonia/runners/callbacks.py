@@ -14,7 +14,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import StochasticWeightAveraging as _LightningSWA
 
-from pneumonia.inference.checkpoint import set_last_epoch
 from pneumonia.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -135,6 +134,12 @@ class StochasticWeightAveraging(_LightningSWA):
                          annealing_strategy=annealing_strategy, device=device)
         self.keep_pre_swa = keep_pre_swa
         self._pre_swa_kept = False
+        self._saving_epoch: int | None = None  # set while on_train_end saves the averaged weights
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._saving_epoch is not None:
+            checkpoint["epoch"] = self._saving_epoch
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.max_epochs is None or trainer.max_epochs < 1:
@@ -195,9 +200,13 @@ class StochasticWeightAveraging(_LightningSWA):
         cb.best_model_path = cb.kth_best_model_path = path
         cb.best_model_score = score
         cb.best_k_models = {path: score} if score is not None else {}
-        trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, like ModelCheckpoint's
-        # saved after the last epoch ended, when Lightning's epoch counter is already past it
-        set_last_epoch(path, trainer.current_epoch - 1)
+        # saved after the last epoch ended, when Lightning's epoch counter is already past it:
+        # on_save_checkpoint records the last epoch that ran instead
+        self._saving_epoch = trainer.current_epoch - 1
+        try:
+            trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, like ModelCheckpoint's
+        finally:
+            self._saving_epoch = None
         averaged = f"the weights after epochs {self.swa_start}-{self.swa_end + 1}" + (
             " (0: the initial weights)" if self.swa_start == 0 else "")
         scored = (f"{cb.monitor} = {float(score):.4f} after the batch-norm update" if score is not None
