@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumonia.evaluation.statistics import group_codes, logit
+from pneumonia.evaluation.statistics import confusion_rates, group_codes, logit
 from pneumonia.evaluation.threshold import DEFAULTS, EMPIRICAL, choose_threshold, empirical_thresholds
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,11 @@ def decision_rates(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray
     m = np.ones((len(t), len(labels)), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     pred = probs[None, :] >= t[:, None]
     pos = labels.astype(bool)[None, :]
-    tp, fn = (pred & pos & m).sum(1), (~pred & pos & m).sum(1)
-    tn, fp = (~pred & ~pos & m).sum(1), (pred & ~pos & m).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens, spec = tp / (tp + fn), tn / (tn + fp)
-        out = {"accuracy": (tp + tn) / m.sum(1), "balanced_accuracy": (sens + spec) / 2,
-               "sensitivity": sens, "specificity": spec}
+    rates = confusion_rates(tp=(pred & pos & m).sum(1), fp=(pred & ~pos & m).sum(1), fn=(~pred & pos & m).sum(1),
+                            tn=(~pred & ~pos & m).sum(1))
+    sens, spec = rates["recall"], rates["specificity"]
+    out = {"accuracy": rates["accuracy"], "balanced_accuracy": (sens + spec) / 2, "sensitivity": sens,
+           "specificity": spec}
     return {k: np.where(np.isnan(t), np.nan, v.astype(np.float64)) for k, v in out.items()}
 
 
