@@ -68,7 +68,8 @@ def check_monitor(key: str, value: object, stress: tuple[str, ...] = ()) -> None
     the run after the first validation epoch, past the decoding). `stress`: the stress
     validation's metrics, when `data.stress.enabled` logs them."""
     known = monitored_metrics()
-    if value not in known and value not in stress:
+    prefixes = tuple(s for s in stress if s.endswith("/"))  # quick checks: any val_stress/ name, checked later
+    if value not in known and value not in stress and not (prefixes and str(value).startswith(prefixes)):
         raise ConfigError(f"{key}={value!r} is not a logged metric: one of {', '.join(known)}"
                           + (", or a val_stress/ metric" if stress else ""))
 
@@ -95,16 +96,10 @@ def _sweeper_optimises() -> bool:
         return False
 
 
-def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
-    """Check a composed train config before any image is decoded; return the DataModule it built
-    (not set up: nothing decoded), for `train()` to go on with.
-
-    Each value is checked once, by its owner: `data.*` by the DataModule (and
-    `data.image_size`/`model.in_channels` by the preprocessing preset), `model.*` by the
-    network, `data.augment.*` by the augmentation, `optimizer`/`scheduler` by torch,
-    `trainer.*`, `callbacks.*` and `logger.*` by Lightning when they are built (before
-    decoding, `runners.common`). The keys without an owner class are checked here.
-    """
+def check_train_settings(cfg: DictConfig, *, quick: bool = False) -> None:
+    """The train config's keys without an owner class, checked without torch or Lightning
+    (`quick=True`: before Hydra starts the job, where the stress validation's metric names,
+    which need torch, are not known: a `val_stress/` monitor is checked later)."""
     seed = _int(cfg, "seed", 0)
     if seed > 2**32 - 1:
         raise ConfigError(f"seed={seed} must be < 2**32 (numpy's limit)")
@@ -118,7 +113,7 @@ def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
     if epochs == 0 or (epochs == -1 and not callbacks.get("early_stopping")):
         raise ConfigError(f"trainer.max_epochs={epochs} must be >= 1 (-1, no limit, only with "
                           "callbacks.early_stopping to end the run)")
-    stress = stress_metrics(cfg)
+    stress = ("val_stress/",) if quick and (cfg.data.get("stress") or {}).get("enabled") else stress_metrics(cfg)
     check_monitor("monitor", cfg.monitor, stress)
     if cfg.trainer.get("fast_dev_run") and _sweeper_optimises():
         raise ConfigError("debug=fdr (trainer.fast_dev_run) scores nothing, so the hparams_search sweeper has "
@@ -136,6 +131,19 @@ def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
     pw = cfg.module.pos_weight
     if pw is not None and pw != "balanced" and (isinstance(pw, bool) or not isinstance(pw, (int, float)) or pw <= 0):
         raise ConfigError(f"module.pos_weight={pw!r} must be null, 'balanced' or a positive number")
+
+
+def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
+    """Check a composed train config before any image is decoded; return the DataModule it built
+    (not set up: nothing decoded), for `train()` to go on with.
+
+    Each value is checked once, by its owner: `data.*` by the DataModule (and
+    `data.image_size`/`model.in_channels` by the preprocessing preset), `model.*` by the
+    network, `data.augment.*` by the augmentation, `optimizer`/`scheduler` by torch,
+    `trainer.*`, `callbacks.*` and `logger.*` by Lightning when they are built (before
+    decoding, `runners.common`). The keys without an owner class are checked here.
+    """
+    check_train_settings(cfg)
     check_optimization(cfg)
     check_trainer(cfg)
     from pneumonia.config.instantiate import check_arguments, instantiate_setting
@@ -219,15 +227,30 @@ TRAINER_AT_LEAST_ONE = ("check_val_every_n_epoch", "accumulate_grad_batches")
 FOLDER_KEYS = ("dirpath", "default_root_dir", "output_dir", "cache_dir", "save_dir", "root_dir")
 
 
-def check_trainer(cfg: DictConfig) -> None:
-    """What Lightning's Trainer accepts when it is built but fails on during the run, and
-    the GPU asked for on a machine without one (Lightning's words name no key or fix)."""
-    accelerator = str(cfg.trainer.get("accelerator"))
-    if accelerator in ("gpu", "cuda"):
-        import torch
+def no_gpu_visible() -> bool:
+    """True when this process can see no NVIDIA GPU, told without importing torch: no driver
+    (/proc/driver/nvidia, /dev/nvidia*) or CUDA_VISIBLE_DEVICES empty or -1."""
+    import glob
+    import os
 
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no usable CUDA GPU "
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return True
+    return not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*"))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_trainer(cfg: DictConfig, *, quick: bool = False) -> None:
+    """What Lightning's Trainer accepts when it is built but fails on during the run, and
+    the GPU asked for on a machine without one (Lightning's words name no key or fix).
+    `quick=True`: without importing torch (a GPU that is visible but unusable is found later)."""
+    accelerator = str(cfg.trainer.get("accelerator"))
+    if accelerator in ("gpu", "cuda") and (no_gpu_visible() or (not quick and not _cuda_available())):
+        raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no usable CUDA GPU "
                               "(torch.cuda.is_available() is False); use trainer.accelerator=cpu, or auto")
     for key in TRAINER_AT_LEAST_ONE:
         if cfg.trainer.get(key) is not None:

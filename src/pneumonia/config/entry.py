@@ -75,11 +75,18 @@ def check_command_line(config_name: str, script: str, argv: list[str] | None = N
         for value in values if is_group else values[:1]:
             prefix = {"ADD": "+", "FORCE_ADD": "++"}.get(o.type.name, "")
             trials.append([*plain, f"{prefix}{o.key_or_group}={value}"])
+    from pneumonia.config.quick import check_or_fail
+
+    composed = []
     for trial in trials:
         try:
-            compose(config_name, trial, hydra_config=True)
+            composed.append(compose(config_name, trial, hydra_config=True))
         except HydraException as err:
             _fail(_composition_error(err, script))
+    for cfg in composed:  # then the values that need no torch: answered before it is imported
+        problem = check_or_fail(config_name, cfg)
+        if problem:
+            _fail(problem)
 
 
 def _composition_error(err: Exception, script: str) -> str:

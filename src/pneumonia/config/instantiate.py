@@ -62,94 +62,27 @@ def _culprit(key: str, node: Any, err: BaseException) -> str:
 
 def check_arguments(key: str, node: Any, target: Any = None) -> None:
     """Each value of `node` against the type its class declares for that argument (the
-    signature is the schema): `trainer.enable_progress_bar=maybe` or
+    signature is the schema, `pneumonia.signature`): `trainer.enable_progress_bar=maybe` or
     `optimizer.lr=abc` is a one-line `ConfigError` naming the key, where the class itself
     would fail later with a message that names no key (or take "maybe" as true). Arguments
     whose declared type cannot be told apart from a config value are left to the class.
     `target`: the class, when `node` has no `_target_` (e.g. a net of the model registry)."""
-    import typing
-
     from omegaconf import DictConfig, OmegaConf
 
+    from pneumonia.signature import THIRD_PARTY_HINTS, check_values, hints_of
+
+    name = None
     if target is None:
         if not isinstance(node, (dict, DictConfig)) or "_target_" not in node:
             return
         from hydra._internal.utils import _locate
 
+        name = str(node["_target_"])
         try:
-            target = _locate(str(node["_target_"]))
+            target = _locate(name)
         except Exception:
             raise ConfigError(f"{key}._target_={node['_target_']!r} cannot be imported") from None
-    try:
-        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
-    except Exception:  # annotations that do not resolve: the class checks its own arguments
-        return
-    for leaf in node.keys():
-        leaf = str(leaf)
-        if leaf.startswith("_") or leaf not in hints:
-            continue
-        value = node[leaf]
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value, resolve=True)
-        if _matches(value, hints[leaf]) is False:
-            raise ConfigError(f"{key}.{leaf}={value!r} must be {_describe(hints[leaf])}")
-
-
-def _matches(value: Any, hint: Any) -> bool | None:
-    """True/False when `value` is/is not of the declared type; None when it cannot be told."""
-    import collections.abc
-    import pathlib
-    import types
-    import typing
-
-    if hint is typing.Any:
-        return True
-    if hint is type(None):
-        return value is None
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        results = [_matches(value, a) for a in args]
-        return True if any(r is True for r in results) else (False if all(r is False for r in results) else None)
-    if origin is typing.Literal:
-        return any(type(value) is type(a) and value == a for a in args)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if hint is pathlib.Path:
-        return isinstance(value, str)
-    if origin in (list, tuple, collections.abc.Sequence):
-        return isinstance(value, (list, tuple))
-    if origin in (dict, collections.abc.Mapping):
-        return isinstance(value, dict)
-    if isinstance(hint, type):
-        if isinstance(value, dict) and "_target_" in value:
-            return None  # built by instantiate itself
-        return isinstance(value, hint)
-    return None
-
-
-def _describe(hint: Any) -> str:
-    import pathlib
-    import types
-    import typing
-
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        parts = list(dict.fromkeys(_describe(a) for a in args))
-        return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0]
-    if origin is typing.Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             type(None): "null", pathlib.Path: "a path"}
-    if hint in names:
-        return names[hint]
-    if origin in (list, tuple):
-        return "a list"
-    if origin is dict:
-        return "a mapping"
-    return f"a {getattr(hint, '__name__', str(hint))}"
+    hints = {**hints_of(target), **THIRD_PARTY_HINTS.get(name or "", {})}
+    values = {str(leaf): node[leaf] for leaf in node.keys() if not str(leaf).startswith("_") and str(leaf) in hints}
+    values = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
+    check_values(hints, values, prefix=f"{key}.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import torch
@@ -27,8 +27,7 @@ from pneumonia.data.patients import grouped_split
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
 from pneumonia.data.stress import StressImages, StressSettings, validation_images
-from pneumonia.config.checks import optional_int
-from pneumonia.errors import ConfigError
+from pneumonia.signature import Ge, Gt, Lt, MinLen, check_arguments
 
 log = logging.getLogger(__name__)
 
@@ -45,49 +44,32 @@ class ChestXrayDataModule(L.LightningDataModule):
         root: str = "data/chest_xray",
         image_size: int = 150,
         channels: int = 1,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        val_fraction: float = 0.1,
-        min_val_images: int = 100,
-        split_seed: int = 42,
-        seed: int = 0,
+        batch_size: Annotated[int, Ge(1)] = 64,
+        eval_batch_size: Annotated[int, Ge(1)] = 256,
+        val_fraction: Annotated[float, Gt(0), Lt(1)] = 0.1,
+        min_val_images: Annotated[int, Ge(0)] = 100,
+        split_seed: Annotated[int, Ge(0)] = 42,
+        seed: Annotated[int, Ge(0)] = 0,
         drop_last: bool = False,
-        num_workers: int = 0,
-        cache_dir: str | None = "auto",
-        decode_threads: int | None = None,
-        on_bad_image: str = "skip",
+        num_workers: Annotated[int, Ge(0)] = 0,
+        cache_dir: Annotated[str, MinLen(1)] | None = "auto",
+        decode_threads: Annotated[int, Ge(1)] | None = None,
+        on_bad_image: Literal["skip", "error"] = "skip",
         bad_image_report: str | None = None,
-        augment: dict[str, Any] | None = None,
+        augment: Mapping[str, Any] | None = None,
         download: bool = False,
         normalize: str = "none",
-        stress: dict[str, Any] | None = None,
+        stress: Mapping[str, Any] | None = None,
         tta: bool = False,
     ) -> None:
         super().__init__()
-        if on_bad_image not in ("skip", "error"):
-            raise ConfigError(f"data.on_bad_image={on_bad_image!r} must be 'skip' or 'error'")
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"data.{key}={value!r} must be an integer >= 1")
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-                or not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={val_fraction!r} must be a number in (0, 1)")
-        for key, value, low in (("min_val_images", min_val_images, 0), ("split_seed", split_seed, 0),
-                                ("seed", seed, 0), ("num_workers", num_workers, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"data.{key}={value!r} must be an integer >= {low}")
-        optional_int(decode_threads, "data.decode_threads", 1)
-        if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir.strip()):
-            raise ConfigError(f"data.cache_dir={cache_dir!r} must be a folder, auto or null")
+        # the signature declares each argument's type and range; the config layer adds the `data.` prefix
+        check_arguments(ChestXrayDataModule, locals())
         # checks image_size, channels and normalize; stored in checkpoints with the other
         # arguments (datamodule_hyper_parameters), so every scoring path normalises alike
         self.preprocess = Preprocess(image_size, channels, normalize)
         self.stress_settings = StressSettings.from_config(stress)
-        if not isinstance(tta, bool):  # read from checkpoints by the Predictor (models/tta.py)
-            raise ConfigError(f"data.tta={tta!r} must be true or false")
         self.save_hyperparameters(logger=False)
-        if augment is not None and not isinstance(augment, Mapping):
-            raise ConfigError(f"data.augment={augment!r} must be a mapping of augmentation settings")
         self.augment = BatchAugment(**(augment or {}))
         self._stress: StressImages | None = None
         self._aug_generator = torch.Generator()

@@ -1,0 +1,116 @@
+"""Checks of a composed config that need no torch, Lightning or model: the entry points run
+them on the command line's config before Hydra starts the job (`entry.check_command_line`),
+so a bad value is one `error:` line in about a second instead of after torch and Lightning
+are imported (docs: performance, "Start-up").
+
+Nothing new is declared here: the keys without an owner class are checked by
+`checks.check_train_settings`, and every node built from the config (`_target_`, and the
+two built by the project's own code) is checked against its class's signature read from
+the source (`pneumonia.signature.static_hints`), the same declarations the classes enforce.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pneumonia.errors import UserError
+
+# nodes built from their config without a `_target_` of their own: key -> class
+OWNERS = {
+    "module": "pneumonia.models.classifier.PneumoniaClassifier",
+    "data.augment": "pneumonia.data.augment.BatchAugment",
+}
+# checked elsewhere, or typed looser than the class (pos_weight: "balanced" is resolved first)
+SKIP = {"module": ("pos_weight",)}
+
+
+def quick_check(config_name: str, cfg: DictConfig) -> None:
+    """Raise a `ConfigError` for the first value of `cfg` (`conf/<config_name>.yaml`
+    composed) that can be refused without importing torch or Lightning."""
+    from pneumonia.config import checks
+
+    if config_name == "train":
+        checks.check_train_settings(cfg, quick=True)
+    if "trainer" in cfg:
+        checks.check_trainer(cfg, quick=True)
+    if config_name == "eval":
+        checks._optional_int(cfg, "threads", 1)
+        checks._int(cfg, "gallery_size", 0)
+        checks._bool(cfg, "describe")
+        checks.threshold_override(cfg.get("threshold"))
+    for key, node in _built_nodes(cfg):
+        check_node(key, node)
+    if config_name == "train":
+        _check_root(cfg)
+
+
+def _check_root(cfg: DictConfig) -> None:
+    """A data root that does not exist (and is not to be downloaded): the layout's own error."""
+    from pathlib import Path
+
+    root = cfg.data.get("root")
+    if isinstance(root, str) and not cfg.data.get("download") and not Path(root).expanduser().is_dir():
+        from pneumonia.data.folder import scan_split
+
+        scan_split(root, "train")  # raises the DataLayoutError that names what is expected
+
+
+def _built_nodes(cfg: DictConfig, prefix: str = "") -> list[tuple[str, DictConfig]]:
+    """(key, node) for each node with a `_target_`, and the OWNERS nodes, outside `hydra:`."""
+    found: list[tuple[str, DictConfig]] = []
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if name == "hydra":
+            continue
+        try:
+            node = cfg._get_node(key)
+        except Exception:
+            continue
+        if OmegaConf.is_dict(node) and not OmegaConf.is_missing(cfg, key) and cfg[key] is not None:
+            if "_target_" in cfg[key] or name in OWNERS:
+                found.append((name, cfg[key]))
+            found.extend(_built_nodes(cfg[key], f"{name}."))
+    return found
+
+
+def check_node(key: str, node: DictConfig) -> None:
+    from pneumonia.signature import check_values, static_hints
+
+    target = OWNERS.get(key) or str(node.get("_target_"))
+    hints = static_hints(target)
+    if not hints:
+        return  # source not found (a third-party class we hold no declarations for): checked when built
+    values = {name: value for name, value in _values(node, hints) if name not in SKIP.get(key, ())}
+    check_values(hints, values, prefix=f"{key}.")
+
+
+def _values(node: DictConfig, hints: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The node's values the hints cover, resolved; values whose interpolation needs torch
+    (the precision's `auto_precision`) or Hydra's runtime are left to the full checks."""
+    out = []
+    for name in node.keys():
+        name = str(name)
+        if name.startswith("_") or name not in hints:
+            continue
+        raw = node._get_node(name)
+        if OmegaConf.is_interpolation(node, name) and "auto_precision" in str(raw._value()):
+            continue
+        try:
+            value = node[name]
+            if OmegaConf.is_config(value):
+                value = OmegaConf.to_container(value, resolve=True)
+        except Exception:  # noqa: BLE001 - an interpolation of Hydra's runtime: checked when the job runs
+            continue
+        out.append((name, value))
+    return out
+
+
+def check_or_fail(config_name: str, cfg: DictConfig) -> str | None:
+    """`quick_check` as the command line wants it: the error's one line, or None."""
+    try:
+        quick_check(config_name, cfg)
+    except UserError as err:
+        return str(err)
+    return None
