@@ -85,9 +85,9 @@ def _flat(prefix: str, node: Any, out: list[tuple[str, str]]) -> None:
 def _roc_summary(roc: Any) -> str:
     if not isinstance(roc, dict):
         return _cell(roc)
-    lengths = {len(v) for v in roc.values() if isinstance(v, list)}
-    points = max(lengths) if lengths else 0
-    return f"{points} points ({', '.join(sorted(roc))}; stored in the checkpoint, not shown)"
+    arrays = sorted(k for k, v in roc.items() if isinstance(v, list))
+    points = max((len(roc[k]) for k in arrays), default=0)
+    return f"{points} points ({', '.join(arrays)}; stored in the checkpoint, not shown)"
 
 
 def recipe_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
