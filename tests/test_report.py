@@ -27,6 +27,7 @@ class Page(HTMLParser):
     def __init__(self, html: str) -> None:
         super().__init__()
         self.ids, self.images, self.scripts, self.external, self.text = set(), [], 0, [], []
+        self.cells, self._cell = [], None  # the text of every table cell (th, td)
         self.feed(html)
 
     def handle_starttag(self, tag, attrs):
@@ -35,6 +36,8 @@ class Page(HTMLParser):
             self.ids.add(attrs["id"])
         if tag == "img":
             self.images.append(attrs.get("src", ""))
+        if tag in ("td", "th"):
+            self._cell = []
         if tag == "script":
             self.scripts += 1
         for key in ("src", "href"):
@@ -42,8 +45,15 @@ class Page(HTMLParser):
             if value.startswith(("http:", "https:", "//", "file:")) or (tag == "link" and value):
                 self.external.append(value)
 
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.cells.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
     def handle_data(self, data):
         self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
 
     @property
     def plain(self) -> str:
@@ -118,6 +128,23 @@ def test_report_has_every_section_and_only_embedded_images(evaluated, tiny_check
     assert "2000 resamples of the" in text and "patients" in text
     assert "git commit" in text or "not a git checkout" in text
     assert "sensitivity >= 0.95" in text and "chosen threshold" in text
+    # the recipe is a readable key/value table: no cell carries a whole array (the validation ROC)
+    assert page.cells and max(len(c) for c in page.cells) <= 300, max(page.cells, key=len)[:200]
+    assert "recipe.net" in " ".join(page.cells)
+
+
+def test_recipe_rows_summarise_the_roc_and_long_values():
+    from pneumonia.evaluation.report import MAX_CELL, recipe_rows
+
+    roc = {"thresholds": [i / 500 for i in range(500)], "sensitivity": [1.0] * 500, "specificity": [0.5] * 500}
+    rows = dict(recipe_rows({"threshold": 0.4, "recipe": {"net": {"depth": 5, "widths": [32, 64]}, "val_roc": roc,
+                                                          "val_report": {"auroc": 0.9}, "note": "x" * 1000,
+                                                          "many": list(range(40))}}))
+    assert rows["recipe.val_roc"].startswith("500 points")
+    assert rows["recipe.net.depth"] == "5" and rows["recipe.net.widths"] == "[32, 64]"
+    assert rows["recipe.many"] == "40 values (not shown)"
+    assert len(rows["recipe.note"]) == MAX_CELL and "recipe.val_report" not in rows
+    assert all(len(v) <= MAX_CELL for v in rows.values())
 
 
 def test_printed_table_and_tensorboard_text_have_the_intervals(tiny_checkpoint, xray_root, tmp_path, capsys):

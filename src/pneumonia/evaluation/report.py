@@ -62,20 +62,46 @@ def _template() -> Any:
     return env.from_string(text)
 
 
+MAX_LIST = 12  # longer lists (the validation ROC's points) are summarised, not printed
+MAX_CELL = 200  # characters of one value cell; longer values are cut with an ellipsis
+
+
+def _cell(node: Any) -> str:
+    """One value as table text: short lists inline, long ones as their length."""
+    if isinstance(node, list) and len(node) > MAX_LIST:
+        return f"{len(node)} values (not shown)"
+    text = json.dumps(node, default=str) if isinstance(node, (dict, list)) else str(node)
+    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "\u2026"
+
+
 def _flat(prefix: str, node: Any, out: list[tuple[str, str]]) -> None:
     if isinstance(node, dict) and node:
         for k, v in node.items():
             _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
-        out.append((prefix, json.dumps(node, default=str) if isinstance(node, (dict, list)) else str(node)))
+        out.append((prefix, _cell(node)))
+
+
+def _roc_summary(roc: Any) -> str:
+    if not isinstance(roc, dict):
+        return _cell(roc)
+    arrays = sorted(k for k, v in roc.items() if isinstance(v, list))
+    points = max((len(roc[k]) for k in arrays), default=0)
+    return f"{points} points ({', '.join(arrays)}; stored in the checkpoint, not shown)"
 
 
 def recipe_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """The Predictor's `summary()` as (key, value) rows; the validation report is shown apart."""
+    """The Predictor's `summary()` as readable (key, value) rows: nested settings flattened to
+    dotted keys, the validation ROC summarised as its number of points, long lists as their
+    length, no cell longer than `MAX_CELL` characters. The validation report is shown apart."""
     summary = json.loads(json.dumps(summary, default=str))
-    summary.get("recipe", {}).pop("val_report", None)
+    recipe = summary.get("recipe", {})
+    recipe.pop("val_report", None)
+    roc = recipe.pop("val_roc", None)
     rows: list[tuple[str, str]] = []
     _flat("", summary, rows)
+    if roc is not None:
+        rows.append(("recipe.val_roc", _roc_summary(roc)))
     return rows
 
 
