@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,10 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
+from pneumonia.app.guards import LoginGuard, LoginLimiter, UploadJanitor
 from pneumonia.app.service import (
     Limits,
     Result,
     Service,
+    UnreadableFile,
     UploadRejected,
     image_pixels,
     roc_point,
@@ -242,15 +245,59 @@ def test_csv_has_every_row_and_is_safe_in_a_spreadsheet(service, tmp_path):
     assert rows[2]["error"].startswith("not an image")
 
 
-def test_discard_deletes_uploads_inside_the_work_folder_only(tmp_path):
-    work, outside = tmp_path / "work", tmp_path / "outside.jpeg"
-    (work / "abc123").mkdir(parents=True)
-    inside = work / "abc123" / "x.jpeg"
-    inside.write_bytes(b"x")
-    outside.write_bytes(b"x")
-    Service.discard([inside, outside, work / "gone.png"], work)
-    assert not inside.exists() and not (work / "abc123").exists() and work.is_dir()
-    assert outside.exists()
+def test_private_copy_survives_the_shared_upload_and_refuses_links(tmp_path):
+    shared = tmp_path / "abc123" / "x.jpeg"
+    shared.parent.mkdir()
+    shared.write_bytes(b"bytes")
+    copy = Service.private_copy(shared, tmp_path / "req-1" / "0")
+    shared.unlink()  # the janitor, or a second identical upload replacing it
+    assert copy.read_bytes() == b"bytes" and copy.name == "x.jpeg"
+    with pytest.raises(UnreadableFile, match="removed before its turn.*upload it again"):
+        Service.private_copy(shared, tmp_path / "req-2")
+    (tmp_path / "link.jpeg").symlink_to(copy)
+    with pytest.raises(UnreadableFile, match="not a regular file"):
+        Service.private_copy(tmp_path / "link.jpeg", tmp_path / "req-3")
+
+
+def aged(path: Path, size: int, mtime: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_janitor_removes_expired_uploads_and_keeps_the_folder_under_its_cap(tmp_path):
+    now = 1_000_000.0
+    work = tmp_path / "work"
+    old_upload = aged(work / "sha1" / "old.png", 10, now - 301)
+    new_upload = aged(work / "sha2" / "new.png", 10, now - 10)
+    stray = aged(work / "tmpabc", 10, now - 400)  # an interrupted upload's temporary file
+    cached = aged(work / "sha3" / "image.jpeg", 10, now - 400)  # Gradio's cached output: keep_minutes
+    busy = aged(work / "req-x" / "0" / "old.png", 10, now - 400)  # a request scoring now
+    outside = aged(tmp_path / "outside.png", 10, now - 400)
+    uploads = {str(old_upload), str(new_upload), str(outside)}
+    janitor = UploadJanitor(work, ttl_s=300, max_bytes=1000, uploads=lambda: uploads, clock=lambda: now)
+    assert sorted(janitor.sweep()) == sorted([old_upload, stray])
+    assert not (work / "sha1").exists() and uploads == {str(new_upload), str(outside)}
+    assert new_upload.exists() and cached.exists() and busy.exists() and outside.exists()
+    # the cap: oldest first until the folder (hard links counted once, req-* aside) fits
+    (work / "sha4").mkdir()
+    same = work / "sha4" / "same.png"
+    os.link(new_upload, same)
+    newest = aged(work / "sha5" / "newest.png", 10, now - 1)
+    capped = UploadJanitor(work, ttl_s=300, max_bytes=15, uploads=uploads, clock=lambda: now)
+    assert capped.sweep() == [cached, new_upload, same]  # 30 bytes on disk, then 20, then 10
+    assert newest.exists() and busy.exists() and uploads == {str(outside)}
+    # ttl 0 and the thread: everything listed goes at the next sweep
+    listed = aged(work / "sha6" / "a.png", 5, now)
+    thread = UploadJanitor(work, ttl_s=0.001, max_bytes=1000, uploads={str(listed)}, interval_s=0.05).start()
+    try:
+        deadline = time.monotonic() + 30
+        while listed.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        thread.stop()
+    assert not listed.exists()
 
 
 # ---- the page's handlers (Gradio, no browser) ------------------------------------------------
@@ -273,14 +320,19 @@ def uploaded(work: Path, *paths: Path) -> list[str]:
     return out
 
 
-def test_page_scores_an_upload_deletes_it_and_redecides(page_module, service, images, tmp_path):
+def requests_left(work: Path) -> list[Path]:
+    return [p for p in work.iterdir() if p.name.startswith("req-")]
+
+
+def test_page_scores_an_upload_from_its_own_copy_and_redecides(page_module, service, images, tmp_path):
     page = page_module
     assert page.build_page(service, tmp_path) is not None  # the Blocks build
     (tmp_path / "broken.png").write_text("not an image")
     files = uploaded(tmp_path, images[0], images[2], tmp_path / "broken.png")
     t = service.stored_threshold
     box, session, gallery, rows, csv_path, message = page.on_upload(service, tmp_path, files, t, None)
-    assert box is None and not any(Path(f).exists() for f in files)  # the upload is gone once scored
+    assert box is None and all(Path(f).exists() for f in files)  # shared uploads: left to the janitor
+    assert requests_left(tmp_path) == []  # this request's own copies: gone once scored
     assert len(session.results) == 3 and len(gallery) == 2
     assert gallery[0][1].startswith(f"{images[0].name}: P(pneumonia) ")
     assert [r[0] for r in rows] == [images[0].name, images[2].name, "broken.png"]
@@ -308,7 +360,29 @@ def test_page_refuses_too_many_files_with_a_message(page_module, service, images
     _, session, gallery, rows, csv_path, message = page_module.on_upload(two, tmp_path, files, 0.5, None)
     assert session.results == [] and gallery == [] and rows is None and csv_path is None
     assert "Nothing was scored: 3 files uploaded" in message and "at most 2" in message
-    assert not any(Path(f).exists() for f in files)
+    assert requests_left(tmp_path) == []
+
+
+def test_identical_concurrent_uploads_all_score(page_module, service, images, tmp_path):
+    """Gradio stores identical uploads at one path: 20 users sending the same X-ray at once
+    all get its score (the page once deleted the shared file after the first scoring)."""
+    shared = uploaded(tmp_path, images[0])
+    start, out = threading.Barrier(20), [None] * 20
+
+    def user(i: int) -> None:
+        start.wait(timeout=60)
+        out[i] = page_module.on_upload(service, tmp_path, list(shared), 0.5, None)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    results = [o[1].results for o in out]
+    failed = [o[5] for o, r in zip(out, results) if not (len(r) == 1 and r[0].ok)]
+    assert not failed, failed
+    assert len({r[0].probability for r in results}) == 1 and all("Scored 1 of 1" in o[5] for o in out)
+    assert requests_left(tmp_path) == [] and Path(shared[0]).exists()
 
 
 # ---- configuration and the server ------------------------------------------------------------
@@ -435,5 +509,5 @@ def test_a_failure_inside_scoring_is_a_message_not_a_crash(page_module, service,
     monkeypatch.setattr(service, "score", broken)
     files = uploaded(tmp_path, images[0])
     _, session, gallery, rows, csv_path, message = page_module.on_upload(service, tmp_path, files, 0.5, None)
-    assert session.results == [] and rows is None and not Path(files[0]).exists()
+    assert session.results == [] and rows is None and requests_left(tmp_path) == []
     assert "Nothing was scored: internal error (RuntimeError" in message
