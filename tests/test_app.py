@@ -4,6 +4,7 @@ re-decision and operating point, the CSV, the page's handlers and the running se
 headless Chromium."""
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -300,6 +301,74 @@ def test_janitor_removes_expired_uploads_and_keeps_the_folder_under_its_cap(tmp_
     assert not listed.exists()
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_login_limiter_locks_a_client_out_after_too_many_failures():
+    clock = Clock()
+    limiter = LoginLimiter(max_failures=5, window_s=60, lockout_s=300, clock=clock)
+    waits = [limiter.attempt("1.2.3.4") for _ in range(200)]  # 200 wrong passwords at once
+    assert waits[:5] == [0.0] * 5 and all(w == 300 for w in waits[5:6]) and all(w > 0 for w in waits[5:])
+    clock.now = 299.0
+    assert limiter.attempt("1.2.3.4") == pytest.approx(1.0)  # the right password too: still refused
+    assert limiter.attempt("5.6.7.8") == 0.0  # other clients are not affected
+    clock.now = 300.0
+    assert limiter.attempt("1.2.3.4") == 0.0
+    limiter.success("1.2.3.4")  # a success forgets the failures
+    assert all(limiter.attempt("1.2.3.4") == 0.0 for _ in range(5)) and limiter.attempt("1.2.3.4") > 0
+    clock.now = 1000.0  # failures spread over more than the window never lock out
+    for _ in range(20):
+        assert limiter.attempt("9.9.9.9") == 0.0
+        clock.now += 13
+    small = LoginLimiter(max_failures=1, clock=clock, max_clients=10)
+    for i in range(100):
+        small.attempt(f"10.0.0.{i}")
+    assert len(small._failures) + len(small._locked_until) <= 10  # memory stays bounded
+
+
+def test_login_guard_refuses_a_locked_out_client_before_the_password_check(caplog):
+    import asyncio
+
+    checked = []
+
+    async def gradio(scope, receive, send):  # stands in for Gradio: 200 for "right", else 400
+        body = (await receive())["body"]
+        checked.append(body)
+        await send({"type": "http.response.start", "status": 200 if body == b"right" else 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guard = LoginGuard(gradio, LoginLimiter(max_failures=3, window_s=60, lockout_s=300))
+
+    async def post(password: bytes, path: str = "/login", client: str = "1.2.3.4") -> int:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": password, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "client": (client, 5000)}
+        await guard(scope, receive, send)
+        return sent[0]["status"]
+
+    async def run():
+        return ([await post(b"wrong") for _ in range(20)], await post(b"right"), await post(b"right", "/login/", "::1"),
+                await post(b"wrong", "/config"))
+
+    with caplog.at_level("WARNING", logger="pneumonia.app.guards"):
+        wrong, right, other, config = asyncio.run(run())
+    assert wrong == [400] * 3 + [429] * 17 and right == 429 and other == 200 and config == 400
+    assert checked.count(b"wrong") == 3 + 1 and checked.count(b"right") == 1  # the locked-out never reach Gradio
+    refusals = [r.getMessage() for r in caplog.records if "login refused" in r.getMessage()]
+    assert len(refusals) == 18 and refusals[0].startswith("login refused for 1.2.3.4: 3 failed logins within 60 s")
+
+
 # ---- the page's handlers (Gradio, no browser) ------------------------------------------------
 @pytest.fixture(scope="module")
 def page_module(tmp_path_factory):
@@ -394,12 +463,17 @@ def test_app_config_is_safe_by_default_and_checked(tiny_checkpoint, tmp_path, mo
     settings = check(cfg)
     assert (settings["host"], settings["port"], settings["auth"]) == ("127.0.0.1", 7860, None)
     assert settings["limits"] == Limits(20, 20, 64)
+    assert [settings[k] for k in ("upload_ttl_s", "upload_dir_max_mb", "login_max_failures", "login_lockout_s")] == [
+        300, 1024, 5, 300]
     monkeypatch.setenv("PNEUMONIA_APP_AUTH", "ann:s3cr:et")
     assert check(compose_cfg("app", [f"ckpt_path={tiny_checkpoint}"], tmp_path))["auth"] == ("ann", "s3cr:et")
     assert parse_auth(None) is None and parse_auth("u:p") == ("u", "p")
     for override, key in (("app.auth=nocolon", "app.auth"), ("app.auth=:pw", "app.auth"),
                           ("app.port=70000", "app.port"), ("app.max_files=0", "app.max_files"),
-                          ("app.ssl_certfile=/nonexistent", "app.ssl_")):
+                          ("app.ssl_certfile=/nonexistent", "app.ssl_"), ("app.upload_ttl_s=0", "app.upload_ttl_s"),
+                          ("app.upload_dir_max_mb=100", "app.upload_dir_max_mb"),
+                          ("app.login_max_failures=2.5", "app.login_max_failures"),
+                          ("app.login_lockout_s=-1", "app.login_lockout_s")):
         with pytest.raises(ConfigError, match=re.escape(key)):
             check(compose_cfg("app", [f"ckpt_path={tiny_checkpoint}", override], tmp_path))
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
@@ -472,7 +546,8 @@ def listening_addresses(port: int) -> set[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
 def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_checkpoint, tmp_path):
     pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[app]'")
-    proc, url = start_app(tiny_checkpoint, tmp_path, env={"PNEUMONIA_APP_AUTH": "ann:pw"})
+    proc, url = start_app(tiny_checkpoint, tmp_path, "app.login_max_failures=2", "app.upload_ttl_s=1",
+                          env={"PNEUMONIA_APP_AUTH": "ann:pw"})
     try:
         port = int(url.rstrip("/").rsplit(":", 1)[1])
         assert listening_addresses(port) == {"127.0.0.1"}
@@ -487,9 +562,32 @@ def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_check
         config = opener.open(url + "config", timeout=10).read().decode()
         assert '"analytics_enabled":false' in config.replace(" ", "")
         assert '"max_file_size":20971520' in config.replace(" ", "")
+        # an upload never scored: the janitor removes it after app.upload_ttl_s=1
+        boundary = "pneumoniatestboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
+                f"Content-Type: image/png\r\n\r\nnot really a png\r\n--{boundary}--\r\n").encode()
+        upload = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        stored = Path(json.loads(opener.open(upload, timeout=10).read())[0])
+        assert stored.parent.parent == work[0] and stored.exists()
+        deadline = time.monotonic() + 60
+        while stored.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not stored.exists() and not stored.parent.exists()
+        codes = []  # wrong passwords: two are checked, then this address is locked out, the right one too
+        for password in ("no", "no", "no", "pw"):
+            try:
+                login = urllib.request.Request(url + "login", data=f"username=ann&password={password}".encode(),
+                                               method="POST")
+                codes.append(opener.open(login, timeout=10).status)
+            except urllib.error.HTTPError as err:
+                codes.append(err.code)
+                detail = err.read().decode()
+        assert codes == [400, 400, 429, 429] and "Too many failed logins" in detail
     finally:
         out = stop_app(proc)
     assert f"at {url} " in out and "password required" in out
+    assert out.count("login refused for 127.0.0.1: 2 failed logins within 60 s") == 2, out
     assert not work[0].exists(), out  # the private folder is removed on SIGTERM
 
 
