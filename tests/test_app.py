@@ -584,6 +584,9 @@ def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_check
                 codes.append(err.code)
                 detail = err.read().decode()
         assert codes == [400, 400, 429, 429] and "Too many failed logins" in detail
+        with pytest.raises(urllib.error.HTTPError) as note:  # the login page says so before anyone fails
+            urllib.request.urlopen(url + "gradio_api/login_check", timeout=10)
+        assert "After 2 failed logins within a minute" in note.value.read().decode()
     finally:
         out = stop_app(proc)
     assert f"at {url} " in out and "password required" in out

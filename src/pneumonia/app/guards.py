@@ -31,6 +31,11 @@ MB = 1024 * 1024
 REQUEST_PREFIX = "req-"  # a request's private copies (`Service.score(private_dir=)`): never swept
 
 
+def duration(seconds: float) -> str:
+    """`seconds` for people: "300 seconds" reads worse than "5 minutes"."""
+    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
+
+
 class UploadJanitor:
     """Sweeps `folder` (Gradio's upload and cache folder): `sweep()` once, or `start()` a
     thread that sweeps every `interval_s` until `stop()`.

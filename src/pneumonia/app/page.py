@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from pneumonia.app.guards import REQUEST_PREFIX  # noqa: E402
+from pneumonia.app.guards import REQUEST_PREFIX, duration  # noqa: E402
 from pneumonia.app.service import NOTE, Result, Service, UploadRejected, md_literal  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,6 @@ def _paths(files: Any) -> list[str]:
 
 def _internal(err: BaseException) -> str:
     return f"internal error ({md_literal(type(err).__name__)}; the server's log has the details)"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
 
 
 def _number(value: float | None) -> str:
@@ -143,7 +139,7 @@ def build_page(service: Service, work_dir: str | Path, *, keep_minutes: float = 
                 files = gr.File(label=f"Chest X-rays: JPEG, PNG or DICOM (up to {limits.max_files} files of "
                                       f"{limits.max_file_mb:g} MB)", file_count="multiple", elem_id="uploads")
                 message = gr.Markdown(f"Upload one or more images: each is scored and explained, and "
-                                      f"deleted from the server within {_duration(upload_ttl_s)}.",
+                                      f"deleted from the server within {duration(upload_ttl_s)}.",
                                       elem_id="message")
                 threshold = gr.Slider(0.0, 1.0, value=stored, step=0.001, elem_id="threshold",
                                       label="Decision threshold: PNEUMONIA when P(pneumonia) \u2265 threshold")

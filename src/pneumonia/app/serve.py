@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pneumonia.config.checks import optional_int
-from pneumonia.app.guards import LoginGuard, LoginLimiter, UploadJanitor
+from pneumonia.app.guards import LoginGuard, LoginLimiter, UploadJanitor, duration
 from pneumonia.app.service import MB, Limits, Service
 from pneumonia.errors import ConfigError
 
@@ -176,6 +176,8 @@ def serve(cfg: DictConfig) -> None:
                                 lambda: page.upload_file_set, interval_s=min(5.0, settings["upload_ttl_s"])).start()
         limiter = LoginLimiter(settings["login_max_failures"], LOGIN_WINDOW_S, settings["login_lockout_s"])
         middleware = [Middleware(LoginGuard, limiter=limiter)] if auth else []
+        lockout = (f"After {limiter.max_failures} failed logins within a minute, logins from your address are "
+                   f"refused for {duration(limiter.lockout_s)}, the right password too.")  # the login page's note
         scheme = "https" if settings["ssl_certfile"] else "http"
         url_host = f"[{host}]" if ":" in host else host
         print(f"Serving {cfg.ckpt_path} at {scheme}://{url_host}:{port}/ (threshold "
@@ -187,7 +189,7 @@ def serve(cfg: DictConfig) -> None:
                     .max_bytes, inbrowser=settings["open_browser"], ssr_mode=False, mcp_server=False,
                     enable_monitoring=False, show_error=False, quiet=True, footer_links=[],
                     ssl_certfile=settings["ssl_certfile"], ssl_keyfile=settings["ssl_keyfile"],
-                    app_kwargs={"middleware": middleware})
+                    auth_message=lockout if auth else None, app_kwargs={"middleware": middleware})
     except KeyboardInterrupt:
         pass
     finally:
