@@ -342,7 +342,8 @@ def test_login_guard_refuses_a_locked_out_client_before_the_password_check(caplo
         await send({"type": "http.response.start", "status": 200 if body == b"right" else 400, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    guard = LoginGuard(gradio, LoginLimiter(max_failures=3, window_s=60, lockout_s=300))
+    clock = Clock()
+    guard = LoginGuard(gradio, LoginLimiter(max_failures=3, window_s=60, lockout_s=300, clock=clock))
 
     async def post(password: bytes, path: str = "/login", client: str = "1.2.3.4") -> int:
         sent = []
@@ -355,18 +356,22 @@ def test_login_guard_refuses_a_locked_out_client_before_the_password_check(caplo
 
         scope = {"type": "http", "method": "POST", "path": path, "client": (client, 5000)}
         await guard(scope, receive, send)
+        clock.now += 0.25
         return sent[0]["status"]
 
     async def run():
         return ([await post(b"wrong") for _ in range(20)], await post(b"right"), await post(b"right", "/login/", "::1"),
-                await post(b"wrong", "/config"))
+                await post(b"wrong", "/config"), [await post(b"wrong", client=f"2001:db8::{i}") for i in range(5)])
 
     with caplog.at_level("WARNING", logger="pneumonia.app.guards"):
-        wrong, right, other, config = asyncio.run(run())
+        wrong, right, other, config, rotating = asyncio.run(run())
     assert wrong == [400] * 3 + [429] * 17 and right == 429 and other == 200 and config == 400
-    assert checked.count(b"wrong") == 3 + 1 and checked.count(b"right") == 1  # the locked-out never reach Gradio
-    refusals = [r.getMessage() for r in caplog.records if "login refused" in r.getMessage()]
-    assert len(refusals) == 18 and refusals[0].startswith("login refused for 1.2.3.4: 3 failed logins within 60 s")
+    assert rotating == [400] * 3 + [429] * 2  # addresses of one IPv6 /64 count as one client
+    assert checked.count(b"wrong") == 3 + 1 + 3 and checked.count(b"right") == 1  # the locked-out never reach Gradio
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("login refused for 1.2.3.4: ")]
+    assert lines[0] == "login refused for 1.2.3.4: 3 failed logins within 60 s; locked out for 300 s more"
+    assert len(lines) == 5  # 18 refusals 0.25 s apart: a line a second, counting those folded into it
+    assert all(line.endswith("(3 more refused since the last line)") for line in lines[1:])
 
 
 # ---- the page's handlers (Gradio, no browser) ------------------------------------------------
@@ -590,7 +595,7 @@ def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_check
     finally:
         out = stop_app(proc)
     assert f"at {url} " in out and "password required" in out
-    assert out.count("login refused for 127.0.0.1: 2 failed logins within 60 s") == 2, out
+    assert out.count("login refused for 127.0.0.1: 2 failed logins within 60 s") == 1, out  # one a second
     assert not work[0].exists(), out  # the private folder is removed on SIGTERM
 
 

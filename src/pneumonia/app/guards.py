@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -197,25 +198,42 @@ class LoginLimiter:
             del self._locked_until[next(iter(self._locked_until))]
 
 
+def client_key(host: str) -> str:
+    """Who a login attempt counts against: the address, or for IPv6 its /64 network (one
+    machine commonly holds a whole /64, so single addresses would be free to rotate)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        if not address.is_loopback:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class LoginGuard:
     """ASGI middleware: POST .../login goes through `limiter` per client address (the
-    socket's peer: a reverse proxy in front makes every user one client). A locked-out
-    client gets 429 with a one-line reason; a 2xx answer counts as a success."""
+    socket's peer, `client_key`: a reverse proxy in front makes every user one client). A
+    locked-out client gets 429 with a one-line reason; a 2xx answer counts as a success.
+    Refusals are logged one line per client per `log_every_s` at most, each line counting the
+    refusals folded into it, so a flood of attempts cannot flood the log."""
 
-    def __init__(self, app: Any, limiter: LoginLimiter) -> None:
-        self.app, self.limiter = app, limiter
+    def __init__(self, app: Any, limiter: LoginLimiter, *, log_every_s: float = 1.0) -> None:
+        self.app, self.limiter, self.log_every_s = app, limiter, float(log_every_s)
+        self._logged: dict[str, list[float]] = {}  # client -> [time of its last line, refusals since]
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if (scope.get("type") != "http" or scope.get("method") != "POST"
                 or not scope.get("path", "").rstrip("/").endswith("/login")):
             await self.app(scope, receive, send)
             return
-        client = (scope.get("client") or ("unknown",))[0]
+        client = client_key((scope.get("client") or ("unknown",))[0])
         wait = self.limiter.attempt(client)
         if wait > 0:
             seconds = math.ceil(wait)
-            log.warning("login refused for %s: %d failed logins within %g s; locked out for %d s more",
-                        client, self.limiter.max_failures, self.limiter.window_s, seconds)
+            self._log_refusal(client, seconds)
             body = json.dumps({"detail": f"Too many failed logins from this address: try again in {seconds} s."})
             await send({"type": "http.response.start", "status": 429,
                         "headers": [(b"content-type", b"application/json"), (b"retry-after", str(seconds).encode()),
@@ -233,3 +251,15 @@ class LoginGuard:
         if status and 200 <= status[0] < 300:
             self.limiter.success(client)
 
+    def _log_refusal(self, client: str, seconds: int) -> None:
+        now = self.limiter.clock()
+        last, folded = self._logged.get(client, (-math.inf, 0))
+        if now - last < self.log_every_s:
+            self._logged[client] = [last, folded + 1]
+            return
+        if len(self._logged) >= self.limiter.max_clients:
+            self._logged.clear()
+        self._logged[client] = [now, 0]
+        log.warning("login refused for %s: %d failed logins within %g s; locked out for %d s more%s", client,
+                    self.limiter.max_failures, self.limiter.window_s, seconds,
+                    f" ({int(folded)} more refused since the last line)" if folded else "")
