@@ -7,8 +7,8 @@
 - `LoginLimiter` and the ASGI middleware `LoginGuard`: Gradio's `auth` callable receives
   only (username, password), not the client, so the limit sits in front of its `/login`
   route: at most `max_failures` failed logins per `window_s` per client address, then every
-  login from that address (the right password included) is refused for `lockout_s`, with one
-  log line per refusal.
+  login from that address (the right password included) is refused for `lockout_s`, and
+  logged (one line a second per client at most, counting the refusals it stands for).
 """
 
 from __future__ import annotations
