@@ -4,6 +4,7 @@ re-decision and operating point, the CSV, the page's handlers and the running se
 headless Chromium."""
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,10 +24,12 @@ import pytest
 import torch
 from PIL import Image
 
+from pneumonia.app.guards import LoginGuard, LoginLimiter, UploadJanitor
 from pneumonia.app.service import (
     Limits,
     Result,
     Service,
+    UnreadableFile,
     UploadRejected,
     image_pixels,
     roc_point,
@@ -242,15 +246,132 @@ def test_csv_has_every_row_and_is_safe_in_a_spreadsheet(service, tmp_path):
     assert rows[2]["error"].startswith("not an image")
 
 
-def test_discard_deletes_uploads_inside_the_work_folder_only(tmp_path):
-    work, outside = tmp_path / "work", tmp_path / "outside.jpeg"
-    (work / "abc123").mkdir(parents=True)
-    inside = work / "abc123" / "x.jpeg"
-    inside.write_bytes(b"x")
-    outside.write_bytes(b"x")
-    Service.discard([inside, outside, work / "gone.png"], work)
-    assert not inside.exists() and not (work / "abc123").exists() and work.is_dir()
-    assert outside.exists()
+def test_private_copy_survives_the_shared_upload_and_refuses_links(tmp_path):
+    shared = tmp_path / "abc123" / "x.jpeg"
+    shared.parent.mkdir()
+    shared.write_bytes(b"bytes")
+    copy = Service.private_copy(shared, tmp_path / "req-1" / "0")
+    shared.unlink()  # the janitor, or a second identical upload replacing it
+    assert copy.read_bytes() == b"bytes" and copy.name == "x.jpeg"
+    with pytest.raises(UnreadableFile, match="removed before its turn.*upload it again"):
+        Service.private_copy(shared, tmp_path / "req-2")
+    (tmp_path / "link.jpeg").symlink_to(copy)
+    with pytest.raises(UnreadableFile, match="not a regular file"):
+        Service.private_copy(tmp_path / "link.jpeg", tmp_path / "req-3")
+
+
+def aged(path: Path, size: int, mtime: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_janitor_removes_expired_uploads_and_keeps_the_folder_under_its_cap(tmp_path):
+    now = 1_000_000.0
+    work = tmp_path / "work"
+    old_upload = aged(work / "sha1" / "old.png", 10, now - 301)
+    new_upload = aged(work / "sha2" / "new.png", 10, now - 10)
+    stray = aged(work / "tmpabc", 10, now - 400)  # an interrupted upload's temporary file
+    cached = aged(work / "sha3" / "image.jpeg", 10, now - 400)  # Gradio's cached output: keep_minutes
+    busy = aged(work / "req-x" / "0" / "old.png", 10, now - 400)  # a request scoring now
+    outside = aged(tmp_path / "outside.png", 10, now - 400)
+    uploads = {str(old_upload), str(new_upload), str(outside)}
+    janitor = UploadJanitor(work, ttl_s=300, max_bytes=1000, uploads=lambda: uploads, clock=lambda: now)
+    assert sorted(janitor.sweep()) == sorted([old_upload, stray])
+    assert not (work / "sha1").exists() and uploads == {str(new_upload), str(outside)}
+    assert new_upload.exists() and cached.exists() and busy.exists() and outside.exists()
+    # the cap: oldest first until the folder (hard links counted once, req-* aside) fits
+    (work / "sha4").mkdir()
+    same = work / "sha4" / "same.png"
+    os.link(new_upload, same)
+    newest = aged(work / "sha5" / "newest.png", 10, now - 1)
+    capped = UploadJanitor(work, ttl_s=300, max_bytes=15, uploads=uploads, clock=lambda: now)
+    assert capped.sweep() == [cached, new_upload, same]  # 30 bytes on disk, then 20, then 10
+    assert newest.exists() and busy.exists() and uploads == {str(outside)}
+    # ttl 0 and the thread: everything listed goes at the next sweep
+    listed = aged(work / "sha6" / "a.png", 5, now)
+    thread = UploadJanitor(work, ttl_s=0.001, max_bytes=1000, uploads={str(listed)}, interval_s=0.05).start()
+    try:
+        deadline = time.monotonic() + 30
+        while listed.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        thread.stop()
+    assert not listed.exists()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_login_limiter_locks_a_client_out_after_too_many_failures():
+    clock = Clock()
+    limiter = LoginLimiter(max_failures=5, window_s=60, lockout_s=300, clock=clock)
+    waits = [limiter.attempt("1.2.3.4") for _ in range(200)]  # 200 wrong passwords at once
+    assert waits[:5] == [0.0] * 5 and all(w == 300 for w in waits[5:6]) and all(w > 0 for w in waits[5:])
+    clock.now = 299.0
+    assert limiter.attempt("1.2.3.4") == pytest.approx(1.0)  # the right password too: still refused
+    assert limiter.attempt("5.6.7.8") == 0.0  # other clients are not affected
+    clock.now = 300.0
+    assert limiter.attempt("1.2.3.4") == 0.0
+    limiter.success("1.2.3.4")  # a success forgets the failures
+    assert all(limiter.attempt("1.2.3.4") == 0.0 for _ in range(5)) and limiter.attempt("1.2.3.4") > 0
+    clock.now = 1000.0  # failures spread over more than the window never lock out
+    for _ in range(20):
+        assert limiter.attempt("9.9.9.9") == 0.0
+        clock.now += 13
+    small = LoginLimiter(max_failures=1, clock=clock, max_clients=10)
+    for i in range(100):
+        small.attempt(f"10.0.0.{i}")
+    assert len(small._failures) + len(small._locked_until) <= 10  # memory stays bounded
+
+
+def test_login_guard_refuses_a_locked_out_client_before_the_password_check(caplog):
+    import asyncio
+
+    checked = []
+
+    async def gradio(scope, receive, send):  # stands in for Gradio: 200 for "right", else 400
+        body = (await receive())["body"]
+        checked.append(body)
+        await send({"type": "http.response.start", "status": 200 if body == b"right" else 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    clock = Clock()
+    guard = LoginGuard(gradio, LoginLimiter(max_failures=3, window_s=60, lockout_s=300, clock=clock))
+
+    async def post(password: bytes, path: str = "/login", client: str = "1.2.3.4") -> int:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": password, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "client": (client, 5000)}
+        await guard(scope, receive, send)
+        clock.now += 0.25
+        return sent[0]["status"]
+
+    async def run():
+        return ([await post(b"wrong") for _ in range(20)], await post(b"right"), await post(b"right", "/login/", "::1"),
+                await post(b"wrong", "/config"), [await post(b"wrong", client=f"2001:db8::{i}") for i in range(5)])
+
+    with caplog.at_level("WARNING", logger="pneumonia.app.guards"):
+        wrong, right, other, config, rotating = asyncio.run(run())
+    assert wrong == [400] * 3 + [429] * 17 and right == 429 and other == 200 and config == 400
+    assert rotating == [400] * 3 + [429] * 2  # addresses of one IPv6 /64 count as one client
+    assert checked.count(b"wrong") == 3 + 1 + 3 and checked.count(b"right") == 1  # the locked-out never reach Gradio
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("login refused for 1.2.3.4: ")]
+    assert lines[0] == "login refused for 1.2.3.4: 3 failed logins within 60 s; locked out for 300 s more"
+    assert len(lines) == 5  # 18 refusals 0.25 s apart: a line a second, counting those folded into it
+    assert all(line.endswith("(3 more refused since the last line)") for line in lines[1:])
 
 
 # ---- the page's handlers (Gradio, no browser) ------------------------------------------------
@@ -273,14 +394,19 @@ def uploaded(work: Path, *paths: Path) -> list[str]:
     return out
 
 
-def test_page_scores_an_upload_deletes_it_and_redecides(page_module, service, images, tmp_path):
+def requests_left(work: Path) -> list[Path]:
+    return [p for p in work.iterdir() if p.name.startswith("req-")]
+
+
+def test_page_scores_an_upload_from_its_own_copy_and_redecides(page_module, service, images, tmp_path):
     page = page_module
     assert page.build_page(service, tmp_path) is not None  # the Blocks build
     (tmp_path / "broken.png").write_text("not an image")
     files = uploaded(tmp_path, images[0], images[2], tmp_path / "broken.png")
     t = service.stored_threshold
     box, session, gallery, rows, csv_path, message = page.on_upload(service, tmp_path, files, t, None)
-    assert box is None and not any(Path(f).exists() for f in files)  # the upload is gone once scored
+    assert box is None and all(Path(f).exists() for f in files)  # shared uploads: left to the janitor
+    assert requests_left(tmp_path) == []  # this request's own copies: gone once scored
     assert len(session.results) == 3 and len(gallery) == 2
     assert gallery[0][1].startswith(f"{images[0].name}: P(pneumonia) ")
     assert [r[0] for r in rows] == [images[0].name, images[2].name, "broken.png"]
@@ -308,7 +434,29 @@ def test_page_refuses_too_many_files_with_a_message(page_module, service, images
     _, session, gallery, rows, csv_path, message = page_module.on_upload(two, tmp_path, files, 0.5, None)
     assert session.results == [] and gallery == [] and rows is None and csv_path is None
     assert "Nothing was scored: 3 files uploaded" in message and "at most 2" in message
-    assert not any(Path(f).exists() for f in files)
+    assert requests_left(tmp_path) == []
+
+
+def test_identical_concurrent_uploads_all_score(page_module, service, images, tmp_path):
+    """Gradio stores identical uploads at one path: 20 users sending the same X-ray at once
+    all get its score (the page once deleted the shared file after the first scoring)."""
+    shared = uploaded(tmp_path, images[0])
+    start, out = threading.Barrier(20), [None] * 20
+
+    def user(i: int) -> None:
+        start.wait(timeout=60)
+        out[i] = page_module.on_upload(service, tmp_path, list(shared), 0.5, None)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    results = [o[1].results for o in out]
+    failed = [o[5] for o, r in zip(out, results) if not (len(r) == 1 and r[0].ok)]
+    assert not failed, failed
+    assert len({r[0].probability for r in results}) == 1 and all("Scored 1 of 1" in o[5] for o in out)
+    assert requests_left(tmp_path) == [] and Path(shared[0]).exists()
 
 
 # ---- configuration and the server ------------------------------------------------------------
@@ -320,12 +468,17 @@ def test_app_config_is_safe_by_default_and_checked(tiny_checkpoint, tmp_path, mo
     settings = check(cfg)
     assert (settings["host"], settings["port"], settings["auth"]) == ("127.0.0.1", 7860, None)
     assert settings["limits"] == Limits(20, 20, 64)
+    assert [settings[k] for k in ("upload_ttl_s", "upload_dir_max_mb", "login_max_failures", "login_lockout_s")] == [
+        300, 1024, 5, 300]
     monkeypatch.setenv("PNEUMONIA_APP_AUTH", "ann:s3cr:et")
     assert check(compose_cfg("app", [f"ckpt_path={tiny_checkpoint}"], tmp_path))["auth"] == ("ann", "s3cr:et")
     assert parse_auth(None) is None and parse_auth("u:p") == ("u", "p")
     for override, key in (("app.auth=nocolon", "app.auth"), ("app.auth=:pw", "app.auth"),
                           ("app.port=70000", "app.port"), ("app.max_files=0", "app.max_files"),
-                          ("app.ssl_certfile=/nonexistent", "app.ssl_")):
+                          ("app.ssl_certfile=/nonexistent", "app.ssl_"), ("app.upload_ttl_s=0", "app.upload_ttl_s"),
+                          ("app.upload_dir_max_mb=100", "app.upload_dir_max_mb"),
+                          ("app.login_max_failures=2.5", "app.login_max_failures"),
+                          ("app.login_lockout_s=-1", "app.login_lockout_s")):
         with pytest.raises(ConfigError, match=re.escape(key)):
             check(compose_cfg("app", [f"ckpt_path={tiny_checkpoint}", override], tmp_path))
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
@@ -398,7 +551,8 @@ def listening_addresses(port: int) -> set[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
 def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_checkpoint, tmp_path):
     pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[app]'")
-    proc, url = start_app(tiny_checkpoint, tmp_path, env={"PNEUMONIA_APP_AUTH": "ann:pw"})
+    proc, url = start_app(tiny_checkpoint, tmp_path, "app.login_max_failures=2", "app.upload_ttl_s=1",
+                          env={"PNEUMONIA_APP_AUTH": "ann:pw"})
     try:
         port = int(url.rstrip("/").rsplit(":", 1)[1])
         assert listening_addresses(port) == {"127.0.0.1"}
@@ -413,9 +567,35 @@ def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_check
         config = opener.open(url + "config", timeout=10).read().decode()
         assert '"analytics_enabled":false' in config.replace(" ", "")
         assert '"max_file_size":20971520' in config.replace(" ", "")
+        # an upload never scored: the janitor removes it after app.upload_ttl_s=1
+        boundary = "pneumoniatestboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
+                f"Content-Type: image/png\r\n\r\nnot really a png\r\n--{boundary}--\r\n").encode()
+        upload = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        stored = Path(json.loads(opener.open(upload, timeout=10).read())[0])
+        assert stored.parent.parent == work[0] and stored.exists()
+        deadline = time.monotonic() + 60
+        while stored.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not stored.exists() and not stored.parent.exists()
+        codes = []  # wrong passwords: two are checked, then this address is locked out, the right one too
+        for password in ("no", "no", "no", "pw"):
+            try:
+                login = urllib.request.Request(url + "login", data=f"username=ann&password={password}".encode(),
+                                               method="POST")
+                codes.append(opener.open(login, timeout=10).status)
+            except urllib.error.HTTPError as err:
+                codes.append(err.code)
+                detail = err.read().decode()
+        assert codes == [400, 400, 429, 429] and "Too many failed logins" in detail
+        with pytest.raises(urllib.error.HTTPError) as note:  # the login page says so before anyone fails
+            urllib.request.urlopen(url + "gradio_api/login_check", timeout=10)
+        assert "After 2 failed logins within a minute" in note.value.read().decode()
     finally:
         out = stop_app(proc)
     assert f"at {url} " in out and "password required" in out
+    assert out.count("login refused for 127.0.0.1: 2 failed logins within 60 s") == 1, out  # one a second
     assert not work[0].exists(), out  # the private folder is removed on SIGTERM
 
 
@@ -435,5 +615,5 @@ def test_a_failure_inside_scoring_is_a_message_not_a_crash(page_module, service,
     monkeypatch.setattr(service, "score", broken)
     files = uploaded(tmp_path, images[0])
     _, session, gallery, rows, csv_path, message = page_module.on_upload(service, tmp_path, files, 0.5, None)
-    assert session.results == [] and rows is None and not Path(files[0]).exists()
+    assert session.results == [] and rows is None and requests_left(tmp_path) == []
     assert "Nothing was scored: internal error (RuntimeError" in message

@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
+from pneumonia.app.guards import REQUEST_PREFIX, duration  # noqa: E402
 from pneumonia.app.service import NOTE, Result, Service, UploadRejected, md_literal  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,16 @@ def _outputs(service: Service, session: Session, threshold: float, work_dir: Pat
 
 def on_upload(service: Service, work_dir: Path, files: Any, threshold: float, session: Session | None
               ) -> tuple[Any, ...]:
-    """Score the uploaded files, then delete them. Returns (files, session, gallery, table,
-    csv, message): the upload box is emptied, the results shown; never raises."""
+    """Score the uploaded files from this request's own copies (a `req-*` folder in
+    `work_dir`, removed afterwards; the shared uploads are left to the janitor). Returns
+    (files, session, gallery, table, csv, message): the upload box is emptied, the results
+    shown; never raises."""
     session = session or Session()
     paths = _paths(files)
+    private = None
     try:
-        session.results = service.score(paths)
+        private = tempfile.mkdtemp(prefix=REQUEST_PREFIX, dir=work_dir)
+        session.results = service.score(paths, private_dir=private)
         message = service.message(session.results)
     except UploadRejected as err:
         session.results, message = [], f"**Nothing was scored: {md_literal(err)}.**"
@@ -90,7 +95,8 @@ def on_upload(service: Service, work_dir: Path, files: Any, threshold: float, se
         log.error("scoring failed:\n%s", traceback.format_exc())
         session.results, message = [], f"**Nothing was scored: {_internal(err)}.**"
     finally:
-        service.discard(paths, work_dir)  # uploads live no longer than their scoring
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
     log.info("upload: %d file(s), %d scored", len(paths), sum(r.ok for r in session.results))
     try:
         gallery, rows, csv_path = _outputs(service, session, threshold, work_dir)
@@ -115,10 +121,12 @@ def on_threshold(service: Service, work_dir: Path, session: Session | None, thre
     return gallery, rows, csv_path, point
 
 
-def build_page(service: Service, work_dir: str | Path, *, keep_minutes: float = 60) -> gr.Blocks:
+def build_page(service: Service, work_dir: str | Path, *, keep_minutes: float = 60,
+               upload_ttl_s: float = 300) -> gr.Blocks:
     """The page. `work_dir`: the private folder Gradio uploads into (GRADIO_TEMP_DIR), where
-    the CSVs are written too; uploads are deleted as soon as they are scored, what Gradio
-    caches for display after `keep_minutes`."""
+    the CSVs are written too. Gradio deletes what it caches for display after `keep_minutes`
+    (`delete_cache`); the uploads go sooner, after `upload_ttl_s`, by the janitor that
+    `serve` runs on the page's `upload_file_set` (it is only named in the page's text here)."""
     work_dir = Path(work_dir)
     limits = service.limits
     stored = service.stored_threshold
@@ -130,7 +138,8 @@ def build_page(service: Service, work_dir: str | Path, *, keep_minutes: float = 
             with gr.Column(scale=1, min_width=320):
                 files = gr.File(label=f"Chest X-rays: JPEG, PNG or DICOM (up to {limits.max_files} files of "
                                       f"{limits.max_file_mb:g} MB)", file_count="multiple", elem_id="uploads")
-                message = gr.Markdown("Upload one or more images: each is scored, explained and deleted.",
+                message = gr.Markdown(f"Upload one or more images: each is scored and explained, and "
+                                      f"deleted from the server within {duration(upload_ttl_s)}.",
                                       elem_id="message")
                 threshold = gr.Slider(0.0, 1.0, value=stored, step=0.001, elem_id="threshold",
                                       label="Decision threshold: PNEUMONIA when P(pneumonia) \u2265 threshold")

@@ -3,10 +3,13 @@
 Safe by default: the page binds to 127.0.0.1 (`app.host`), never makes a share link, sends
 no telemetry (Gradio's analytics and version check off, Hugging Face Hub offline), serves no
 API documentation or MCP server, and keeps uploads in a private folder (mode 0700, made
-by `tempfile.mkdtemp`) that is emptied as each upload is scored and removed when the server
-stops (Ctrl-C or SIGTERM). `app.auth=user:password` (or the environment variable
-PNEUMONIA_APP_AUTH) asks for a password; over a network, also give `app.ssl_certfile` and
-`app.ssl_keyfile`, or the password and the images travel unencrypted.
+by `tempfile.mkdtemp`) where a janitor removes each upload after `app.upload_ttl_s`, scored
+or not, and keeps the folder under `app.upload_dir_max_mb`; the folder is removed when the
+server stops (Ctrl-C or SIGTERM). `app.auth=user:password` (or the environment variable
+PNEUMONIA_APP_AUTH) asks for a password, with at most `app.login_max_failures` failed logins
+per minute per client address before `app.login_lockout_s` of refusals; over a network,
+also give `app.ssl_certfile` and `app.ssl_keyfile`, or the password and the images travel
+unencrypted.
 """
 
 from __future__ import annotations
@@ -25,12 +28,22 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pneumonia.config.checks import optional_int
-from pneumonia.app.service import Limits, Service
+from pneumonia.app.guards import LoginGuard, LoginLimiter, UploadJanitor, duration
+from pneumonia.app.service import MB, Limits, Service
 from pneumonia.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = "pneumonia-app-"
+LOGIN_WINDOW_S = 60.0  # app.login_max_failures counts failed logins over this window
+
+
+def _positive(app: Any, key: str, *, integer: bool = False) -> float:
+    value = app.get(key)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < float("inf"):
+        raise ConfigError(f"app.{key}={value!r} must be a positive {'integer' if integer else 'number'}")
+    return value
 
 
 def parse_auth(auth: Any) -> tuple[str, str] | None:
@@ -80,8 +93,14 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     for key, value in ssl.items():
         if value and not Path(value).is_file():
             raise ConfigError(f"app.{key}={value!r} is not a file")
+    limits = Limits(app.max_files, app.max_file_mb, app.max_megapixels)
+    guards = {key: _positive(app, key, integer=key == "login_max_failures")
+              for key in ("upload_ttl_s", "upload_dir_max_mb", "login_max_failures", "login_lockout_s")}
+    if guards["upload_dir_max_mb"] < limits.max_files * limits.max_file_mb:
+        raise ConfigError(f"app.upload_dir_max_mb={guards['upload_dir_max_mb']!r} must hold one full upload: at least "
+                          f"app.max_files x app.max_file_mb = {limits.max_files * limits.max_file_mb:g}")
     return {"host": host, "port": port, "auth": parse_auth(app.auth), "keep_minutes": float(keep),
-            "limits": Limits(app.max_files, app.max_file_mb, app.max_megapixels),
+            "limits": limits, **guards,
             "open_browser": bool(app.get("open_browser", False)), **{k: v or None for k, v in ssl.items()}}
 
 
@@ -144,23 +163,37 @@ def serve(cfg: DictConfig) -> None:
     work_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))  # 0700: this user only
     prepare_environment(work_dir)
     _stop_on_sigterm()
+    janitor = None
     try:
+        from starlette.middleware import Middleware
+
         from pneumonia.app.page import build_page
 
-        page = build_page(service, work_dir, keep_minutes=settings["keep_minutes"])
+        page = build_page(service, work_dir, keep_minutes=settings["keep_minutes"],
+                          upload_ttl_s=settings["upload_ttl_s"])
         page.queue(default_concurrency_limit=1)  # one scoring at a time: the model uses every core
+        janitor = UploadJanitor(work_dir, settings["upload_ttl_s"], int(settings["upload_dir_max_mb"] * MB),
+                                lambda: page.upload_file_set, interval_s=min(5.0, settings["upload_ttl_s"])).start()
+        limiter = LoginLimiter(settings["login_max_failures"], LOGIN_WINDOW_S, settings["login_lockout_s"])
+        middleware = [Middleware(LoginGuard, limiter=limiter)] if auth else []
+        lockout = (f"After {limiter.max_failures} failed logins within a minute, logins from your address are "
+                   f"refused for {duration(limiter.lockout_s)}, the right password too.")  # the login page's note
         scheme = "https" if settings["ssl_certfile"] else "http"
         url_host = f"[{host}]" if ":" in host else host
         print(f"Serving {cfg.ckpt_path} at {scheme}://{url_host}:{port}/ (threshold "
               f"{service.stored_threshold:.4f}, precision {service.predictor.precision}"
               f"{', password required' if auth else ''}); Ctrl-C stops it", flush=True)
-        log.info("uploads go to %s (deleted once scored; the folder is removed at exit)", work_dir)
+        log.info("uploads go to %s (each removed after %g s, the folder kept under %g MB and removed at exit)",
+                 work_dir, settings["upload_ttl_s"], settings["upload_dir_max_mb"])
         page.launch(server_name=host, server_port=port, share=False, auth=auth, max_file_size=settings["limits"]
                     .max_bytes, inbrowser=settings["open_browser"], ssr_mode=False, mcp_server=False,
                     enable_monitoring=False, show_error=False, quiet=True, footer_links=[],
-                    ssl_certfile=settings["ssl_certfile"], ssl_keyfile=settings["ssl_keyfile"])
+                    ssl_certfile=settings["ssl_certfile"], ssl_keyfile=settings["ssl_keyfile"],
+                    auth_message=lockout if auth else None, app_kwargs={"middleware": middleware})
     except KeyboardInterrupt:
         pass
     finally:
+        if janitor is not None:
+            janitor.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
         log.info("stopped; %s removed", work_dir)

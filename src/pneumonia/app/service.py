@@ -16,7 +16,13 @@ Files are checked before they are decoded: the count (`Limits.max_files`), the s
 bytes (`max_file_mb`) and the pixel count read from the header (`max_megapixels`, so a
 30000 x 30000 PNG "decompression bomb" is refused without decoding it). Anything that
 still fails to decode (truncated, not an image, a DICOM without pixels) becomes a row
-with its reason, never an exception out of `score`.
+with its reason, never an exception out of `score`. Every upload is read through `read`:
+there is no other decoding path.
+
+The page scores each request from its own hard links of the uploads (`score(...,
+private_dir=)`): Gradio stores identical uploads at one shared path, so two users uploading
+the same X-ray at once each keep theirs. The shared paths are left to the janitor
+(`pneumonia.app.guards`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import bisect
 import csv
 import math
 import os
+import shutil
+import stat
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +51,8 @@ if TYPE_CHECKING:
     from pneumonia.inference import Predictor
 
 MB = 1024 * 1024
+GONE = ("the upload was removed before its turn to be scored (the server keeps uploads app.upload_ttl_s "
+        "seconds and the upload folder under app.upload_dir_max_mb): upload it again")
 TABLE_COLUMNS = ("file", "probability", "prediction", "threshold", "error")
 
 NOTE = (
@@ -236,6 +247,7 @@ class Service:
         self.batch_size = int(batch_size)
         self.stored_threshold = as_float32(predictor.threshold)
         self.roc = validation_roc(predictor.recipe)
+        self._model_lock = threading.Lock()  # Grad-CAM hooks the net: one batch through it at a time
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, limits: Limits | None = None, *, device: str = "auto",
@@ -267,9 +279,37 @@ class Service:
                                  f"{self.limits.max_megapixels:g} megapixels (app.max_megapixels)")
         return self.predictor.preprocess.load(path)
 
-    def score(self, paths: Sequence[str | Path], names: Sequence[str] | None = None) -> list[Result]:
+    @staticmethod
+    def private_copy(path: str | Path, folder: str | Path) -> Path:
+        """`path` hard-linked (or copied) into `folder`, a folder of one request's own. Gradio
+        stores identical uploads at one path; the copy stays readable whatever happens to
+        that shared path (the janitor's expiry, the size cap) while this request scores it."""
+        src, folder = Path(path), Path(folder)
+        try:
+            mode = os.lstat(src).st_mode
+        except FileNotFoundError:
+            raise UnreadableFile(GONE) from None
+        if not stat.S_ISREG(mode):  # a link or a special file is not an upload
+            raise UnreadableFile("not a regular file")
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / src.name
+        try:
+            os.link(src, dest, follow_symlinks=False)
+        except FileNotFoundError:
+            raise UnreadableFile(GONE) from None
+        except OSError:  # another file system, or links not allowed: a plain copy
+            try:
+                shutil.copyfile(src, dest, follow_symlinks=False)
+            except FileNotFoundError:
+                raise UnreadableFile(GONE) from None
+        return dest
+
+    def score(self, paths: Sequence[str | Path], names: Sequence[str] | None = None, *,
+              private_dir: str | Path | None = None) -> list[Result]:
         """Read, score and explain every file; a file that cannot be read gets a reason
-        instead (this never raises for a bad file, only `UploadRejected` for too many)."""
+        instead (this never raises for a bad file, only `UploadRejected` for too many).
+        `private_dir`: each file is first linked into `private_dir/<i>/` (`private_copy`) and
+        read from there; the caller removes that folder."""
         import torch
 
         self.check_count(len(paths))
@@ -278,18 +318,21 @@ class Service:
         arrays: dict[int, np.ndarray] = {}
         for i, path in enumerate(paths):
             try:
+                if private_dir is not None:
+                    path = self.private_copy(path, Path(private_dir) / str(i))
                 arrays[i] = self.read(path)
             except Exception as err:  # PIL/pydicom raise many types for bad files; each becomes a row
                 results[i].error = _reason(err, path, names[i])
         good = sorted(arrays)
-        for start in range(0, len(good), self.batch_size):
-            chunk = good[start:start + self.batch_size]
-            images = np.stack([arrays[i] for i in chunk])
-            probs = self.predictor.predict_images(torch.from_numpy(images)).numpy()
-            cams = self.gradcams(images)
-            for k, i in enumerate(chunk):
-                results[i].probability = float(probs[k])
-                results[i].image, results[i].cams = images[k], cams[k]
+        with self._model_lock:
+            for start in range(0, len(good), self.batch_size):
+                chunk = good[start:start + self.batch_size]
+                images = np.stack([arrays[i] for i in chunk])
+                probs = self.predictor.predict_images(torch.from_numpy(images)).numpy()
+                cams = self.gradcams(images)
+                for k, i in enumerate(chunk):
+                    results[i].probability = float(probs[k])
+                    results[i].image, results[i].cams = images[k], cams[k]
         return results
 
     def gradcams(self, images: np.ndarray) -> np.ndarray:
@@ -312,25 +355,9 @@ class Service:
 
         size, channels = self.predictor.preprocess.image_size, self.predictor.preprocess.channels
         blank = np.zeros((1, channels, size, size), np.uint8)
-        self.predictor.predict_images(torch.from_numpy(blank))
-        self.gradcams(blank)
-
-    @staticmethod
-    def discard(paths: Sequence[str | Path], root: str | Path) -> None:
-        """Delete uploaded files (and the folders Gradio made for them) inside `root` only."""
-        root = Path(root).resolve()
-        for path in paths:
-            path = Path(path).resolve()
-            if root not in path.parents:
-                continue
-            path.unlink(missing_ok=True)
-            parent = path.parent
-            while parent != root and root in parent.parents:
-                try:
-                    parent.rmdir()  # only when empty
-                except OSError:
-                    break
-                parent = parent.parent
+        with self._model_lock:
+            self.predictor.predict_images(torch.from_numpy(blank))
+            self.gradcams(blank)
 
     # ---- at a threshold ------------------------------------------------------------------
     def overlay(self, result: Result, threshold: float) -> Image.Image:
