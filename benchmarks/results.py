@@ -47,7 +47,10 @@ def gpu_info() -> str | None:
 
 
 def git_commit() -> str:
-    """`<short sha>` of HEAD, with `-dirty` when tracked files differ from it."""
+    """`<short sha>` of HEAD, with `-dirty` when tracked files differ from it; $PNEUMONIA_COMMIT
+    when set (a copy of the tree without .git, as on a lent GPU machine)."""
+    if os.environ.get("PNEUMONIA_COMMIT"):
+        return os.environ["PNEUMONIA_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
