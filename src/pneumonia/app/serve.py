@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pneumonia.config.checks import optional_int
+from pneumonia.validators import optional_int
 from pneumonia.app.service import Limits, Service
 from pneumonia.errors import ConfigError
 

@@ -27,7 +27,7 @@ from pneumonia.data.patients import grouped_split
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
 from pneumonia.data.stress import StressImages, StressSettings, validation_images
-from pneumonia.config.checks import optional_int
+from pneumonia.validators import optional_int
 from pneumonia.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia import CLASSES
 from pneumonia.data.folder import DataLayoutError, expand_inputs, label_from_path
 from pneumonia.config.rundir import make_output_dir
-from pneumonia.config.checks import optional_int, threshold_override
+from pneumonia.validators import optional_int, threshold_override
 from pneumonia.errors import ConfigError, file_error
 
 if TYPE_CHECKING:
