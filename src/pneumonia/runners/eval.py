@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.config.checks import check_eval_config
+from pneumonia.runners.checks import check_eval_config
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.evaluation import statistics as st
