@@ -313,7 +313,7 @@ def test_study_scores_validation_as_calibration_did(tiny_checkpoint, xray_root, 
     import lightning as L
 
     from pneumonia.data.datamodule import ChestXrayDataModule
-    from pneumonia.evaluation.calibration import calibrate_threshold
+    from pneumonia.runners.calibration import calibrate_threshold
     from pneumonia.inference import Predictor
 
     scores = ts.validation_scores(tiny_checkpoint, str(xray_root))

@@ -17,7 +17,8 @@ from pneumonia.config.entry import cli_override
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
-from pneumonia.evaluation.calibration import calibrate_threshold, check_settings
+from pneumonia.evaluation.calibration import check_settings
+from pneumonia.runners.calibration import calibrate_threshold
 from pneumonia.evaluation.metrics import METRIC_NAMES
 from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
