@@ -87,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         errors_gallery(out_dir / "errors_gallery.png", datamodule, out, threshold, cfg.gallery_size)
     dataset = None
     if cfg.get("describe", True):
-        from pneumonia.describe import describe_split
+        from pneumonia.data.describe import describe_split
 
         dataset = describe_split(datamodule.data_root, "test")
         (out_dir / "dataset.json").write_text(json.dumps(dataset, indent=2))
