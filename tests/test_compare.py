@@ -1,4 +1,4 @@
-"""python -m pneumonia.compare: McNemar, DeLong and paired bootstrap differences of two eval
+"""python -m pneumonia.tools.compare: McNemar, DeLong and paired bootstrap differences of two eval
 runs on the same images, and a one-line refusal for different images."""
 
 import csv
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from pneumonia.compare import CompareError, compare, main
+from pneumonia.tools.compare import CompareError, compare, main
 from pneumonia.evaluation import statistics as st
 from pneumonia.runners.eval import evaluate
 from tests.helpers import PROJECT_ROOT, compose_cfg
@@ -100,7 +100,7 @@ def test_two_real_eval_runs_compared_from_the_command_line(tiny_checkpoint, xray
                                       "describe=false", "intervals.resamples=200",
                                       "trainer.enable_progress_bar=false", *extra], out))
         runs.append(out)
-    res = subprocess.run([sys.executable, "-m", "pneumonia.compare", str(runs[0]), str(runs[1]), "--resamples", "300",
+    res = subprocess.run([sys.executable, "-m", "pneumonia.tools.compare", str(runs[0]), str(runs[1]), "--resamples", "300",
                           "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=300,
                          cwd=PROJECT_ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
