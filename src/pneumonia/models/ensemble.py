@@ -17,7 +17,7 @@ The weights are the members' (`members.<i>.*` in the state dict); the temperatur
 plain numbers of the spec, so an ensemble checkpoint is an ordinary checkpoint of this
 project: `Predictor.from_checkpoint` loads it, and eval.py, predict.py, Grad-CAM (the mean
 of the members' maps, `pneumonia.explain.gradcam`) and export.py (one graph) work on it.
-Built by `python -m pneumonia.ensemble` (`pneumonia.ensemble`).
+Built by `python -m pneumonia.tools.ensemble` (`pneumonia.ensemble`).
 """
 
 from __future__ import annotations
