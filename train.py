@@ -4,12 +4,17 @@ import hydra
 from omegaconf import DictConfig
 
 import pneumonia.config.resolvers  # noqa: F401  (resolvers used by conf/)
-from pneumonia.config.entry import check_command_line, run, train_runner
+from pneumonia.config.entry import check_command_line, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    score, _ = run(cfg, train_runner(cfg), "train.py")  # experiment=best_ensemble: members, then the ensemble
+    # the runner (torch, Lightning) is imported only now, after Hydra has read the command line
+    if cfg.get("ensemble"):  # experiment=best_ensemble: members, then the ensemble
+        from pneumonia.ensemble.train import train
+    else:
+        from pneumonia.runners.train import train
+    score, _ = run(cfg, train, "train.py")
     return score  # what a Hydra sweeper optimises
 
 

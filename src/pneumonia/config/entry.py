@@ -7,10 +7,10 @@ stay: `sweep_summary` lists them as unfinished."""
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,6 @@ def cli_override(key: str, value: object) -> str:
     """`hydra_override` as one shell word, so a printed "Next:" command can be pasted as is."""
     word = hydra_override(key, value)
     return word if word == f"{key}={value}" else "'" + word.replace("'", "'\\''") + "'"
-
-
-def train_runner(cfg: DictConfig) -> str:
-    """The runner `train.py` calls: an `ensemble:` node (experiment=best_ensemble) trains its
-    members, then the ensemble (`pneumonia.ensemble.train`); anything else one run."""
-    return "pneumonia.ensemble.train:train" if cfg.get("ensemble") else "pneumonia.runners.train:train"
 
 
 def check_command_line(config_name: str, script: str, argv: list[str] | None = None) -> None:
@@ -107,17 +101,22 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def run(cfg: DictConfig, runner: str, script: str, required: dict[str, str] | None = None) -> Any:
-    """Check `required` keys (key -> an example value), then call `runner` ("module:function")
-    with `cfg` and return what it returns."""
+def check_required(cfg: DictConfig, script: str, required: dict[str, str] | None) -> None:
+    """Each `required` key (key -> an example value) set, else one `error:` line naming it (exit 2)."""
     for key, example in (required or {}).items():
         if OmegaConf.is_missing(cfg, key):
             print(f"error: {key} is required, e.g. python {script} {key}={example}", file=sys.stderr)
             _remove_empty_run()
             raise SystemExit(2)
-    module, function = runner.split(":")
+
+
+def run(cfg: DictConfig, runner: Callable[[DictConfig], Any], script: str,
+        required: dict[str, str] | None = None) -> Any:
+    """Check `required` keys, then call `runner(cfg)` and return what it returns; a `UserError`
+    it raises is one `error:` line (exit 2)."""
+    check_required(cfg, script, required)
     try:
-        return getattr(importlib.import_module(module), function)(cfg)
+        return runner(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         _remove_empty_run()
