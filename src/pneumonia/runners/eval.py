@@ -22,6 +22,7 @@ from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.evaluation import statistics as st
 from pneumonia.evaluation.analysis import evaluation_summary, probabilities_before_temperature
 from pneumonia.evaluation.metrics import REPORT_KEYS, report
+from pneumonia.evaluation.predictions import EVAL_COLUMNS, eval_row
 from pneumonia.evaluation.tables import format_table, markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.inference import Predictor
@@ -78,9 +79,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "probability", "prediction"])
+        writer.writerow(EVAL_COLUMNS)
         for path, p, y in zip(paths, probs.tolist(), labels.tolist()):
-            writer.writerow([path, y, f"{p:.6f}", int(p >= threshold)])
+            writer.writerow(eval_row(path, y, p, threshold))
 
     write_figures(out_dir, probs, labels, rep, loggers, temperature=predictor.temperature)
     if cfg.get("gallery_size"):

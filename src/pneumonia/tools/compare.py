@@ -1,9 +1,10 @@
 """Compare two models scored on the same images:
-`python -m pneumonia.tools.compare <eval dir A> <eval dir B> [--out DIR]`.
+`python -m pneumonia.tools.compare <eval or predict dir A> <eval or predict dir B> [--out DIR]`.
 
-Reads each folder's `predictions.csv` (written by `eval.py`: path, label, probability,
-prediction) and pairs the rows image by image. Refuses, with one line, when the two were
-scored on different images (or disagree on a label). Then:
+Reads each folder's `predictions.csv` (written by `eval.py`, or by `predict.py` on labelled
+images: `pneumonia.evaluation.predictions` reads both) and pairs the rows image by image.
+Refuses, with one line, when the two were scored on different images (or disagree on a
+label). Then:
 
 - **McNemar's test** on the paired decisions: `b` images only A gets right, `c` only B gets
   right; the exact binomial test when b + c < 25, else the chi-square statistic with
@@ -18,7 +19,6 @@ Each model keeps the decisions it made (its own threshold), as in its `predictio
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -29,6 +29,7 @@ import numpy as np
 
 from pneumonia.errors import UserError
 from pneumonia.evaluation import METRIC_NAMES
+from pneumonia.evaluation import predictions
 from pneumonia.evaluation import statistics as st
 from pneumonia.evaluation.analysis import patient_groups
 
@@ -38,24 +39,17 @@ class CompareError(UserError):
 
 
 def read_predictions(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """{path: {label, probability, prediction}} from `folder/predictions.csv` (or the CSV itself)."""
-    path = Path(folder).expanduser()
-    csv_path = path / "predictions.csv" if path.is_dir() else path
-    if not csv_path.is_file():
-        raise CompareError(f"'{folder}' has no predictions.csv (give an eval.py output folder)")
-    rows: dict[str, dict[str, Any]] = {}
-    with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label", "probability", "prediction"} - set(reader.fieldnames or ())
-        if missing:
-            raise CompareError(f"'{csv_path}' lacks the column(s) {', '.join(sorted(missing))}: not an eval.py "
-                               f"predictions.csv")
-        for r in reader:
-            rows[r["path"]] = {"label": int(r["label"]), "probability": float(r["probability"]),
-                               "prediction": int(r["prediction"])}
-    if not rows:
-        raise CompareError(f"'{csv_path}' has no predictions")
-    return rows
+    """{path: {label, probability, prediction}} (class indices) from the predictions.csv of an
+    eval.py or a predict.py output folder (or the CSV itself); every image must have a label."""
+    try:
+        schema, rows = predictions.read_predictions(folder)
+    except predictions.PredictionsError as err:
+        raise CompareError(str(err)) from None
+    unlabelled = [r.path for r in rows if r.label is None]
+    if unlabelled:
+        raise CompareError(f"'{folder}' has {len(unlabelled)} image(s) without a label, e.g. '{unlabelled[0]}': "
+                           f"compare needs the truth (predict.py reads it from a NORMAL/ or PNEUMONIA/ folder)")
+    return {r.path: {"label": r.label, "probability": r.probability, "prediction": r.prediction} for r in rows}
 
 
 def _tail(path: str) -> str:
@@ -153,10 +147,10 @@ def format_comparison(res: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pneumonia.tools.compare",
-                                     description="Compare two eval.py runs on the same images: McNemar, DeLong, "
-                                                 "paired bootstrap differences.")
-    parser.add_argument("a", help="eval.py output folder of model A (holds predictions.csv)")
-    parser.add_argument("b", help="eval.py output folder of model B")
+                                     description="Compare two eval.py (or labelled predict.py) runs on the same images: "
+                                                 "McNemar, DeLong, paired bootstrap differences.")
+    parser.add_argument("a", help="eval.py or predict.py output folder of model A (holds predictions.csv)")
+    parser.add_argument("b", help="eval.py or predict.py output folder of model B")
     parser.add_argument("--resamples", type=int, default=st.DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--out", default=None, help="also write compare.json into this folder")
