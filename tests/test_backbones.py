@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from pneumonia.config.checks import check_train_config
+from pneumonia.runners.checks import check_train_config
 from pneumonia.config.instantiate import instantiate
 from pneumonia.errors import ConfigError
 from pneumonia.explain.gradcam import default_layer, gradcam

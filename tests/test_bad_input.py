@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumonia.config.checks import check_train_config
+from pneumonia.runners.checks import check_train_config
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.data.folder import DataLayoutError
 from pneumonia.errors import CheckpointError, ConfigError

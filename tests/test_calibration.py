@@ -12,7 +12,8 @@ import torch
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation import statistics as st
-from pneumonia.evaluation.calibration import calibrate_threshold, check_settings
+from pneumonia.evaluation.calibration import check_settings
+from pneumonia.runners.calibration import calibrate_threshold
 from pneumonia.evaluation.threshold import choose_threshold
 from pneumonia.inference import Predictor
 from pneumonia.inference.checkpoint import load_checkpoint, temperature

@@ -1,5 +1,6 @@
-"""python -m pneumonia.compare: McNemar, DeLong and paired bootstrap differences of two eval
-runs on the same images, and a one-line refusal for different images."""
+"""python -m pneumonia.tools.compare: McNemar, DeLong and paired bootstrap differences of two eval
+(or labelled predict) runs on the same images, and a one-line refusal for different images;
+predictions.csv's two layouts (evaluation/predictions.py)."""
 
 import csv
 import json
@@ -9,9 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from pneumonia.compare import CompareError, compare, main
+from pneumonia import CLASSES
 from pneumonia.evaluation import statistics as st
+from pneumonia.evaluation.predictions import PREDICT_COLUMNS, PredictionsError, predict_row, read_predictions
 from pneumonia.runners.eval import evaluate
+from pneumonia.runners.predict import predict
+from pneumonia.tools.compare import CompareError, compare, main
 from tests.helpers import PROJECT_ROOT, compose_cfg
 
 
@@ -22,6 +26,17 @@ def write_predictions(folder, paths, labels, probs, threshold):
         w.writerow(["path", "label", "probability", "prediction"])
         for p, y, q in zip(paths, labels, probs):
             w.writerow([p, y, f"{q:.6f}", int(q >= threshold)])
+    return folder
+
+
+def write_predict_predictions(folder, paths, labels, probs, threshold):
+    """predictions.csv as predict.py writes it: class names, the threshold on every row."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(PREDICT_COLUMNS)
+        for p, y, q in zip(paths, labels, probs):
+            w.writerow(predict_row(p, q, CLASSES[int(q >= threshold)], threshold, "" if y is None else CLASSES[y]))
     return folder
 
 
@@ -100,7 +115,7 @@ def test_two_real_eval_runs_compared_from_the_command_line(tiny_checkpoint, xray
                                       "describe=false", "intervals.resamples=200",
                                       "trainer.enable_progress_bar=false", *extra], out))
         runs.append(out)
-    res = subprocess.run([sys.executable, "-m", "pneumonia.compare", str(runs[0]), str(runs[1]), "--resamples", "300",
+    res = subprocess.run([sys.executable, "-m", "pneumonia.tools.compare", str(runs[0]), str(runs[1]), "--resamples", "300",
                           "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=300,
                          cwd=PROJECT_ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -108,3 +123,41 @@ def test_two_real_eval_runs_compared_from_the_command_line(tiny_checkpoint, xray
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["images"] == 32 and saved["delong"]["difference"] == pytest.approx(0.0)  # same scores
     assert saved["metrics"]["auroc"]["ci95"] == [0.0, 0.0]
+
+
+def test_a_predict_folder_compares_as_its_eval_folder(pair_of_runs, tmp_path, capsys):
+    """predict.py's layout (class names, a threshold column) gives the same comparison as
+    eval.py's; without labels, one line saying why."""
+    dir_a, dir_b, paths, labels, a, b = pair_of_runs
+    as_predict = write_predict_predictions(tmp_path / "predict_b", paths, labels, b, 0.4)
+    assert read_predictions(as_predict)[0] == "predict/1" and read_predictions(dir_b)[0] == "eval/1"
+    rows = read_predictions(as_predict)[1]
+    assert rows[0].threshold == pytest.approx(0.4) and {r.label for r in rows} == {0, 1}
+    assert compare(dir_a, as_predict, resamples=200) == {**compare(dir_a, dir_b, resamples=200), "b": str(as_predict)}
+    assert main([str(dir_a), str(as_predict)]) == 0 and "McNemar" in capsys.readouterr().out
+    unlabelled = write_predict_predictions(tmp_path / "unlabelled", paths, [None] * len(paths), b, 0.4)
+    assert main([str(dir_a), str(unlabelled)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "200 image(s) without a label" in err and "\n" not in err
+
+
+def test_a_csv_of_neither_layout_is_one_line(tmp_path):
+    (tmp_path / "predictions.csv").write_text("file,probability,prediction,threshold,error\nx.png,0.5,NORMAL,0.5,\n")
+    with pytest.raises(PredictionsError, match="not a predictions.csv of eval.py .* or predict.py"):
+        read_predictions(tmp_path)
+    with pytest.raises(CompareError, match="has the columns file, probability"):
+        compare(tmp_path, tmp_path)
+
+
+def test_real_eval_and_predict_runs_of_one_checkpoint_compare(tiny_checkpoint, xray_root, tmp_path):
+    """The same checkpoint through eval.py and predict.py: the same images, the same decisions."""
+    evaluate(compose_cfg("eval", [f"ckpt_path={tiny_checkpoint}", "trainer.accelerator=cpu", f"data.root={xray_root}",
+                                  f"data.cache_dir={tmp_path / 'cache'}", "logger=none", "gallery_size=0",
+                                  "describe=false", "intervals.resamples=0", "trainer.enable_progress_bar=false"],
+                         tmp_path / "eval"))
+    predict(compose_cfg("predict", [f"ckpt_path={tiny_checkpoint}", f"inputs={xray_root / 'test'}", "device=cpu"],
+                        tmp_path / "predict"))
+    res = compare(tmp_path / "eval", tmp_path / "predict", resamples=100)
+    assert res["images"] == 32
+    assert res["mcnemar"]["b"] == res["mcnemar"]["c"] == 0
+    assert res["delong"]["difference"] == pytest.approx(0.0, abs=1e-4)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from pneumonia.data.datamodule import ChestXrayDataModule
-from pneumonia.ensemble.__main__ import main as ensemble_main
+from pneumonia.tools.ensemble import main as ensemble_main
 from pneumonia.ensemble.build import build_ensemble
 from pneumonia.errors import UserError
 from pneumonia.evaluation.metrics import report
@@ -280,7 +280,7 @@ def test_three_members_with_a_stored_temperature_fold_it_in(run, tiny_checkpoint
 
 def test_cli_builds_a_logit_ensemble_from_the_members_folder(run, tmp_path):
     out = tmp_path / "logit"
-    res = subprocess.run([sys.executable, "-m", "pneumonia.ensemble", str(run / "members"), "--combine", "logit",
+    res = subprocess.run([sys.executable, "-m", "pneumonia.tools.ensemble", str(run / "members"), "--combine", "logit",
                           "--out", str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert res.returncode == 0, res.stderr[-2000:]

@@ -1,5 +1,5 @@
 """eval.py's report.html (parsed: its sections, every embedded image decoded), metrics.json's
-new sections, the dataset overview (`python -m pneumonia.describe`) and unknown naming."""
+new sections, the dataset overview (`python -m pneumonia.tools.describe`) and unknown naming."""
 
 import base64
 import io
@@ -197,7 +197,7 @@ def test_describe_counts_patients_duplicates_and_draws_samples(tmp_path):
     shutil.copy(first, root / "train" / "NORMAL" / "IM-9999-0001.jpeg")  # a duplicate inside train
     shutil.copy(first, root / "test" / "NORMAL" / f"copy{first.suffix}")  # and one across splits
     out = tmp_path / "describe"
-    res = subprocess.run([sys.executable, "-m", "pneumonia.describe", f"data.root={root}", "--out", str(out),
+    res = subprocess.run([sys.executable, "-m", "pneumonia.tools.describe", f"data.root={root}", "--out", str(out),
                           "--samples", "3"], capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     desc = json.loads((out / "dataset.json").read_text())
@@ -217,6 +217,7 @@ def test_describe_counts_patients_duplicates_and_draws_samples(tmp_path):
         img.load()
         assert img.width > 300
     assert "train  NORMAL" in res.stdout and "byte-identical" in res.stdout
+    # the old name, pneumonia.describe, still runs the command
     missing = subprocess.run([sys.executable, "-m", "pneumonia.describe", "--root", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
     assert missing.returncode == 2 and missing.stderr.startswith("error: data.root")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia import cache
+from pneumonia.data import cache
+from pneumonia.tools.cache import main as cache_main
 from pneumonia.runners.train import train
 from tests.helpers import run_cli, train_cfg
 
@@ -111,13 +112,13 @@ def test_cache_command_lists_and_clears(xray_root, tmp_path, capsys):
     found = cache.entries(tmp_path)
     assert len(found) == 2 and all(e.complete and e.bytes > 0 for e in found)
     assert sorted(e.image_size for e in found) == ["32 px x 1 ch", "48 px x 1 ch"]
-    assert cache.main([str(tmp_path)]) == 0
+    assert cache_main([str(tmp_path)]) == 0
     assert "2 caches" in capsys.readouterr().out
-    assert cache.main([str(tmp_path), "--clear", "--older-than", "1"]) == 0  # both used today: kept
+    assert cache_main([str(tmp_path), "--clear", "--older-than", "1"]) == 0  # both used today: kept
     assert len(cache.entries(tmp_path)) == 2
-    assert cache.main([str(tmp_path), "--clear"]) == 0
+    assert cache_main([str(tmp_path), "--clear"]) == 0
     assert cache.entries(tmp_path) == [] and "Deleted 2 of 2" in capsys.readouterr().out
-    assert cache.main([str(tmp_path), "--older-than", "1"]) == 2  # --older-than goes with --clear
+    assert cache_main([str(tmp_path), "--older-than", "1"]) == 2  # --older-than goes with --clear
 
 
 def test_default_cache_does_not_depend_on_the_working_folder(monkeypatch, tmp_path):

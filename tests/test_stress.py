@@ -1,6 +1,6 @@
-"""Stress validation (data/stress.py): the validation images under acquisition changes,
-deterministic, built from the decoded images the DataModule holds, logged as val_stress/*
-during training, and scored for a checkpoint by `stress_metrics`."""
+"""Stress validation (data/stress.py, evaluation/stress.py, tools/stress.py): the validation
+images under acquisition changes, deterministic, built from the decoded images the DataModule
+holds, logged as val_stress/* during training, and scored for a checkpoint by `stress_metrics`."""
 
 import csv
 import json
@@ -11,18 +11,13 @@ import pytest
 import torch
 
 from pneumonia.data.datamodule import ChestXrayDataModule
-from pneumonia.data.stress import (
-    DEFAULT_PERTURBATIONS,
-    StressSettings,
-    main,
-    perturb,
-    stress_metrics,
-    validation_images,
-)
+from pneumonia.data.stress import DEFAULT_PERTURBATIONS, StressSettings, perturb, validation_images
 from pneumonia.data.synthetic import _xray
 from pneumonia.errors import ConfigError
+from pneumonia.evaluation.stress import stress_metrics
 from pneumonia.inference import Predictor
 from pneumonia.runners.train import train
+from pneumonia.tools.stress import main
 from tests.helpers import train_cfg
 
 

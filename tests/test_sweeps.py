@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pneumonia.sweep_summary import main as sweep_summary
+from pneumonia.tools.sweep_summary import main as sweep_summary
 from tests.test_train_eval import run_cli
 
 

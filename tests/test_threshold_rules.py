@@ -1,5 +1,5 @@
 """The threshold rules of `evaluation.threshold` on synthetic scores, and the machinery of the
-threshold study (`evaluation.threshold_study`): bootstrap, split-halves, tables, the CLI."""
+threshold study (`evaluation.threshold_study`, `tools.threshold_study`): bootstrap, split-halves, tables, the CLI."""
 
 import json
 import math
@@ -11,6 +11,7 @@ import torch
 
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation import threshold_study as ts
+from pneumonia.tools import threshold_study as study_tool
 from pneumonia.evaluation.calibration import check_settings
 from pneumonia.evaluation.threshold import (
     DEFAULTS,
@@ -297,14 +298,14 @@ def test_study_cli_writes_markdown_and_json(tmp_path, monkeypatch):
                 "paths": [f"{g}.jpeg" for g in groups], "patients": groups, "stored_threshold": 0.5,
                 "stored_method": "youden", "stored_temperature": 1.0, "precision": "32-true"}
 
-    monkeypatch.setattr(ts, "validation_scores", fake_scores)
-    assert ts.main(["ck1", "ck2", "--splits", "20", "--resamples", "30", "--out", str(tmp_path / "study")]) == 0
+    monkeypatch.setattr(study_tool, "validation_scores", fake_scores)
+    assert study_tool.main(["ck1", "ck2", "--splits", "20", "--resamples", "30", "--out", str(tmp_path / "study")]) == 0
     result = json.loads((tmp_path / "study.json").read_text())
     text = (tmp_path / "study.md").read_text()
     assert [c["seed"] for c in result["checkpoints"]] == [1, 2]
     assert set(result["across_checkpoints"]) == {name for name, _, _ in ts.RULES}
     assert "## Across checkpoints" in text and text.count("| youden_bootstrap |") == 3
-    assert ts.main(["ck1", "--splits", "0"]) == 2
+    assert study_tool.main(["ck1", "--splits", "0"]) == 2
 
 
 def test_study_scores_validation_as_calibration_did(tiny_checkpoint, xray_root, tmp_path):
@@ -313,10 +314,10 @@ def test_study_scores_validation_as_calibration_did(tiny_checkpoint, xray_root, 
     import lightning as L
 
     from pneumonia.data.datamodule import ChestXrayDataModule
-    from pneumonia.evaluation.calibration import calibrate_threshold
+    from pneumonia.runners.calibration import calibrate_threshold
     from pneumonia.inference import Predictor
 
-    scores = ts.validation_scores(tiny_checkpoint, str(xray_root))
+    scores = study_tool.validation_scores(tiny_checkpoint, str(xray_root))
     assert len(scores["labels"]) == len(scores["patients"]) > 0
     youden = ts.rule_threshold(("youden", "youden", {}), scores["probs"], scores["labels"], scores["logits"])
     assert youden == pytest.approx(scores["stored_threshold"], abs=1e-6)

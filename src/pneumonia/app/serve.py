@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pneumonia.config.checks import optional_int
+from pneumonia.validators import optional_int
 from pneumonia.app.guards import LoginGuard, LoginLimiter, UploadJanitor, duration
 from pneumonia.app.service import MB, Limits, Service
 from pneumonia.errors import ConfigError

@@ -7,10 +7,10 @@ stay: `sweep_summary` lists them as unfinished."""
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +37,15 @@ def cli_override(key: str, value: object) -> str:
     return word if word == f"{key}={value}" else "'" + word.replace("'", "'\\''") + "'"
 
 
-def train_runner(cfg: DictConfig) -> str:
-    """The runner `train.py` calls: an `ensemble:` node (experiment=best_ensemble) trains its
-    members, then the ensemble (`pneumonia.ensemble.train`); anything else one run."""
-    return "pneumonia.ensemble.train:train" if cfg.get("ensemble") else "pneumonia.runners.train:train"
-
-
-def check_command_line(config_name: str, script: str, argv: list[str] | None = None) -> None:
+def check_command_line(config_name: str, script: str, argv: list[str] | None = None,
+                       check: Callable[[str, DictConfig], str | None] | None = None) -> None:
     """Compose `conf/<config_name>.yaml` with the command line's overrides before Hydra runs
     it, so that a typo in a group option (`model=resnet`), a key that does not exist
     (`optimiser.lr=1e-3`) or an override Hydra cannot parse is one `error:` line (exit 2)
     instead of Hydra's multi-line report. Every value of a sweep over a group is tried; the
     other sweeps with their first value. Command lines with flags other than -m (--help,
-    --cfg, -cp...) are left to Hydra."""
+    --cfg, -cp...) are left to Hydra. `check(config_name, cfg)`: the values that need no
+    torch (`runners.quick.check_or_fail`), answered before torch is imported."""
     args = sys.argv[1:] if argv is None else list(argv)
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return
@@ -75,8 +71,6 @@ def check_command_line(config_name: str, script: str, argv: list[str] | None = N
         for value in values if is_group else values[:1]:
             prefix = {"ADD": "+", "FORCE_ADD": "++"}.get(o.type.name, "")
             trials.append([*plain, f"{prefix}{o.key_or_group}={value}"])
-    from pneumonia.config.quick import check_or_fail
-
     composed = []
     for trial in trials:
         try:
@@ -84,7 +78,7 @@ def check_command_line(config_name: str, script: str, argv: list[str] | None = N
         except HydraException as err:
             _fail(_composition_error(err, script))
     for cfg in composed:  # then the values that need no torch: answered before it is imported
-        problem = check_or_fail(config_name, cfg)
+        problem = check(config_name, cfg) if check is not None else None
         if problem:
             _fail(problem)
 
@@ -114,17 +108,22 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def run(cfg: DictConfig, runner: str, script: str, required: dict[str, str] | None = None) -> Any:
-    """Check `required` keys (key -> an example value), then call `runner` ("module:function")
-    with `cfg` and return what it returns."""
+def check_required(cfg: DictConfig, script: str, required: dict[str, str] | None) -> None:
+    """Each `required` key (key -> an example value) set, else one `error:` line naming it (exit 2)."""
     for key, example in (required or {}).items():
         if OmegaConf.is_missing(cfg, key):
             print(f"error: {key} is required, e.g. python {script} {key}={example}", file=sys.stderr)
             _remove_empty_run()
             raise SystemExit(2)
-    module, function = runner.split(":")
+
+
+def run(cfg: DictConfig, runner: Callable[[DictConfig], Any], script: str,
+        required: dict[str, str] | None = None) -> Any:
+    """Check `required` keys, then call `runner(cfg)` and return what it returns; a `UserError`
+    it raises is one `error:` line (exit 2)."""
+    check_required(cfg, script, required)
     try:
-        return getattr(importlib.import_module(module), function)(cfg)
+        return runner(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         _remove_empty_run()

@@ -103,8 +103,6 @@ def decode_images(
             meta = _read_complete(folder, shape)
             if meta is None:
                 meta = _build(folder, paths, preprocess, shape, threads)
-                from pneumonia.cache import human, summary_line
-
                 log.info("Decoded %d images into %s (%s); %s", len(paths), folder,
                          human(int(np.prod(shape))), summary_line(cache_dir))
             else:
@@ -215,3 +213,81 @@ def _decode_rows(paths: tuple[str, ...], preprocess: Preprocess, out: np.ndarray
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         list(pool.map(work, rows))
     return bad
+
+
+# ---- the cache folders: where, which, how large (`python -m pneumonia.tools.cache` lists and clears them)
+PREFIX = "images-"
+
+
+def default_cache_dir() -> str:
+    """Where decoded images are cached unless `data.cache_dir` says otherwise."""
+    if os.environ.get("PNEUMONIA_CACHE_DIR"):
+        return str(Path(os.environ["PNEUMONIA_CACHE_DIR"]).expanduser())
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base).expanduser() / "pneumonia" / "images")
+
+
+@dataclass
+class CacheEntry:
+    folder: Path
+    bytes: int
+    images: int | None  # None: the build was interrupted (it resumes on the next run)
+    image_size: str
+    last_used: float  # the time of the last run that opened it (its lock file is rewritten each time)
+
+    @property
+    def complete(self) -> bool:
+        return self.images is not None
+
+
+def entries(cache_dir: str | Path) -> list[CacheEntry]:
+    """The caches under `cache_dir`, least recently used first."""
+    root = Path(cache_dir).expanduser()
+    found = []
+    for folder in sorted(root.glob(f"{PREFIX}*")) if root.is_dir() else []:
+        if not folder.is_dir():
+            continue
+        files = [f for f in folder.iterdir() if f.is_file()]
+        # st_blocks: the disk used (a cache file is sparse until every chunk is written)
+        size = sum(f.stat().st_blocks * 512 for f in files)
+        images, image_size = None, "?"
+        try:
+            shape = json.loads((folder / "meta.json").read_text())["shape"]
+            images, image_size = int(shape[0]), f"{shape[-1]} px x {shape[1]} ch"
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            pass
+        used = max((f.stat().st_mtime for f in files), default=folder.stat().st_mtime)
+        found.append(CacheEntry(folder, size, images, image_size, used))
+    return sorted(found, key=lambda e: e.last_used)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def summary_line(cache_dir: str | Path) -> str:
+    """One line for the logs: how much the caches under `cache_dir` hold, and how to clear them."""
+    found = entries(cache_dir)
+    total = sum(e.bytes for e in found)
+    return (f"decoded-image caches in {Path(cache_dir).expanduser()}: {len(found)}, {human(total)} "
+            f"(python -m pneumonia.tools.cache lists and clears them)")
+
+
+def remove_unless_busy(folder: Path) -> bool:
+    """Delete a cache folder unless a run holds its lock (it is being built or opened)."""
+    import shutil
+
+    try:
+        with open(folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder, ignore_errors=True)
+            return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return True

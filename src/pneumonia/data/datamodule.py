@@ -83,9 +83,9 @@ class ChestXrayDataModule(L.LightningDataModule):
     @property
     def cache_dir(self) -> str | None:
         """Where decoded images are cached: `data.cache_dir`, with `auto` = this machine's
-        default (`pneumonia.cache.default_cache_dir()`: $PNEUMONIA_CACHE_DIR or
+        default (`pneumonia.data.cache.default_cache_dir()`: $PNEUMONIA_CACHE_DIR or
         ~/.cache/pneumonia/images), whatever folder the command runs in; None = in memory."""
-        from pneumonia.cache import default_cache_dir
+        from pneumonia.data.cache import default_cache_dir
 
         value = self.hparams.cache_dir
         return default_cache_dir() if value == "auto" else value

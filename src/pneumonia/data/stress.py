@@ -10,9 +10,9 @@ images made harder tell recipes apart and show which ones rely on acquisition de
   and serves them as a second validation dataloader; the LightningModule logs
   `val_stress/*` beside `val/*` every epoch (pooled over every perturbation, plus
   `val_stress/<name>/auroc` per perturbation). Checkpoint selection is unchanged.
-- Scripts: `stress_metrics(predictor, images, labels, threshold)` scores a checkpoint's
-  `Predictor` on them; `python -m pneumonia.data.stress CKPT [CKPT ...]` does it for
-  checkpoints on their own validation split, at their stored thresholds.
+- Scripts: `pneumonia.evaluation.stress.stress_metrics(predictor, images, labels, threshold)`
+  scores a checkpoint's `Predictor` on them; `python -m pneumonia.tools.stress CKPT [CKPT ...]`
+  does it for checkpoints on their own validation split, at their stored thresholds.
 
 Every perturbation is deterministic: random parts (noise, crop positions) come from a
 generator seeded by (`seed`, the perturbation's name), so every epoch and every run sees
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from pneumonia.data.sampler import IndexedImages
 
 __all__ = ["DEFAULT_PERTURBATIONS", "KINDS", "StressImages", "StressSettings", "perturb", "stress_images",
-           "stress_metrics", "validation_images"]
+           "validation_images"]
 
 # name: strength. The kind of a perturbation is its name up to the first "_".
 DEFAULT_PERTURBATIONS: dict[str, float] = {
@@ -258,112 +258,3 @@ def validation_images(data: IndexedImages) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images, labels) of a split as the DataModule holds it (`datamodule.splits["val"]`),
     gathered into memory in split order."""
     return data.images[data.indices].contiguous(), data.labels[data.indices].clone()
-
-
-def stress_metrics(predictor: Any, images_uint8: torch.Tensor, labels: torch.Tensor, threshold: float | None = None,
-                   *, perturbations: Mapping[str, float] | None = None, seed: int = 0,
-                   batch_size: int = 256) -> dict[str, Any]:
-    """Score `predictor` (a `pneumonia.inference.Predictor`: its preset, TTA and temperature
-    apply) on `images_uint8` (N, C, S, S) plain and under every perturbation.
-
-    Returns {"plain": metrics, "stress": metrics pooled over all N x P perturbed images,
-    "per_perturbation": {name: metrics}, "perturbations": {name: strength}, "seed",
-    "threshold"}, each metrics dict with accuracy, precision, recall (= sensitivity),
-    specificity, f1, auroc, tn/fp/fn/tp, n at `threshold` (None: the predictor's)."""
-    from pneumonia.evaluation.metrics import report
-
-    settings = StressSettings.from_config({"enabled": True, "seed": seed,
-                                           "perturbations": dict(perturbations or DEFAULT_PERTURBATIONS)},
-                                          key="stress")
-    threshold = float(predictor.threshold if threshold is None else threshold)
-    labels = labels.cpu().long()
-
-    def score(batch: torch.Tensor) -> torch.Tensor:
-        return torch.cat([predictor.predict_images(batch[i:i + batch_size])
-                          for i in range(0, len(batch), batch_size)]) if len(batch) else torch.empty(0)
-
-    plain = score(images_uint8.cpu())
-    per: dict[str, Any] = {}
-    probs = []
-    for name, strength in settings.perturbations:
-        p = score(perturb(images_uint8, name, strength, seed))
-        per[name] = report(p, labels, threshold)
-        probs.append(p)
-    pooled = report(torch.cat(probs), labels.repeat(len(probs)), threshold)
-    return {"plain": report(plain, labels, threshold), "stress": pooled, "per_perturbation": per,
-            "perturbations": dict(settings.perturbations), "seed": seed, "threshold": threshold}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """python -m pneumonia.data.stress CKPT [CKPT ...]: plain and stress validation metrics of
-    each checkpoint, on its own validation split, at its stored threshold."""
-    import argparse
-    import json
-    import sys
-    from pathlib import Path
-
-    ap = argparse.ArgumentParser(prog="python -m pneumonia.data.stress",
-                                 description="Stress validation of checkpoints: their validation split (rebuilt from "
-                                             "their data settings) plain and under acquisition changes.")
-    ap.add_argument("checkpoints", nargs="+", help="best.ckpt files (or run folders holding checkpoints/best.ckpt)")
-    ap.add_argument("--data-root", default=None, help="data.root (default: the one stored in each checkpoint)")
-    ap.add_argument("--cache-dir", default=None, help="decoded image cache (default: the one stored)")
-    ap.add_argument("--tta", choices=("stored", "on", "off"), default="stored",
-                    help="test-time augmentation: as the checkpoint's recipe says (stored), or forced on/off")
-    ap.add_argument("--threshold", type=float, default=None, help="default: each checkpoint's stored threshold")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the perturbations (noise, crop positions)")
-    ap.add_argument("--perturbations", default=None,
-                    help="name=strength,... in place of the default set (data.stress.perturbations), "
-                         "e.g. 'noise=0.06,blur=2,jpeg=15'")
-    ap.add_argument("--json", type=Path, default=None, help="also write every result to this JSON file")
-    args = ap.parse_args(argv)
-
-    from pneumonia.data.datamodule import ChestXrayDataModule
-    from pneumonia.errors import UserError
-    from pneumonia.inference import Predictor
-
-    results = {}
-    try:
-        chosen = None
-        if args.perturbations:
-            chosen = {}
-            for item in args.perturbations.split(","):
-                name, _, value = item.partition("=")
-                try:
-                    chosen[name.strip()] = float(value) if "." in value or "e" in value else int(value)
-                except ValueError:
-                    raise ConfigError(f"--perturbations: {item!r} must be name=number") from None
-        for given in args.checkpoints:
-            path = Path(given)
-            path = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
-            predictor = Predictor.from_checkpoint(path, tta={"stored": None, "on": True, "off": False}[args.tta])
-            settings = dict(predictor.data_settings)
-            settings.update(bad_image_report=None, download=False)
-            if args.data_root:
-                settings["root"] = args.data_root
-            elif not Path(str(settings.get("root"))).expanduser().is_dir():  # stored relative to where it trained
-                raise ConfigError(f"{path}: its data root {settings.get('root')!r} is not a folder from here: "
-                                  "run from the folder it was trained in, or give --data-root")
-            if args.cache_dir:
-                settings["cache_dir"] = args.cache_dir
-            dm = ChestXrayDataModule(**settings)
-            dm.setup("fit")
-            images, labels = validation_images(dm.splits["val"])
-            results[str(path)] = res = stress_metrics(predictor, images, labels, args.threshold, seed=args.seed,
-                                                      perturbations=chosen)
-            per = "  ".join(f"{k} {v['auroc']:.4f}" for k, v in res["per_perturbation"].items())
-            print(f"{path}: threshold {res['threshold']:.4f}, {len(labels)} images, "
-                  f"TTA {'on' if predictor.tta else 'off'}\n"
-                  f"  plain  AUROC {res['plain']['auroc']:.4f}  specificity {res['plain']['specificity']:.4f}  "
-                  f"sensitivity {res['plain']['recall']:.4f}\n"
-                  f"  stress AUROC {res['stress']['auroc']:.4f}  specificity {res['stress']['specificity']:.4f}  "
-                  f"sensitivity {res['stress']['recall']:.4f}\n  AUROC per perturbation: {per}")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Ensembles as a recipe: several trained checkpoints become one model.
 
-    python -m pneumonia.ensemble <run dirs, multirun dirs or .ckpt files> [--combine prob|logit]
+    python -m pneumonia.tools.ensemble <run dirs, multirun dirs or .ckpt files> [--combine prob|logit]
     python train.py experiment=best_ensemble        # trains the members, then builds it
 
 `build.py` assembles the members' networks into one `pneumonia.models.Ensemble`, writes an

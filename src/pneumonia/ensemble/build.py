@@ -57,7 +57,8 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
     import lightning as L
 
     from pneumonia.data.datamodule import ChestXrayDataModule
-    from pneumonia.evaluation.calibration import calibrate_threshold, check_settings
+    from pneumonia.evaluation.calibration import check_settings
+    from pneumonia.runners.calibration import calibrate_threshold
     from pneumonia.hardware import auto_precision
     from pneumonia.models import weights_from_checkpoint
     from pneumonia.models.classifier import PneumoniaClassifier

@@ -6,8 +6,8 @@ the ensemble into `<run>/checkpoints/best.ckpt` (`pneumonia.ensemble.build`).
 `resume=<run>` goes on where a killed run stopped: finished members are kept, an interrupted
 one resumes from its last.ckpt, and the ensemble is built again. Each member folder gets a
 `.hydra/config.yaml` and `overrides.yaml` (`seed=S`), so
-`python -m pneumonia.sweep_summary <run>/members --over-seeds` summarises them and
-`python -m pneumonia.ensemble <run>/members --combine logit` rebuilds from them.
+`python -m pneumonia.tools.sweep_summary <run>/members --over-seeds` summarises them and
+`python -m pneumonia.tools.ensemble <run>/members --combine logit` rebuilds from them.
 """
 
 from __future__ import annotations

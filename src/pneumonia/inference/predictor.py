@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from pneumonia import CLASSES
-from pneumonia.config.checks import threshold_override
+from pneumonia.validators import threshold_override
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError
 from pneumonia.hardware import auto_precision

@@ -39,6 +39,9 @@ def build_net(spec: dict[str, Any]) -> nn.Module:
     return NETS[target](**kwargs)
 
 
+Ensemble.build_member = staticmethod(build_net)  # members are nets of this registry
+
+
 def describe_net(net: dict[str, Any]) -> str:
     """One line on the network a spec describes: the custom CNN, a torchvision backbone or an
     ensemble of members (each described the same way)."""

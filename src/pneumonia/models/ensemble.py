@@ -17,13 +17,13 @@ The weights are the members' (`members.<i>.*` in the state dict); the temperatur
 plain numbers of the spec, so an ensemble checkpoint is an ordinary checkpoint of this
 project: `Predictor.from_checkpoint` loads it, and eval.py, predict.py, Grad-CAM (the mean
 of the members' maps, `pneumonia.explain.gradcam`) and export.py (one graph) work on it.
-Built by `python -m pneumonia.ensemble` (`pneumonia.ensemble`).
+Built by `python -m pneumonia.tools.ensemble` (`pneumonia.ensemble`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -37,11 +37,13 @@ COMBINES = ("prob", "logit")
 class Ensemble(nn.Module):
     """The members' logits, each divided by its temperature, combined into one logit."""
 
+    # builds a member from its spec: `pneumonia.models.build_net`, set by that registry when it
+    # loads (it imports this module, so this one does not import it back)
+    build_member: Callable[[dict[str, Any]], nn.Module]
+
     def __init__(self, members: Sequence[dict[str, Any]], temperatures: Sequence[float] | None = None,
                  combine: str = "prob") -> None:
         super().__init__()
-        from pneumonia.models import build_net  # the registry imports this module
-
         if isinstance(members, (str, bytes, dict)) or not isinstance(members, Sequence) or not members:
             raise ConfigError("model.members must be a non-empty list of network specs")
         if combine not in COMBINES:
@@ -55,7 +57,7 @@ class Ensemble(nn.Module):
         for spec in members:
             if not isinstance(spec, dict):
                 raise ConfigError(f"model.members: {spec!r} is not a network spec (a dict with _target_)")
-        self.members = nn.ModuleList(build_net(dict(spec)) for spec in members)
+        self.members = nn.ModuleList(self.build_member(dict(spec)) for spec in members)
         self.temperatures = tuple(float(t) for t in temperatures)
         self.combine = combine
 

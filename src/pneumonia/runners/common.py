@@ -12,7 +12,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig
 
-from pneumonia.config.checks import optional_int
+from pneumonia.validators import optional_int
 from pneumonia.config.instantiate import instantiate_setting
 from pneumonia.hardware import cpu_has_native_bf16
 

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.config.checks import check_eval_config
+from pneumonia.runners.checks import check_eval_config
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.evaluation import statistics as st
 from pneumonia.evaluation.analysis import evaluation_summary, probabilities_before_temperature
 from pneumonia.evaluation.metrics import REPORT_KEYS, report
+from pneumonia.evaluation.predictions import EVAL_COLUMNS, eval_row
 from pneumonia.evaluation.tables import format_table, markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.inference import Predictor
@@ -78,16 +79,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "probability", "prediction"])
+        writer.writerow(EVAL_COLUMNS)
         for path, p, y in zip(paths, probs.tolist(), labels.tolist()):
-            writer.writerow([path, y, f"{p:.6f}", int(p >= threshold)])
+            writer.writerow(eval_row(path, y, p, threshold))
 
     write_figures(out_dir, probs, labels, rep, loggers, temperature=predictor.temperature)
     if cfg.get("gallery_size"):
         errors_gallery(out_dir / "errors_gallery.png", datamodule, out, threshold, cfg.gallery_size)
     dataset = None
     if cfg.get("describe", True):
-        from pneumonia.describe import describe_split
+        from pneumonia.data.describe import describe_split
 
         dataset = describe_split(datamodule.data_root, "test")
         (out_dir / "dataset.json").write_text(json.dumps(dataset, indent=2))

@@ -28,15 +28,16 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia import CLASSES
 from pneumonia.data.folder import DataLayoutError, expand_inputs, label_from_path
 from pneumonia.config.rundir import make_output_dir
-from pneumonia.config.checks import optional_int, threshold_override
+from pneumonia.validators import optional_int, threshold_override
 from pneumonia.errors import ConfigError, file_error
+from pneumonia.evaluation.predictions import PREDICT_COLUMNS, predict_row
 
 if TYPE_CHECKING:
     from pneumonia.export.onnx_predictor import OnnxPredictor
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("path", "probability", "prediction", "threshold", "label")
+CSV_COLUMNS = PREDICT_COLUMNS  # predictions.csv: evaluation.predictions owns its layouts
 BACKENDS = ("torch", "onnx")
 
 
@@ -224,7 +225,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                     row = {"path": path, "probability": prob, "prediction": CLASSES[decision],
                            "threshold": predictor.threshold, "label": CLASSES[label] if label is not None else ""}
                     rows.append(row)
-                    writer.writerow([path, f"{prob:.6f}", row["prediction"], f"{predictor.threshold:.6f}", row["label"]])
+                    writer.writerow(predict_row(path, prob, row["prediction"], predictor.threshold, row["label"]))
                     if maps is not None:
                         pending.append(writers.submit(
                             save_overlay, heatmap_dir / _safe_name(len(rows), path), arrays[i], maps[i],

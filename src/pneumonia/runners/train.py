@@ -12,12 +12,13 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.config.checks import check_train_config
+from pneumonia.runners.checks import check_train_config
 from pneumonia.config.entry import cli_override
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
-from pneumonia.evaluation.calibration import calibrate_threshold, check_settings
+from pneumonia.evaluation.calibration import check_settings
+from pneumonia.runners.calibration import calibrate_threshold
 from pneumonia.evaluation.metrics import METRIC_NAMES
 from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers

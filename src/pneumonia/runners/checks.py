@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.errors import ConfigError
+from pneumonia.validators import optional_int, threshold_override
 
 if TYPE_CHECKING:
     from pneumonia.data.datamodule import ChestXrayDataModule
@@ -37,16 +38,6 @@ def _bool(cfg: DictConfig, key: str) -> bool:
 
 def _optional_int(cfg: DictConfig, key: str, low: int) -> int | None:
     return optional_int(_get(cfg, key), key, low)
-
-
-def optional_int(value: object, key: str, low: int) -> int | None:
-    """`value` if it is null or an integer >= `low`; else a `ConfigError` naming `key`
-    (thread counts, sizes: `threads`, `decode_threads`...)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{key}={value!r} must be an integer >= {low} (or null)")
-    return value
 
 
 def _optional_path(cfg: DictConfig, key: str) -> str | None:
@@ -190,16 +181,6 @@ def check_eval_config(cfg: DictConfig) -> None:
     threshold_override(cfg.get("threshold"))
     check_settings({"ece_bins": cfg.get("ece_bins", CALIBRATION_DEFAULTS["ece_bins"])},
                    OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
-
-
-def threshold_override(value: object) -> float | None:
-    """A decision threshold given on the command line (`threshold=`): null (use the stored
-    one) or a number in [0, 1]."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"threshold={value!r} must be a number in [0, 1] (or null: the stored one)")
-    return float(value)
 
 
 def check_optimization(cfg: DictConfig) -> None:

@@ -29,7 +29,7 @@ SKIP = {"module": ("pos_weight",)}
 def quick_check(config_name: str, cfg: DictConfig) -> None:
     """Raise a `ConfigError` for the first value of `cfg` (`conf/<config_name>.yaml`
     composed) that can be refused without importing torch or Lightning."""
-    from pneumonia.config import checks
+    from pneumonia.runners import checks
 
     if config_name == "train":
         checks.check_train_settings(cfg, quick=True)

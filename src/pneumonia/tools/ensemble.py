@@ -1,8 +1,8 @@
-"""`python -m pneumonia.ensemble DIR [DIR ...]`: several checkpoints become one model.
+"""`python -m pneumonia.tools.ensemble DIR [DIR ...]`: several checkpoints become one model.
 
-    python -m pneumonia.ensemble outputs/multirun/<time>                  # every job's best.ckpt
-    python -m pneumonia.ensemble outputs/best/<run a> outputs/best/<run b> [--combine logit]
-    python -m pneumonia.ensemble a.ckpt b.ckpt c.ckpt --out outputs/ensemble/mine --data-root data/chest_xray
+    python -m pneumonia.tools.ensemble outputs/multirun/<time>                  # every job's best.ckpt
+    python -m pneumonia.tools.ensemble outputs/best/<run a> outputs/best/<run b> [--combine logit]
+    python -m pneumonia.tools.ensemble a.ckpt b.ckpt c.ckpt --out outputs/ensemble/mine --data-root data/chest_xray
 
 A DIR is a run folder (its checkpoints/best.ckpt), a multirun folder (the best.ckpt of every
 job in it) or a .ckpt file; at least 2 members. Writes `<out>/checkpoints/best.ckpt` (an
@@ -25,7 +25,7 @@ from pneumonia.errors import UserError
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pneumonia.ensemble",
+        prog="python -m pneumonia.tools.ensemble",
         description="Average several trained checkpoints into one model with its own validation-chosen threshold.")
     parser.add_argument("sources", nargs="+", metavar="DIR",
                         help="run folder, multirun folder or .ckpt file (2 or more members in all)")
