@@ -69,7 +69,8 @@ class DecodedImages:
 
 def cache_key(paths: tuple[str, ...], preprocess: Preprocess) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_FORMAT, preprocess.decode_description()]).encode())
+    # the pixel limit decides which rows decode, so it is part of the key
+    h.update(json.dumps([CACHE_FORMAT, preprocess.decode_description(), preprocess.max_pixels]).encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -24,6 +24,7 @@ from pneumonia.data.cache import DecodedImages, decode_images
 from pneumonia.data.folder import DataLayoutError, SplitFiles, scan_split
 from pneumonia.data.layout import find_data_root
 from pneumonia.data.patients import grouped_split
+from pneumonia.data.pixels import DEFAULT_MAX_PIXELS
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
 from pneumonia.data.stress import StressImages, StressSettings, validation_images
@@ -62,6 +63,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         normalize: str = "none",
         stress: dict[str, Any] | None = None,
         tta: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         if on_bad_image not in ("skip", "error"):
@@ -81,7 +83,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             raise ConfigError(f"data.cache_dir={cache_dir!r} must be a folder, auto or null")
         # checks image_size, channels and normalize; stored in checkpoints with the other
         # arguments (datamodule_hyper_parameters), so every scoring path normalises alike
-        self.preprocess = Preprocess(image_size, channels, normalize)
+        self.preprocess = Preprocess(image_size, channels, normalize, max_pixels)
         self.stress_settings = StressSettings.from_config(stress)
         if not isinstance(tta, bool):  # read from checkpoints by the Predictor (models/tta.py)
             raise ConfigError(f"data.tta={tta!r} must be true or false")
@@ -136,8 +138,9 @@ class ChestXrayDataModule(L.LightningDataModule):
         h = self.hparams
         decoded = decode_images(files.paths, files.labels, self.preprocess,
                                 cache_dir=self.cache_dir, threads=h.decode_threads)
-        if decoded.bad:
-            self._report_bad(files, decoded.bad)
+        bad = sorted([*files.skipped, *decoded.bad])  # special files left out by the walk, then decode failures
+        if bad:
+            self._report_bad(files, bad)
         return decoded
 
     def _report_bad(self, files: SplitFiles, bad: list[tuple[str, str]]) -> None:
