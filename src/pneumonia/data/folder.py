@@ -122,10 +122,13 @@ class ImageWalk:
         except OSError:
             return []
         key = (st.st_dev, st.st_ino)
-        if key in self._dirs:
+        if self._dirs.get(key, folder) != folder:
             self.links_not_followed.append((folder, self._dirs[key]))
             return []
         self._dirs[key] = folder
+        # the folders above it too: a link to one of them (`sub/up -> ../..`) leads back here
+        for parent in Path(os.path.realpath(folder)).parents:
+            self.reserve(parent)
         found: list[str] = []
 
         def unreadable(err: OSError) -> None:
@@ -152,6 +155,14 @@ class ImageWalk:
         for path in sorted(found):
             self.add(path)
         return self.files[start:]
+
+    def reserve(self, folder: str | Path) -> None:
+        """Mark `folder` as walked (or to be walked by its own name): links to it are not followed."""
+        try:
+            st = os.stat(folder)
+        except OSError:
+            return
+        self._dirs.setdefault((st.st_dev, st.st_ino), str(folder))
 
     def _count(self) -> int:
         return len(self.files) + len(self.skipped) + len(self.duplicates) + len(self.links_not_followed)
@@ -208,6 +219,8 @@ def scan_split(root: str | Path, split: str, *, required: bool = True) -> SplitF
     paths: list[str] = []
     labels: list[int] = []
     walk = ImageWalk()  # one walk for the split: a file linked into both classes counts once
+    for cls in CLASSES:  # a link into the other class folder is not followed (its images keep their label)
+        walk.reserve(split_dir / cls)
     for label, cls in enumerate(CLASSES):
         class_paths = walk.walk(split_dir / cls)
         if not class_paths:

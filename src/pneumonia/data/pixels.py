@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -29,6 +30,10 @@ __all__ = ["DEFAULT_MAX_PIXELS", "TooManyPixels", "check_max_pixels", "check_pix
 
 # 50 MP: a 7071 x 7071 image; chest X-rays are at most about 4300 x 4300 (18 MP)
 DEFAULT_MAX_PIXELS = 50_000_000
+
+# Pillow warns at open above its own limit (89 MP); every open here is followed by the
+# max_pixels check, which refuses such an image before it is decoded, so the warning is noise
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
