@@ -60,9 +60,10 @@ def from_pil(img: Image.Image, image_size: int, channels: int) -> np.ndarray:
     """An already opened PIL image (any mode) as a (C, S, S) uint8 array: gray (PIL 'L') or
     RGB, squashed to `image_size` x `image_size` with PIL's bilinear filter."""
     if img.mode in _WIDE_MODES:
-        arr = np.asarray(img, dtype=np.float32)
+        arr = np.array(img, dtype=np.float32)  # in place below: one float copy of the image, not three
         top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+        arr *= 255.0 / top
+        img = Image.fromarray(np.clip(arr, 0, 255, out=arr).astype(np.uint8), "L")
     if img.mode in ("PA", "LA", "RGBA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))

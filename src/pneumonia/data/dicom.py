@@ -211,8 +211,10 @@ def _scale_to_uint8(image: np.ndarray) -> np.ndarray:
     low, high = float(np.min(image)), float(np.max(image))
     if not high > low:  # constant (or NaN): nothing to show, and no division by zero
         return np.zeros(image.shape, dtype=np.uint8)
-    scaled = (image - low) / (high - low) * 255.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    scaled = image - low  # then in place: one float64 copy of the image, not four
+    scaled /= high - low
+    scaled *= 255.0
+    return np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
 
 
 def _first_line(err: BaseException) -> str:

@@ -172,11 +172,11 @@ class ImageWalk:
         if self.links_not_followed:
             path, first = self.links_not_followed[0]
             log.warning("Not following %d link(s) to folders already walked (each folder is read once), "
-                        "e.g. '%s' = '%s'", len(self.links_not_followed), path, first)
+                        "e.g. '%s' -> '%s'", len(self.links_not_followed), path, first)
         if self.duplicates:
             path, first = self.duplicates[0]
             log.warning("Left out %d second name(s) of files already listed (each file is read once), "
-                        "e.g. '%s' = '%s'", len(self.duplicates), path, first)
+                        "e.g. '%s' (same file as '%s')", len(self.duplicates), path, first)
 
 
 def walk_images(folder: str | Path) -> list[str]:
