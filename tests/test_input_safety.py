@@ -122,6 +122,11 @@ def test_symlink_loops_end_and_each_image_counts_once(tmp_path):
             f"print(json.dumps([walk_images({str(folder)!r}), w.files, w.duplicates, w.links_not_followed]))")
     res = run_python(code, timeout=60)  # a walker that loops is killed here, and fails
     assert res.returncode == 0, res.stderr
+    # a folder given after one of its subfolders is still walked (the subfolder once)
+    (folder / "more").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "more" / "c.png")
+    assert find_inputs([folder / "more", folder]).files == [str(folder / "more" / "c.png"), str(folder / "a.png"),
+                                                            str(folder / "b.png")]
     walked, inputs, duplicates, links = json.loads(res.stdout)
     assert walked == inputs == [str(folder / "a.png"), str(folder / "b.png")]
     assert duplicates == [[str(folder / "sub" / "alias.png"), str(folder / "a.png")]]

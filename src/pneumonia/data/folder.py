@@ -83,7 +83,8 @@ class ImageWalk:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     links_not_followed: list[tuple[str, str]] = field(default_factory=list)
-    _dirs: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+    _dirs: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)  # walked
+    _reserved: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)  # never entered by a link
     _seen: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
 
     def add(self, path: str, *, named: bool = False) -> None:
@@ -122,7 +123,7 @@ class ImageWalk:
         except OSError:
             return []
         key = (st.st_dev, st.st_ino)
-        if self._dirs.get(key, folder) != folder:
+        if key in self._dirs:
             self.links_not_followed.append((folder, self._dirs[key]))
             return []
         self._dirs[key] = folder
@@ -145,8 +146,9 @@ class ImageWalk:
                 except OSError:
                     continue
                 key = (st.st_dev, st.st_ino)
-                if key in self._dirs:  # a second way into a folder already walked (or a loop)
-                    self.links_not_followed.append((full, self._dirs[key]))
+                first = self._dirs.get(key) or self._reserved.get(key)
+                if first is not None:  # a second way into a folder already walked (or a loop)
+                    self.links_not_followed.append((full, first))
                     continue
                 self._dirs[key] = full
                 keep.append(d)
@@ -157,12 +159,13 @@ class ImageWalk:
         return self.files[start:]
 
     def reserve(self, folder: str | Path) -> None:
-        """Mark `folder` as walked (or to be walked by its own name): links to it are not followed."""
+        """Links met during a walk never lead into `folder` (an ancestor of a walked folder,
+        or a folder walked by its own name); `walk(folder)` itself still walks it."""
         try:
             st = os.stat(folder)
         except OSError:
             return
-        self._dirs.setdefault((st.st_dev, st.st_ino), str(folder))
+        self._reserved.setdefault((st.st_dev, st.st_ino), str(folder))
 
     def _count(self) -> int:
         return len(self.files) + len(self.skipped) + len(self.duplicates) + len(self.links_not_followed)
@@ -171,8 +174,9 @@ class ImageWalk:
         """One log line each for folder links not followed and files found twice."""
         if self.links_not_followed:
             path, first = self.links_not_followed[0]
-            log.warning("Not following %d link(s) to folders already walked (each folder is read once), "
-                        "e.g. '%s' -> '%s'", len(self.links_not_followed), path, first)
+            log.warning("Not entering %d folder(s) a second time (links back into a folder already walked, or "
+                        "above it; each folder is read once), e.g. '%s' -> '%s'", len(self.links_not_followed),
+                        path, first)
         if self.duplicates:
             path, first = self.duplicates[0]
             log.warning("Left out %d second name(s) of files already listed (each file is read once), "
