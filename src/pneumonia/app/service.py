@@ -34,7 +34,6 @@ import os
 import shutil
 import stat
 import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,30 +186,19 @@ def roc_point(roc: dict[str, list[float]], threshold: float) -> tuple[float | No
 
 
 def image_pixels(path: str | Path) -> int:
-    """Width x height from the file's header, without decoding the pixels (0 when the
-    header cannot be read: the decoder then says what is wrong). DICOM: Rows x Columns."""
-    from pneumonia.data.dicom import is_dicom
-
-    if is_dicom(path):
-        try:
-            import pydicom
-
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["Rows", "Columns"])
-            return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
-        except Exception:  # not readable as DICOM (or no pydicom): read_dicom reports it
-            return 0
-    from PIL import Image
+    """Width x height (x frames) from the file's header, without decoding the pixels
+    (`pneumonia.data.pixels.header_size`, the check every decoder runs): 0 when the header
+    cannot be read (the decoder then says what is wrong). Raises `UserError` for a DICOM
+    whose compressed frame is not the size its header says, or a Pillow decompression bomb."""
+    from pneumonia.data.pixels import header_size
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse it ourselves below
-            with Image.open(path) as img:
-                width, height = img.size
-    except Image.DecompressionBombError as err:  # over twice Pillow's own limit: refused at open
-        raise UnreadableFile(f"too many pixels to decode safely ({err})") from None
-    except Exception:  # not an image Pillow knows: the decoder reports it
+        width, height, frames = header_size(path)
+    except UserError:
+        raise
+    except Exception:  # not an image Pillow knows, or no pydicom: the decoder reports it
         return 0
-    return width * height
+    return width * height * frames
 
 
 def _reason(err: BaseException, path: str | Path, name: str) -> str:

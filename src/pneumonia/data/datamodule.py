@@ -24,6 +24,7 @@ from pneumonia.data.cache import DecodedImages, decode_images
 from pneumonia.data.folder import DataLayoutError, SplitFiles, scan_split
 from pneumonia.data.layout import find_data_root
 from pneumonia.data.patients import grouped_split
+from pneumonia.data.pixels import DEFAULT_MAX_PIXELS
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
 from pneumonia.data.stress import StressImages, StressSettings, validation_images
@@ -61,13 +62,14 @@ class ChestXrayDataModule(L.LightningDataModule):
         normalize: str = "none",
         stress: Mapping[str, Any] | None = None,
         tta: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         # the signature declares each argument's type and range; the config layer adds the `data.` prefix
         check_arguments(ChestXrayDataModule, locals())
         # checks image_size, channels and normalize; stored in checkpoints with the other
         # arguments (datamodule_hyper_parameters), so every scoring path normalises alike
-        self.preprocess = Preprocess(image_size, channels, normalize)
+        self.preprocess = Preprocess(image_size, channels, normalize, max_pixels)
         self.stress_settings = StressSettings.from_config(stress)
         self.save_hyperparameters(logger=False)
         self.augment = BatchAugment(**(augment or {}))
@@ -118,8 +120,9 @@ class ChestXrayDataModule(L.LightningDataModule):
         h = self.hparams
         decoded = decode_images(files.paths, files.labels, self.preprocess,
                                 cache_dir=self.cache_dir, threads=h.decode_threads)
-        if decoded.bad:
-            self._report_bad(files, decoded.bad)
+        bad = sorted([*files.skipped, *decoded.bad])  # special files left out by the walk, then decode failures
+        if bad:
+            self._report_bad(files, bad)
         return decoded
 
     def _report_bad(self, files: SplitFiles, bad: list[tuple[str, str]]) -> None:

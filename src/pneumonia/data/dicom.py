@@ -38,7 +38,7 @@ from pneumonia.errors import UserError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DICOM_SUFFIXES", "DicomError", "is_dicom", "read_dicom"]
+__all__ = ["DICOM_SUFFIXES", "DicomError", "dicom_size", "is_dicom", "read_dicom", "read_header"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _PREAMBLE_SIZE = 128
@@ -46,6 +46,11 @@ _MAGIC = b"DICM"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _INSTALL_PYDICOM = "reading DICOM files needs pydicom: pip install 'pneumonia[dicom]'"
 _INSTALL_DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
+# elements larger than this are read from the file only when used: the pixel data of a
+# refused file is never loaded
+_DEFER_SIZE = "1 MB"
+# compressed pixel data whose decoded size follows Rows/Columns (no size in the stream)
+_SIZED_BY_HEADER = ("1.2.840.10008.1.2.5",)  # RLE Lossless
 
 
 class DicomError(UserError):
@@ -69,22 +74,31 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return head[_PREAMBLE_SIZE:] == _MAGIC
 
 
-def read_dicom(path: str | os.PathLike) -> np.ndarray:
+def read_dicom(path: str | os.PathLike, max_pixels: int | None = None, setting: str = "max_pixels"
+               ) -> np.ndarray:
     """Return the first frame of the DICOM file `path` as a ``uint8`` (H, W) grayscale
     image: modality LUT, then VOI LUT/window if any, then min..max scaling to 0..255,
     then inversion for MONOCHROME1 (see the module docstring). Colour images become the
-    mean of their channels. Raises `DicomError` with a one-line message."""
+    mean of their channels. With `max_pixels`, Rows x Columns x NumberOfFrames (and the
+    first compressed frame's own size) are checked before the pixel data is read
+    (`pneumonia.data.pixels.TooManyPixels`, named after `setting`). Raises `DicomError`
+    with a one-line message."""
     import numpy as np
 
-    pydicom = _import_pydicom()
+    _import_pydicom()
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-    ds = _read_dataset(pydicom, path)
+    ds = read_header(path)
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         raise DicomError(
             f"'{path}' has no pixel data (a DICOM without an image, e.g. a structured report)"
         )
     _check_decoder(ds, path)
+    width, height, frames = dicom_size(ds, path)
+    if max_pixels is not None:
+        from pneumonia.data.pixels import check_pixels
+
+        check_pixels(width, height, max_pixels, setting, frames)
 
     from pydicom.pixels import pixel_array
 
@@ -128,11 +142,44 @@ def _import_pydicom():
     return pydicom
 
 
-def _read_dataset(pydicom, path):
+def read_header(path: str | os.PathLike):
+    """The dataset of `path`, its large elements (the pixel data) left on disk until used."""
+    pydicom = _import_pydicom()
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     except Exception as err:  # InvalidDicomError, OSError, or a truncated file's EOFError...
         raise DicomError(f"'{path}' is not a readable DICOM file ({_first_line(err)})") from None
+
+
+def dicom_size(ds, path) -> tuple[int, int, int]:
+    """(Columns, Rows, NumberOfFrames) of a dataset read by `read_header`. For compressed
+    pixel data (JPEG, JPEG-LS, JPEG 2000) the first frame's codestream header must give
+    the same size: a `DicomError` otherwise, read without decoding."""
+    try:
+        width, height = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        raise DicomError(f"'{path}' has invalid Rows, Columns or NumberOfFrames") from None
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if syntax is None or not syntax.is_encapsulated or syntax in _SIZED_BY_HEADER or "PixelData" not in ds:
+        return width, height, frames
+    from pydicom.encaps import get_frame
+
+    from pneumonia.data.pixels import codestream_size
+
+    try:
+        first = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception as err:  # malformed items or offsets
+        raise DicomError(f"'{path}' has compressed pixel data that cannot be parsed ({_first_line(err)})") from None
+    real = codestream_size(first)
+    if real is None:
+        raise DicomError(f"'{path}': the size of its compressed frame ({syntax.name}) cannot be read from its "
+                         f"header: not decoded")
+    if real != (width, height):
+        raise DicomError(f"'{path}': its compressed frame is {real[0]}x{real[1]} but Rows/Columns say "
+                         f"{width}x{height}: not decoded")
+    return width, height, frames
 
 
 def _check_decoder(ds, path) -> None:
@@ -164,8 +211,10 @@ def _scale_to_uint8(image: np.ndarray) -> np.ndarray:
     low, high = float(np.min(image)), float(np.max(image))
     if not high > low:  # constant (or NaN): nothing to show, and no division by zero
         return np.zeros(image.shape, dtype=np.uint8)
-    scaled = (image - low) / (high - low) * 255.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    scaled = image - low  # then in place: one float64 copy of the image, not four
+    scaled /= high - low
+    scaled *= 255.0
+    return np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
 
 
 def _first_line(err: BaseException) -> str:

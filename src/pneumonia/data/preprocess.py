@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from pneumonia.data import decode
+from pneumonia.data.pixels import DEFAULT_MAX_PIXELS, check_max_pixels
 from pneumonia.errors import ConfigError
 
 
@@ -44,11 +45,13 @@ NORMALIZE = ("none", "standardize", "equalize")
 class Preprocess:
     """Decode and resize to `image_size` px with `channels` channels (1 gray, 3 RGB), then
     scale to [0, 1] and normalise (`normalize`: "none", "standardize": each image to zero
-    mean and unit standard deviation, "equalize": each image's histogram equalised)."""
+    mean and unit standard deviation, "equalize": each image's histogram equalised).
+    Files over `max_pixels` (`data.max_pixels`, read from the header) are refused undecoded."""
 
     image_size: int
     channels: int = 1
     normalize: str = "none"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
@@ -57,6 +60,7 @@ class Preprocess:
             raise ConfigError(f"model.in_channels={self.channels!r} must be 1 (grayscale) or 3 (RGB)")
         if not isinstance(self.normalize, str) or self.normalize not in NORMALIZE:
             raise ConfigError(f"data.normalize={self.normalize!r} must be one of {', '.join(NORMALIZE)}")
+        check_max_pixels(self.max_pixels, "data.max_pixels")
 
     # ---- step 1: file -> uint8 (C, S, S) -------------------------------------------------
     def load(self, path: str | Path) -> np.ndarray:
@@ -65,8 +69,9 @@ class Preprocess:
 
         16-bit and 32-bit integer images are scaled to 8 bits by their range (PIL's own
         conversion would clip them white); palette and alpha images are flattened on black.
+        Files over `max_pixels` raise `TooManyPixels` before decoding.
         """
-        return decode.load_image(path, self.image_size, self.channels)
+        return decode.load_image(path, self.image_size, self.channels, self.max_pixels, "data.max_pixels")
 
     def from_pil(self, img: Image.Image) -> np.ndarray:
         """An already opened PIL image (any mode) as a (C, S, S) uint8 array."""

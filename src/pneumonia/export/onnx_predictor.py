@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pneumonia.data import decode
+from pneumonia.data.pixels import DEFAULT_MAX_PIXELS
 from pneumonia.export.sidecar import ExportError, read_sidecar, require_export_extra
 
 __all__ = ["OnnxPredictor", "session_options", "sha256_file", "sigmoid"]
@@ -60,11 +61,12 @@ class OnnxPredictor:
     device = "cpu (onnxruntime)"
 
     def __init__(self, model_path: str | Path, meta: dict[str, Any], *, threshold: float | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         require_export_extra("backend=onnx", "onnxruntime")
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
+        self.max_pixels = max_pixels  # files over it are refused from their header (predict's max_pixels)
         self.source = str(self.model_path)
         self.meta = meta
         prep = meta["preprocess"]
@@ -88,7 +90,7 @@ class OnnxPredictor:
 
     @classmethod
     def from_model(cls, model_path: str | Path, *, threshold: float | None = None, threads: int | None = None,
-                   check_hash: bool = True) -> OnnxPredictor:
+                   check_hash: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> OnnxPredictor:
         """`model_path` (a `model.onnx`) with the `model.json` beside it."""
         model_path = Path(model_path).expanduser()
         meta = read_sidecar(model_path)
@@ -98,12 +100,12 @@ class OnnxPredictor:
         if check_hash and meta.get("sha256") and sha256_file(model_path) != meta["sha256"]:
             raise ExportError(f"'{model_path}' is not the model its model.json describes (sha256 differs): "
                               f"keep the files of one export together")
-        return cls(model_path, meta, threshold=threshold, threads=threads)
+        return cls(model_path, meta, threshold=threshold, threads=threads, max_pixels=max_pixels)
 
     # ---- the preprocessing of model.json ------------------------------------------------
     def load(self, path: str | Path) -> np.ndarray:
         """One file as a (C, S, S) uint8 array: the same code and result as `Preprocess.load`."""
-        return decode.load_image(path, self.image_size, self.channels)
+        return decode.load_image(path, self.image_size, self.channels, self.max_pixels, "max_pixels")
 
     @staticmethod
     def to_input(images: np.ndarray) -> np.ndarray:

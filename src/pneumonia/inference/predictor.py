@@ -37,6 +37,7 @@ from torch import nn
 
 from pneumonia import CLASSES
 from pneumonia.validators import threshold_override
+from pneumonia.data.pixels import DEFAULT_MAX_PIXELS
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError
 from pneumonia.hardware import auto_precision
@@ -179,7 +180,8 @@ class Predictor:
             "normalize": data_hp.get("normalize", "none"),
         }
         return cls(
-            net, Preprocess(int(data_hp["image_size"]), int(data_hp["channels"]), data_hp.get("normalize", "none")),
+            net, Preprocess(int(data_hp["image_size"]), int(data_hp["channels"]), data_hp.get("normalize", "none"),
+                            data_hp.get("max_pixels", DEFAULT_MAX_PIXELS)),
             chosen, temperature=temp, tta=use_tta,
             precision=resolve_precision(precision, calibration.get("precision"), accelerator),
             device=device, channels_last=bool(module_hp.get("channels_last", True)), recipe=recipe,

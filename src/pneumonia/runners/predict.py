@@ -26,7 +26,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia import CLASSES
-from pneumonia.data.folder import DataLayoutError, expand_inputs, label_from_path
+from pneumonia.data.folder import DataLayoutError, find_inputs, label_from_path
+from pneumonia.data.pixels import DEFAULT_MAX_PIXELS, check_max_pixels
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.validators import optional_int, threshold_override
 from pneumonia.errors import ConfigError, file_error
@@ -67,9 +68,14 @@ class TorchScorer:
         self.threshold, self.precision = self.predictor.threshold, self.predictor.precision
         self.tta = self.predictor.tta
         self.device, self.source = self.predictor.device, str(cfg.ckpt_path)
+        self.max_pixels = cfg.get("max_pixels", DEFAULT_MAX_PIXELS)
 
     def load(self, path: str) -> np.ndarray:
-        return self.predictor.preprocess.load(path)
+        """`Preprocess.load` of the checkpoint's preset, under predict's `max_pixels`."""
+        from pneumonia.data.decode import load_image
+
+        prep = self.predictor.preprocess
+        return load_image(path, prep.image_size, prep.channels, self.max_pixels, "max_pixels")
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -100,7 +106,8 @@ def open_scorer(cfg: DictConfig) -> TorchScorer | OnnxPredictor:
     if cfg.backend == "onnx":
         from pneumonia.export.onnx_predictor import OnnxPredictor
 
-        return OnnxPredictor.from_model(cfg.model_path, threshold=cfg.threshold, threads=cfg.get("threads"))
+        return OnnxPredictor.from_model(cfg.model_path, threshold=cfg.threshold, threads=cfg.get("threads"),
+                                        max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
     return TorchScorer(cfg)
 
 
@@ -160,6 +167,7 @@ def _check(cfg: DictConfig) -> None:
     if cfg.explain_target not in ("predicted", "pneumonia"):
         raise ConfigError(f"explain_target={cfg.explain_target!r} must be 'predicted' or 'pneumonia'")
     threshold_override(cfg.threshold)
+    check_max_pixels(cfg.get("max_pixels", DEFAULT_MAX_PIXELS), "max_pixels")
     for key in ("threads", "decode_threads"):
         optional_int(cfg.get(key), key, 1)
     for key in ("explain", "gallery"):
@@ -178,7 +186,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     _check(cfg)
     predictor = open_scorer(cfg)
     inputs = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else cfg.inputs
-    paths = expand_inputs(inputs)
+    found = find_inputs(inputs)
+    paths = found.files
     out_dir = make_output_dir(cfg.paths.output_dir)
     log.info("Predicting %d file(s) with %s (%s backend, threshold %.4f, precision %s, %s, TTA %s)", len(paths),
              predictor.source, predictor.backend, predictor.threshold, predictor.precision, predictor.device,
@@ -200,6 +209,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     gallery: list[dict[str, Any]] = []
     csv_path = out_dir / "predictions.csv"
     bad_path = out_dir / "bad_images.tsv"
+    if found.skipped:  # special files and broken links the walk did not open
+        if cfg.on_bad_image == "error":
+            path, why = found.skipped[0]
+            raise DataLayoutError(f"cannot read '{path}': {why} (on_bad_image=skip goes on without it)")
+        bad.extend(found.skipped)
+        with bad_path.open("a") as tsv:
+            tsv.writelines(f"{p}\t{why}\n" for p, why in found.skipped)
     with csv_path.open("w", newline="") as f, tqdm(total=len(paths), unit="img", desc="predict",
                                                     disable=None if len(paths) > 2 * cfg.batch_size else True) as bar:
         writer = csv.writer(f)
@@ -250,7 +266,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if bad:
         log.warning("Skipped %d unreadable file(s), listed in %s", len(bad), bad_path)
     if not rows:
-        raise DataLayoutError(f"none of the {len(paths)} input file(s) could be read; reasons in {bad_path}")
+        raise DataLayoutError(f"none of the {len(paths) + len(found.skipped)} input file(s) could be read; "
+                              f"reasons in {bad_path}")
     if cfg.gallery:
         from pneumonia.explain.figures import save_gallery
 
