@@ -70,7 +70,8 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, c
     cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
     rule = rule_options(settings)  # a wrong threshold.* fails here, before any scoring
-    raw = Predictor.from_checkpoint(ckpt_path, temperature=1.0)  # fit on the raw logits, whatever is stored
+    raw = Predictor.from_checkpoint(ckpt_path, temperature=1.0,  # fit on the raw logits, whatever is stored
+                                     require_calibration=False)
     probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(), datamodule, "val")
     temperature = None
     scaled_logits = logits.double()

@@ -25,6 +25,7 @@ from pneumonia.inference.checkpoint import data_settings, load_checkpoint, modul
 from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import StochasticWeightAveraging, TrainingClock
+from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
 from pneumonia.runners.common import build_callbacks, build_loggers, build_trainer, configure_torch, warn_slow_precision
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     loggers = build_loggers(cfg)
     clock = TrainingClock()
     callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock]
-    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     warn_slow_precision(trainer)
     datamodule.setup("fit")
     with pretrained():
