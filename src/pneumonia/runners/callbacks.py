@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import StochasticWeightAveraging as _LightningSWA
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pneumonia.errors import ConfigError, UserError
 
@@ -42,6 +43,31 @@ class FiniteLossGuard(L.Callback):
             f"non-finite training loss ({float(loss.detach().float())}) at epoch {trainer.current_epoch}, "
             f"batch {batch_idx}; {last_good}. Try a lower optimizer.lr or trainer.gradient_clip_val=1.0"
         )
+
+
+class Interruption(L.Callback):
+    """Which signal stopped `fit`, and at which epoch and step, for train.py's one-line report.
+
+    Lightning turns SIGTERM into a `SIGTERMException` (a `SystemExit` with status 0) at the
+    next batch, and Ctrl-C (SIGINT, `KeyboardInterrupt`) into `sys.exit(1)`; both pass
+    through `on_exception` first. Exit statuses: 128 + the signal number, as a shell reports
+    a process killed by it.
+    """
+
+    EXIT = {"SIGTERM": 143, "SIGINT": 130}
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.epoch = self.step = 0
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.signal = "SIGTERM"
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signal = "SIGINT"
+        else:
+            return
+        self.epoch, self.step = trainer.current_epoch, trainer.global_step
 
 
 class TrainingClock(L.Callback):

@@ -24,7 +24,7 @@ from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.inference.checkpoint import data_settings, load_checkpoint, module_settings, trained_epochs
 from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
-from pneumonia.runners.callbacks import StochasticWeightAveraging, TrainingClock
+from pneumonia.runners.callbacks import Interruption, StochasticWeightAveraging, TrainingClock
 from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
 from pneumonia.runners.common import build_callbacks, build_loggers, build_trainer, configure_torch, warn_slow_precision
 
@@ -137,15 +137,20 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     datamodule.check_layout(("fit", "test") if cfg.test else ("fit",))  # fail before any decoding
     # loggers, callbacks and the Trainer before decoding too: their settings fail in seconds
     loggers = build_loggers(cfg)
-    clock = TrainingClock()
-    callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock]
+    clock, interruption = TrainingClock(), Interruption()
+    callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock, interruption]
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     warn_slow_precision(trainer)
     datamodule.setup("fit")
     with pretrained():
         module = build_module(cfg, datamodule)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except SystemExit:  # Lightning's ending for SIGTERM and Ctrl-C (exit status 0 and 1)
+        if interruption.signal is None:
+            raise
+        stop_interrupted(trainer, interruption, out_dir)
     if trainer.interrupted:
         log.warning("Training was interrupted; resume with ckpt_path=%s", out_dir / "checkpoints" / "last.ckpt")
 
@@ -184,6 +189,27 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))
     return best_score, val_report
+
+
+def stop_interrupted(trainer: L.Trainer, interruption: Interruption, out_dir: Path) -> None:
+    """One line on where a signal stopped the run and how to go on, then exit 143 (SIGTERM) or
+    130 (SIGINT). last.ckpt stays the one of the last finished epoch: a checkpoint from the
+    middle of an epoch would not resume exactly like an uninterrupted run."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from here on
+    if trainer.is_global_zero:
+        last = out_dir / "checkpoints" / "last.ckpt"
+        where = f"interrupted at epoch {interruption.epoch + 1}, step {interruption.step} by {interruption.signal}"
+        if last.is_file():
+            done = trained_epochs(load_checkpoint(last))
+            print(f"{where}; resume with: python train.py {cli_override('resume', out_dir)} "
+                  f"(goes on after epoch {done}, from {last.name})", file=sys.stderr, flush=True)
+        else:
+            print(f"{where}, before the first epoch ended: no checkpoint to resume from; start the run again",
+                  file=sys.stderr, flush=True)
+    raise SystemExit(Interruption.EXIT[interruption.signal])
 
 
 def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_path: str, out_dir: Path,
