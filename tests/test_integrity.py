@@ -13,7 +13,7 @@ import torch
 from pneumonia.errors import CheckpointError, ConfigError
 from pneumonia.export.runner import export
 from pneumonia.inference import Predictor
-from pneumonia.inference.checkpoint import load_checkpoint, store_calibration
+from pneumonia.inference.checkpoint import load_checkpoint
 from pneumonia.integrity import DIGEST_KEY, seal, weights_digest
 from pneumonia.io import DiskFullError
 from pneumonia.runners.train import train
@@ -150,9 +150,12 @@ def test_an_uncalibrated_checkpoint_is_refused_unless_a_threshold_is_given(tiny_
     res = run_cli("predict.py", f"ckpt_path={path}", f"inputs={image}", "device=cpu", "threshold=0.5",
                   f"hydra.run.dir={tmp_path / 'p2'}")
     assert res.returncode == 0, res.stderr[-2000:]
-    # calibrating it again (what the refusal points to) makes it usable
-    store_calibration(path, 0.42, method="youden", val_report={}, precision="32-true")
-    assert Predictor.from_checkpoint(path).threshold == pytest.approx(0.42)
+    # the command the refusal names calibrates it again: the threshold training had chosen
+    from pneumonia.evaluation.calibration import main
+
+    assert main([str(path), "--accelerator", "cpu"]) == 0
+    assert Predictor.from_checkpoint(path).threshold == pytest.approx(Predictor.from_checkpoint(tiny_checkpoint).threshold)
+    assert main([str(tmp_path / "missing.ckpt")]) == 2
 
 
 # ---- a full disk ------------------------------------------------------------------------------------------

@@ -110,3 +110,79 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, c
         log.info("Temperature %.3f fitted on validation: ECE %.4f -> %.4f, Brier %.4f -> %.4f (%d bins)", temperature,
                  before["ece"], calib["ece"], before["brier"], calib["brier"], calib["bins"])
     return module, chosen
+
+
+# ---- python -m pneumonia.evaluation.calibration CKPT: calibrate a checkpoint (again) ------------------
+def run_settings(ckpt_path: Path) -> dict[str, Any]:
+    """The `threshold`, `calibration`, `intervals` and `trainer.precision` settings of the run
+    that wrote `ckpt_path` (its `.hydra/config.yaml`, beside `checkpoints/`); the defaults
+    when there is none."""
+    from omegaconf import OmegaConf
+
+    config = ckpt_path.parent.parent / ".hydra" / "config.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=False) if config.is_file() else {}
+    trainer = cfg.get("trainer") or {}
+    precision = trainer.get("precision")
+    return {"threshold": cfg.get("threshold") or {}, "calibration": cfg.get("calibration"),
+            "intervals": cfg.get("intervals"),
+            "precision": precision if isinstance(precision, str) and "${" not in precision else None}
+
+
+def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelerator: str = "auto") -> dict[str, Any]:
+    """Choose `ckpt_path`'s threshold (and temperature, when its run fitted one) on its
+    validation split, as train.py does after training, and store them in it. The split is the
+    one the stored data settings define (`data_root`: the data moved). Returns the
+    validation report at the chosen threshold; val_metrics.json goes beside `checkpoints/`."""
+    from pneumonia.data.datamodule import ChestXrayDataModule
+    from pneumonia.hardware import auto_precision
+
+    ckpt_path = Path(ckpt_path).expanduser()
+    raw = Predictor.from_checkpoint(ckpt_path, require_calibration=False)  # a clear error for a bad file
+    run = run_settings(ckpt_path)
+    check_settings(run["calibration"], run["intervals"], threshold_settings=run["threshold"])
+    settings = dict(raw.data_settings)
+    if data_root is not None:
+        settings["root"] = str(data_root)
+    settings["bad_image_report"] = None
+    datamodule = ChestXrayDataModule(**settings)
+    datamodule.check_layout(("fit",))
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=run["precision"] or auto_precision(accelerator),
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    out_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    _, val_report = calibrate_threshold(trainer, datamodule, str(ckpt_path), run["threshold"], out_dir,
+                                        calibration=run["calibration"], interval_settings=run["intervals"])
+    return val_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from pneumonia.errors import UserError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumonia.evaluation.calibration",
+        description="Choose a checkpoint's decision threshold on its validation split and store it in the checkpoint "
+                    "(what train.py does after training; for a checkpoint whose calibration never ran).")
+    parser.add_argument("checkpoint", help="a checkpoint written by train.py, e.g. outputs/train/<run>/checkpoints/best.ckpt")
+    parser.add_argument("--data-root", default=None, help="the data root, when not the one stored in the checkpoint")
+    parser.add_argument("--accelerator", default="auto", help="auto (a GPU when there is one) | cpu | gpu")
+    args = parser.parse_args(argv)
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning's own deprecation, at predict time
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        report_ = recalibrate(args.checkpoint, data_root=args.data_root, accelerator=args.accelerator)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Stored threshold {report_['threshold']:.4f} in {args.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
