@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import StochasticWeightAveraging as _LightningS
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pneumonia.errors import ConfigError, UserError
+from pneumonia.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,9 @@ class StochasticWeightAveraging(_LightningSWA):
             return
         self._pre_swa_kept = True
         if trainer.is_global_zero and Path(cb.best_model_path).is_file():
-            shutil.copy2(cb.best_model_path, Path(cb.dirpath) / self.PRE_SWA_NAME)
+            source = Path(cb.best_model_path)  # copied under a temporary name, then renamed (a full disk: one line)
+            atomic_write(Path(cb.dirpath) / self.PRE_SWA_NAME, lambda tmp: shutil.copy2(source, tmp),
+                         needed=source.stat().st_size)
 
     def _add_last_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Average in the weights at the end of the last epoch (Lightning stops one short)."""
