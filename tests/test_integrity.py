@@ -227,3 +227,19 @@ def test_a_signal_stops_training_with_the_resume_line(sig, status, xray_root, tm
         assert res.returncode == 0, res.stderr[-3000:]
         assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 2
         assert (run / "train_summary.json").is_file()
+
+
+def test_ctrl_c_while_calibrating_names_the_command_that_finishes_it(xray_root, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pneumonia.runners.train.calibrate_threshold", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        train(train_cfg(xray_root, tmp_path, "trainer.max_epochs=1", "logger=none"))
+    assert stop.value.code == 130
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == ("interrupted by SIGINT while choosing the threshold on validation (training is done); calibrate "
+                    f"with: python -m pneumonia.evaluation.calibration {best}")
+    with pytest.raises(CheckpointError, match="is not calibrated"):
+        Predictor.from_checkpoint(best)
