@@ -19,19 +19,21 @@ class DiskFullError(UserError):
     """A write that ran out of space; the message names the folder and the space needed."""
 
 
-def disk_full(err: OSError, path: str | Path, needed: int | None = None) -> DiskFullError | None:
-    """A one-line `DiskFullError` for an out-of-space `err` while writing `path` (None for
-    any other error). `needed`: bytes the file takes, when known."""
+def disk_full(err: OSError, path: str | Path, needed: int | None = None, *, folder: bool = False
+              ) -> DiskFullError | None:
+    """A one-line `DiskFullError` for an out-of-space `err` while writing the file `path` (or
+    into the folder `path`, `folder=True`); None for any other error. `needed`: the bytes the
+    file takes, when known."""
     if getattr(err, "errno", None) not in _FULL:
         return None
-    folder = Path(path).parent
+    where = Path(path) if folder else Path(path).parent
     try:
-        free = f"; {shutil.disk_usage(folder).free / 1e6:.1f} MB free there"
+        free = f"; {shutil.disk_usage(where).free / 1e6:.1f} MB free there"
     except OSError:
         free = ""
-    size = f" needs about {needed / 1e6:.1f} MB" if needed else ""
-    return DiskFullError(f"no space left in '{folder}': writing {Path(path).name}{size}{free}; free some space "
-                         f"(or point the output elsewhere) and run again")
+    what = "" if folder else f": writing {Path(path).name}" + (f" needs about {needed / 1e6:.1f} MB" if needed else "")
+    return DiskFullError(f"no space left in '{where}'{what}{free}; free some space (or point the output "
+                         f"elsewhere) and run again")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, needed: int | None = None) -> None:

@@ -23,6 +23,7 @@ from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.inference.checkpoint import (data_settings, is_calibrated, load_checkpoint, module_settings,
                                             trained_epochs)
+from pneumonia.io import disk_full
 from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import Interruption, StochasticWeightAveraging, TrainingClock
@@ -132,6 +133,11 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         print("interrupted by SIGINT before training started (while checking or decoding): nothing to resume; run "
               "the command again", file=sys.stderr, flush=True)
         raise SystemExit(Interruption.EXIT["SIGINT"]) from None
+    except OSError as err:  # a full disk outside the checkpoint writes (logs, summaries): one line too
+        full = disk_full(err, err.filename or cfg.paths.output_dir, folder=not err.filename)
+        if full is None:
+            raise
+        raise full from None
 
 
 def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
