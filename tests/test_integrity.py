@@ -248,9 +248,13 @@ def test_ctrl_c_while_calibrating_names_the_command_that_finishes_it(xray_root, 
 def test_a_full_disk_outside_the_checkpoints_is_one_line_too(xray_root, tmp_path, monkeypatch):
     from pathlib import Path
 
-    def full(self, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real = Path.write_text
 
-    monkeypatch.setattr(Path, "write_text", full)  # val_metrics.json, train_summary.json
+    def full(self, *args, **kwargs):
+        if self.name in ("val_metrics.json", "train_summary.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
     with pytest.raises(DiskFullError, match=rf"^no space left in '{re.escape(str(tmp_path))}'; .* free there"):
         train(train_cfg(xray_root, tmp_path, "trainer.max_epochs=1", "logger=none"))
