@@ -213,7 +213,7 @@ def test_loading_a_checkpoint_never_downloads(no_network, xray_root, tmp_path):
     path = tmp_path / "pretrained.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "datamodule_hyper_parameters": {"image_size": SIZE, "channels": 1}}, path)
-    predictor = Predictor.from_checkpoint(path, precision="32-true")
+    predictor = Predictor.from_checkpoint(path, precision="32-true", threshold=0.5)  # never calibrated
     predictor.lightning_module()
     assert no_network == []
     assert predictor.recipe["net"]["weights"] == "DEFAULT"  # the recipe still says how it was trained
@@ -250,7 +250,7 @@ def test_training_step_checkpoint_round_trip_and_gradcam(arch, datamodule, xray_
     module.eval()
     with torch.no_grad():
         expected = torch.sigmoid(module(x).float())
-    predictor = Predictor.from_checkpoint(path, precision="32-true")
+    predictor = Predictor.from_checkpoint(path, precision="32-true", threshold=0.5)  # never calibrated
     assert isinstance(predictor.raw_net, TorchvisionNet) and predictor.raw_net.arch == arch
     torch.testing.assert_close(predictor.predict_tensor(x), expected, rtol=1e-5, atol=1e-6)
     images = torch.from_numpy(datamodule.preprocess.load(next(xray_root.glob("test/PNEUMONIA/*"))))[None]
@@ -281,7 +281,7 @@ def test_onnx_export_needs_nothing_extra(tmp_path):
     path = tmp_path / "net.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "datamodule_hyper_parameters": {"image_size": 32, "channels": 1}}, path)
-    predictor = Predictor.from_checkpoint(path, precision="32-true")
+    predictor = Predictor.from_checkpoint(path, precision="32-true", threshold=0.5)  # never calibrated
     info = export_net(predictor, tmp_path / "model.onnx", "onnx")
     assert info["input"]["shape"] == ["batch", 1, 32, 32]
     report = verify(predictor, tmp_path / "model.onnx", "onnx")  # raises past 1e-4 in probability

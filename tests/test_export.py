@@ -275,3 +275,67 @@ def test_model_card_names_the_network_it_holds():
     assert describe_net(tv) == "torchvision densenet121, 1 input channel(s), trained from scratch"
     ens = describe_net({"_target_": "pneumonia.models.Ensemble", "combine": "logit", "members": [cnn, tv]})
     assert ens.startswith("an ensemble of 2 networks, logit averaging: CustomCNN: depth 4") and "densenet121" in ens
+
+
+def test_model_json_is_checked_against_its_schema_and_the_model(exported, xray_root, tmp_path):
+    from pneumonia.evaluation.threshold import METHODS
+    from pneumonia.data.preprocess import NORMALIZE
+    from pneumonia.export import sidecar
+
+    assert sidecar.THRESHOLD_METHODS == METHODS and sidecar.NORMALIZE == NORMALIZE  # the copies kept equal
+    meta = json.loads((exported["onnx"] / "model.json").read_text())
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(exported["onnx"] / "model.onnx", folder)
+    model = folder / "model.onnx"
+
+    def with_changes(**changes):
+        edited = json.loads(json.dumps(meta))
+        for dotted, value in changes.items():
+            node, *rest = dotted.split("__")
+            (edited[node] if rest else edited).__setitem__(rest[0] if rest else node, value)
+        (folder / "model.json").write_text(json.dumps(edited))
+
+    size, channels = meta["preprocess"]["image_size"], meta["preprocess"]["channels"]
+    assert channels == 1
+    for changes, match in (
+            ({"preprocess__image_size": 100000}, r"preprocess.image_size=100000 must be an integer in \[8, 4096\]"),
+            ({"preprocess__image_size": 32}, rf"preprocess.image_size=32 must be the model input's, {size}"),
+            ({"preprocess__channels": 3}, r"preprocess.channels=3 must be the model input's, 1"),
+            ({"preprocess__channels": 2}, r"preprocess.channels=2 must be 1 \(grayscale\) or 3 \(RGB\)"),
+            ({"threshold": "high"}, r"threshold='high' must be a number in \[0, 1\]"),
+            ({"threshold": -1}, r"threshold=-1 must be a number in \[0, 1\]"),
+            ({"threshold": True}, r"threshold=True must be a number"),
+            ({"threshold_method": "magic"}, r"threshold_method='magic' must be null or one of"),
+            ({"temperature": 0}, r"temperature=0 must be a positive number"),
+            ({"classes": ["NORMAL"]}, r"classes=\['NORMAL'\] must be two different class names"),
+            ({"preprocess__normalize": "zscore"}, r"preprocess.normalize='zscore' must be one of"),
+            ({"input": "image"}, r"input='image' must be an object")):
+        with_changes(**changes)
+        with pytest.raises(ExportError, match=match) as err:
+            OnnxPredictor.from_model(model)
+        assert "\n" not in str(err.value) and "model.json" in str(err.value)
+    # consistent in itself, but not the graph's input (fixed at export): refused on load
+    with_changes(preprocess__image_size=32, input__shape=["batch", 1, 32, 32])
+    with pytest.raises(ExportError, match=rf"preprocess.image_size=32 does not fit .* whose input is \['batch', 1, "
+                                          rf"{size}, {size}\]"):
+        OnnxPredictor.from_model(model)
+    # from the command line: one line, exit 2
+    with_changes(threshold=-1)
+    image = next((xray_root / "test" / "NORMAL").iterdir())
+    res = run_cli("predict.py", "backend=onnx", f"model_path={model}", f"inputs={image}",
+                  f"hydra.run.dir={tmp_path / 'p'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "threshold=-1" in res.stderr
+    # 4 KiB flipped inside the model file: its sha256 no longer matches
+    (folder / "model.json").write_text(json.dumps(meta))
+    OnnxPredictor.from_model(model)
+    raw = bytearray(model.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 4096] = bytes(b ^ 0xFF for b in raw[middle:middle + 4096])
+    model.write_bytes(bytes(raw))
+    with pytest.raises(ExportError, match="sha256 differs"):
+        OnnxPredictor.from_model(model)
+    res = run_cli("predict.py", "backend=onnx", f"model_path={model}", f"inputs={image}",
+                  f"hydra.run.dir={tmp_path / 'p2'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "sha256 differs" in res.stderr.splitlines()[-1]

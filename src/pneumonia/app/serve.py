@@ -148,7 +148,8 @@ def serve(cfg: DictConfig) -> None:
 
         torch.set_num_threads(cfg.threads)
     service = Service.from_checkpoint(cfg.ckpt_path, settings["limits"], device=cfg.device,
-                                      precision=cfg.precision, batch_size=int(cfg.batch_size))
+                                      precision=cfg.precision, batch_size=int(cfg.batch_size),
+                                      threshold=cfg.get("threshold"))
     service.warm_up()
     host, auth = settings["host"], settings["auth"]
     if not is_loopback(host):

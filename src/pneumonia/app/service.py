@@ -239,10 +239,11 @@ class Service:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, limits: Limits | None = None, *, device: str = "auto",
-                        precision: str | None = None, batch_size: int = 32) -> Service:
+                        precision: str | None = None, batch_size: int = 32,
+                        threshold: float | None = None) -> Service:
         from pneumonia.inference import Predictor
 
-        return cls(Predictor.from_checkpoint(path, device=device, precision=precision), limits,
+        return cls(Predictor.from_checkpoint(path, device=device, precision=precision, threshold=threshold), limits,
                    batch_size=batch_size)
 
     # ---- uploads -------------------------------------------------------------------------

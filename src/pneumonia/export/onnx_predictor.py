@@ -87,6 +87,13 @@ class OnnxPredictor:
         if names != ([self.input_name], [self.output_name]):
             raise ExportError(f"'{self.model_path}' has inputs/outputs {names}, but its model.json says "
                               f"{[self.input_name]}/{[self.output_name]}: the files do not belong together")
+        # the graph's input size is fixed at export (only the batch is free): model.json must agree
+        shape = list(self.session.get_inputs()[0].shape)
+        for key, value, dim in (("channels", self.channels, 1), ("image_size", self.image_size, 2),
+                                ("image_size", self.image_size, 3)):
+            if len(shape) != 4 or (isinstance(shape[dim], int) and shape[dim] != value):
+                raise ExportError(f"model.json's preprocess.{key}={value} does not fit '{self.model_path}', whose "
+                                  f"input is {shape}: the files do not belong together (export again)")
 
     @classmethod
     def from_model(cls, model_path: str | Path, *, threshold: float | None = None, threads: int | None = None,
@@ -98,8 +105,9 @@ class OnnxPredictor:
             raise ExportError(f"model={model_path}: backend=onnx needs a model.onnx, and its model.json describes "
                               f"a {meta.get('format')!r} model")
         if check_hash and meta.get("sha256") and sha256_file(model_path) != meta["sha256"]:
-            raise ExportError(f"'{model_path}' is not the model its model.json describes (sha256 differs): "
-                              f"keep the files of one export together")
+            raise ExportError(f"'{model_path}' is not the model its model.json describes (sha256 differs): a "
+                              f"damaged or altered file, or files of two exports mixed; keep the files of one export "
+                              f"together, or export again")
         return cls(model_path, meta, threshold=threshold, threads=threads, max_pixels=max_pixels)
 
     # ---- the preprocessing of model.json ------------------------------------------------

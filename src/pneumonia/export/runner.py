@@ -41,13 +41,14 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     from pneumonia.export.card import render_model_card
     from pneumonia.inference import Predictor
 
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", precision="32-true", tta=cfg.get("tta"))
+    threshold = cfg.get("threshold")  # null: the stored one (an uncalibrated checkpoint is refused)
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", precision="32-true", tta=cfg.get("tta"),
+                                          threshold=threshold)
     # the precision the stored threshold was chosen under (fp32 export scores differ slightly from bf16 ones)
-    threshold_precision = (Predictor.from_checkpoint(cfg.ckpt_path, device="cpu").precision
-                           if predictor.recipe.get("calibrated") else None)
-    if not predictor.recipe.get("calibrated"):
-        log.warning("%s was never calibrated: the export's threshold is the default 0.5, not a validation-chosen one",
-                    cfg.ckpt_path)
+    threshold_precision = (Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", threshold=threshold).precision
+                           if predictor.recipe.get("calibrated") and threshold is None else None)
+    if threshold is not None:
+        log.warning("threshold=%s: model.json carries this threshold, not the one chosen on validation", threshold)
     model_path = out_dir / FORMATS[cfg.format]
     try:
         info = exporter.export_net(predictor, model_path, cfg.format, opset=int(cfg.opset))

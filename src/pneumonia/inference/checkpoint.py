@@ -16,23 +16,32 @@ only, so it cannot run code), with:
 - `ensemble` (only in a checkpoint built by `python -m pneumonia.ensemble`, whose `net` is a
   `pneumonia.models.Ensemble` spec): how it was built: `combine`, and per member its source
   checkpoint, seed, epoch, temperature and stored validation report. Such a checkpoint has no
-  optimizer or trainer state (it is scored, never resumed); `new_checkpoint` writes one.
+  optimizer or trainer state (it is scored, never resumed); `new_checkpoint` writes one;
+- `weights_digest`: a checksum of `state_dict` (`pneumonia.integrity`), written with every
+  checkpoint (Lightning's saves through `PneumoniaClassifier.on_save_checkpoint` and the
+  Trainer's `AtomicCheckpointIO`; calibration and `new_checkpoint` here) and verified by
+  `load_checkpoint`: a damaged file is refused, one without a digest (older) loads with a notice.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pneumonia.errors import CheckpointError
+from pneumonia.integrity import seal, stored_digest, weights_digest
 from pneumonia.io import atomic_torch_save
+
+log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
 NET_PREFIX = "net."
 CALIBRATION = "pneumonia"
 ENSEMBLE = "ensemble"
+_NOTICED: set[str] = set()  # checkpoints without a digest already reported (one notice per file)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -50,7 +59,45 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"ckpt_path='{path}' is not a readable checkpoint of this project ({first[:200]})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         raise CheckpointError(f"ckpt_path='{path}' is not a checkpoint written by this project's train.py")
+    _check_settings(path, ckpt)
+    _check_digest(path, ckpt)
     return ckpt
+
+
+def _check_settings(path: Path, ckpt: dict[str, Any]) -> None:
+    """One line naming what a checkpoint with the right keys lacks (instead of a KeyError
+    wherever a reader first looks)."""
+    state, module, data = ckpt["state_dict"], ckpt["hyper_parameters"], ckpt["datamodule_hyper_parameters"]
+    missing = []
+    if not isinstance(state, dict) or not any(str(k).startswith(NET_PREFIX) for k in state):
+        missing.append("the network's weights (state_dict 'net.*')")
+    if not isinstance(module, dict) or not isinstance(module.get("net"), dict) or not module["net"]:
+        missing.append("the network's spec (hyper_parameters 'net')")
+    if not isinstance(data, dict):
+        missing.append("the data settings (datamodule_hyper_parameters)")
+    else:
+        size, channels = data.get("image_size"), data.get("channels")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            missing.append(f"a valid image size (datamodule_hyper_parameters 'image_size': {size!r})")
+        if channels not in (1, 3) or isinstance(channels, bool):
+            missing.append(f"valid channels (datamodule_hyper_parameters 'channels': {channels!r}, not 1 or 3)")
+    if missing:
+        raise CheckpointError(f"ckpt_path='{path}' lacks {'; '.join(missing)}: not a complete checkpoint of this "
+                              f"project's train.py")
+
+
+def _check_digest(path: Path, ckpt: dict[str, Any]) -> None:
+    """Refuse weights that differ from those the checkpoint was written with; a notice, once,
+    for a checkpoint written before digests."""
+    stored = stored_digest(ckpt)
+    if stored is None:
+        if str(path.resolve()) not in _NOTICED:
+            _NOTICED.add(str(path.resolve()))
+            log.warning("%s has no weights checksum (written by an older version): it loads unchecked", path)
+        return
+    if weights_digest(ckpt["state_dict"]) != stored:
+        raise CheckpointError(f"ckpt_path='{path}' is damaged: its weights differ from the checksum stored when it "
+                              f"was written (a corrupted or altered file); use an intact copy")
 
 
 def module_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +147,11 @@ def calibration(ckpt: dict[str, Any]) -> dict[str, Any]:
     return dict(ckpt.get(CALIBRATION) or {})
 
 
+def is_calibrated(ckpt: dict[str, Any]) -> bool:
+    """Whether calibration chose and stored a threshold (else it is the default 0.5)."""
+    return bool(ckpt.get(CALIBRATION))
+
+
 def store_calibration(path: str | Path, threshold_value: float, *, method: str, val_report: dict[str, Any],
                       precision: str, temperature_value: float | None = None,
                       val_roc: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -113,7 +165,7 @@ def store_calibration(path: str | Path, threshold_value: float, *, method: str, 
         ckpt[CALIBRATION]["temperature"] = float(temperature_value)
     if val_roc is not None:
         ckpt[CALIBRATION]["val_roc"] = val_roc
-    atomic_torch_save(ckpt, path)
+    atomic_torch_save(seal(ckpt), path)
     return ckpt
 
 
@@ -133,5 +185,5 @@ def new_checkpoint(path: str | Path, *, state_dict: dict[str, torch.Tensor], mod
                             "datamodule_hyper_parameters": dict(data_settings)}
     if ensemble is not None:
         ckpt[ENSEMBLE] = dict(ensemble)
-    atomic_torch_save(ckpt, path)
+    atomic_torch_save(seal(ckpt), path)
     return ckpt

@@ -39,7 +39,7 @@ from pneumonia import CLASSES
 from pneumonia.validators import threshold_override
 from pneumonia.data.pixels import DEFAULT_MAX_PIXELS
 from pneumonia.data.preprocess import Preprocess
-from pneumonia.errors import ConfigError
+from pneumonia.errors import ConfigError, UserError
 from pneumonia.hardware import auto_precision
 from pneumonia.inference import checkpoint as ckpt_format
 from pneumonia.models import build_net, weights_from_checkpoint
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
 _FULL = ("32-true", "32", "64-true", "64")
+RECALIBRATE = "pneumonia.tools.calibrate"  # the command that calibrates a checkpoint again
 
 
 def resolve_precision(requested: str | None, stored: str | None, accelerator: str = "auto") -> str:
@@ -134,16 +135,30 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str | None = None,
                         threshold: float | None = None, temperature: float | None = None,
-                        accelerator: str = "auto", tta: bool | None = None) -> Predictor:
+                        accelerator: str = "auto", tta: bool | None = None,
+                        require_calibration: bool = True) -> Predictor:
         """Load `path` (with `weights_only=True`). `precision`/`threshold`/`temperature`/`tta`
         override the stored ones (`temperature=1.0`: the raw logits; `tta=None`: the
         recipe's `data.tta`); `accelerator` is what `precision: auto` is resolved for when
-        nothing is stored."""
+        nothing is stored. A checkpoint that was never calibrated (its threshold is the
+        default 0.5) is refused unless `threshold` is given or `require_calibration=False`
+        (calibration itself, which chooses it)."""
         ckpt = ckpt_format.load_checkpoint(path)
+        if require_calibration and threshold is None and not ckpt_format.is_calibrated(ckpt):
+            raise ckpt_format.CheckpointError(
+                f"'{path}' is not calibrated (no validation-chosen threshold: calibration after training never "
+                f"ran): run python -m {RECALIBRATE} {path}, or give threshold=<value in [0, 1]>")
         module_hp = ckpt_format.module_settings(ckpt)
         data_hp = ckpt_format.data_settings(ckpt)
-        with weights_from_checkpoint():  # no download of model.weights: the checkpoint replaces them
-            net = build_net(module_hp["net"])
+        try:
+            with weights_from_checkpoint():  # no download of model.weights: the checkpoint replaces them
+                net = build_net(module_hp["net"])
+        except (TypeError, ValueError, KeyError) as err:
+            if isinstance(err, UserError):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ckpt_format.CheckpointError(f"'{path}': its network spec (hyper_parameters 'net') cannot be built "
+                                              f"({first[:200]})") from None
         try:
             net.load_state_dict(ckpt_format.net_state(ckpt))
         except RuntimeError as err:

@@ -26,6 +26,7 @@ from pneumonia.config.instantiate import instantiate
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation.metrics import classification_metrics, set_threshold, split_confmat
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
+from pneumonia.integrity import seal
 from pneumonia.models import build_net
 
 PHASES = ("train", "val", "test")
@@ -222,6 +223,10 @@ class PneumoniaClassifier(L.LightningModule):
         for tb in tensorboards:
             fig = confusion_matrix_figure(confmat, title=f"{tag} (threshold {float(self.threshold):.2f})")
             tb.experiment.add_figure(tag, fig, global_step=self.current_epoch, close=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the last hook before Lightning writes: a checksum of the weights, verified on load
+        seal(checkpoint)
 
     # ---- optimisation -----------------------------------------------------------------
     def configure_optimizers(self) -> Any:

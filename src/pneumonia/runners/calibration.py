@@ -19,7 +19,7 @@ import torch
 
 from pneumonia.evaluation import statistics as st
 from pneumonia.evaluation.analysis import calibration_summary, intervals
-from pneumonia.evaluation.calibration import CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS, predict_logits
+from pneumonia.evaluation.calibration import CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS, check_settings, predict_logits
 from pneumonia.evaluation.metrics import report
 from pneumonia.evaluation.threshold import choose_threshold, roc_points, rule_options
 from pneumonia.inference import Predictor
@@ -40,7 +40,8 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, c
     cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
     rule = rule_options(settings)  # a wrong threshold.* fails here, before any scoring
-    raw = Predictor.from_checkpoint(ckpt_path, temperature=1.0)  # fit on the raw logits, whatever is stored
+    raw = Predictor.from_checkpoint(ckpt_path, temperature=1.0,  # fit on the raw logits, whatever is stored
+                                     require_calibration=False)
     probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(), datamodule, "val")
     temperature = None
     scaled_logits = logits.double()
@@ -79,3 +80,46 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, c
         log.info("Temperature %.3f fitted on validation: ECE %.4f -> %.4f, Brier %.4f -> %.4f (%d bins)", temperature,
                  before["ece"], calib["ece"], before["brier"], calib["brier"], calib["bins"])
     return module, chosen
+
+
+# ---- calibrate a checkpoint (again): python -m pneumonia.tools.calibrate CKPT ------------------------
+def run_settings(ckpt_path: Path) -> dict[str, Any]:
+    """The `threshold`, `calibration`, `intervals` and `trainer.precision` settings of the run
+    that wrote `ckpt_path` (its `.hydra/config.yaml`, beside `checkpoints/`); the defaults
+    when there is none."""
+    from omegaconf import OmegaConf
+
+    config = ckpt_path.parent.parent / ".hydra" / "config.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=False) if config.is_file() else {}
+    trainer = cfg.get("trainer") or {}
+    precision = trainer.get("precision")
+    return {"threshold": cfg.get("threshold") or {}, "calibration": cfg.get("calibration"),
+            "intervals": cfg.get("intervals"),
+            "precision": precision if isinstance(precision, str) and "${" not in precision else None}
+
+
+def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelerator: str = "auto") -> dict[str, Any]:
+    """Choose `ckpt_path`'s threshold (and temperature, when its run fitted one) on its
+    validation split, as train.py does after training, and store them in it. The split is the
+    one the stored data settings define (`data_root`: the data moved). Returns the
+    validation report at the chosen threshold; val_metrics.json goes beside `checkpoints/`."""
+    from pneumonia.data.datamodule import ChestXrayDataModule
+    from pneumonia.hardware import auto_precision
+
+    ckpt_path = Path(ckpt_path).expanduser()
+    raw = Predictor.from_checkpoint(ckpt_path, require_calibration=False)  # a clear error for a bad file
+    run = run_settings(ckpt_path)
+    check_settings(run["calibration"], run["intervals"], threshold_settings=run["threshold"])
+    settings = dict(raw.data_settings)
+    if data_root is not None:
+        settings["root"] = str(data_root)
+    settings["bad_image_report"] = None
+    datamodule = ChestXrayDataModule(**settings)
+    datamodule.check_layout(("fit",))
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=run["precision"] or auto_precision(accelerator),
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    out_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    _, val_report = calibrate_threshold(trainer, datamodule, str(ckpt_path), run["threshold"], out_dir,
+                                        calibration=run["calibration"], interval_settings=run["intervals"])
+    return val_report

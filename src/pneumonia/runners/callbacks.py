@@ -13,8 +13,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import StochasticWeightAveraging as _LightningSWA
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pneumonia.errors import ConfigError, UserError
+from pneumonia.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,31 @@ class FiniteLossGuard(L.Callback):
             f"non-finite training loss ({float(loss.detach().float())}) at epoch {trainer.current_epoch}, "
             f"batch {batch_idx}; {last_good}. Try a lower optimizer.lr or trainer.gradient_clip_val=1.0"
         )
+
+
+class Interruption(L.Callback):
+    """Which signal stopped `fit`, and at which epoch and step, for train.py's one-line report.
+
+    Lightning turns SIGTERM into a `SIGTERMException` (a `SystemExit` with status 0) at the
+    next batch, and Ctrl-C (SIGINT, `KeyboardInterrupt`) into `sys.exit(1)`; both pass
+    through `on_exception` first. Exit statuses: 128 + the signal number, as a shell reports
+    a process killed by it.
+    """
+
+    EXIT = {"SIGTERM": 143, "SIGINT": 130}
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.epoch = self.step = 0
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.signal = "SIGTERM"
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signal = "SIGINT"
+        else:
+            return
+        self.epoch, self.step = trainer.current_epoch, trainer.global_step
 
 
 class TrainingClock(L.Callback):
@@ -161,7 +188,9 @@ class StochasticWeightAveraging(_LightningSWA):
             return
         self._pre_swa_kept = True
         if trainer.is_global_zero and Path(cb.best_model_path).is_file():
-            shutil.copy2(cb.best_model_path, Path(cb.dirpath) / self.PRE_SWA_NAME)
+            source = Path(cb.best_model_path)  # copied under a temporary name, then renamed (a full disk: one line)
+            atomic_write(Path(cb.dirpath) / self.PRE_SWA_NAME, lambda tmp: shutil.copy2(source, tmp),
+                         needed=source.stat().st_size)
 
     def _add_last_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Average in the weights at the end of the last epoch (Lightning stops one short)."""

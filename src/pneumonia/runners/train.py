@@ -22,10 +22,13 @@ from pneumonia.runners.calibration import calibrate_threshold
 from pneumonia.evaluation.metrics import METRIC_NAMES
 from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
-from pneumonia.inference.checkpoint import data_settings, load_checkpoint, module_settings, trained_epochs
+from pneumonia.inference.checkpoint import (data_settings, is_calibrated, load_checkpoint, module_settings,
+                                            trained_epochs)
+from pneumonia.io import disk_full
 from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
-from pneumonia.runners.callbacks import StochasticWeightAveraging, TrainingClock
+from pneumonia.runners.callbacks import Interruption, StochasticWeightAveraging, TrainingClock
+from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
 from pneumonia.runners.common import build_callbacks, build_loggers, build_trainer, configure_torch, warn_slow_precision
 
 log = logging.getLogger(__name__)
@@ -121,7 +124,24 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit, pick the threshold on validation, optionally test. Returns the best value of
-    `cfg.monitor` (what a sweeper optimises) and the validation report."""
+    `cfg.monitor` (what a sweeper optimises) and the validation report. A signal ends it with
+    one line and exit status 143 (SIGTERM) or 130 (SIGINT): see `stop_interrupted`."""
+    try:
+        return _train(cfg)
+    except KeyboardInterrupt:  # outside Lightning's loops (they turn it into SystemExit): before training
+        import sys
+
+        print("interrupted by SIGINT before training started (while checking or decoding): nothing to resume; run "
+              "the command again", file=sys.stderr, flush=True)
+        raise SystemExit(Interruption.EXIT["SIGINT"]) from None
+    except OSError as err:  # a full disk outside the checkpoint writes (logs, summaries): one line too
+        full = disk_full(err, err.filename or cfg.paths.output_dir, folder=not err.filename)
+        if full is None:
+            raise
+        raise full from None
+
+
+def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     # a resumed run takes every weight from its checkpoint: no pretrained download (model.weights)
     pretrained = weights_from_checkpoint if cfg.get("resume") or cfg.get("ckpt_path") else contextlib.nullcontext
     with pretrained():
@@ -137,15 +157,20 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     datamodule.check_layout(("fit", "test") if cfg.test else ("fit",))  # fail before any decoding
     # loggers, callbacks and the Trainer before decoding too: their settings fail in seconds
     loggers = build_loggers(cfg)
-    clock = TrainingClock()
-    callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock]
-    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    clock, interruption = TrainingClock(), Interruption()
+    callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock, interruption]
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     warn_slow_precision(trainer)
     datamodule.setup("fit")
     with pretrained():
         module = build_module(cfg, datamodule)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except SystemExit:  # Lightning's ending for SIGTERM and Ctrl-C (exit status 0 and 1)
+        if interruption.signal is None:
+            raise
+        stop_interrupted(trainer.is_global_zero, interruption, out_dir)
     if trainer.interrupted:
         log.warning("Training was interrupted; resume with ckpt_path=%s", out_dir / "checkpoints" / "last.ckpt")
 
@@ -162,19 +187,17 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         # a plain one-device Trainer: after DDP, collective ops on rank 0 alone would hang
         solo = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
                          logger=loggers or False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, use_distributed_sampler=False)
-        best_module, val_report = calibrate_threshold(
-            solo, datamodule, best_path, OmegaConf.to_container(cfg.threshold), out_dir,
-            calibration=OmegaConf.to_container(cfg.calibration) if cfg.get("calibration") else None,
-            interval_settings=OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
-        hp_metrics = {f"hp/val_{k}": val_report[k] for k in (*METRIC_NAMES, "threshold")}
-        for tb in tensorboard_loggers(loggers):
-            tb.log_hyperparams(flat_hparams(cfg), metrics=hp_metrics)
-            tb.experiment.add_text("val/metrics", markdown_table(val_report), global_step=trainer.current_epoch)
+                         enable_model_summary=False, use_distributed_sampler=False, callbacks=[interruption])
+        try:  # a signal here: Lightning's SystemExit (predict/test) or a KeyboardInterrupt outside them
+            val_report = after_training(cfg, solo, datamodule, best_path, out_dir, loggers, trainer.current_epoch)
+        except (SystemExit, KeyboardInterrupt) as err:
+            if isinstance(err, KeyboardInterrupt):
+                interruption.signal = "SIGINT"
+            elif interruption.signal is None:
+                raise
+            stop_interrupted(True, interruption, out_dir, after_training=best_path)
         if best_score is None and cfg.monitor.startswith("val/"):  # the same split, scored after training
             best_score = val_report.get(cfg.monitor.split("/", 1)[-1])
-        if cfg.test:
-            solo.test(best_module, datamodule=datamodule)
 
     summary = {"best_checkpoint": best_path, "monitor": cfg.monitor, "best_score": best_score,
                "epochs": trainer.current_epoch,
@@ -184,6 +207,55 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))
     return best_score, val_report
+
+
+def after_training(cfg: DictConfig, solo: L.Trainer, datamodule: ChestXrayDataModule, best_path: str, out_dir: Path,
+                   loggers: list[Any], epoch: int) -> dict[str, Any]:
+    """Choose and store best.ckpt's threshold on validation, log it, score test/ when asked;
+    the validation report."""
+    best_module, val_report = calibrate_threshold(
+        solo, datamodule, best_path, OmegaConf.to_container(cfg.threshold), out_dir,
+        calibration=OmegaConf.to_container(cfg.calibration) if cfg.get("calibration") else None,
+        interval_settings=OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
+    hp_metrics = {f"hp/val_{k}": val_report[k] for k in (*METRIC_NAMES, "threshold")}
+    for tb in tensorboard_loggers(loggers):
+        tb.log_hyperparams(flat_hparams(cfg), metrics=hp_metrics)
+        tb.experiment.add_text("val/metrics", markdown_table(val_report), global_step=epoch)
+    if cfg.test:
+        solo.test(best_module, datamodule=datamodule)
+    return val_report
+
+
+def stop_interrupted(is_global_zero: bool, interruption: Interruption, out_dir: Path,
+                     after_training: str | None = None) -> None:
+    """One line on where a signal stopped the run and how to go on, then exit 143 (SIGTERM) or
+    130 (SIGINT). last.ckpt stays the one of the last finished epoch: a checkpoint from the
+    middle of an epoch would not resume exactly like an uninterrupted run. `after_training`:
+    the best checkpoint, when training was over (calibration or the test scoring was stopped)."""
+    import shlex
+    import signal
+    import sys
+
+    from pneumonia.inference.predictor import RECALIBRATE
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from here on
+    if is_global_zero:
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if after_training and not is_calibrated(load_checkpoint(after_training)):
+            line = (f"interrupted by {interruption.signal} while choosing the threshold on validation (training is "
+                    f"done); calibrate with: python -m {RECALIBRATE} {shlex.quote(str(after_training))}")
+        elif after_training:
+            line = (f"interrupted by {interruption.signal} while scoring test/ (training and calibration are done); "
+                    f"score it with: python eval.py {cli_override('ckpt_path', after_training)}")
+        else:
+            line = f"interrupted at epoch {interruption.epoch + 1}, step {interruption.step} by {interruption.signal}"
+            if last.is_file():
+                line += (f"; resume with: python train.py {cli_override('resume', out_dir)} "
+                         f"(goes on after epoch {trained_epochs(load_checkpoint(last))}, from {last.name})")
+            else:
+                line += ", before the first epoch ended: no checkpoint to resume from; start the run again"
+        print(line, file=sys.stderr, flush=True)
+    raise SystemExit(Interruption.EXIT[interruption.signal])
 
 
 def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_path: str, out_dir: Path,

@@ -34,7 +34,7 @@ def validation_scores(ckpt_path: str | Path, data_root: str | None = None,
     from pneumonia.evaluation.calibration import predict_logits
     from pneumonia.inference import Predictor
 
-    raw = Predictor.from_checkpoint(ckpt_path, temperature=1.0)  # what calibration fits and chooses on
+    raw = Predictor.from_checkpoint(ckpt_path, temperature=1.0, require_calibration=False)  # as calibration scores
     settings = dict(raw.data_settings)
     if data_root is not None:
         settings["root"] = str(data_root)
