@@ -83,13 +83,13 @@ class BatchAugment:
             z = torch.diag_embed(torch.stack([zx, zy], -1))
             m = a @ s @ z
             m[:, :, 0] = torch.where(flip[:, None], -m[:, :, 0], m[:, :, 0])
-            theta = torch.cat([m, torch.stack([tx, ty], -1)[:, :, None]], 2).to(x.device, x.dtype)
+            theta = torch.cat([m, torch.stack([tx, ty], -1)[:, :, None]], 2).to(x.device, x.dtype, non_blocking=True)
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
         if self.brightness or self.contrast:
-            c = (1 + uniform(self.contrast)).to(x.device, x.dtype).view(n, 1, 1, 1)
-            b = uniform(self.brightness).to(x.device, x.dtype).view(n, 1, 1, 1)
+            c = (1 + uniform(self.contrast)).to(x.device, x.dtype, non_blocking=True).view(n, 1, 1, 1)
+            b = uniform(self.brightness).to(x.device, x.dtype, non_blocking=True).view(n, 1, 1, 1)
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = ((x - mean) * c + mean + b).clamp_(0, 1)
         return x
@@ -109,8 +109,8 @@ class BatchAugment:
         perm = torch.randperm(n, generator=generator)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         lam = np.random.default_rng(seed).beta(self.mixup, self.mixup, n)
-        lam = torch.from_numpy(np.maximum(lam, 1 - lam)).to(x.device, torch.float32)
-        perm = perm.to(x.device)
+        lam = torch.from_numpy(np.maximum(lam, 1 - lam)).to(x.device, torch.float32, non_blocking=True)
+        perm = perm.to(x.device, non_blocking=True)
         mixed = x * lam.view(n, *([1] * (x.ndim - 1))).to(x.dtype) \
             + x[perm] * (1 - lam).view(n, *([1] * (x.ndim - 1))).to(x.dtype)
         return mixed, targets * lam + targets[perm] * (1 - lam)

@@ -33,6 +33,22 @@ from pneumonia.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+# `data.device_resident: auto` moves the decoded images to a CUDA device when they take at most
+# this share of its free memory (the rest is for the network, its activations and the optimizer)
+RESIDENT_FREE_FRACTION = 0.25
+
+
+def resident_on(setting: bool | str, device: torch.device, nbytes: int, free_bytes: int | None) -> bool:
+    """Whether `data.device_resident` (true, false or auto) keeps a split of `nbytes` on
+    `device`: true always (on the CPU the copy is the host tensor itself), false never, auto on
+    a CUDA device when `nbytes` is at most RESIDENT_FREE_FRACTION of its `free_bytes`."""
+    if setting is True:
+        return True
+    if setting == "auto":
+        return device.type == "cuda" and free_bytes is not None and nbytes <= RESIDENT_FREE_FRACTION * free_bytes
+    return False
+
+
 class ChestXrayDataModule(L.LightningDataModule):
     """`root/{train,val,test}/{NORMAL,PNEUMONIA}` → decoded, resized uint8 tensors.
 
@@ -62,6 +78,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         normalize: str = "none",
         stress: dict[str, Any] | None = None,
         tta: bool = False,
+        device_resident: bool | str = False,
     ) -> None:
         super().__init__()
         if on_bad_image not in ("skip", "error"):
@@ -85,6 +102,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.stress_settings = StressSettings.from_config(stress)
         if not isinstance(tta, bool):  # read from checkpoints by the Predictor (models/tta.py)
             raise ConfigError(f"data.tta={tta!r} must be true or false")
+        if device_resident not in (True, False, "auto"):
+            raise ConfigError(f"data.device_resident={device_resident!r} must be true, false or auto")
         self.save_hyperparameters(logger=False)
         if augment is not None and not isinstance(augment, Mapping):
             raise ConfigError(f"data.augment={augment!r} must be a mapping of augmentation settings")
@@ -97,6 +116,10 @@ class ChestXrayDataModule(L.LightningDataModule):
         self._train_sampler: EpochBatchSampler | None = None
         self.predict_split = "test"  # which split predict_dataloader() serves
         self._data_root: Path | None = None
+        # device copies of the splits (`data.device_resident`), made by the loaders; `splits`
+        # keeps the host copies, which the stress set, Grad-CAM and eval's report read
+        self._resident: dict[str, IndexedImages] = {}
+        self._moved: dict[int, torch.Tensor] = {}
 
     @property
     def cache_dir(self) -> str | None:
@@ -200,10 +223,38 @@ class ChestXrayDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def resident_split(self, split: str) -> IndexedImages | None:
+        """The split's device copy when `data.device_resident` puts it on the model's device
+        (made once; splits sharing one decoded tensor share its copy), else None."""
+        if split in self._resident:
+            return self._resident[split]
+        data, device = self.splits[split], self._device()
+        setting = self.hparams.get("device_resident", False)
+        free = None
+        if setting == "auto" and device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        pending = sum(t.numel() * t.element_size() for t in (data.images, data.labels, data.indices)
+                      if id(t) not in self._moved)
+        if not resident_on(setting, device, pending, free):
+            return None
+        self._resident[split] = data.to(device, self._moved)
+        log.info("data.device_resident=%s: the %s split's decoded images on %s (%.0f MB moved)", setting, split,
+                 device, pending / 2**20)
+        return self._resident[split]
+
     def _loader(self, split: str, train: bool, dataset: Any = None) -> DataLoader:
         h = self.hparams
         rank, world = self._rank_world()
-        dataset = self.splits[split] if dataset is None else dataset
+        workers = h.num_workers
+        if dataset is None:
+            resident = self.resident_split(split)
+            dataset = self.splits[split] if resident is None else resident
+            if resident is not None:
+                workers = 0  # batches are gathered on the device: loader processes cannot do that
         sampler = EpochBatchSampler(
             len(dataset), h.batch_size if train else h.eval_batch_size,
             shuffle=train, seed=h.seed, drop_last=train and h.drop_last, rank=rank, world_size=world,
@@ -212,7 +263,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             self._train_sampler = sampler
         # its own generator: creating an iterator must not draw from the global RNG
         return DataLoader(dataset, batch_size=None, sampler=sampler, generator=torch.Generator(),
-                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+                          num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
