@@ -158,6 +158,12 @@ def averages(prof: Any, device: bool, top: int) -> tuple[list[list[Any]], dict[s
     return rows, counts
 
 
+def host_rows(prof: Any, top: int) -> list[list[Any]]:
+    """The top ops by self CPU time (the host's side of a step): name, calls, self CPU ms."""
+    events = sorted(prof.key_averages(), key=lambda e: float(e.self_cpu_time_total), reverse=True)[:top]
+    return [[e.key[:80], int(e.count), round(float(e.self_cpu_time_total) / 1000, 3)] for e in events]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/chest_xray", help="data.root")
@@ -236,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows += [[label, *r] for r in top]
                 step_ms = 1000 * (window.t1 - window.t0) / window.timed_steps
                 profiles[label] = {"steps": window.timed_steps, "wall ms per step (profiled)": round(step_ms, 3),
-                                   "sync_events": counts}
+                                   "sync_events": counts, "top_self_cpu": host_rows(prof, args.top)}
                 if args.out_dir is not None:
                     trace = work / f"trace_{label.replace(':', '_')}.json"
                     prof.export_chrome_trace(str(trace))

@@ -49,17 +49,23 @@ stage() {  # stage NAME MAX_SECONDS COMMAND...: run it with a timeout within wha
 
 main() {
     echo "== gpu_suite: $(date -u) in $PWD, smoke=$SMOKE, budget ${BUDGET}s, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-    if ! "$PY" -c "import hydra, omegaconf, antlr4, yaml" 2>/dev/null; then
-        echo "== installing the wheels of .whl/ into /tmp/site"
-        ls .whl 2>&1
-        for wheel in .whl/*.whl; do
-            "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$wheel" \
-                || echo "!! could not install $wheel"
-        done
-        export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    else
-        export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-    fi
+    # each wheel of .whl/ only where its module is missing (no shadowing of the machine's own)
+    local wheel module
+    for wheel in .whl/*.whl; do
+        [[ -e $wheel ]] || { echo "!! no wheels in .whl/"; break; }
+        case $(basename "$wheel") in
+            hydra_core-*) module=hydra ;; omegaconf-*) module=omegaconf ;; antlr4_python3_runtime-*) module=antlr4 ;;
+            [Pp]y[Yy][Aa][Mm][Ll]-*) module=yaml ;; packaging-*) module=packaging ;; *) module="" ;;
+        esac
+        if [[ -n $module ]] && PYTHONPATH=/tmp/site "$PY" -c "import $module" 2>/dev/null; then
+            continue
+        fi
+        echo "== installing $wheel into /tmp/site"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$wheel" \
+            || "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall('/tmp/site')" "$wheel" \
+            || echo "!! could not install $wheel"
+    done
+    export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     "$PY" -c "import hydra, omegaconf, pneumonia.runners.train as t; print('imports ok:', t.__file__)" \
         || echo "!! the project does not import: stages c, d, e will fail"
 
