@@ -307,9 +307,10 @@ class ChestXrayDataModule(L.LightningDataModule):
             if epoch != self._aug_epoch:  # reseed per epoch: resumed runs augment identically
                 self._aug_generator.manual_seed(epoch_seed(self.hparams.seed, epoch, stream=7))
                 self._aug_epoch = epoch
-            x = self.augment(x, self._aug_generator)
+            fast = "train" in self._resident  # device-resident: the parameters' copies do not wait either
+            x = self.augment(x, self._aug_generator, non_blocking=fast)
             if self.augment.mixup:  # soft targets as a 4th element; the labels stay the hard ones
-                x, targets = self.augment.mix(x, labels, self._aug_generator)
+                x, targets = self.augment.mix(x, labels, self._aug_generator, non_blocking=fast)
                 extra = [targets]
         # normalisation last, after the augmentation, as in every scoring path (Preprocess.to_input)
         return (self.preprocess.normalize_input(x), labels, indices, *extra)
