@@ -13,6 +13,7 @@ Configurations, NAME:BATCH:
     after            data.device_resident=true module.defer_sync=true (the defaults' `auto` on a GPU)
     after_compile    after + module.compile=true
     after_ro         after + module.compile=reduce-overhead (CUDA graphs)
+    after_bench      after + trainer.benchmark=true (cuDNN picks its convolution algorithms by timing them)
 
     python benchmarks/gpu_framework.py --data data/chest_xray --configs before:64 after:64 after_compile:64
     python benchmarks/gpu_framework.py --data data/chest_xray --profile --configs before:64 after:64
@@ -49,12 +50,15 @@ SETTINGS = {
     "after": ["data.device_resident=true", "module.defer_sync=true", "module.compile=false"],
     "after_compile": ["data.device_resident=true", "module.defer_sync=true", "module.compile=true"],
     "after_ro": ["data.device_resident=true", "module.defer_sync=true", "module.compile=reduce-overhead"],
+    "after_bench": ["data.device_resident=true", "module.defer_sync=true", "module.compile=false", "trainer.benchmark=true"],
 }
 # per-step work only: what runs once per epoch is left out
 COMMON = ["logger=none", "scheduler=none", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
           "callbacks.early_stopping=null", "callbacks.gradcam=null", "callbacks.lr_monitor=null",
           "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "trainer.max_epochs=10000",
-          "trainer.min_epochs=0", "trainer.enable_model_summary=false"]
+          "trainer.min_epochs=0", "trainer.enable_model_summary=false",
+          # one batch shape: a compiled net would recompile for an epoch's last, smaller batch inside the window
+          "data.drop_last=true"]
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::item",
                "aten::_local_scalar_dense", "cudaMemcpyAsync", "aten::copy_", "cudaLaunchKernel")
 

@@ -12,7 +12,7 @@
 #
 # Needs: the training images at .devdata/chest_xray/train (or GPU_SUITE_DATA=<data.root>); Hydra, OmegaConf and
 # antlr4 as wheels in .whl/ when the machine lacks them (installed into /tmp/site, no network). Every stage has
-# its own timeout and the whole suite a budget (GPU_SUITE_BUDGET seconds, default 450); a stage that fails or
+# its own timeout and the whole suite a budget (GPU_SUITE_BUDGET seconds, default 420); a stage that fails or
 # times out is logged and the next one runs; every script rewrites its JSON after each configuration.
 set -u
 cd "$(dirname "$0")/.."
@@ -21,8 +21,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 SMOKE=${GPU_SUITE_SMOKE:-0}
-BUDGET=${GPU_SUITE_BUDGET:-450}
+BUDGET=${GPU_SUITE_BUDGET:-420}
 DATA=${GPU_SUITE_DATA:-.devdata/chest_xray}
+DATA=$(cd "$DATA" 2>/dev/null && pwd || echo "$DATA")
 CACHE=${GPU_SUITE_CACHE:-/tmp/pneumonia_suite_cache}
 START=$(date +%s)
 STATUS=""
@@ -85,12 +86,12 @@ main() {
         "$0" benchmarks/gpu_env.py --out-dir "$1"' "$PY" "$OUT"
 
     # (b) the ceiling: 3 variants x 3 batch sizes; eager first, then CUDA graphs, then plain compile
-    stage ceiling 140 "$PY" benchmarks/gpu_ceiling.py --out-dir "$OUT" \
+    stage ceiling 150 "$PY" benchmarks/gpu_ceiling.py --out-dir "$OUT" \
         --variants eager reduce-overhead compile --batches 64 256 1024 "${smoke_flag[@]}"
 
     # (c) the framework path, before and after; compiled last (their compiles take tens of seconds)
-    stage framework 120 "$PY" benchmarks/gpu_framework.py --data "$DATA" --cache-dir "$CACHE" --out-dir "$OUT" \
-        --seconds 2 --configs before:64 after:64 before:256 after:256 after_compile:64 after_compile:256 after_ro:64 \
+    stage framework 150 "$PY" benchmarks/gpu_framework.py --data "$DATA" --cache-dir "$CACHE" --out-dir "$OUT" \
+        --seconds 2 --configs before:64 after:64 before:256 after:256 after_bench:64 after_compile:64 after_compile:256 after_ro:64 \
         "${smoke_flag[@]}"
 
     # (e) the profile of 5 steps, before and after (the compiled one from the inductor cache (c) filled)
