@@ -86,11 +86,11 @@ main() {
         "$0" benchmarks/gpu_env.py --out-dir "$1"' "$PY" "$OUT"
 
     # (b) the ceiling: 3 variants x 3 batch sizes; eager first, then CUDA graphs, then plain compile
-    stage ceiling 150 "$PY" benchmarks/gpu_ceiling.py --out-dir "$OUT" \
+    stage ceiling 120 "$PY" benchmarks/gpu_ceiling.py --out-dir "$OUT" \
         --variants eager reduce-overhead compile --batches 64 256 1024 "${smoke_flag[@]}"
 
     # (c) the framework path, before and after; compiled last (their compiles take tens of seconds)
-    stage framework 150 "$PY" benchmarks/gpu_framework.py --data "$DATA" --cache-dir "$CACHE" --out-dir "$OUT" \
+    stage framework 140 "$PY" benchmarks/gpu_framework.py --data "$DATA" --cache-dir "$CACHE" --out-dir "$OUT" \
         --seconds 2 --configs before:64 after:64 before:256 after:256 after_bench:64 after_compile:64 after_compile:256 after_ro:64 \
         "${smoke_flag[@]}"
 
