@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU (smoke)'}",
             columns=COLUMNS, rows=rows, out_dir=args.out_dir,
             notes=("Synthetic uint8 images resident on the device, each batch gathered there by random indices; "
+                   "cuDNN benchmark mode on (the framework's trainer.benchmark is false by default); "
+                   "Adam with torch's default (foreach) implementation; "
                    "warm-up excluded, synchronize around each timed window, median of the windows. 'compile s' is "
                    "the wall time of the first train and eval steps of a compiled variant (one model per variant "
                    "compiled with a symbolic batch size, dynamic=True, so its compiles come at the first batch "
