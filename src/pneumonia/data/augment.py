@@ -61,9 +61,12 @@ class BatchAugment:
     def geometric(self) -> bool:
         return bool(self.shear or self.zoom or self.rotation or self.translate or self.hflip)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, *,
+                 non_blocking: bool = False) -> torch.Tensor:
         """Augment `x` (N, C, H, W float in [0, 1]); parameters come from `generator`
-        (a CPU generator, so a seed gives the same augmentation on any device)."""
+        (a CPU generator, so a seed gives the same augmentation on any device). With
+        `non_blocking` their copies to a GPU do not wait for it (the device-resident path:
+        no host sync per batch); the values are the same."""
         n = x.shape[0]
 
         def uniform(half_width: float) -> torch.Tensor:
@@ -83,19 +86,20 @@ class BatchAugment:
             z = torch.diag_embed(torch.stack([zx, zy], -1))
             m = a @ s @ z
             m[:, :, 0] = torch.where(flip[:, None], -m[:, :, 0], m[:, :, 0])
-            theta = torch.cat([m, torch.stack([tx, ty], -1)[:, :, None]], 2).to(x.device, x.dtype)
+            theta = torch.cat([m, torch.stack([tx, ty], -1)[:, :, None]], 2)
+            theta = theta.to(x.device, x.dtype, non_blocking=non_blocking)
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
         if self.brightness or self.contrast:
-            c = (1 + uniform(self.contrast)).to(x.device, x.dtype).view(n, 1, 1, 1)
-            b = uniform(self.brightness).to(x.device, x.dtype).view(n, 1, 1, 1)
+            c = (1 + uniform(self.contrast)).to(x.device, x.dtype, non_blocking=non_blocking).view(n, 1, 1, 1)
+            b = uniform(self.brightness).to(x.device, x.dtype, non_blocking=non_blocking).view(n, 1, 1, 1)
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = ((x - mean) * c + mean + b).clamp_(0, 1)
         return x
 
-    def mix(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None, *,
+            non_blocking: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixup of a batch (`mixup` = alpha > 0): (mixed images, soft targets in [0, 1]).
 
         Each image i is mixed with image perm(i) of the same batch, lam ~ Beta(alpha, alpha)
@@ -109,8 +113,8 @@ class BatchAugment:
         perm = torch.randperm(n, generator=generator)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         lam = np.random.default_rng(seed).beta(self.mixup, self.mixup, n)
-        lam = torch.from_numpy(np.maximum(lam, 1 - lam)).to(x.device, torch.float32)
-        perm = perm.to(x.device)
+        lam = torch.from_numpy(np.maximum(lam, 1 - lam)).to(x.device, torch.float32, non_blocking=non_blocking)
+        perm = perm.to(x.device, non_blocking=non_blocking)
         mixed = x * lam.view(n, *([1] * (x.ndim - 1))).to(x.dtype) \
             + x[perm] * (1 - lam).view(n, *([1] * (x.ndim - 1))).to(x.dtype)
         return mixed, targets * lam + targets[perm] * (1 - lam)

@@ -33,6 +33,22 @@ from pneumonia.signature import Ge, Gt, Lt, MinLen, check_arguments
 log = logging.getLogger(__name__)
 
 
+# `data.device_resident: auto` moves the decoded images to a CUDA device when they take at most
+# this share of its free memory (the rest is for the network, its activations and the optimizer)
+RESIDENT_FREE_FRACTION = 0.25
+
+
+def resident_on(setting: bool | str, device: torch.device, nbytes: int, free_bytes: int | None) -> bool:
+    """Whether `data.device_resident` (true, false or auto) keeps a split of `nbytes` on
+    `device`: true always (on the CPU the copy is the host tensor itself), false never, auto on
+    a CUDA device when `nbytes` is at most RESIDENT_FREE_FRACTION of its `free_bytes`."""
+    if setting is True:
+        return True
+    if setting == "auto":
+        return device.type == "cuda" and free_bytes is not None and nbytes <= RESIDENT_FREE_FRACTION * free_bytes
+    return False
+
+
 class ChestXrayDataModule(L.LightningDataModule):
     """`root/{train,val,test}/{NORMAL,PNEUMONIA}` → decoded, resized uint8 tensors.
 
@@ -63,6 +79,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         stress: Mapping[str, Any] | None = None,
         tta: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        device_resident: bool | Literal["auto"] = False,
     ) -> None:
         super().__init__()
         # the signature declares each argument's type and range; the config layer adds the `data.` prefix
@@ -81,6 +98,10 @@ class ChestXrayDataModule(L.LightningDataModule):
         self._train_sampler: EpochBatchSampler | None = None
         self.predict_split = "test"  # which split predict_dataloader() serves
         self._data_root: Path | None = None
+        # device copies of the splits (`data.device_resident`), made by the loaders; `splits`
+        # keeps the host copies, which the stress set, Grad-CAM and eval's report read
+        self._resident: dict[str, IndexedImages] = {}
+        self._moved: dict[int, torch.Tensor] = {}
 
     @property
     def cache_dir(self) -> str | None:
@@ -185,10 +206,38 @@ class ChestXrayDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def resident_split(self, split: str) -> IndexedImages | None:
+        """The split's device copy when `data.device_resident` puts it on the model's device
+        (made once; splits sharing one decoded tensor share its copy), else None."""
+        if split in self._resident:
+            return self._resident[split]
+        data, device = self.splits[split], self._device()
+        setting = self.hparams.get("device_resident", False)
+        free = None
+        if setting == "auto" and device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        pending = sum(t.numel() * t.element_size() for t in (data.images, data.labels, data.indices)
+                      if id(t) not in self._moved)
+        if not resident_on(setting, device, pending, free):
+            return None
+        self._resident[split] = data.to(device, self._moved)
+        log.info("data.device_resident=%s: the %s split's decoded images on %s (%.0f MB moved)", setting, split,
+                 device, pending / 2**20)
+        return self._resident[split]
+
     def _loader(self, split: str, train: bool, dataset: Any = None) -> DataLoader:
         h = self.hparams
         rank, world = self._rank_world()
-        dataset = self.splits[split] if dataset is None else dataset
+        workers = h.num_workers
+        if dataset is None:
+            resident = self.resident_split(split)
+            dataset = self.splits[split] if resident is None else resident
+            if resident is not None:
+                workers = 0  # batches are gathered on the device: loader processes cannot do that
         sampler = EpochBatchSampler(
             len(dataset), h.batch_size if train else h.eval_batch_size,
             shuffle=train, seed=h.seed, drop_last=train and h.drop_last, rank=rank, world_size=world,
@@ -197,7 +246,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             self._train_sampler = sampler
         # its own generator: creating an iterator must not draw from the global RNG
         return DataLoader(dataset, batch_size=None, sampler=sampler, generator=torch.Generator(),
-                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+                          num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -241,9 +290,10 @@ class ChestXrayDataModule(L.LightningDataModule):
             if epoch != self._aug_epoch:  # reseed per epoch: resumed runs augment identically
                 self._aug_generator.manual_seed(epoch_seed(self.hparams.seed, epoch, stream=7))
                 self._aug_epoch = epoch
-            x = self.augment(x, self._aug_generator)
+            fast = "train" in self._resident  # device-resident: the parameters' copies do not wait either
+            x = self.augment(x, self._aug_generator, non_blocking=fast)
             if self.augment.mixup:  # soft targets as a 4th element; the labels stay the hard ones
-                x, targets = self.augment.mix(x, labels, self._aug_generator)
+                x, targets = self.augment.mix(x, labels, self._aug_generator, non_blocking=fast)
                 extra = [targets]
         # normalisation last, after the augmentation, as in every scoring path (Preprocess.to_input)
         return (self.preprocess.normalize_input(x), labels, indices, *extra)

@@ -24,8 +24,29 @@ class IndexedImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = self.indices[batch]
+        # on a device (`data.device_resident`) the batch's positions go there without waiting
+        # for it (a pageable host-to-device copy is staged at once) and the gather runs
+        # there: no host sync per batch; on the CPU the same lines gather in place
+        positions = torch.as_tensor(batch, dtype=torch.long).to(self.indices.device, non_blocking=True)
+        idx = self.indices[positions]
         return self.images[idx], self.labels[idx], idx
+
+    def nbytes(self) -> int:
+        """Bytes of the images, labels and indices (what moving them to a device costs)."""
+        return sum(t.numel() * t.element_size() for t in (self.images, self.labels, self.indices))
+
+    def to(self, device: torch.device | str, moved: dict[int, torch.Tensor] | None = None) -> "IndexedImages":
+        """The same split with its tensors on `device`. `moved` maps id(host tensor) to its
+        device copy, so that splits sharing one decoded tensor (train and a validation split
+        carved out of it) share one device copy too."""
+        moved = {} if moved is None else moved
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in moved:
+                moved[id(t)] = t.to(device)
+            return moved[id(t)]
+
+        return IndexedImages(move(self.images), move(self.labels), move(self.indices))
 
 
 class EpochBatchSampler:

@@ -30,6 +30,8 @@ from pneumonia.integrity import seal
 from pneumonia.models import build_net
 
 PHASES = ("train", "val", "test")
+# `module.compile`: false, true (= torch.compile's default mode) or one of torch.compile's modes
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class PneumoniaClassifier(L.LightningModule):
@@ -42,11 +44,15 @@ class PneumoniaClassifier(L.LightningModule):
         channels_last: bool = True,
         seed: int = 0,
         label_smoothing: float = 0.0,
-        compile: bool = False,
+        compile: bool | str = False,
+        defer_sync: bool | str = False,
     ) -> None:
         super().__init__()
-        if not isinstance(compile, bool):
-            raise ConfigError(f"module.compile={compile!r} must be true or false")
+        if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+            raise ConfigError(f"module.compile={compile!r} must be true, false or a torch.compile mode: "
+                              f"{', '.join(COMPILE_MODES)}")
+        if not isinstance(defer_sync, bool) and defer_sync != "auto":
+            raise ConfigError(f"module.defer_sync={defer_sync!r} must be true, false or auto")
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
                 or not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"module.label_smoothing={label_smoothing!r} must be a number in [0, 1)")
@@ -71,13 +77,23 @@ class PneumoniaClassifier(L.LightningModule):
         self._stress_names: tuple[str, ...] = ()
         self.test_outputs: dict[str, torch.Tensor] = {}
         self._test_batches: list[tuple[torch.Tensor, ...]] = []
+        # `defer_sync`: per phase, the steps' (probabilities, labels, losses, weights), still on
+        # the device, given to the metrics once at the epoch's end
+        self._pending: dict[str, list[tuple[Any, ...]]] = {"train": [], "val": []}
 
     def setup(self, stage: str) -> None:
         # torch.compile for training only (`module.compile`): scoring paths build the module
         # without it (the Predictor), where a minute of compiling would not pay back.
         # nn.Module.compile compiles in place: the state dict keeps its keys.
-        if stage == "fit" and self.hparams.get("compile"):
-            self.net.compile()
+        mode = self.hparams.get("compile")
+        if stage == "fit" and mode:
+            self.net.compile(**({} if mode is True else {"mode": mode}))
+
+    @property
+    def defers_sync(self) -> bool:
+        """`module.defer_sync`: true, false, or auto (= on a GPU, not on the CPU)."""
+        setting = self.hparams.get("defer_sync", False)
+        return self.device.type != "cpu" if setting == "auto" else bool(setting)
 
     # ---- forward and steps ---------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +107,26 @@ class PneumoniaClassifier(L.LightningModule):
         loss = nn.functional.binary_cross_entropy_with_logits(logits, self.targets(phase, batch),
                                                               pos_weight=self.pos_weight)
         probs = torch.sigmoid(logits.detach())
+        if phase in self._pending and self.defers_sync:
+            # torchmetrics' update checks its inputs on the host (a sync per call): keep them
+            # on the device and update once per epoch (`_flush`), to the same values
+            self._pending[phase].append((probs, y, loss.detach().reshape(1), len(y)))
+            return loss, probs
         getattr(self, f"{phase}_metrics").update(probs, y)
         getattr(self, f"{phase}_loss").update(loss.detach(), weight=len(y))
         return loss, probs
+
+    def _flush(self, phase: str) -> None:
+        """The steps' deferred metric inputs (`defer_sync`) into the phase's metrics: one update."""
+        pending = self._pending.get(phase)
+        if not pending:
+            return
+        probs, labels, losses, sizes = zip(*pending)
+        probs, labels, losses = torch.cat(probs), torch.cat(labels), torch.cat(losses)
+        weights = torch.tensor(sizes, dtype=losses.dtype).to(losses.device, non_blocking=True)
+        pending.clear()
+        getattr(self, f"{phase}_metrics").update(probs, labels)
+        getattr(self, f"{phase}_loss").update(losses, weight=weights)
 
     def targets(self, phase: str, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """What the loss fits: the labels as floats, or a training batch's soft targets
@@ -196,6 +229,7 @@ class PneumoniaClassifier(L.LightningModule):
         return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
     def _log_epoch(self, phase: str) -> None:
+        self._flush(phase)
         metrics = getattr(self, f"{phase}_metrics")
         if not any(m.update_called for m in metrics.values()):
             return  # e.g. a validation epoch with no batches

@@ -30,19 +30,58 @@ class FiniteLossGuard(L.Callback):
 
     Lightning's EarlyStopping(check_finite) only looks at the monitored validation metric
     once per epoch, after the weights are already ruined and possibly saved as last.ckpt.
+
+    Reading the loss on the host waits for the device every step; when the module defers its
+    host syncs (`module.defer_sync`, on a GPU) the check is kept on the device and read every
+    `every_n_batches` batches and before every validation and epoch end, that is still before
+    any checkpoint is written.
     """
+
+    def __init__(self, every_n_batches: int = 50) -> None:
+        if isinstance(every_n_batches, bool) or not isinstance(every_n_batches, int) or every_n_batches < 1:
+            raise ConfigError(f"callbacks.finite_loss.every_n_batches={every_n_batches!r} must be an integer >= 1")
+        self.every_n_batches = every_n_batches
+        self._bad: torch.Tensor | None = None  # deferred: any non-finite loss since the last check
+        self._first_batch = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is None or torch.isfinite(loss).all():
+        if loss is None:
             return
+        if getattr(pl_module, "defers_sync", False):
+            bad = ~torch.isfinite(loss.detach()).all()
+            if self._bad is None:
+                self._bad, self._first_batch = bad, batch_idx
+            else:
+                self._bad = self._bad | bad
+            if (batch_idx + 1) % self.every_n_batches == 0:
+                self._check(trainer, batch_idx)
+            return
+        if torch.isfinite(loss).all():
+            return
+        self._raise(trainer, f"({float(loss.detach().float())}) at epoch {trainer.current_epoch}, batch {batch_idx}")
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer, batch_idx: int | None = None) -> None:
+        bad, self._bad = self._bad, None
+        if bad is not None and bool(bad):
+            span = f"from batch {self._first_batch} on" if batch_idx is None else \
+                f"in batches {self._first_batch} to {batch_idx}"
+            self._raise(trainer, f"at epoch {trainer.current_epoch}, {span}")
+
+    def _raise(self, trainer: L.Trainer, where: str) -> None:
         saved = [Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
         ckpt = next((p for p in saved if p.is_file()), None)
         last_good = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
         raise NonFiniteLossError(
-            f"non-finite training loss ({float(loss.detach().float())}) at epoch {trainer.current_epoch}, "
-            f"batch {batch_idx}; {last_good}. Try a lower optimizer.lr or trainer.gradient_clip_val=1.0"
+            f"non-finite training loss {where}; {last_good}. Try a lower optimizer.lr or "
+            f"trainer.gradient_clip_val=1.0"
         )
 
 

@@ -48,6 +48,7 @@ def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule) -> PneumoniaC
         channels_last=cfg.module.channels_last,
         label_smoothing=cfg.module.get("label_smoothing", 0.0),
         compile=cfg.module.get("compile", False),
+        defer_sync=cfg.module.get("defer_sync", False),
         seed=cfg.seed,
     )
 
