@@ -486,6 +486,7 @@ def test_app_config_is_safe_by_default_and_checked(tiny_checkpoint, tmp_path, mo
     assert 0 < free_port("127.0.0.1") < 65536
 
 
+@pytest.mark.slow
 def test_cli_one_line_errors(tmp_path):
     missing = run_cli("app.py", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: ckpt_path is required")
@@ -548,6 +549,7 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
 def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_checkpoint, tmp_path):
     pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[app]'")
@@ -599,6 +601,7 @@ def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_check
     assert not work[0].exists(), out  # the private folder is removed on SIGTERM
 
 
+@pytest.mark.slow
 def test_password_never_reaches_the_disk(tiny_checkpoint, tmp_path):
     pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[app]'")
     proc, url = start_app(tiny_checkpoint, tmp_path, "app.auth=ann:hunter2-secret")

@@ -266,6 +266,7 @@ def test_training_step_checkpoint_round_trip_and_gradcam(arch, datamodule, xray_
     assert f"- network: {named}\n" in Service(predictor).describe_model()
 
 
+@pytest.mark.slow
 def test_onnx_export_needs_nothing_extra(tmp_path):
     """Normalisation and the gray first conv are inside the graph: the exported ResNet-18 takes
     the same [0, 1] input and gives the Predictor's probabilities."""

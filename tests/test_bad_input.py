@@ -129,6 +129,7 @@ def test_only_folders_with_nothing_but_hydra_files_count_as_empty(tmp_path):
     assert not is_empty_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     bogus = tmp_path / "model.ckpt"
     bogus.write_bytes(b"not a checkpoint")

@@ -209,6 +209,7 @@ def stops(monkeypatch, tmp_path):
     return str(a_file)
 
 
+@pytest.mark.slow
 def test_train_config_fuzz(stops, xray_root, tmp_path):
     problems = fuzz("train", [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "logger=none"],
                     tmp_path / "out", stops)
@@ -231,6 +232,7 @@ def test_train_config_fuzz_of_the_optional_parts(stops, xray_root, tmp_path):
     ("predict", ["inputs={root}/test"]),
     ("export", []),
 ])
+@pytest.mark.slow
 def test_scoring_configs_fuzz(entry, overrides, stops, xray_root, tiny_checkpoint, tmp_path):
     overrides = [o.format(root=xray_root) for o in overrides] + [f"ckpt_path={tiny_checkpoint}"]
     problems = fuzz(entry, overrides, tmp_path / "out", stops)

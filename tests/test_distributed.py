@@ -8,6 +8,7 @@ from pneumonia.evaluation import METRIC_NAMES, REPORT_KEYS
 from tests.helpers import run_cli
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_train_once_and_score_like_one(xray_root, tmp_path):
     common = [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny",
               "data.val_fraction=0.25", "trainer.max_epochs=2", "callbacks.progress_bar=null"]
@@ -36,6 +37,7 @@ def test_ddp_two_cpu_processes_train_once_and_score_like_one(xray_root, tmp_path
     assert metrics[1]["n"] == 32
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep(xray_root, tmp_path):
     res = run_cli("train.py", "-m", "launcher=submitit_local", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}",
                     "debug=tiny", "trainer.max_epochs=1", "model.depth=2,3", f"hydra.sweep.dir={tmp_path / 'sweep'}")

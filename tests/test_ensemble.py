@@ -219,6 +219,7 @@ def test_app_scores_the_ensemble_with_its_maps_and_names_its_members(run, xray_r
     assert f"threshold: {ens.threshold:.4f}" in about
 
 
+@pytest.mark.slow
 def test_onnx_export_is_one_graph_with_dynamic_batch_and_parity(run, xray_root, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
@@ -278,6 +279,7 @@ def test_three_members_with_a_stored_temperature_fold_it_in(run, tiny_checkpoint
     assert math.isclose(summary["val"]["threshold"], float(ckpt["state_dict"]["threshold"]), abs_tol=1e-7)
 
 
+@pytest.mark.slow
 def test_cli_builds_a_logit_ensemble_from_the_members_folder(run, tmp_path):
     out = tmp_path / "logit"
     res = subprocess.run([sys.executable, "-m", "pneumonia.tools.ensemble", str(run / "members"), "--combine", "logit",
@@ -338,6 +340,7 @@ def test_bad_members_are_refused_in_one_line(run, tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # a refused build leaves no empty run folder
 
 
+@pytest.mark.slow
 def test_train_py_dispatches_and_checks_the_ensemble_settings(xray_root, tmp_path):
     res = run_cli("train.py", "experiment=best_ensemble", "ensemble.seeds=[1]", f"data.root={xray_root}",
                   f"hydra.run.dir={tmp_path / 'run'}")

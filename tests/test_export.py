@@ -189,6 +189,7 @@ def test_onnx_predict_path_imports_no_torch(exported, xray_root, tmp_path):
     assert "2 image(s) predicted" in res.stdout and "TORCH IMPORTED: False" in res.stdout, res.stdout
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(exported, tiny_checkpoint, tmp_path, monkeypatch):
     # the CLI: a file that is not our checkpoint, an unknown format, a run folder under a file
     (tmp_path / "not.ckpt").write_bytes(b"PK\x03\x04 something else entirely")

@@ -154,6 +154,7 @@ def test_fifo_named_like_an_image_is_listed_never_opened(tmp_path):
     assert why == "a named pipe (FIFO), not a regular file: not read"
 
 
+@pytest.mark.slow
 def test_split_scan_lists_special_files_for_bad_images_tsv(xray_root, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(xray_root / "test", root / "test")
@@ -250,6 +251,7 @@ def test_app_refuses_a_dicom_whose_jpeg_is_larger_than_its_header(tiny_checkpoin
     assert result[1].error.startswith("image of 256 megapixels: larger than the limit")
 
 
+@pytest.mark.slow
 def test_predict_skips_loops_pipes_and_huge_files_in_bounded_memory(tiny_checkpoint, big_files, tmp_path):
     folder = loop_folder(tmp_path / "scans")
     os.mkfifo(folder / "pipe.png")

@@ -67,6 +67,7 @@ def test_every_checkpoint_carries_the_checksum_of_its_weights(tiny_checkpoint, t
         assert weights_digest(other) != weights_digest(state)
 
 
+@pytest.mark.slow
 def test_flipped_weight_bytes_are_refused_in_one_line(tiny_checkpoint, xray_root, tmp_path):
     damaged = tmp_path / "best.ckpt"
     assert flip_weight_bytes(tiny_checkpoint, damaged) >= 1024
@@ -128,6 +129,7 @@ def uncalibrated(tiny_checkpoint, tmp_path):
     return rewrite(tiny_checkpoint, tmp_path / "uncalibrated.ckpt", forget)
 
 
+@pytest.mark.slow
 def test_an_uncalibrated_checkpoint_is_refused_unless_a_threshold_is_given(tiny_checkpoint, xray_root, tmp_path):
     path = uncalibrated(tiny_checkpoint, tmp_path)
     with pytest.raises(CheckpointError, match=r"is not calibrated .*python -m pneumonia.tools.calibrate .*"
@@ -186,6 +188,7 @@ class DiskFills:
         return _Fill()
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(xray_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", torch.save)  # restored after the callback replaces it
     cfg = train_cfg(xray_root, tmp_path / "a", "trainer.max_epochs=3", "logger=none", "callbacks.early_stopping=null",
@@ -207,6 +210,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(xray_root, tmp
 
 
 # ---- signals ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_stops_training_with_the_resume_line(sig, status, xray_root, tmp_path):
     common = [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny", "trainer.accelerator=cpu",

@@ -123,6 +123,7 @@ def test_bad_settings_and_inputs_are_one_line_errors(tiny_checkpoint, tmp_path):
         predict(predict_cfg(tiny_checkpoint, tmp_path, tmp_path / "o6", "threshold=1.5"))
 
 
+@pytest.mark.slow
 def test_cli_prints_a_table_and_one_line_errors(tiny_checkpoint, xray_root, tmp_path):
     res = run_cli("predict.py", f"ckpt_path={tiny_checkpoint}", f"inputs={xray_root / 'test'}", "print_rows=3",
                   f"hydra.run.dir={tmp_path / 'run'}")

@@ -191,6 +191,7 @@ def test_unknown_naming_says_so(tiny_checkpoint, xray_root, tmp_path):
     assert "images are resampled" in text
 
 
+@pytest.mark.slow
 def test_describe_counts_patients_duplicates_and_draws_samples(tmp_path):
     root = make_chest_xray_tree(tmp_path / "data", {"train": (10, 10), "test": (4, 4)})
     first = sorted((root / "train" / "NORMAL").iterdir())[0]

@@ -12,6 +12,7 @@ from pneumonia.runners.train import train
 from tests.helpers import run_cli, train_cfg
 
 
+@pytest.mark.slow
 def test_killed_run_resumed_ends_like_an_uninterrupted_one(xray_root, tmp_path):
     common = [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny", "data.val_fraction=0.25",
               "trainer.max_epochs=4", "trainer.deterministic=true", "callbacks.early_stopping=null",

@@ -118,6 +118,7 @@ def test_predict_takes_the_tta_knob_and_onnx_refuses_it(tmp_path):
     assert compose_cfg("predict", ["ckpt_path=x", "inputs=y"], tmp_path).tta is None  # null: as the recipe says
 
 
+@pytest.mark.slow
 def test_export_carries_tta_in_the_graph_and_says_so(standardized_tta_run, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -339,7 +340,7 @@ def test_training_batches_are_normalised_after_the_augmentation(xray_root, tmp_p
 
 @pytest.mark.parametrize("override, message", [
     ("data.normalize=zscore", "data.normalize='zscore' must be one of none, standardize, equalize"),
-    ("data.tta=maybe", "data.tta='maybe' must be true or false"),
+    ("data.tta=maybe", "tta='maybe' must be true or false"),  # the class names its argument; instantiate_setting adds data.
     ("data.augment.mixup=-0.5", "data.augment.mixup=-0.5 must be a number >= 0"),
     ("data.augment.hflip=sometimes", "data.augment.hflip='sometimes' must be true or false"),
     ("data.stress.enabled=often", "data.stress.enabled='often' must be true or false"),

@@ -70,6 +70,7 @@ def test_resume_with_fewer_epochs_than_done_is_one_line_before_decoding(xray_roo
     assert not (run / "cache").exists()
 
 
+@pytest.mark.slow
 def test_printed_commands_paste_back(tmp_path):
     from pneumonia.config.entry import cli_override
 
@@ -82,7 +83,7 @@ def test_printed_commands_paste_back(tmp_path):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("optimizer.lr=-1", "error: optimizer.lr=-1: Invalid learning rate"),
+    ("optimizer.lr=-1", "error: optimizer.lr=-1 must be a number >= 0"),
     ("trainer.accelerator=gpu", "error: trainer.accelerator=gpu: this machine has no usable CUDA GPU"),
     ("trainer.max_epochs=0", "error: trainer.max_epochs=0 must be >= 1"),
     ("trainer.enable_progress_bar=maybe", "error: trainer.enable_progress_bar='maybe' must be true or false"),

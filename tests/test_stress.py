@@ -77,7 +77,7 @@ def test_perturbations_do_what_their_names_say():
     ({"perturbations": 3}, "data.stress.perturbations=3 must be a mapping"),
     ({"enabled": True, "perturbations": {"blur": None}}, "needs at least one perturbation"),
     ({"every_n_epochs": 2}, "data.stress.every_n_epochs is not a setting"),
-    ("yes", "data.stress='yes' must be a mapping"),
+    ("yes", "stress='yes' must be a mapping"),  # the DataModule's signature: the bare argument
 ])
 def test_bad_stress_settings_are_one_line_errors_at_construction(stress, message, xray_root):
     with pytest.raises(ConfigError, match=re.escape(message)):

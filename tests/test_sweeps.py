@@ -9,6 +9,7 @@ from pneumonia.tools.sweep_summary import main as sweep_summary
 from tests.test_train_eval import run_cli
 
 
+@pytest.mark.slow
 def test_optuna_two_trials_and_summary(xray_root, tmp_path):
     sweep = tmp_path / "optuna"
     res = run_cli("train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", f"data.root={xray_root}",
@@ -24,6 +25,7 @@ def test_optuna_two_trials_and_summary(xray_root, tmp_path):
         assert len(list(csv.DictReader(f))) == 2
 
 
+@pytest.mark.slow
 def test_grid_summary_lists_unfinished_jobs_last(xray_root, tmp_path):
     sweep = tmp_path / "grid"
     res = run_cli("train.py", "-m", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny",

@@ -105,6 +105,7 @@ def test_eval_writes_metrics_predictions_and_figures(trained, xray_root, tmp_pat
         assert img.size == (4 * 240, 2 * 280)  # 8 thumbnails, 4 per row
 
 
+@pytest.mark.slow
 def test_multirun_two_jobs_with_readable_folders(xray_root, tmp_path):
     res = run_cli("train.py", "-m", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny",
                   "trainer.max_epochs=1", "model.depth=2,3", f"hydra.sweep.dir={tmp_path / 'sweep'}")
@@ -115,6 +116,7 @@ def test_multirun_two_jobs_with_readable_folders(xray_root, tmp_path):
         assert (tmp_path / "sweep" / job / "checkpoints" / "best.ckpt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/chest_xray is not here")
 def test_short_run_on_the_real_images(tmp_path):
     cfg = train_cfg(SHARED_DATA, tmp_path, "data.image_size=64", "trainer.max_epochs=1", "data.val_fraction=0.1",
