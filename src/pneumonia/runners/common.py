@@ -18,17 +18,6 @@ from pneumonia.hardware import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
-# With decoded images in memory, loader workers only add overhead (README "Performance").
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*LeafSpec.*")
-# the model summary sizes parameters in 32 bits under bf16 autocast, which is what they are
-warnings.filterwarnings("ignore", ".*is not supported by the model summary.*")
-# the sanity check's one validation batch may hold one class only (AUROC undefined there)
-warnings.filterwarnings("ignore", ".*No (positive|negative) samples in targets.*")
-# a resumed run writes into its own checkpoints/ folder on purpose
-warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
-
-
 class _NoAdverts(logging.Filter):
     """Lightning's "💡 Tip: try installing litlogger/litmodels" lines, printed at every Trainer."""
 
@@ -49,11 +38,25 @@ def quiet_lightning_logs() -> None:
         rank_zero.addFilter(_NoAdverts())
 
 
-quiet_lightning_logs()
+def quiet_library_noise() -> None:
+    """Lightning's and torchmetrics' warnings that say nothing about this project's runs, and
+    each Lightning log line once: set when a runner starts (`configure_torch`, `build_trainer`),
+    not when the module is imported, so importing the library changes no global filter."""
+    # with decoded images in memory, loader workers only add overhead (docs/performance.md)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # the model summary sizes parameters in 32 bits under bf16 autocast, which is what they are
+    warnings.filterwarnings("ignore", ".*is not supported by the model summary.*")
+    # the sanity check's one validation batch may hold one class only (AUROC undefined there)
+    warnings.filterwarnings("ignore", ".*No (positive|negative) samples in targets.*")
+    # a resumed run writes into its own checkpoints/ folder on purpose
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+    quiet_lightning_logs()
 
 
 def configure_torch(threads: int | None) -> None:
     """`threads` torch intra-op threads (null: torch's default, one per physical core)."""
+    quiet_library_noise()
     if optional_int(threads, "threads", 1):
         torch.set_num_threads(threads)
 
@@ -86,4 +89,5 @@ def build_trainer(trainer: DictConfig, **kwargs: Any) -> L.Trainer:
     """The `trainer` config node as a Lightning Trainer. Lightning checks its arguments here (accelerator,
     devices, precision, strategy, limits...): a refusal becomes a one-line `ConfigError`
     naming the `trainer.*` key, instead of a traceback after the images are decoded."""
+    quiet_library_noise()
     return instantiate_setting("trainer", trainer, **kwargs)
