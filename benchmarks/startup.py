@@ -46,6 +46,7 @@ def timed(args: list[str]) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--note", default="", help="appended to the notes (e.g. what else ran on the machine)")
     args = parser.parse_args()
     rows = []
     for name, command in COMMANDS:
@@ -57,7 +58,7 @@ def main() -> None:
     write_result("startup", title="Start-up: seconds to answer, fresh process", command=" ".join(
         ["python benchmarks/startup.py", *sys.argv[1:]]), columns=["command", "median s", "min s", "exit code"],
         rows=rows, notes=f"median of {args.repeats} fresh processes after one warm-up run; run from the "
-                          "repository root with no data folder and CUDA_VISIBLE_DEVICES empty")
+                          "repository root with no data folder and CUDA_VISIBLE_DEVICES empty" + (f"; {args.note}" if args.note else ""))
 
 
 if __name__ == "__main__":

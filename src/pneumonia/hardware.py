@@ -9,8 +9,8 @@ measurements and the machines they come from), so `auto` picks bf16 only where i
 from __future__ import annotations
 
 import functools
-
-import torch
+import glob
+import os
 
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -25,9 +25,29 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
 
 
+def no_gpu_visible() -> bool:
+    """True when this process can see no NVIDIA GPU, told without importing torch: no driver
+    (/proc/driver/nvidia, /dev/nvidia*) or CUDA_VISIBLE_DEVICES empty or -1."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return True
+    return not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*"))
+
+
+def cuda_available() -> bool:
+    """`torch.cuda.is_available()`, without importing torch where no GPU can be visible
+    (the command line's checks and `--help` resolve the precision before any model exists)."""
+    if no_gpu_visible():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def auto_precision(accelerator: str = "auto") -> str:
     """The Trainer precision for `accelerator` (auto, cpu, gpu, cuda)."""
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda_available())
     if on_gpu:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+        import torch
+
+        return "bf16-mixed" if cuda_available() and torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"

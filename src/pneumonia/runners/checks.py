@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.errors import ConfigError
+from pneumonia.hardware import cuda_available, no_gpu_visible
 from pneumonia.validators import optional_int, threshold_override
 
 if TYPE_CHECKING:
@@ -208,29 +209,12 @@ TRAINER_AT_LEAST_ONE = ("check_val_every_n_epoch", "accumulate_grad_batches")
 FOLDER_KEYS = ("dirpath", "default_root_dir", "output_dir", "cache_dir", "save_dir", "root_dir")
 
 
-def no_gpu_visible() -> bool:
-    """True when this process can see no NVIDIA GPU, told without importing torch: no driver
-    (/proc/driver/nvidia, /dev/nvidia*) or CUDA_VISIBLE_DEVICES empty or -1."""
-    import glob
-    import os
-
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
-        return True
-    return not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*"))
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def check_trainer(cfg: DictConfig, *, quick: bool = False) -> None:
     """What Lightning's Trainer accepts when it is built but fails on during the run, and
     the GPU asked for on a machine without one (Lightning's words name no key or fix).
     `quick=True`: without importing torch (a GPU that is visible but unusable is found later)."""
     accelerator = str(cfg.trainer.get("accelerator"))
-    if accelerator in ("gpu", "cuda") and (no_gpu_visible() or (not quick and not _cuda_available())):
+    if accelerator in ("gpu", "cuda") and (no_gpu_visible() or (not quick and not cuda_available())):
         raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no usable CUDA GPU "
                               "(torch.cuda.is_available() is False); use trainer.accelerator=cpu, or auto")
     for key in TRAINER_AT_LEAST_ONE:
