@@ -111,7 +111,7 @@ def test_bad_and_hostile_files_become_rows_with_reasons(service, images, tmp_pat
     (folder / "empty.png").write_bytes(b"")
     write_dicom(folder / "no_pixels.dcm", np.zeros((8, 8), np.uint8), pixel_data=False)
     png_bomb(folder / "bomb.png", 30000)  # 900 megapixels in ~110 kB: Pillow refuses it at open
-    png_bomb(folder / "huge.png", 9000)  # 81 megapixels: under Pillow's limit, over ours (64)
+    png_bomb(folder / "huge.png", 9000)  # 81 megapixels: under Pillow's limit, over ours (50)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 700), dtype=np.uint8)).save(folder / "big.png")
     names = ["good.jpeg", "truncated.jpeg", "text.png", "empty.png", "no_pixels.dcm", "bomb.png", "huge.png",
              "big.png"]
@@ -128,7 +128,7 @@ def test_bad_and_hostile_files_become_rows_with_reasons(service, images, tmp_pat
     assert reasons["empty.png"] == "empty file (0 bytes)"
     assert "has no pixel data" in reasons["no_pixels.dcm"]
     assert "too many pixels" in reasons["bomb.png"]
-    assert reasons["huge.png"].startswith("image of 81 megapixels: larger than the limit of 64 megapixels")
+    assert reasons["huge.png"].startswith("image of 81 megapixels: larger than the limit of 50 megapixels")
     assert "larger than the limit of 0.25 MB (app.max_file_mb)" in reasons["big.png"]
     assert not any(str(folder) in why for why in reasons.values())  # no server paths on the page
     assert image_pixels(folder / "huge.png") == 81_000_000 and image_pixels(folder / "text.png") == 0
@@ -467,7 +467,7 @@ def test_app_config_is_safe_by_default_and_checked(tiny_checkpoint, tmp_path, mo
     cfg = compose_cfg("app", [f"ckpt_path={tiny_checkpoint}"], tmp_path)
     settings = check(cfg)
     assert (settings["host"], settings["port"], settings["auth"]) == ("127.0.0.1", 7860, None)
-    assert settings["limits"] == Limits(20, 20, 64)
+    assert settings["limits"] == Limits(20, 20, 50)
     assert [settings[k] for k in ("upload_ttl_s", "upload_dir_max_mb", "login_max_failures", "login_lockout_s")] == [
         300, 1024, 5, 300]
     monkeypatch.setenv("PNEUMONIA_APP_AUTH", "ann:s3cr:et")

@@ -78,7 +78,7 @@ class Limits:
 
     max_files: int = 20
     max_file_mb: float = 20.0
-    max_megapixels: float = 64.0
+    max_megapixels: float = 50.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_files, bool) or not isinstance(self.max_files, int) or self.max_files < 1:
