@@ -109,6 +109,9 @@ def check_train_settings(cfg: DictConfig, *, quick: bool = False) -> None:
     if cfg.trainer.get("fast_dev_run") and _sweeper_optimises():
         raise ConfigError("debug=fdr (trainer.fast_dev_run) scores nothing, so the hparams_search sweeper has "
                           "nothing to optimise: use debug=tiny (or debug=limit) in a search")
+    trial = (cfg.get("optuna") or {}).get("trial")
+    if trial is not None and (isinstance(trial, bool) or not isinstance(trial, int) or trial < 0):
+        raise ConfigError(f"optuna.trial={trial!r} must be a trial number (an integer >= 0) or null")
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r} must be 'min' or 'max'")
     for name, callback in callbacks.items():
