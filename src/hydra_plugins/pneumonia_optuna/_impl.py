@@ -166,20 +166,21 @@ def redact(url: str) -> str:
 
 def open_storage(url: str, heartbeat_interval: int | None, grace_period: int | None,
                  max_retry: int) -> optuna.storages.RDBStorage:
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait for its lock
-    kwargs: dict[str, Any] = {}
-    if heartbeat_interval:
-        kwargs = {"heartbeat_interval": int(heartbeat_interval), "grace_period": grace_period,
-                  "heartbeat_stale_trial_callback": RetryFailedTrialCallback(max_retry=max_retry)}
     last: Exception | None = None
     for attempt in range(5):  # two workers creating the tables at once: the second one retries
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                kwargs: dict[str, Any] = {}
+                if heartbeat_interval:
+                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+                    kwargs = {"heartbeat_interval": int(heartbeat_interval), "grace_period": grace_period,
+                              "heartbeat_stale_trial_callback": retry}
                 return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except ImportError as err:
             raise SweepError(f"hydra.sweeper.storage={redact(url)}: its database driver is not installed "
