@@ -172,7 +172,7 @@ def open_storage(url: str, heartbeat_interval: int | None, grace_period: int | N
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait for its lock
     last: Exception | None = None
-    for attempt in range(5):  # two workers creating the tables at once: the second one retries
+    for attempt in range(3):  # two workers creating the tables at once: the second one retries
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -184,10 +184,10 @@ def open_storage(url: str, heartbeat_interval: int | None, grace_period: int | N
                 return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except ImportError as err:
             raise SweepError(f"hydra.sweeper.storage={redact(url)}: its database driver is not installed "
-                             f"({err}); for PostgreSQL: pip install psycopg2-binary") from None
+                             f"({err}); for PostgreSQL: pip install 'psycopg[binary]'") from None
         except Exception as err:  # noqa: BLE001  (sqlalchemy's errors: unreachable server, bad login, locked file)
             last = err
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(0.3 * (attempt + 1))
     first = str(last).strip().splitlines()[0] if last else ""
     raise SweepError(f"hydra.sweeper.storage={redact(url)}: cannot open the study database: {first}")
 
