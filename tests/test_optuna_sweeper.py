@@ -132,6 +132,24 @@ def test_pruned_jobs_stop_keep_their_values_and_are_listed(xray_root, tmp_path):
     assert "Trials in the study: 2 pruned" in res.stdout + res.stderr
 
 
+def test_ddp_ranks_train_the_same_trial_and_prune_together(xray_root, tmp_path):
+    """Lightning starts rank 1 by running the command line again: in a sweep that would be a
+    sweep of its own (another trial, other parameters). Both ranks train trial 0, rank 1 stops
+    with rank 0 at the pruned epoch, and the study holds one trial."""
+    sweep = tmp_path / "ddp"
+    res = run_cli("train.py", *sweep_args(xray_root, tmp_path / "cache", sweep, "hydra.sweeper.n_trials=1",
+                                          "trainer=ddp_cpu", "data.val_fraction=0.25", "trainer.max_epochs=3",
+                                          "callbacks.early_stopping=null", "hydra/sweeper/pruner=threshold",
+                                          "hydra.sweeper.pruner.lower=1.01", "hydra.sweeper.pruner.n_warmup_steps=2"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = optuna.load_study(study_name="pneumonia", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    assert len(trials) == 1 and trials[0].state == TrialState.PRUNED and sorted(trials[0].intermediate_values) == [1, 2]
+    (job,) = job_trials(sweep).values()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [job.name]  # rank 1 made no folder of its own
+    rank1 = (job / "train_ddp_process_1.log").read_text()
+    assert "GLOBAL_RANK: 1" in rank1 and "at epoch 2" in rank1 and "optuna.trial=0)" in rank1
+
+
 # --- workers sharing one study ---
 
 def two_workers(xray_root, tmp_path, storage):
@@ -189,7 +207,9 @@ def free_port():
 def postgres():
     """A PostgreSQL server of this test's own (initdb + pg_ctl in a temp folder, as the
     `postgres` user when the tests run as root); its URL."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    # Debian's postgresql package keeps them in /usr/lib/postgresql/<version>/bin, off the PATH
+    path = os.pathsep.join([os.environ.get("PATH", ""), *sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")))])
+    initdb, pg_ctl = shutil.which("initdb", path=path), shutil.which("pg_ctl", path=path)
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL's initdb/pg_ctl are not on the PATH (Debian: apt-get install postgresql)")
     pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed (pip install \"psycopg[binary]\")")

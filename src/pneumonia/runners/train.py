@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.runners.checks import check_train_config
@@ -29,7 +30,8 @@ from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import Interruption, StochasticWeightAveraging, TrainingClock
 from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
-from pneumonia.runners.common import build_callbacks, build_loggers, build_trainer, configure_torch, warn_slow_precision
+from pneumonia.runners.common import (build_callbacks, build_loggers, build_trainer, configure_torch,
+                                      ddp_ranks_run_this_job, warn_slow_precision)
 from pneumonia.runners.trial import TrialReporter, trial_reporter
 
 log = logging.getLogger(__name__)
@@ -164,14 +166,15 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock, interruption, *([reporter] if reporter else [])]
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     warn_slow_precision(trainer)
-    if reporter is not None and trainer.is_global_zero:
+    if reporter is not None and trainer.is_global_zero and rank_zero_only.rank == 0:  # DDP: ranks may not be set yet
         reporter.open()  # a wrong storage or trial fails now, before decoding
     datamodule.setup("fit")
     with pretrained():
         module = build_module(cfg, datamodule)
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        with ddp_ranks_run_this_job():  # a sweep's job: ranks 1.. train this job, not a sweep of their own
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except SystemExit:  # Lightning's ending for SIGTERM and Ctrl-C (exit status 0 and 1)
         if interruption.signal is None:
             raise
