@@ -172,7 +172,14 @@ def two_workers(xray_root, tmp_path, storage):
 
 
 def test_two_workers_share_one_sqlite_study(xray_root, tmp_path):
-    two_workers(xray_root, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    two_workers(xray_root, tmp_path, url)
+    # a third worker told to fill the study up to 5 trials runs one, whatever its n_trials
+    finish(start_worker(*sweep_args(xray_root, tmp_path / "cache0", tmp_path / "w2", f"hydra.sweeper.storage={url}",
+                                    "hydra.sweeper.n_trials=4", "hydra.sweeper.total_trials=5",
+                                    "hydra/sweeper/pruner=none", "hydra.sweeper.study_name=shared")))
+    assert set(job_trials(tmp_path / "w2")) == {4}
+    assert len(optuna.load_study(study_name="shared", storage=url).trials) == 5
 
 
 def test_a_dead_workers_trial_is_failed_and_run_again(xray_root, tmp_path):
@@ -246,6 +253,7 @@ def test_bad_settings_are_one_line_errors(xray_root, tmp_path):
         (["hydra.sweeper.storage=nowhere"], "is not a database URL"),
         (["hydra/sweeper/sampler=grid"], "needs discrete parameters"),
         (["hydra.sweeper.storage=postgresql://u@127.0.0.1:1/db"], "cannot open the study database"),
+        (["hydra/sweeper/pruner=hyperband", "hydra.sweeper.pruner.reduction_factor=1"], "must be an integer >= 2"),
     ]
     for extra, message in cases:
         res = run_cli("train.py", *sweep_args(xray_root, tmp_path / "cache", tmp_path / "bad", *extra))

@@ -143,8 +143,22 @@ def build(kind: str, settings: Any, **extra: Any) -> Any:
         raise SweepError(f"hydra.sweeper.{kind}._target_={target!r} is not an importable class") from None
     try:
         return cls(**spec, **extra)
-    except (TypeError, ValueError, ImportError) as err:
-        raise SweepError(f"hydra.sweeper.{kind} ({target}): {err}") from None
+    except Exception as err:  # noqa: BLE001  (TypeError, ValueError, ImportError of a missing extra package...)
+        raise SweepError(f"hydra.sweeper.{kind} ({target}): {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+
+
+def check_pruner(spec: dict[str, Any]) -> None:
+    """Settings Optuna's pruners accept but fail on later, in every job's first report."""
+    rf = spec.get("reduction_factor")
+    if rf is not None and (isinstance(rf, bool) or not isinstance(rf, int) or rf < 2):
+        raise SweepError(f"hydra.sweeper.pruner.reduction_factor={rf!r} must be an integer >= 2")
+    low, high = spec.get("min_resource"), spec.get("max_resource")
+    for key, value in (("min_resource", low), ("max_resource", high)):
+        if value is not None and value != "auto" and (isinstance(value, bool) or not isinstance(value, int)
+                                                       or value < 1):
+            raise SweepError(f"hydra.sweeper.pruner.{key}={value!r} must be an integer >= 1 or auto")
+    if isinstance(low, int) and isinstance(high, int) and high < low:
+        raise SweepError(f"hydra.sweeper.pruner.max_resource={high} is below min_resource={low}")
 
 
 def storage_url(storage: str | None, sweep_dir: str) -> str:
@@ -227,11 +241,12 @@ class Heartbeat:
 
 class OptunaSweeperImpl:
     def __init__(self, *, sampler: Any, pruner: Any, direction: str, storage: str | None, study_name: str,
-                 n_trials: int, n_jobs: int, max_failure_rate: float, heartbeat_interval: int | None,
+                 n_trials: int, total_trials: int | None, n_jobs: int, max_failure_rate: float, heartbeat_interval: int | None,
                  grace_period: int | None, max_retry: int, params: DictConfig | None) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.direction, self.storage, self.study_name = str(direction), storage, str(study_name)
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.total_trials = total_trials
         self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
         self.params = params
         self.job_idx = 0
@@ -250,6 +265,8 @@ class OptunaSweeperImpl:
                 raise SweepError(f"hydra.sweeper.{key}={getattr(self, key)} must be >= {low}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise SweepError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be in [0, 1]")
+        if self.total_trials is not None and self.total_trials < 1:
+            raise SweepError(f"hydra.sweeper.total_trials={self.total_trials} must be >= 1 (or null)")
         for key in ("heartbeat_interval", "grace_period"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise SweepError(f"hydra.sweeper.{key}={getattr(self, key)} must be >= 1 second (or null)")
@@ -275,6 +292,7 @@ class OptunaSweeperImpl:
         sampler = build("sampler", self.sampler_cfg, **extra)
         pruner = build("pruner", self.pruner_cfg)
         pruner_spec = OmegaConf.to_container(self.pruner_cfg, resolve=True)
+        check_pruner(pruner_spec)
         url = storage_url(self.storage, self.sweep_dir)
         storage = open_storage(url, self.heartbeat_interval, self.grace_period, self.max_retry)
         try:
@@ -297,7 +315,15 @@ class OptunaSweeperImpl:
             with warnings.catch_warnings():  # heartbeats are ours, recorded while the jobs run
                 warnings.simplefilter("ignore")
                 optuna.storages.fail_stale_trials(study)
-                batch = [study.ask(space) for _ in range(min(self.n_jobs, n_trials - done))]
+                size = min(self.n_jobs, n_trials - done)
+                if self.total_trials is not None:
+                    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+                    size = min(size, self.total_trials - len(study.get_trials(deepcopy=False, states=counted)))
+                    if size <= 0:
+                        log.info("The study holds hydra.sweeper.total_trials=%d trials: this worker stops",
+                                 self.total_trials)
+                        break
+                batch = [study.ask(space) for _ in range(size)]
             overrides = []
             for trial in batch:
                 storage.set_trial_system_attr(trial._trial_id, PRUNER_ATTR, pruner_spec)

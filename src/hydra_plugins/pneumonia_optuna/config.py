@@ -104,7 +104,10 @@ class OptunaSweeperConf:
     # several workers share: sqlite:///path/optuna.db (one machine), postgresql://user@host/db, mysql://...
     storage: Optional[str] = None
     study_name: str = "pneumonia"        # a study that exists in the storage is continued
-    n_trials: int = 20                   # trials this sweep (this worker) runs
+    n_trials: int = 20                   # trials this sweep (this worker) runs at most
+    # several workers: stop asking once the study holds this many trials (finished, pruned, running or waiting for
+    # a retry), whoever ran them; a worker checks before each batch, so two may overshoot by a batch. null: no limit
+    total_trials: Optional[int] = None
     n_jobs: int = 1                      # trials launched at once (a batch for the launcher)
     max_failure_rate: float = 0.0        # failed jobs per batch above this stop the sweep
     heartbeat_interval: Optional[int] = 60  # seconds between "still running" marks of a trial; null: off

@@ -107,6 +107,9 @@ class TrialReporter(L.Callback):
                 except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by a worker, told elsewhere
                     log.warning("optuna.trial=%d was finished by another process: no more reports", self.number)
                     self.trial = None
+                except Exception as err:  # noqa: BLE001  (a pruner setting Optuna accepted but cannot use)
+                    raise ConfigError(f"the study's pruner ({type(self.trial.study.pruner).__name__}) failed at "
+                                      f"epoch {epoch}: {type(err).__name__}: {_first_line(err)}") from None
         if trainer.world_size > 1:
             prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
