@@ -150,6 +150,21 @@ def test_ddp_ranks_train_the_same_trial_and_prune_together(xray_root, tmp_path):
     assert "GLOBAL_RANK: 1" in rank1 and "at epoch 2" in rank1 and "optuna.trial=0)" in rank1
 
 
+def test_grid_runs_every_point_and_a_refused_one_fails_its_trial_only(xray_root, tmp_path):
+    """The grid sampler tries each point once; a point the config refuses (4 blocks with 3
+    widths) fails its own trial, and with max_failure_rate=1 the search goes on."""
+    sweep = tmp_path / "grid"
+    res = run_cli("train.py", *sweep_args(xray_root, tmp_path / "cache", sweep, "hydra.sweeper.params=null",
+                                          "model.widths=[8,16,32]", "model.depth=choice(4,3)",
+                                          "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=5",
+                                          "hydra.sweeper.max_failure_rate=1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "error: model.depth=4 needs 1..3" in res.stderr
+    trials = optuna.load_study(study_name="pneumonia", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    assert sorted((t.params["model.depth"], t.state) for t in trials) == [(3, TrialState.COMPLETE),
+                                                                          (4, TrialState.FAIL)]
+
+
 # --- workers sharing one study ---
 
 def two_workers(xray_root, tmp_path, storage):

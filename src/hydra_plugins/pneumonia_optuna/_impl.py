@@ -206,6 +206,16 @@ def open_storage(url: str, heartbeat_interval: int | None, grace_period: int | N
     raise SweepError(f"hydra.sweeper.storage={redact(url)}: cannot open the study database: {first}")
 
 
+def tell(study: optuna.Study, trial: Any, value: float | None = None, state: TrialState | None = None) -> None:
+    """`study.tell`; the grid sampler's "grid done" (`Study.stop`, meant for `optimize`) is not an
+    error here: the trial is stored before it is raised, and `n_trials` already stops at the grid's size."""
+    try:
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
+
+
 class Heartbeat:
     """Marks the running trials of this worker as alive every `interval` seconds, while their
     jobs run (in this process or elsewhere: the sweeper waits for them)."""
@@ -336,10 +346,19 @@ class OptunaSweeperImpl:
             with Heartbeat(storage, [t._trial_id for t in batch], self.heartbeat_interval):
                 try:
                     returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-                except BaseException:  # a job's SystemExit (one-line error), Ctrl-C: its trials fail, not hang
+                except BaseException as stop:  # a job's SystemExit (its one-line error), Ctrl-C: its trials fail
                     for trial in batch:
-                        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                    raise
+                        tell(study, trial, state=TrialState.FAIL)
+                    # a job of this process that stopped with its one-line error: one failed batch, which
+                    # max_failure_rate may allow (a parameter combination the config refuses)
+                    if not (isinstance(stop, SystemExit) and stop.code == 2 and self.max_failure_rate >= 1.0):
+                        raise
+                    log.warning("Trials %s failed (the job's error is above); the sweep goes on "
+                                "(hydra.sweeper.max_failure_rate=%s)", [t.number for t in batch],
+                                self.max_failure_rate)
+                    self.job_idx += len(batch)
+                    done += len(batch)
+                    continue
             self.job_idx += len(returns)
             failures = 0
             for trial, ret in zip(batch, returns):
@@ -349,7 +368,7 @@ class OptunaSweeperImpl:
                     continue
                 if ret.status != JobStatus.COMPLETED:
                     failures += 1
-                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                    tell(study, trial, state=TrialState.FAIL)
                     log.warning("Trial %d failed: %s", trial.number, ret._return_value)
                     continue
                 value = ret.return_value
@@ -358,10 +377,10 @@ class OptunaSweeperImpl:
                 except (TypeError, ValueError):
                     value = float("nan")
                 if not math.isfinite(value):
-                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                    tell(study, trial, state=TrialState.FAIL)
                     log.warning("Trial %d returned no score (%r): marked failed", trial.number, ret.return_value)
                     continue
-                study.tell(trial, value, skip_if_finished=True)
+                tell(study, trial, value)
             if failures / len(returns) > self.max_failure_rate:
                 log.error("%d of %d jobs failed (hydra.sweeper.max_failure_rate=%s)", failures, len(returns),
                           self.max_failure_rate)
