@@ -88,6 +88,25 @@ def _sweeper_optimises() -> bool:
         return False
 
 
+def check_optuna(cfg: DictConfig) -> None:
+    """`optuna.*`: set together by the hparams_search=optuna sweeper for each job, else null."""
+    import re
+
+    node = cfg.get("optuna") or {}
+    storage, study, trial = node.get("storage"), node.get("study"), node.get("trial")
+    if storage is not None and (not isinstance(storage, str) or not re.match(r"^\w+(\+\w+)?://", storage)):
+        raise ConfigError(f"optuna.storage={storage!r} must be a database URL (sqlite:///..., postgresql://...) or null")
+    if study is not None and (not isinstance(study, str) or not study.strip()):
+        raise ConfigError(f"optuna.study={study!r} must be the study's name or null")
+    if trial is not None and (isinstance(trial, bool) or not isinstance(trial, int) or trial < 0):
+        raise ConfigError(f"optuna.trial={trial!r} must be a trial number (an integer >= 0) or null")
+    given = [k for k, v in (("storage", storage), ("study", study), ("trial", trial)) if v is not None]
+    if given and len(given) < 3:
+        raise ConfigError(f"{', '.join('optuna.' + k for k in given)} set without the other optuna.* keys: the "
+                          "Optuna sweeper sets optuna.storage, optuna.study and optuna.trial together (all null "
+                          "outside a search)")
+
+
 def check_train_settings(cfg: DictConfig, *, quick: bool = False) -> None:
     """The train config's keys without an owner class, checked without torch or Lightning
     (`quick=True`: before Hydra starts the job, where the stress validation's metric names,
@@ -110,6 +129,7 @@ def check_train_settings(cfg: DictConfig, *, quick: bool = False) -> None:
     if cfg.trainer.get("fast_dev_run") and _sweeper_optimises():
         raise ConfigError("debug=fdr (trainer.fast_dev_run) scores nothing, so the hparams_search sweeper has "
                           "nothing to optimise: use debug=tiny (or debug=limit) in a search")
+    check_optuna(cfg)
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r} must be 'min' or 'max'")
     for name, callback in callbacks.items():

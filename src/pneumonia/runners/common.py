@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -91,3 +93,32 @@ def build_trainer(trainer: DictConfig, **kwargs: Any) -> L.Trainer:
     naming the `trainer.*` key, instead of a traceback after the images are decoded."""
     quiet_library_noise()
     return instantiate_setting("trainer", trainer, **kwargs)
+
+
+@contextlib.contextmanager
+def ddp_ranks_run_this_job() -> Iterator[None]:
+    """Lightning starts DDP ranks 1.. by running the command line again with
+    `hydra.run.dir=<HydraConfig's run.dir>`. In a sweep's job that command line is the whole
+    sweep: each rank would start a sweep of its own (another trial, other parameters) in
+    another folder. While it is in effect, the command line is this job's own overrides and
+    run.dir its folder, so every rank trains the same trial in the same place."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
+        yield
+        return
+    argv, run_dir = sys.argv[:], hydra_cfg.run.dir
+    sys.argv = [argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hydra_cfg):
+            hydra_cfg.run.dir = run_dir

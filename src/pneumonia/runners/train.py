@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.runners.checks import check_train_config
@@ -29,7 +30,9 @@ from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import Interruption, StochasticWeightAveraging, TrainingClock
 from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
-from pneumonia.runners.common import build_callbacks, build_loggers, build_trainer, configure_torch, warn_slow_precision
+from pneumonia.runners.common import (build_callbacks, build_loggers, build_trainer, configure_torch,
+                                      ddp_ranks_run_this_job, warn_slow_precision)
+from pneumonia.runners.trial import TrialReporter, trial_reporter
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,7 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
                    OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None,
                    threshold_settings=OmegaConf.to_container(cfg.threshold) if cfg.get("threshold") else None)
     resume_from = resume_checkpoint(cfg)
+    reporter = trial_reporter(cfg)  # a job of hparams_search=optuna: its trial, for pruning
     configure_torch(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = make_output_dir(cfg.paths.output_dir)
@@ -159,15 +163,18 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     # loggers, callbacks and the Trainer before decoding too: their settings fail in seconds
     loggers = build_loggers(cfg)
     clock, interruption = TrainingClock(), Interruption()
-    callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock, interruption]
+    callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock, interruption, *([reporter] if reporter else [])]
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     warn_slow_precision(trainer)
+    if reporter is not None and trainer.is_global_zero and rank_zero_only.rank == 0:  # DDP: ranks may not be set yet
+        reporter.open()  # a wrong storage or trial fails now, before decoding
     datamodule.setup("fit")
     with pretrained():
         module = build_module(cfg, datamodule)
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        with ddp_ranks_run_this_job():  # a sweep's job: ranks 1.. train this job, not a sweep of their own
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except SystemExit:  # Lightning's ending for SIGTERM and Ctrl-C (exit status 0 and 1)
         if interruption.signal is None:
             raise
@@ -205,6 +212,8 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
                # all sessions of a resumed run (TrainingClock), and this process alone
                "train_minutes": round(clock.seconds / 60, 2), "train_seconds": round(clock.seconds, 1),
                "session_train_seconds": round(clock.session_seconds, 1), "val": val_report}
+    if reporter is not None:  # sweep_summary lists a pruned job as "pruned at epoch E"
+        summary.update(trial=reporter.number, pruned_at_epoch=reporter.pruned_epoch)
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))
     return best_score, val_report
@@ -270,8 +279,11 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
     # holds the averaged weights (runners.callbacks.StochasticWeightAveraging)
     averaged = trainer.current_epoch > trainer.max_epochs and any(
         isinstance(c, StochasticWeightAveraging) for c in trainer.callbacks)
+    pruned = next((c.pruned_epoch for c in trainer.callbacks if isinstance(c, TrialReporter)), None)
     if trainer.interrupted:
         how = f"Interrupted after {trainer.current_epoch} epochs"
+    elif pruned is not None:
+        how = f"Pruned after epoch {pruned} by the Optuna study's pruner (hydra.sweeper.pruner)"
     elif trainer.should_stop and trainer.current_epoch < trainer.max_epochs and stopper is not None:
         how = (f"Stopped early after {trainer.current_epoch} epochs: {stopper.monitor} did not improve for "
                f"{stopper.patience} epochs (callbacks.early_stopping.patience)")

@@ -3,7 +3,10 @@
     python -m pneumonia.tools.sweep_summary outputs/multirun/<date_time>
 
 Prints a table and writes `summary.csv` and `summary.md` into the sweep folder. Jobs that
-did not finish (failed, killed or still running) are listed last as `unfinished`.
+did not finish (failed, killed or still running) are listed last as `unfinished`. In an
+Optuna search (`hparams_search=optuna`), a job its trial's pruner stopped is listed as
+`pruned at epoch E`, after the jobs that trained all their epochs: its values are those of a
+shorter run.
 
     python -m pneumonia.tools.sweep_summary outputs/multirun/<date_time> --over-seeds
 
@@ -31,6 +34,8 @@ METRICS = (*METRIC_NAMES, "threshold")
 def read_job(job_dir: Path) -> dict[str, Any]:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    # the sweeper's own keys (the study's storage and the trial number) are no setting of the job
+    overrides = [o for o in overrides or [] if not str(o).startswith(("optuna.", "hparams_search="))]
     config_file = job_dir / ".hydra" / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     row: dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides or []),
@@ -42,7 +47,9 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     summary = json.loads(summary_file.read_text())
     # a job that ran but kept no scored checkpoint (debug=fdr, max_epochs reached before a validation)
     status = "ok" if summary.get("best_score") is not None else "no score"
-    row.update(status=status, monitor=summary.get("monitor"), best=summary.get("best_score"),
+    if summary.get("pruned_at_epoch") is not None:
+        status = f"pruned at epoch {summary['pruned_at_epoch']}"
+    row.update(status=status, trial=summary.get("trial"), monitor=summary.get("monitor"), best=summary.get("best_score"),
                epochs=summary.get("epochs"), train_minutes=summary.get("train_minutes"))
     for k in METRICS:
         row[f"val_{k}"] = summary.get("val", {}).get(k)
@@ -54,10 +61,14 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     if not jobs:
         raise SystemExit(f"error: no Hydra job folders (with .hydra/) under {sweep_dir}")
     rows = [read_job(d) for d in jobs]
-    ok = [r for r in rows if r["status"] == "ok" and r.get("best") is not None]
-    # best first within each monitor: val/auroc and val/loss values are not comparable
-    ok.sort(key=lambda r: (str(r["monitor"]), -r["best"] if r["monitor_mode"] == "max" else r["best"]))
-    return ok + [r for r in rows if r not in ok]
+    # best first within each monitor: val/auroc and val/loss values are not comparable; the jobs
+    # that trained all their epochs, then the pruned ones
+    def best_first(status: str) -> list[dict[str, Any]]:
+        kept = [r for r in rows if r["status"].startswith(status) and r.get("best") is not None]
+        return sorted(kept, key=lambda r: (str(r["monitor"]), -r["best"] if r["monitor_mode"] == "max" else r["best"]))
+
+    ranked = best_first("ok") + best_first("pruned")
+    return ranked + [r for r in rows if r not in ranked]
 
 
 def without_seed(overrides: str) -> str:
@@ -114,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if not args.sweep_dir.is_dir():
         raise SystemExit(f"error: {args.sweep_dir} is not a folder")
     rows = collect(args.sweep_dir)
-    columns = ["job", "status", "overrides", "monitor", "best", *[f"val_{k}" for k in METRICS], "epochs",
+    columns = ["job", "status", *(["trial"] if any(r.get("trial") is not None for r in rows) else []), "overrides", "monitor", "best", *[f"val_{k}" for k in METRICS], "epochs",
                "train_minutes"]
     print(write_table(rows, columns, lambda r, c: fmt(r.get(c)), args.sweep_dir, "summary"))
     print(f"\n{len(rows)} jobs; written to {args.sweep_dir / 'summary.csv'} and summary.md", file=sys.stderr)
