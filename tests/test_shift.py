@@ -171,3 +171,25 @@ def test_an_old_checkpoint_without_the_reference_compares_scores_only(tiny_check
     assert [t["name"] for t in res["tests"]] == ["scores"] and "tools.calibrate" in res["note"]
     assert "tools.calibrate" in (out / "report.html").read_text()
     shutil.rmtree(out)
+
+
+def test_predict_reports_the_shift_in_its_summary_and_warns_on_a_shifted_folder_only(tiny_checkpoint, xray_root,
+                                                                                      tmp_path, capsys):
+    from pneumonia.runners.predict import predict
+
+    def run(folder, name):
+        out = tmp_path / name
+        summary = predict(compose_cfg("predict", [f"ckpt_path={tiny_checkpoint}", f"inputs={folder}", "device=cpu",
+                                                  "batch_size=5"], out))  # several batches: statistics gathered
+        return out, summary, capsys.readouterr().out
+
+    out, summary, printed = run(xray_root / "test", "same")
+    shift = summary["shift"]
+    assert shift["available"] and not shift["shifted"] and shift["warning"] is None and "warning:" not in printed
+    assert {t["name"] for t in shift["tests"]} == {"scores", "mean", "std", "dark"}
+    assert {t["n"] for t in shift["tests"]} == {32}
+    assert json.loads((out / "summary.json").read_text())["shift"] == shift and (out / "shift.png").is_file()
+
+    out, summary, printed = run(_inverted_tree(xray_root, tmp_path / "inverted") / "test", "inverted")
+    assert summary["shift"]["shifted"] and summary["shift"]["warning"] in printed
+    assert [line for line in printed.splitlines() if line.startswith("warning:")] == [summary["shift"]["warning"]]

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ALPHA", "MIN_EFFECT", "compare", "image_reference", "image_statistics", "kolmogorov_sf",
-           "ks_2samp", "scores_from_roc", "shift_figure", "warning_line", "write_shift"]
+           "ks_2samp", "merge_statistics", "scores_from_roc", "shift_figure", "warning_line", "write_shift"]
 
 FORMAT_VERSION = 1
 ALPHA = 0.01        # p-value below which a difference counts as real
@@ -113,6 +113,19 @@ def image_statistics(images: Any) -> dict[str, np.ndarray]:
             "dark": (flat < DARK).mean(1) if len(f) else np.zeros(0), "histogram": hist}
 
 
+def merge_statistics(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`image_statistics` of several batches as one (predict.py gathers them batch by batch)."""
+    if not parts:
+        return image_statistics(np.zeros((0, 1, 1, 1), dtype=np.uint8))
+    merged = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in IMAGE_QUANTITIES}
+    merged["histogram"] = np.sum([np.asarray(p["histogram"]) for p in parts], axis=0)
+    return merged
+
+
+def _statistics(images: Any) -> dict[str, np.ndarray]:
+    return dict(images) if isinstance(images, Mapping) else image_statistics(images)
+
+
 def _spaced(values: np.ndarray, limit: int = MAX_VALUES) -> list[float]:
     values = np.sort(np.asarray(values, dtype=np.float64))
     if len(values) > limit:
@@ -176,7 +189,8 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 def compare(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None,
             image_ref: Mapping[str, Any] | None, labels: Any | None = None, alpha: float = ALPHA,
             min_effect: float = MIN_EFFECT) -> dict[str, Any]:
-    """A folder's scores (`probs`, (N,)) and decoded uint8 images (None: scores only) against
+    """A folder's scores (`probs`, (N,)) and decoded uint8 images (or their `image_statistics`;
+    None: scores only) against
     the checkpoint's reference. Returns {"available", "tests": [...], "shifted", "warning",
     "alpha", "min_effect", "note", ...}; each test: name, what, statistic (D), p_value,
     n_reference, n, medians, shifted. With `labels` (eval), also the scores of each class
@@ -200,7 +214,7 @@ def compare(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None
                                                     values, probs[y == cls], w, alpha, min_effect))
     current = None
     if images is not None and image_ref and len(probs):
-        current = image_statistics(images)
+        current = _statistics(images)
         for key, label in IMAGE_QUANTITIES.items():
             ref = np.asarray(image_ref.get(key) or [], dtype=np.float64)
             if len(ref):
@@ -248,7 +262,7 @@ def shift_figure(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] |
     probs = np.asarray(probs.numpy() if hasattr(probs, "numpy") else probs, dtype=np.float64).ravel()
     tests = {t["name"]: t for t in result.get("tests", [])}
     scores = scores_from_roc(val_roc)
-    current = image_statistics(images) if images is not None and image_ref else None
+    current = _statistics(images) if images is not None and image_ref else None
     panels: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]] = []
     if scores is not None and "scores" in tests:
         panels.append(("scores", np.asarray(scores["values"]), np.asarray(scores["counts"], dtype=np.float64), probs))
