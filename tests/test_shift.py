@@ -171,6 +171,12 @@ def test_an_old_checkpoint_without_the_reference_compares_scores_only(tiny_check
     assert [t["name"] for t in res["tests"]] == ["scores"] and "tools.calibrate" in res["note"]
     assert "tools.calibrate" in (out / "report.html").read_text()
     shutil.rmtree(out)
+    # what the note advises: calibrating again stores the images' reference
+    from pneumonia.runners.calibration import recalibrate
+
+    recalibrate(old, accelerator="cpu")
+    again = shift_reference(load_checkpoint(old))
+    assert again == shift_reference(load_checkpoint(tiny_checkpoint))  # the same validation images
 
 
 def test_predict_reports_the_shift_in_its_summary_and_warns_on_a_shifted_folder_only(tiny_checkpoint, xray_root,
