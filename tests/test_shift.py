@@ -19,6 +19,7 @@ from pneumonia.evaluation.shift import (
     kolmogorov_sf,
     ks_2samp,
     scores_from_roc,
+    write_shift,
 )
 from pneumonia.evaluation.threshold import roc_points
 from pneumonia.inference.checkpoint import load_checkpoint, shift_reference
@@ -90,7 +91,7 @@ def test_image_statistics_and_reference():
         image_statistics(x.astype(np.float32))
 
 
-def test_compare_warns_on_a_shifted_folder_only():
+def test_compare_warns_on_a_shifted_folder_only(tmp_path):
     rng = np.random.default_rng(2)
     val_probs, val_labels = torch.from_numpy(rng.beta(2, 2, 300)), torch.from_numpy(rng.integers(0, 2, 300))
     roc, ref = roc_points(val_probs, val_labels), image_reference(_images(300))
@@ -118,6 +119,13 @@ def test_compare_warns_on_a_shifted_folder_only():
     old = compare(rng.beta(2, 2, 50), _images(50), val_roc=roc, image_ref=None)
     assert [t["name"] for t in old["tests"]] == ["scores"] and "tools.calibrate" in old["note"]
     assert not compare([0.5], None, val_roc=None, image_ref=None)["available"]
+    # a damaged reference is left out, said so, never a traceback
+    for bad in ({**ref, "mean": 3}, {**ref, "std": ["x"]}, {**ref, "dark": [float("nan")]}, "ref"):
+        damaged = compare(rng.beta(2, 2, 50), _images(50), val_roc=roc, image_ref=bad)
+        assert [t["name"] for t in damaged["tests"]] == ["scores"] and "not readable" in damaged["note"]
+    written = write_shift(tmp_path, rng.beta(2, 2, 50), _images(50), val_roc=roc, image_ref="ref")
+    assert written["figure"] == "shift.png" and json.loads((tmp_path / "shift.json").read_text())["note"] \
+        == written["note"]
 
 
 def _inverted_tree(root, out):

@@ -212,6 +212,9 @@ def compare(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None
                     result["by_class"].append(_test("scores_" + ("normal" if cls == 0 else "pneumonia"),
                                                     f"P(pneumonia) of {'NORMAL' if cls == 0 else 'PNEUMONIA'} images",
                                                     values, probs[y == cls], w, alpha, min_effect))
+    unreadable = image_ref is not None and not _usable(image_ref)
+    if unreadable:
+        image_ref = None
     current = None
     if images is not None and image_ref and len(probs):
         current = _statistics(images)
@@ -228,13 +231,29 @@ def compare(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None
         result["note"] = ("no reference in this checkpoint (it was never calibrated)" if scores is None
                           else "no images to compare")
     elif current is None:
-        result["note"] = ("scores only: this checkpoint stores no image statistics (calibrated before they were "
+        result["note"] = ("scores only: the image statistics stored in this checkpoint are not readable"
+                          if unreadable else
+                          "scores only: this checkpoint stores no image statistics (calibrated before they were "
                           "stored; python -m pneumonia.tools.calibrate CKPT adds them)" if not image_ref
                           else "scores only")
     shifted = [t for t in result["tests"] if t["shifted"]]
     result["shifted"] = bool(shifted)
     result["warning"] = warning_line(shifted, len(probs), alpha, min_effect) if shifted else None
     return result
+
+
+def _usable(image_ref: Any) -> bool:
+    """Whether a stored image reference has the lists `compare` reads (finite numbers)."""
+    if not isinstance(image_ref, Mapping):
+        return False
+    for key in IMAGE_QUANTITIES:
+        values = image_ref.get(key)
+        if not isinstance(values, (list, tuple)) or not values \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in values):
+            return False
+    hist = image_ref.get("histogram")
+    return isinstance(hist, (list, tuple)) and all(isinstance(v, (int, float)) for v in hist)
 
 
 def warning_line(shifted: Sequence[Mapping[str, Any]], n: int, alpha: float = ALPHA,
@@ -313,6 +332,7 @@ def write_shift(out_dir: Any, probs: Any, images: Any | None, *, val_roc: Mappin
 
     out_dir = Path(out_dir)
     result = compare(probs, images, val_roc=val_roc, image_ref=image_ref, labels=labels)
+    image_ref = image_ref if image_ref is not None and _usable(image_ref) else None
     result["figure"] = None
     if result["available"]:
         import matplotlib.pyplot as plt
