@@ -159,6 +159,8 @@ def test_calibration_stores_the_reference_and_eval_warns_on_a_shifted_folder_onl
     html = (out / "report.html").read_text()
     assert 'id="shift"' in html and "No shift found" in html and (out / "shift.png").is_file()
 
+    assert same["caveat"] is None
+
     out, inverted, printed = run(_inverted_tree(xray_root, tmp_path / "inverted"), "inverted")
     assert inverted["shifted"] and inverted["warning"].startswith("warning: these 32 images do not look like")
     assert {t["name"]: t for t in inverted["tests"]}["mean"]["shifted"]
@@ -203,7 +205,16 @@ def test_predict_reports_the_shift_in_its_summary_and_warns_on_a_shifted_folder_
     assert {t["name"] for t in shift["tests"]} == {"scores", "mean", "std", "dark"}
     assert {t["n"] for t in shift["tests"]} == {32}
     assert json.loads((out / "summary.json").read_text())["shift"] == shift and (out / "shift.png").is_file()
+    assert shift["caveat"] is None
 
     out, summary, printed = run(_inverted_tree(xray_root, tmp_path / "inverted") / "test", "inverted")
     assert summary["shift"]["shifted"] and summary["shift"]["warning"] in printed
     assert [line for line in printed.splitlines() if line.startswith("warning:")] == [summary["shift"]["warning"]]
+
+
+def test_scoring_caveat_names_what_differs_from_validation():
+    from pneumonia.evaluation.shift import scoring_caveat
+
+    assert scoring_caveat(tta=True, stored_tta=True, temperature=1.0, stored_temperature=1.0) is None
+    text = scoring_caveat(tta=False, stored_tta=True, temperature=2.0, stored_temperature=1.0)
+    assert "TTA off here, on on validation" in text and "temperature 2 here, 1 on validation" in text

@@ -136,3 +136,13 @@ def test_worst_case_is_the_minimum_over_perturbations():
     assert worst == {"auroc": 0.95, "auroc_perturbation": "b", "specificity": 0.80, "specificity_perturbation": "a",
                      "sensitivity": 0.90, "sensitivity_perturbation": "c"}
     assert worst_case({})["auroc"] is None
+
+
+def test_the_config_lists_the_shortcut_set_commented_with_its_strengths():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "conf" / "data" / "chest_xray.yaml").read_text()
+    listed = dict(re.findall(r"^    # (\w+): ([0-9.]+)\s", text, flags=re.M))
+    assert {k: float(v) for k, v in listed.items()} == SHORTCUT_PERTURBATIONS
+    assert StressSettings.from_config({"enabled": True, "perturbations": listed and SHORTCUT_PERTURBATIONS}).names \
+        == tuple(SHORTCUT_PERTURBATIONS)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ALPHA", "MIN_EFFECT", "compare", "image_reference", "image_statistics", "kolmogorov_sf",
-           "ks_2samp", "merge_statistics", "scores_from_roc", "shift_figure", "warning_line", "write_shift"]
+           "ks_2samp", "merge_statistics", "scoring_caveat", "scores_from_roc", "shift_figure", "warning_line", "write_shift"]
 
 FORMAT_VERSION = 1
 ALPHA = 0.01        # p-value below which a difference counts as real
@@ -324,15 +324,18 @@ def _ecdf(ax: Any, values: np.ndarray, weights: np.ndarray | None, label: str) -
 
 
 def write_shift(out_dir: Any, probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None,
-                image_ref: Mapping[str, Any] | None, labels: Any | None = None) -> dict[str, Any]:
+                image_ref: Mapping[str, Any] | None, labels: Any | None = None,
+                caveat: str | None = None) -> dict[str, Any]:
     """`compare`, then shift.json and (when there is something to compare) shift.png in
-    `out_dir`; returns the result (with "figure": the PNG's name or None)."""
+    `out_dir`; returns the result (with "figure": the PNG's name or None, and `caveat`: why
+    the scores may differ from validation's for another reason, e.g. TTA turned off)."""
     import json
     from pathlib import Path
 
     out_dir = Path(out_dir)
     result = compare(probs, images, val_roc=val_roc, image_ref=image_ref, labels=labels)
     image_ref = image_ref if image_ref is not None and _usable(image_ref) else None
+    result["caveat"] = caveat
     result["figure"] = None
     if result["available"]:
         import matplotlib.pyplot as plt
@@ -343,3 +346,14 @@ def write_shift(out_dir: Any, probs: Any, images: Any | None, *, val_roc: Mappin
         result["figure"] = "shift.png"
     (out_dir / "shift.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def scoring_caveat(*, tta: bool, stored_tta: bool, temperature: float, stored_temperature: float) -> str | None:
+    """Why the scores compared may differ from the validation scores other than by the images:
+    scoring settings that differ from those the validation scores were computed with."""
+    parts = []
+    if tta != stored_tta:
+        parts.append(f"TTA {'on' if tta else 'off'} here, {'on' if stored_tta else 'off'} on validation")
+    if not math.isclose(temperature, stored_temperature, rel_tol=1e-6):
+        parts.append(f"temperature {temperature:g} here, {stored_temperature:g} on validation")
+    return ("the scores were computed differently from validation's (" + "; ".join(parts) + ")") if parts else None

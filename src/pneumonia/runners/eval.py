@@ -123,13 +123,15 @@ def shift_check(out_dir: Path, predictor: Predictor, probs: torch.Tensor, images
                 labels: torch.Tensor | None = None) -> dict[str, Any]:
     """The scored images against the checkpoint's validation split (evaluation/shift.py):
     shift.json and shift.png in `out_dir`; the result (its "warning": one line, or None)."""
-    from pneumonia.evaluation.shift import write_shift
+    from pneumonia.evaluation.shift import scoring_caveat, write_shift
     from pneumonia.inference.checkpoint import load_checkpoint, shift_reference
 
     path = predictor.recipe.get("checkpoint")
     image_ref = shift_reference(load_checkpoint(path)) if path else None
+    caveat = scoring_caveat(tta=predictor.tta, stored_tta=bool(predictor.recipe.get("tta")),
+                            temperature=predictor.temperature, stored_temperature=predictor.recipe["temperature"])
     return write_shift(out_dir, probs, images, val_roc=predictor.recipe.get("val_roc"), image_ref=image_ref,
-                       labels=labels)
+                       labels=labels, caveat=caveat)
 
 
 def write_report(out_dir: Path, rep: dict[str, Any], predictor: Predictor, dataset: dict[str, Any] | None, *,

@@ -290,7 +290,7 @@ def shift_check(out_dir: Path, predictor: TorchScorer | OnnxPredictor, rows: lis
     """The predicted images against the checkpoint's validation split (evaluation/shift.py):
     shift.json and shift.png in `out_dir`; returns its summary for summary.json (the KS tests,
     "shifted", "warning"). Not compared with backend=onnx (model.json carries no reference)."""
-    from pneumonia.evaluation.shift import write_shift
+    from pneumonia.evaluation.shift import scoring_caveat, write_shift
 
     if not isinstance(predictor, TorchScorer):
         return {"available": False, "shifted": False, "warning": None,
@@ -299,9 +299,12 @@ def shift_check(out_dir: Path, predictor: TorchScorer | OnnxPredictor, rows: lis
 
     recipe = predictor.predictor.recipe
     image_ref = shift_reference(load_checkpoint(recipe["checkpoint"])) if recipe.get("checkpoint") else None
+    caveat = scoring_caveat(tta=predictor.predictor.tta, stored_tta=bool(recipe.get("tta")),
+                            temperature=predictor.predictor.temperature, stored_temperature=recipe["temperature"])
     result = write_shift(out_dir, np.array([r["probability"] for r in rows]), stats, val_roc=recipe.get("val_roc"),
-                         image_ref=image_ref)
-    keep = ("available", "shifted", "warning", "tests", "alpha", "min_effect", "test", "reference", "note", "figure")
+                         image_ref=image_ref, caveat=caveat)
+    keep = ("available", "shifted", "warning", "tests", "alpha", "min_effect", "test", "reference", "note", "caveat",
+            "figure")
     return {k: result[k] for k in keep if k in result}
 
 
