@@ -117,7 +117,8 @@ def test_report_has_every_section_and_only_embedded_images(evaluated, tiny_check
     images = [decode(src) for src in page.images]  # every image decodes
     assert len(images) >= 4  # confusion matrix, ROC, PR, reliability (+ the gallery when there are errors)
     assert all(img.width > 200 and img.height > 200 for img in images)
-    assert len(images) == 4 + (rep["fp"] + rep["fn"] > 0)
+    assert "shift" in page.ids and any(img.width > 3 * img.height for img in images)  # the shift figure's panels
+    assert len(images) == 5 + (rep["fp"] + rep["fn"] > 0)  # + the shift figure
     text = page.plain
     assert str(tiny_checkpoint) in text
     for m in METRIC_NAMES:
@@ -162,7 +163,7 @@ def test_printed_table_and_tensorboard_text_have_the_intervals(tiny_checkpoint, 
     assert "eval/metrics/text_summary" in acc.Tags()["tensors"]
     assert "test/reliability_diagram" in acc.Tags()["images"]
     page = Page((out / "report.html").read_text())
-    assert "describe=false" in page.plain and len(page.images) == 4  # no gallery asked for
+    assert "describe=false" in page.plain and len(page.images) == 5  # no gallery asked for (4 figures + shift)
 
 
 def test_errors_gallery_is_in_the_report(tiny_checkpoint, xray_root, tmp_path):
@@ -170,7 +171,7 @@ def test_errors_gallery_is_in_the_report(tiny_checkpoint, xray_root, tmp_path):
     rep = evaluate(eval_cfg(tiny_checkpoint, xray_root, out, "threshold=0.0", "logger=none", "intervals.resamples=200"))
     assert rep["fp"] == 16
     page = Page((out / "report.html").read_text())
-    gallery = decode(page.images[-1])
+    gallery = decode(page.images[-2])  # the errors section, then the shift figure
     with Image.open(out / "errors_gallery.png") as img:
         assert gallery.size == img.size
     assert "given on the command line (threshold=0.0)" in page.plain

@@ -5,13 +5,20 @@ holds, logged as val_stress/* during training, and scored for a checkpoint by `s
 import csv
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from pneumonia.data.datamodule import ChestXrayDataModule
-from pneumonia.data.stress import DEFAULT_PERTURBATIONS, StressSettings, perturb, validation_images
+from pneumonia.data.stress import (
+    DEFAULT_PERTURBATIONS,
+    PERTURBATION_SETS,
+    StressSettings,
+    perturb,
+    validation_images,
+)
 from pneumonia.data.synthetic import _xray
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation.stress import stress_metrics
@@ -161,13 +168,24 @@ def test_stress_metrics_scores_a_checkpoint_at_its_threshold(stress_run, capsys)
 
     main([str(out), "--json", str(out / "stress.json")])
     printed = capsys.readouterr().out
-    assert "stress AUROC" in printed and "jpeg" in printed
+    assert "stress (pooled)" in printed and "jpeg" in printed and "worst case" in printed
+    assert "marker" not in printed  # the standard set unless --set says otherwise
+    stored_res = json.loads((out / "stress.json").read_text())[str(out / "checkpoints" / "best.ckpt")]
+    assert stored_res["worst"]["auroc"] == min(m["auroc"] for m in res["per_perturbation"].values())
     assert json.loads((out / "stress.json").read_text())[str(out / "checkpoints" / "best.ckpt")]["stress"]["n"] \
         == res["stress"]["n"]
     assert "images, TTA off\n" in printed
     main([str(out / "checkpoints" / "best.ckpt"), "--tta", "on", "--perturbations", "noise=0.06,jpeg=15"])
     printed = capsys.readouterr().out
     assert "noise" in printed and "images, TTA on\n" in printed
+    # every perturbation, two checkpoints: each with its worst case, then ranked by it
+    shutil.copy(out / "checkpoints" / "best.ckpt", out / "copy.ckpt")
+    main([str(out), str(out / "copy.ckpt"), "--set", "all", "--json", str(out / "all.json")])
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in ("marker", "costophrenic", "composed", "gamma_low"))
+    assert "Ranked by the worst-case AUROC" in printed and "  1. worst AUROC" in printed and "  2. worst AUROC" in printed
+    worst = json.loads((out / "all.json").read_text())[str(out / "checkpoints" / "best.ckpt")]["worst"]
+    assert worst["auroc_perturbation"] in PERTURBATION_SETS["all"]
 
     def refused(*args: str) -> str:
         with pytest.raises(SystemExit) as stop:

@@ -1,6 +1,10 @@
 """Stress validation: the validation images again, under the acquisition changes a
 different scanner, hospital or export pipeline brings (contrast and gamma, blur, noise, JPEG
-re-compression, a lower resolution, a slightly different crop).
+re-compression, a lower resolution, a slightly different crop), and, in the second set
+(`SHORTCUT_PERTURBATIONS`), what differs between hospitals and what a model could use as a
+shortcut: all of those at once (`composed`), burnt-in side markers ("R"/"L" at a corner),
+black bands of a collimator (`border`), a wider field of view (`fov`), and crops that cut the
+lung apex (`apex`) or the costophrenic angles (`costophrenic`).
 
 Plain validation AUROC saturates (0.998 for every recipe of README "Results"); the same
 images made harder tell recipes apart and show which ones rely on acquisition details.
@@ -42,8 +46,8 @@ from pneumonia.errors import ConfigError
 if TYPE_CHECKING:
     from pneumonia.data.sampler import IndexedImages
 
-__all__ = ["DEFAULT_PERTURBATIONS", "KINDS", "StressImages", "StressSettings", "perturb", "stress_images",
-           "validation_images"]
+__all__ = ["DEFAULT_PERTURBATIONS", "KINDS", "PERTURBATION_SETS", "SHORTCUT_PERTURBATIONS", "StressImages",
+           "StressSettings", "perturb", "stress_images", "validation_images"]
 
 # name: strength. The kind of a perturbation is its name up to the first "_".
 DEFAULT_PERTURBATIONS: dict[str, float] = {
@@ -56,6 +60,21 @@ DEFAULT_PERTURBATIONS: dict[str, float] = {
     "jpeg": 30,             # JPEG re-compression at this quality (PIL)
     "resolution": 0.5,      # down-sampled to this fraction of the size, then back up
     "crop": 0.9,            # a crop of this fraction of the side at a seeded random place, resized back
+}
+# Another hospital's images and the shortcuts a model could learn (off in data.stress by
+# default; `python -m pneumonia.tools.stress --set shortcut|all`).
+SHORTCUT_PERTURBATIONS: dict[str, float] = {
+    "composed": 1.0,        # gamma 1.3, blur 0.8, noise 0.02, JPEG 40 and resolution 0.6 at once (scaled by the strength)
+    "marker": 0.12,         # a white "R" or "L" at a seeded corner, this fraction of the side high
+    "border": 0.15,         # black bands covering this fraction of the side (top+bottom or left+right, seeded)
+    "fov": 0.8,             # the image shrunk to this fraction of the side, centred on black: a wider field of view
+    "apex": 0.15,           # the top fraction cut off (the lung apex), the rest stretched back
+    "costophrenic": 0.15,   # the bottom fraction cut off (the costophrenic angles), the rest stretched back
+}
+PERTURBATION_SETS: dict[str, dict[str, float]] = {
+    "standard": DEFAULT_PERTURBATIONS,
+    "shortcut": SHORTCUT_PERTURBATIONS,
+    "all": {**DEFAULT_PERTURBATIONS, **SHORTCUT_PERTURBATIONS},
 }
 
 
@@ -124,6 +143,109 @@ def _crop(images: torch.Tensor, fraction: float, rng: np.random.Generator) -> to
     return _u8(F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False))
 
 
+# composed: strength 1 = these; strength s scales each change's distance from "no change"
+COMPOSED_AT_ONE = {"gamma": 1.3, "blur": 0.8, "noise": 0.02, "jpeg": 40, "resolution": 0.6}
+
+
+def _composed(images: torch.Tensor, s: float, rng: np.random.Generator) -> torch.Tensor:
+    """Gamma, blur, resolution, noise and JPEG in the order a different acquisition chain
+    applies them (optics and resampling, then sensor noise, then export)."""
+    at = COMPOSED_AT_ONE
+    x = _gamma(images, 1 + (at["gamma"] - 1) * s, rng)
+    x = _blur(x, at["blur"] * s, rng)
+    x = _resolution(x, max(0.05, 1 - (1 - at["resolution"]) * s), rng)
+    x = _noise(x, at["noise"] * s, rng)
+    return _jpeg(x, max(1, round(100 - (100 - at["jpeg"]) * s)), rng)
+
+
+_GLYPHS: dict[str, torch.Tensor] = {}
+
+
+def _glyph(letter: str) -> torch.Tensor:
+    """The letter's mask (0 or 1, cropped to its ink) in Pillow's built-in default font."""
+    if letter not in _GLYPHS:
+        from PIL import Image, ImageDraw, ImageFont
+
+        try:
+            font = ImageFont.load_default(size=40)  # Pillow's built-in font, scalable where FreeType is there
+        except (TypeError, OSError):  # older Pillow or no FreeType: the small bitmap font
+            font = ImageFont.load_default()
+        canvas = Image.new("L", (64, 64))
+        ImageDraw.Draw(canvas).text((8, 4), letter, fill=255, font=font)
+        arr = (np.asarray(canvas) >= 128).astype(np.float32)  # solid ink, as a burnt-in marker is
+        rows, cols = np.nonzero(arr.any(1))[0], np.nonzero(arr.any(0))[0]
+        _GLYPHS[letter] = torch.from_numpy(arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].copy())
+    return _GLYPHS[letter]
+
+
+def _marker(images: torch.Tensor, height: float, rng: np.random.Generator) -> torch.Tensor:
+    """A white "R" or "L" (seeded per image) burnt in at a seeded corner, `height` of the side high."""
+    n, c, h, w = images.shape
+    draws = rng.integers(0, 8, n)  # one draw per image: the same markers whatever the chunk size
+    letters, corners = draws % 2, draws // 2
+    out = images.clone()
+    th = max(3, round(height * h))
+    margin = max(1, round(0.04 * h))
+    for i in range(n):
+        glyph = _glyph("RL"[letters[i]])
+        tw = max(2, min(w - 2 * margin, round(th * glyph.shape[1] / glyph.shape[0])))
+        mask = F.interpolate(glyph[None, None], size=(min(th, h - 2 * margin), tw), mode="bilinear",
+                             align_corners=False)[0, 0].ge(0.5).float()
+        mh, mw = mask.shape
+        top = margin if corners[i] < 2 else h - margin - mh
+        left = margin if corners[i] % 2 == 0 else w - margin - mw
+        region = out[i, :, top:top + mh, left:left + mw].float()
+        out[i, :, top:top + mh, left:left + mw] = _u8(region * (1 - mask) + 255 * mask)
+    return out
+
+
+def _border(images: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """Black bands (a collimator's) covering `fraction` of the side: top and bottom, or left
+    and right (seeded per image), each band half of it."""
+    n, c, h, w = images.shape
+    out = images.clone()
+    vertical = rng.integers(0, 2, n).astype(bool)
+    for i in range(n):
+        side = w if vertical[i] else h
+        band = max(1, round(fraction * side / 2))
+        if vertical[i]:
+            out[i, :, :, :band] = 0
+            out[i, :, :, w - band:] = 0
+        else:
+            out[i, :, :band] = 0
+            out[i, :, h - band:] = 0
+    return out
+
+
+def _fov(images: torch.Tensor, scale: float, rng: np.random.Generator) -> torch.Tensor:
+    """The image shrunk to `scale` of its side and centred on black: the same chest seen with
+    a wider field of view."""
+    n, c, h, w = images.shape
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = F.interpolate(images.float(), size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
+    out = torch.zeros_like(images)
+    top, left = (h - sh) // 2, (w - sw) // 2
+    out[:, :, top:top + sh, left:left + sw] = _u8(small)
+    return out
+
+
+def _cut(images: torch.Tensor, rows: slice) -> torch.Tensor:
+    h, w = images.shape[-2:]
+    return _u8(F.interpolate(images[:, :, rows].float(), size=(h, w), mode="bilinear", align_corners=False))
+
+
+def _apex(images: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """The top `fraction` of the rows cut off (where the lung apices are), the rest stretched back."""
+    h = images.shape[-2]
+    return _cut(images, slice(min(h - 1, max(1, round(fraction * h))), h))
+
+
+def _costophrenic(images: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """The bottom `fraction` of the rows cut off (the costophrenic angles), the rest stretched back."""
+    h = images.shape[-2]
+    return _cut(images, slice(0, h - min(h - 1, max(1, round(fraction * h)))))
+
+
 @dataclass(frozen=True)
 class Kind:
     apply: Callable[[torch.Tensor, float, np.random.Generator], torch.Tensor]
@@ -140,6 +262,14 @@ KINDS: dict[str, Kind] = {
     "jpeg": Kind(_jpeg, lambda v: 1 <= v <= 100, "an integer in [1, 100]: the JPEG quality", integer=True),
     "resolution": Kind(_resolution, lambda v: 0 < v < 1, "a number in (0, 1): the down-sampling factor"),
     "crop": Kind(_crop, lambda v: 0 < v <= 1, "a number in (0, 1]: the crop's side as a fraction of the image"),
+    "composed": Kind(_composed, lambda v: 0 < v <= 2,
+                     "a number in (0, 2]: the scale of the composed gamma, blur, resolution, noise and JPEG"),
+    "marker": Kind(_marker, lambda v: 0 < v <= 0.5, "a number in (0, 0.5]: the letter's height as a fraction of the side"),
+    "border": Kind(_border, lambda v: 0 < v < 1, "a number in (0, 1): the black bands' share of the side"),
+    "fov": Kind(_fov, lambda v: 0 < v < 1, "a number in (0, 1): the image's side within the wider field of view"),
+    "apex": Kind(_apex, lambda v: 0 < v <= 0.5, "a number in (0, 0.5]: the share of the rows cut off at the top"),
+    "costophrenic": Kind(_costophrenic, lambda v: 0 < v <= 0.5,
+                         "a number in (0, 0.5]: the share of the rows cut off at the bottom"),
 }
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 

@@ -25,6 +25,7 @@ FIGURES = {  # file in the run folder → (section, caption)
     "pr_curve.png": "Precision-recall curve with the operating points",
     "reliability_diagram.png": "Reliability diagram",
     "errors_gallery.png": "The most confident errors",
+    "shift.png": "This split against the validation split: scores and image statistics",
 }
 
 
@@ -106,10 +107,11 @@ def recipe_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_report(path: str | Path, *, rep: dict[str, Any], run: dict[str, Any], predictor_summary: dict[str, Any],
-                  dataset: dict[str, Any] | None, figures_dir: str | Path) -> Path:
+                  dataset: dict[str, Any] | None, figures_dir: str | Path, shift: dict[str, Any] | None = None) -> Path:
     """Write `report.html` to `path` from metrics.json's `rep`, the run's facts (`run`:
     checkpoint, data root, precision, ...), the Predictor's summary, the dataset overview of
-    the scored split and the PNG figures found in `figures_dir`."""
+    the scored split, the comparison with the validation split (`shift`, evaluation/shift.py;
+    None: not made) and the PNG figures found in `figures_dir`."""
     figures_dir = Path(figures_dir)
     figures = {name: {"uri": png_data_uri(figures_dir / name), "caption": caption}
                for name, caption in FIGURES.items() if (figures_dir / name).is_file()}
@@ -117,7 +119,7 @@ def render_report(path: str | Path, *, rep: dict[str, Any], run: dict[str, Any],
     metrics = [{"name": m, "value": rep.get(m), "ci": (rep.get("ci95") or {}).get(m),
                 "val": val.get(m) if val else None} for m in METRIC_NAMES]
     html = _template().render(
-        rep=rep, run=run, metrics=metrics, val=val, figures=figures, dataset=dataset,
+        rep=rep, run=run, metrics=metrics, val=val, figures=figures, dataset=dataset, shift=shift,
         recipe=recipe_rows(predictor_summary), summary=predictor_summary,
         generated=datetime.datetime.now().isoformat(timespec="seconds"),
     )

@@ -12,7 +12,9 @@ only, so it cannot run code), with:
   (validation metrics at the threshold), `precision` (what the threshold was chosen under)
   and, when temperature scaling was fitted on validation, `temperature` (P = sigmoid(logit / T);
   the threshold was then chosen on those scaled probabilities), and `val_roc`: sensitivity
-  and specificity on validation at each candidate threshold (`evaluation.threshold.roc_points`);
+  and specificity on validation at each candidate threshold (`evaluation.threshold.roc_points`),
+  and `shift_reference`: per-image statistics of the decoded validation images
+  (`evaluation.shift.image_reference`), what eval.py and predict.py compare a folder with;
 - `ensemble` (only in a checkpoint built by `python -m pneumonia.ensemble`, whose `net` is a
   `pneumonia.models.Ensemble` spec): how it was built: `combine`, and per member its source
   checkpoint, seed, epoch, temperature and stored validation report. Such a checkpoint has no
@@ -154,7 +156,8 @@ def is_calibrated(ckpt: dict[str, Any]) -> bool:
 
 def store_calibration(path: str | Path, threshold_value: float, *, method: str, val_report: dict[str, Any],
                       precision: str, temperature_value: float | None = None,
-                      val_roc: dict[str, Any] | None = None) -> dict[str, Any]:
+                      val_roc: dict[str, Any] | None = None,
+                      shift_reference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the validation-chosen threshold, its method and validation metrics, the
     precision they were measured under and the fitted temperature (None: none fitted) into
     the checkpoint at `path` (atomically)."""
@@ -165,8 +168,16 @@ def store_calibration(path: str | Path, threshold_value: float, *, method: str, 
         ckpt[CALIBRATION]["temperature"] = float(temperature_value)
     if val_roc is not None:
         ckpt[CALIBRATION]["val_roc"] = val_roc
+    if shift_reference is not None:
+        ckpt[CALIBRATION]["shift_reference"] = shift_reference
     atomic_torch_save(seal(ckpt), path)
     return ckpt
+
+
+def shift_reference(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The validation images' statistics stored by calibration (None: not stored)."""
+    ref = (ckpt.get(CALIBRATION) or {}).get("shift_reference")
+    return dict(ref) if isinstance(ref, dict) else None
 
 
 def ensemble_info(ckpt: dict[str, Any]) -> dict[str, Any]:

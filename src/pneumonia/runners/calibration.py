@@ -67,7 +67,7 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, c
     # the precision the threshold was chosen under: eval.py and predict.py score with it by default
     store_calibration(ckpt_path, threshold, method=rule["method"], val_report=chosen,
                       precision=str(trainer.precision), temperature_value=temperature,
-                      val_roc=roc_points(probs, labels))
+                      val_roc=roc_points(probs, labels), shift_reference=_shift_reference(datamodule))
     module = Predictor.from_checkpoint(ckpt_path).lightning_module()  # with the stored threshold and temperature
     summary = {"checkpoint": str(ckpt_path), "epoch": raw.recipe["epoch"],
                "threshold_method": rule["method"], "at_threshold": chosen, "at_0.5": at_half,
@@ -80,6 +80,19 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, c
         log.info("Temperature %.3f fitted on validation: ECE %.4f -> %.4f, Brier %.4f -> %.4f (%d bins)", temperature,
                  before["ece"], calib["ece"], before["brier"], calib["brier"], calib["bins"])
     return module, chosen
+
+
+def _shift_reference(datamodule: L.LightningDataModule) -> dict[str, Any] | None:
+    """Statistics of the decoded validation images, the reference eval.py and predict.py
+    compare a folder with (None where the DataModule holds no validation images)."""
+    from pneumonia.data.stress import validation_images
+    from pneumonia.evaluation.shift import image_reference
+
+    split = getattr(datamodule, "splits", {}).get("val")
+    if split is None:
+        return None
+    images, _ = validation_images(split)
+    return image_reference(images)
 
 
 # ---- calibrate a checkpoint (again): python -m pneumonia.tools.calibrate CKPT ------------------------

@@ -2,7 +2,9 @@
 
 Writes metrics.json (the point estimates, then bootstrap intervals, calibration, operating
 points, subgroups and the per-patient view), predictions.csv, the figures, errors_gallery.png,
-dataset.json (the scored split's counts) and report.html (all of it in one page)."""
+dataset.json (the scored split's counts), shift.json and shift.png (the split against the
+checkpoint's validation split: does it look like the training hospital?) and report.html
+(all of it in one page)."""
 
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             writer.writerow(eval_row(path, y, p, threshold))
 
     write_figures(out_dir, probs, labels, rep, loggers, temperature=predictor.temperature)
+    shift = shift_check(out_dir, predictor, probs, datamodule.splits["test"].images[out["indices"]], labels)
     if cfg.get("gallery_size"):
         errors_gallery(out_dir / "errors_gallery.png", datamodule, out, threshold, cfg.gallery_size)
     dataset = None
@@ -105,17 +108,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         t_source = "none stored in the checkpoint; train with calibration.temperature=true to fit one"
     write_report(out_dir, rep, predictor, dataset, data_root=str(datamodule.data_root),
-                 precision=str(trainer.precision), threshold_source=source, temperature_source=t_source)
+                 precision=str(trainer.precision), threshold_source=source, temperature_source=t_source, shift=shift)
     log.info("Statistics, figures and report in %.1f s", time.perf_counter() - start)
     print(f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}, "
           f"precision {trainer.precision}, TTA {'on' if predictor.tta else 'off'}, "
           f"input normalisation {predictor.preprocess.normalize}\n"
           f"{format_table(rep)}\nWritten to {out_dir} (report.html: everything in one page)")
+    if shift.get("warning"):
+        print(shift["warning"])
     return rep
 
 
+def shift_check(out_dir: Path, predictor: Predictor, probs: torch.Tensor, images: torch.Tensor | None,
+                labels: torch.Tensor | None = None) -> dict[str, Any]:
+    """The scored images against the checkpoint's validation split (evaluation/shift.py):
+    shift.json and shift.png in `out_dir`; the result (its "warning": one line, or None)."""
+    from pneumonia.evaluation.shift import scoring_caveat, write_shift
+    from pneumonia.inference.checkpoint import load_checkpoint, shift_reference
+
+    path = predictor.recipe.get("checkpoint")
+    image_ref = shift_reference(load_checkpoint(path)) if path else None
+    caveat = scoring_caveat(tta=predictor.tta, stored_tta=bool(predictor.recipe.get("tta")),
+                            temperature=predictor.temperature, stored_temperature=predictor.recipe["temperature"])
+    return write_shift(out_dir, probs, images, val_roc=predictor.recipe.get("val_roc"), image_ref=image_ref,
+                       labels=labels, caveat=caveat)
+
+
 def write_report(out_dir: Path, rep: dict[str, Any], predictor: Predictor, dataset: dict[str, Any] | None, *,
-                 data_root: str, precision: str, threshold_source: str, temperature_source: str) -> Path:
+                 data_root: str, precision: str, threshold_source: str, temperature_source: str,
+                 shift: dict[str, Any] | None = None) -> Path:
     """report.html: everything above in one self-contained page (evaluation/report.py)."""
     from pneumonia.evaluation.report import render_report, run_facts
 
@@ -123,7 +144,7 @@ def write_report(out_dir: Path, rep: dict[str, Any], predictor: Predictor, datas
                     precision=precision, threshold=rep["threshold"], threshold_source=threshold_source,
                     temperature=predictor.temperature, temperature_source=temperature_source, out_dir=str(out_dir))
     return render_report(out_dir / "report.html", rep=rep, run=run, predictor_summary=predictor.summary(),
-                         dataset=dataset, figures_dir=out_dir)
+                         dataset=dataset, figures_dir=out_dir, shift=shift)
 
 
 def write_figures(out_dir: Path, probs: torch.Tensor, labels: torch.Tensor, rep: dict[str, Any],

@@ -32,6 +32,7 @@ from pneumonia.config.rundir import make_output_dir
 from pneumonia.validators import optional_int, threshold_override
 from pneumonia.errors import ConfigError, file_error
 from pneumonia.evaluation.predictions import PREDICT_COLUMNS, predict_row
+from pneumonia.evaluation.shift import image_statistics, merge_statistics
 
 if TYPE_CHECKING:
     from pneumonia.export.onnx_predictor import OnnxPredictor
@@ -207,6 +208,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     bad: list[tuple[str, str]] = []
     gallery: list[dict[str, Any]] = []
+    image_stats: list[dict[str, Any]] = []  # per batch, for the comparison with the validation split
     csv_path = out_dir / "predictions.csv"
     bad_path = out_dir / "bad_images.tsv"
     if found.skipped:  # special files and broken links the walk did not open
@@ -233,6 +235,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                     tsv.writelines(f"{p}\t{why}\n" for p, why in batch_bad)
             if batch_paths:
                 images = np.stack(arrays)
+                image_stats.append(image_statistics(images))
                 probs = predictor.predict_images(images)
                 decisions = predictor.decide(probs)
                 maps = predictor.gradcam(images, decisions, cfg.explain_target) if cfg.explain else None
@@ -273,10 +276,36 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
         save_gallery(out_dir / "gallery.png", gallery)
     summary = summarize(rows, bad, predictor)
+    summary["shift"] = shift_check(out_dir, predictor, rows, merge_statistics(image_stats))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_rows(rows, cfg.print_rows))
     print(format_summary(summary, out_dir))
+    if summary["shift"].get("warning"):
+        print(summary["shift"]["warning"])
     return summary
+
+
+def shift_check(out_dir: Path, predictor: TorchScorer | OnnxPredictor, rows: list[dict[str, Any]],
+                stats: dict[str, Any]) -> dict[str, Any]:
+    """The predicted images against the checkpoint's validation split (evaluation/shift.py):
+    shift.json and shift.png in `out_dir`; returns its summary for summary.json (the KS tests,
+    "shifted", "warning"). Not compared with backend=onnx (model.json carries no reference)."""
+    from pneumonia.evaluation.shift import scoring_caveat, write_shift
+
+    if not isinstance(predictor, TorchScorer):
+        return {"available": False, "shifted": False, "warning": None,
+                "note": "not compared with backend=onnx (the reference is in the checkpoint)"}
+    from pneumonia.inference.checkpoint import load_checkpoint, shift_reference
+
+    recipe = predictor.predictor.recipe
+    image_ref = shift_reference(load_checkpoint(recipe["checkpoint"])) if recipe.get("checkpoint") else None
+    caveat = scoring_caveat(tta=predictor.predictor.tta, stored_tta=bool(recipe.get("tta")),
+                            temperature=predictor.predictor.temperature, stored_temperature=recipe["temperature"])
+    result = write_shift(out_dir, np.array([r["probability"] for r in rows]), stats, val_roc=recipe.get("val_roc"),
+                         image_ref=image_ref, caveat=caveat)
+    keep = ("available", "shifted", "warning", "tests", "alpha", "min_effect", "test", "reference", "note", "caveat",
+            "figure")
+    return {k: result[k] for k in keep if k in result}
 
 
 def summarize(rows: list[dict[str, Any]], bad: list[tuple[str, str]], predictor: TorchScorer | OnnxPredictor

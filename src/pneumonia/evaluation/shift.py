@@ -1,0 +1,359 @@
+"""Does a folder look like the data the model was trained on? Its score distribution and
+simple image statistics against a reference from the training hospital, with two-sample
+Kolmogorov-Smirnov tests; no labels needed.
+
+The reference is the checkpoint's **validation split** (patient-grouped, held out from
+training, from the same hospital and decoded by the same preset):
+
+- scores: the validation probabilities, read back from the validation ROC calibration stores
+  in every calibrated checkpoint (`val_roc`: sensitivity and specificity at each distinct
+  score give the number of images of each class at that score; exact up to 2000 distinct
+  scores, a rank-spaced subset beyond);
+- images: `image_reference`, stored by calibration beside it (`shift_reference`): per image
+  of the decoded uint8 validation images, the mean and standard deviation of its pixels
+  (0-255) and the share of near-black pixels (below `DARK`: black borders, a wider field of
+  view), plus the pooled intensity histogram (`BINS` bins) for the plot. A checkpoint
+  calibrated before this has scores only (`python -m pneumonia.tools.calibrate CKPT` adds
+  the images' part).
+
+A quantity counts as shifted when its KS test has p < `ALPHA` **and** its statistic D (the
+largest gap between the two empirical distribution functions, 0 to 1) exceeds `MIN_EFFECT`:
+with hundreds of images a tiny, harmless difference is "significant", and with ten images a
+large one may not be. The scores also move with the share of pneumonia in the folder (a
+different prevalence, not a different hospital); the warning says so.
+
+Per-image statistics are used, not pixels: the pixels of one image are not independent
+samples, so a pixel-level test would call every folder shifted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ALPHA", "MIN_EFFECT", "compare", "image_reference", "image_statistics", "kolmogorov_sf",
+           "ks_2samp", "merge_statistics", "scoring_caveat", "scores_from_roc", "shift_figure", "warning_line", "write_shift"]
+
+FORMAT_VERSION = 1
+ALPHA = 0.01        # p-value below which a difference counts as real
+MIN_EFFECT = 0.2    # KS statistic D above which it counts as large enough to matter
+BINS = 32           # intensity histogram bins over 0-255
+DARK = 16           # pixel values below this count as near-black
+MAX_VALUES = 2000   # per-image values kept in a reference (rank-spaced beyond)
+IMAGE_QUANTITIES = {"mean": "mean intensity per image", "std": "intensity std per image",
+                    "dark": "share of near-black pixels per image"}
+
+
+# ---- the two-sample test ------------------------------------------------------------------
+def kolmogorov_sf(lam: float) -> float:
+    """P(K > lam) of the Kolmogorov distribution: 2 sum_{j>=1} (-1)^(j-1) exp(-2 j^2 lam^2)."""
+    if lam <= 0:
+        return 1.0
+    if lam < 0.2:  # the alternating series converges slowly here; the value is 1 to 1e-40
+        return 1.0
+    total = 0.0
+    for j in range(1, 101):
+        term = math.exp(-2 * j * j * lam * lam)
+        total += term if j % 2 else -term
+        if term < 1e-16:
+            break
+    return float(min(1.0, max(0.0, 2 * total)))
+
+
+def _ecdf_gap(a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray) -> float:
+    grid = np.union1d(a, b)
+    oa, ob = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
+    ca = np.concatenate([[0.0], np.cumsum(wa[oa])]) / wa.sum()
+    cb = np.concatenate([[0.0], np.cumsum(wb[ob])]) / wb.sum()
+    fa = ca[np.searchsorted(a[oa], grid, side="right")]
+    fb = cb[np.searchsorted(b[ob], grid, side="right")]
+    return float(np.max(np.abs(fa - fb)))
+
+
+def ks_2samp(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
+             weights_a: Sequence[float] | np.ndarray | None = None) -> tuple[float, float]:
+    """Two-sided two-sample Kolmogorov-Smirnov test: (D, p). D is the largest gap between the
+    empirical distribution functions; p is asymptotic, the Kolmogorov distribution at
+    (sqrt(ne) + 0.12 + 0.11 / sqrt(ne)) * D with ne = n_a n_b / (n_a + n_b) (Stephens' small-
+    sample correction, as in Numerical Recipes). `weights_a`: counts of `a`'s values (a
+    reference stored as distinct values and their counts); n_a is then their sum."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    wa = np.ones_like(a) if weights_a is None else np.asarray(weights_a, dtype=np.float64).ravel()
+    if len(wa) != len(a):
+        raise ValueError("weights_a must have one count per value of a")
+    keep = np.isfinite(a) & (wa > 0)
+    a, wa = a[keep], wa[keep]
+    b = b[np.isfinite(b)]
+    if not len(a) or not len(b):
+        raise ValueError("ks_2samp needs at least one finite value in each sample")
+    wb = np.ones_like(b)
+    d = _ecdf_gap(a, wa, b, wb)
+    na, nb = float(wa.sum()), float(len(b))
+    ne = na * nb / (na + nb)
+    root = math.sqrt(ne)
+    return d, kolmogorov_sf((root + 0.12 + 0.11 / root) * d)
+
+
+# ---- the reference and a folder's statistics ------------------------------------------------
+def image_statistics(images: Any) -> dict[str, np.ndarray]:
+    """Per image of uint8 (N, C, S, S) images (a numpy array or a torch tensor): `mean`,
+    `std` (0-255) and `dark` (share of pixels below `DARK`); `histogram`: the pooled pixel
+    counts in `BINS` bins over 0-255."""
+    x = np.asarray(images.numpy() if hasattr(images, "numpy") else images)
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"image_statistics wants uint8 (N, C, S, S) images, got {x.dtype} {x.shape}")
+    flat = x.reshape(len(x), -1)
+    hist = np.bincount((flat.ravel() // (256 // BINS)).astype(np.int64), minlength=BINS)[:BINS] if flat.size \
+        else np.zeros(BINS, dtype=np.int64)
+    f = flat.astype(np.float32)
+    return {"mean": f.mean(1) if len(f) else np.zeros(0), "std": f.std(1) if len(f) else np.zeros(0),
+            "dark": (flat < DARK).mean(1) if len(f) else np.zeros(0), "histogram": hist}
+
+
+def merge_statistics(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`image_statistics` of several batches as one (predict.py gathers them batch by batch)."""
+    if not parts:
+        return image_statistics(np.zeros((0, 1, 1, 1), dtype=np.uint8))
+    merged = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in IMAGE_QUANTITIES}
+    merged["histogram"] = np.sum([np.asarray(p["histogram"]) for p in parts], axis=0)
+    return merged
+
+
+def _statistics(images: Any) -> dict[str, np.ndarray]:
+    return dict(images) if isinstance(images, Mapping) else image_statistics(images)
+
+
+def _spaced(values: np.ndarray, limit: int = MAX_VALUES) -> list[float]:
+    values = np.sort(np.asarray(values, dtype=np.float64))
+    if len(values) > limit:
+        values = values[np.linspace(0, len(values) - 1, limit).round().astype(int)]
+    return [round(float(v), 4) for v in values]
+
+
+def image_reference(images: Any) -> dict[str, Any]:
+    """What calibration stores in the checkpoint (`shift_reference`) from the decoded uint8
+    validation images: plain lists and numbers only (checkpoints load with weights_only)."""
+    stats = image_statistics(images)
+    hist = stats["histogram"].astype(np.float64)
+    return {"format": FORMAT_VERSION, "source": "validation split", "n_images": int(len(stats["mean"])),
+            **{k: _spaced(stats[k]) for k in IMAGE_QUANTITIES},
+            "histogram": [round(float(v), 6) for v in hist / max(hist.sum(), 1.0)], "bins": BINS, "dark_below": DARK}
+
+
+def scores_from_roc(val_roc: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The validation scores behind a stored validation ROC (`evaluation.threshold.roc_points`):
+    {"values", "counts", "counts_normal", "counts_pneumonia"} (values ascending); None
+    without a usable ROC."""
+    if not isinstance(val_roc, Mapping):
+        return None
+    try:
+        t = np.asarray(val_roc["thresholds"], dtype=np.float64)
+        sens = np.asarray(val_roc["sensitivity"], dtype=np.float64)
+        spec = np.asarray(val_roc["specificity"], dtype=np.float64)
+        n_pos, n_neg = int(val_roc["n_pneumonia"]), int(val_roc["n_normal"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not len(t) or not (len(t) == len(sens) == len(spec)) or n_pos + n_neg <= 0:
+        return None
+    pos_ge = np.round(sens * n_pos)            # pneumonia images scoring >= each threshold
+    neg_ge = np.round((1 - spec) * n_neg)      # normal images scoring >= each threshold
+    pos = pos_ge - np.append(pos_ge[1:], 0)
+    neg = neg_ge - np.append(neg_ge[1:], 0)
+    # below the lowest stored threshold (a rank-spaced ROC): put the rest at the lowest value
+    pos[0] += n_pos - pos_ge[0]
+    neg[0] += n_neg - neg_ge[0]
+    pos, neg = np.clip(pos, 0, None), np.clip(neg, 0, None)
+    return {"values": t.tolist(), "counts": (pos + neg).tolist(), "counts_normal": neg.tolist(),
+            "counts_pneumonia": pos.tolist()}
+
+
+def _test(name: str, label: str, ref: np.ndarray, cur: np.ndarray, weights: np.ndarray | None = None,
+          alpha: float = ALPHA, min_effect: float = MIN_EFFECT) -> dict[str, Any]:
+    d, p = ks_2samp(ref, cur, weights)
+    n_ref = int(round(float(np.sum(weights)))) if weights is not None else len(ref)
+    ref_w = np.ones_like(ref) if weights is None else np.asarray(weights, dtype=np.float64)
+    return {"name": name, "what": label, "statistic": round(d, 4), "p_value": p, "n_reference": n_ref,
+            "n": int(len(cur)), "reference_median": _weighted_median(ref, ref_w), "median": float(np.median(cur)),
+            "shifted": bool(p < alpha and d > min_effect)}
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
+
+
+def compare(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None,
+            image_ref: Mapping[str, Any] | None, labels: Any | None = None, alpha: float = ALPHA,
+            min_effect: float = MIN_EFFECT) -> dict[str, Any]:
+    """A folder's scores (`probs`, (N,)) and decoded uint8 images (or their `image_statistics`;
+    None: scores only) against
+    the checkpoint's reference. Returns {"available", "tests": [...], "shifted", "warning",
+    "alpha", "min_effect", "note", ...}; each test: name, what, statistic (D), p_value,
+    n_reference, n, medians, shifted. With `labels` (eval), also the scores of each class
+    against that class on validation (information, not part of the warning)."""
+    probs = np.asarray(probs.numpy() if hasattr(probs, "numpy") else probs, dtype=np.float64).ravel()
+    result: dict[str, Any] = {"alpha": alpha, "min_effect": min_effect, "tests": [], "by_class": [],
+                              "test": "two-sample Kolmogorov-Smirnov, asymptotic p-value",
+                              "reference": "the checkpoint's validation split", "n": int(len(probs))}
+    scores = scores_from_roc(val_roc)
+    if scores is not None and len(probs):
+        values = np.asarray(scores["values"])
+        result["tests"].append(_test("scores", "P(pneumonia)", values, probs, np.asarray(scores["counts"]),
+                                     alpha, min_effect))
+        if labels is not None:
+            y = np.asarray(labels.numpy() if hasattr(labels, "numpy") else labels).ravel()
+            for cls, key in ((0, "counts_normal"), (1, "counts_pneumonia")):
+                w = np.asarray(scores[key])
+                if (y == cls).any() and w.sum() > 0:
+                    result["by_class"].append(_test("scores_" + ("normal" if cls == 0 else "pneumonia"),
+                                                    f"P(pneumonia) of {'NORMAL' if cls == 0 else 'PNEUMONIA'} images",
+                                                    values, probs[y == cls], w, alpha, min_effect))
+    unreadable = image_ref is not None and not _usable(image_ref)
+    if unreadable:
+        image_ref = None
+    current = None
+    if images is not None and image_ref and len(probs):
+        current = _statistics(images)
+        for key, label in IMAGE_QUANTITIES.items():
+            ref = np.asarray(image_ref.get(key) or [], dtype=np.float64)
+            if len(ref):
+                result["tests"].append(_test(key, label, ref, current[key], None, alpha, min_effect))
+        hist = current["histogram"].astype(np.float64)
+        result["histogram"] = (hist / max(hist.sum(), 1.0)).tolist()
+        result["reference_histogram"] = list(image_ref.get("histogram") or [])
+    result["available"] = bool(result["tests"])
+    result["images_compared"] = current is not None
+    if not result["available"]:
+        result["note"] = ("no reference in this checkpoint (it was never calibrated)" if scores is None
+                          else "no images to compare")
+    elif current is None:
+        result["note"] = ("scores only: the image statistics stored in this checkpoint are not readable"
+                          if unreadable else
+                          "scores only: this checkpoint stores no image statistics (calibrated before they were "
+                          "stored; python -m pneumonia.tools.calibrate CKPT adds them)" if not image_ref
+                          else "scores only")
+    shifted = [t for t in result["tests"] if t["shifted"]]
+    result["shifted"] = bool(shifted)
+    result["warning"] = warning_line(shifted, len(probs), alpha, min_effect) if shifted else None
+    return result
+
+
+def _usable(image_ref: Any) -> bool:
+    """Whether a stored image reference has the lists `compare` reads (finite numbers)."""
+    if not isinstance(image_ref, Mapping):
+        return False
+    for key in IMAGE_QUANTITIES:
+        values = image_ref.get(key)
+        if not isinstance(values, (list, tuple)) or not values \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in values):
+            return False
+    hist = image_ref.get("histogram")
+    return isinstance(hist, (list, tuple)) and all(isinstance(v, (int, float)) for v in hist)
+
+
+def warning_line(shifted: Sequence[Mapping[str, Any]], n: int, alpha: float = ALPHA,
+                 min_effect: float = MIN_EFFECT) -> str:
+    """One plain line naming what differs from the training hospital."""
+    parts = [f"{t['what']} (KS D={t['statistic']:.2f}, p={t['p_value']:.1e})" for t in shifted]
+    only_scores = all(t["name"] == "scores" for t in shifted)
+    why = (" (possibly only a different share of pneumonia)" if only_scores else "")
+    return (f"warning: these {n} images do not look like the training hospital's: {'; '.join(parts)} differ from "
+            f"the validation split{why} (p < {alpha:g} and D > {min_effect:g}); the stored threshold and the "
+            f"validation metrics may not hold here")
+
+
+# ---- the figure ---------------------------------------------------------------------------
+def shift_figure(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None,
+                 image_ref: Mapping[str, Any] | None, result: Mapping[str, Any]) -> Any:
+    """Empirical distribution functions of the scores and of the per-image statistics, the
+    folder against the validation split, and the pooled intensity histograms, for the same
+    inputs as `compare` gave `result` (a matplotlib Figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    probs = np.asarray(probs.numpy() if hasattr(probs, "numpy") else probs, dtype=np.float64).ravel()
+    tests = {t["name"]: t for t in result.get("tests", [])}
+    scores = scores_from_roc(val_roc)
+    current = _statistics(images) if images is not None and image_ref else None
+    panels: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]] = []
+    if scores is not None and "scores" in tests:
+        panels.append(("scores", np.asarray(scores["values"]), np.asarray(scores["counts"], dtype=np.float64), probs))
+    if current is not None and image_ref:
+        for key in IMAGE_QUANTITIES:
+            if key in tests:
+                panels.append((key, np.asarray(image_ref[key], dtype=np.float64), None, current[key]))
+    with_hist = current is not None and bool(image_ref and image_ref.get("histogram"))
+    n = max(1, len(panels) + with_hist)
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), squeeze=False)
+    for ax, (key, ref, weights, cur) in zip(axes[0], panels):
+        t = tests[key]
+        _ecdf(ax, ref, weights, "validation (training hospital)")
+        _ecdf(ax, cur, None, "this folder")
+        ax.set_title(f"{t['what']}\nD={t['statistic']:.2f}, p={t['p_value']:.1e}", fontsize=9)
+        ax.set_ylabel("cumulative share")
+        ax.legend(fontsize=7, loc="lower right")
+    if with_hist:
+        ax = axes[0][len(panels)]
+        ref = np.asarray(image_ref["histogram"], dtype=np.float64)
+        hist = current["histogram"].astype(np.float64)
+        edges = np.arange(len(ref)) * (256 / len(ref))
+        ax.step(edges, ref, where="post", label="validation (training hospital)")
+        ax.step(edges, hist / max(hist.sum(), 1.0), where="post", label="this folder")
+        ax.set_title("pixel intensities (pooled)", fontsize=9)
+        ax.set_xlabel("intensity (0-255)")
+        ax.set_ylabel("share of pixels")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _ecdf(ax: Any, values: np.ndarray, weights: np.ndarray | None, label: str) -> None:
+    if not len(values):
+        return
+    order = np.argsort(values)
+    w = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
+    cum = np.cumsum(w[order]) / w.sum()
+    ax.step(np.asarray(values)[order], cum, where="post", label=label)
+
+
+def write_shift(out_dir: Any, probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None,
+                image_ref: Mapping[str, Any] | None, labels: Any | None = None,
+                caveat: str | None = None) -> dict[str, Any]:
+    """`compare`, then shift.json and (when there is something to compare) shift.png in
+    `out_dir`; returns the result (with "figure": the PNG's name or None, and `caveat`: why
+    the scores may differ from validation's for another reason, e.g. TTA turned off)."""
+    import json
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    result = compare(probs, images, val_roc=val_roc, image_ref=image_ref, labels=labels)
+    image_ref = image_ref if image_ref is not None and _usable(image_ref) else None
+    result["caveat"] = caveat
+    result["figure"] = None
+    if result["available"]:
+        import matplotlib.pyplot as plt
+
+        fig = shift_figure(probs, images, val_roc=val_roc, image_ref=image_ref, result=result)
+        fig.savefig(out_dir / "shift.png", dpi=100)
+        plt.close(fig)
+        result["figure"] = "shift.png"
+    (out_dir / "shift.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def scoring_caveat(*, tta: bool, stored_tta: bool, temperature: float, stored_temperature: float) -> str | None:
+    """Why the scores compared may differ from the validation scores other than by the images:
+    scoring settings that differ from those the validation scores were computed with."""
+    parts = []
+    if tta != stored_tta:
+        parts.append(f"TTA {'on' if tta else 'off'} here, {'on' if stored_tta else 'off'} on validation")
+    if not math.isclose(temperature, stored_temperature, rel_tol=1e-6):
+        parts.append(f"temperature {temperature:g} here, {stored_temperature:g} on validation")
+    return ("the scores were computed differently from validation's (" + "; ".join(parts) + ")") if parts else None
