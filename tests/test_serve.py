@@ -181,3 +181,34 @@ def test_settings_are_refused_in_one_line_before_torch(tiny_checkpoint):
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], (args, res.stderr)
+
+
+def test_onnx_backend_answers_equal_predict_py_onnx(tiny_checkpoint, xray_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import csv
+
+    from pneumonia.export.runner import export
+    from pneumonia.runners.predict import predict
+
+    export(compose_cfg("export", [f"ckpt_path={tiny_checkpoint}", "verify=false"], tmp_path / "export"))
+    model = tmp_path / "export" / "model.onnx"
+    files = sorted((xray_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]
+    predict(compose_cfg("predict", ["backend=onnx", f"model_path={model}", f"inputs=[{','.join(map(str, files))}]",
+                                    "device=cpu"], tmp_path / "predict"))
+    with open(tmp_path / "predict" / "predictions.csv") as f:
+        expected = {Path(r["path"]).name: float(r["probability"]) for r in csv.DictReader(f)}
+    proc, url = start_server(f"model_path={model}", "serve.max_batch_size=1")
+    try:
+        info = httpx.get(url + "/info", headers=HEADERS).json()["model"]
+        assert info["model"]["backend"] == "onnx" and len(info["model"]["sha256"]) == 64
+        for path in files:
+            r = httpx.post(url + "/predict", files={"file": (path.name, path.read_bytes())}, headers=HEADERS)
+            assert r.status_code == 200, r.text
+            assert r.json()["probability"] == pytest.approx(expected[path.name], abs=1e-6)
+            assert r.json()["model"]["sha256"] == info["model"]["sha256"]
+        r = httpx.post(url + "/predict?gradcam=true", files={"file": (files[0].name, files[0].read_bytes())},
+                       headers=HEADERS)
+        assert r.status_code == 400 and "torch backend" in r.json()["error"]
+    finally:
+        stop_server(proc)
