@@ -201,23 +201,21 @@ def main() -> None:
                     rss_end = tree_rss_mb(proc.pid)
                     rows.append([backend, label, c, args.requests, f"{r['rps']:.1f}", f"{r['p50']:.1f}",
                                  f"{r['p95']:.1f}", f"{r['p99']:.1f}", r["errors"],
-                                 f"{rss_start:.0f} / {max(peak):.0f} / {rss_end:.0f}"])
+                                 f"{rss_start:.0f} / {max(peak):.0f} / {rss_end:.0f}", f"{os.getloadavg()[0]:.1f}"])
                     print(" | ".join(map(str, rows[-1])), flush=True)
             finally:
                 stop(proc)
-    from omegaconf import OmegaConf
-
     recipe = "default custom_cnn, 150 px gray, trained 1 epoch on synthetic data" if not args.ckpt else str(ckpt)
     write_result(
         "serve_load", title=f"serve.py under load: {recipe}; {len(files)} real X-ray JPEGs sent as multipart uploads",
         columns=["backend", "batching", "clients", "requests", "requests/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-                 "server RSS MB (start / peak / end)"],
+                 "server RSS MB (start / peak / end)", f"load avg, 1 min ({os.cpu_count()} cores)"],
         rows=rows,
         notes=("One worker process (serve.workers=1); clients are threads on the same machine, each sending its "
                "next request when the last is answered; latency is the client's (upload, decode, queue, score, "
-               "answer). " + args.note).strip(),
+               "answer). The load average at each row's end counts every process on the machine: above the "
+               "core count, the rows compete with other jobs and compare poorly. " + args.note).strip(),
         out_dir=Path(args.out) if args.out else None)
-    del OmegaConf
 
 
 if __name__ == "__main__":

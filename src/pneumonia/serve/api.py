@@ -19,6 +19,7 @@ becomes a `Problem` that rides through the batch and is answered alone with its 
 
 from __future__ import annotations
 
+import atexit
 import base64
 import binascii
 import io
@@ -87,7 +88,7 @@ def describe(scorer: Any) -> dict[str, Any]:
         validation = scorer.meta.get("validation") or {}
         method = (scorer.meta.get("threshold_method") or recipe.get("threshold_method"))
         prep = summary["preprocess"]
-        precision = "32-true"
+        precision = "int8 (QDQ)" if (scorer.meta.get("quantization") or {}).get("mode") == "int8" else "32-true"
     else:
         p = scorer.predictor
         summary, recipe = p.summary(), p.recipe
@@ -135,6 +136,7 @@ class PneumoniaAPI(ls.LitAPI):
         self.scorer = open_model(OmegaConf.create(self.cfg), self.settings.max_pixels)
         self.info = describe(self.scorer)
         self.tmp = tempfile.mkdtemp(prefix="pneumonia-serve-")  # mode 0700: request bytes stay private
+        atexit.register(shutil.rmtree, self.tmp, True)
         size, channels = int(self.info["preprocess"]["image_size"]), int(self.info["preprocess"]["channels"])
         self.scorer.predict_images(np.zeros((1, channels, size, size), np.uint8))  # warm up
 
