@@ -99,6 +99,7 @@ def load(url: str, files: list[tuple[str, bytes]], n: int, clients: int) -> dict
     import httpx
 
     latencies: list[float] = []
+    batches: list[int] = []  # the size of the batch each answer was scored in
     errors = 0
     lock = threading.Lock()
     counter = iter(range(n))
@@ -113,14 +114,19 @@ def load(url: str, files: list[tuple[str, bytes]], n: int, clients: int) -> dict
                     return
                 name, data = files[i % len(files)]
                 t0 = time.perf_counter()
+                size = 0
                 try:
-                    ok = http.post(url + "/predict", files={"file": (name, data)}).status_code == 200
-                except httpx.HTTPError:
+                    r = http.post(url + "/predict", files={"file": (name, data)})
+                    ok = r.status_code == 200
+                    size = r.json()["timing_ms"]["batch_size"] if ok else 0
+                except (httpx.HTTPError, ValueError, KeyError):
                     ok = False
                 dt = time.perf_counter() - t0
                 with lock:
                     latencies.append(dt)
                     errors += not ok
+                    if size:
+                        batches.append(size)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -129,7 +135,8 @@ def load(url: str, files: list[tuple[str, bytes]], n: int, clients: int) -> dict
     wall = time.perf_counter() - t0
     ms = np.asarray(latencies) * 1000
     return {"rps": n / wall, "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "errors": errors}
+            "p99": float(np.percentile(ms, 99)), "errors": errors,
+            "batch": float(np.mean(batches)) if batches else 0.0}
 
 
 def make_checkpoint(work: Path) -> Path:
@@ -199,7 +206,7 @@ def main() -> None:
                     done.set()
                     sampler.join()
                     rss_end = tree_rss_mb(proc.pid)
-                    rows.append([backend, label, c, args.requests, f"{r['rps']:.1f}", f"{r['p50']:.1f}",
+                    rows.append([backend, label, c, args.requests, f"{r['batch']:.1f}", f"{r['rps']:.1f}", f"{r['p50']:.1f}",
                                  f"{r['p95']:.1f}", f"{r['p99']:.1f}", r["errors"],
                                  f"{rss_start:.0f} / {max(peak):.0f} / {rss_end:.0f}", f"{os.getloadavg()[0]:.1f}"])
                     print(" | ".join(map(str, rows[-1])), flush=True)
@@ -208,7 +215,7 @@ def main() -> None:
     recipe = "default custom_cnn, 150 px gray, trained 1 epoch on synthetic data" if not args.ckpt else str(ckpt)
     write_result(
         "serve_load", title=f"serve.py under load: {recipe}; {len(files)} real X-ray JPEGs sent as multipart uploads",
-        columns=["backend", "batching", "clients", "requests", "requests/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+        columns=["backend", "batching", "clients", "requests", "mean batch", "requests/s", "p50 ms", "p95 ms", "p99 ms", "errors",
                  "server RSS MB (start / peak / end)", f"load avg, 1 min ({os.cpu_count()} cores)"],
         rows=rows,
         notes=("One worker process (serve.workers=1); clients are threads on the same machine, each sending its "
