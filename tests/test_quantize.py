@@ -44,6 +44,8 @@ def test_int8_model_is_quantized_and_within_its_bounds(int8_export):
     assert meta["sha256"] == sha256_file(out / "model.onnx")  # the int8 file, not the fp32 one
     assert q["fp32_sha256"] == sha256_file(out / "model.fp32.onnx") != meta["sha256"]
     assert (out / "model.onnx").stat().st_size < (out / "model.fp32.onnx").stat().st_size
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "quantized to int8" in card and "model.fp32.onnx" in card and "decisions agree with fp32" in card
 
 
 def test_onnx_backend_scores_the_int8_model_like_fp32(int8_export, tiny_checkpoint):
