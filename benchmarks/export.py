@@ -49,7 +49,10 @@ VARIANTS = {
     "ort_all_t2": "onnxruntime, all graph optimisations (NCHWc layout), 2 threads",
     "ort_all_t1": "onnxruntime, all graph optimisations, 1 thread",
     "ort_all_t0": "onnxruntime, all graph optimisations, default threads (= predict.py backend=onnx)",
+    "ort_int8_t2": "onnxruntime, int8 QDQ model (export.py quantize=int8's settings), all optimisations, 2 threads",
+    "ort_int8_t1": "onnxruntime, int8 QDQ model, all optimisations, 1 thread",
 }
+INT8_MODEL = "model.int8.onnx"
 
 
 def cpu_flags() -> str:
@@ -130,13 +133,15 @@ def worker(args: argparse.Namespace) -> None:
         from pneumonia.export.onnx_predictor import OnnxPredictor, sigmoid
 
         _, level, t = args.worker.split("_")
+        model_file = INT8_MODEL if level == "int8" else "model.onnx"
+        level = "all" if level == "int8" else level
         options = ort.SessionOptions()
         options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
         options.intra_op_num_threads = int(t[1:])
-        session = ort.InferenceSession(str(Path(args.model_dir) / "model.onnx"), sess_options=options,
+        session = ort.InferenceSession(str(Path(args.model_dir) / model_file), sess_options=options,
                                        providers=["CPUExecutionProvider"])
         name_in, name_out = meta["input"]["name"], meta["output"]["name"]
 
@@ -155,6 +160,29 @@ def worker(args: argparse.Namespace) -> None:
         "one_ms_windows": [round(1000 * w, 2) for w in per_one],
         "peak_rss_mb": peak_rss_mb(),
     }))
+
+
+def quantize_model(out: Path, meta: dict) -> None:
+    """model.int8.onnx beside model.onnx, with export.py quantize=int8's settings (QDQ, per-channel
+    int8 weights, uint8 activations, MinMax), calibrated on the synthetic batch: speed only (the
+    parity on validation images is export.py's own check)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    channels, size = meta["preprocess"]["channels"], meta["preprocess"]["image_size"]
+    batches = iter([images(16, channels, size).astype("float32") / 255 for _ in range(4)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            batch = next(batches, None)
+            return None if batch is None else {meta["input"]["name"]: batch}
+
+    quant_pre_process(str(out / "model.onnx"), str(out / "model.prep.onnx"))
+    quantize_static(str(out / "model.prep.onnx"), str(out / INT8_MODEL), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    print(f"quantized: {(out / INT8_MODEL).stat().st_size / 1e6:.1f} MB")
 
 
 def export_model(ckpt: str | None, out: Path) -> None:
@@ -220,13 +248,16 @@ def measure_imports(model_dir: Path, ckpt: str | None, runs: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default=None, help="a checkpoint (default: the original CNN, 150 px gray, random)")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if "int8" not in v], choices=list(VARIANTS))
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="batches per window at --batch")
     ap.add_argument("--steps-1", type=int, default=40, help="calls per window at batch 1")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="runs of every variant, round-robin; the quietest is kept")
+    ap.add_argument("--write-int8", action="store_true",
+                    help="write docs/results/onnx_int8_cpu.json from the ort_all_t* and ort_int8_t* rows")
+    ap.add_argument("--note", default="", help="added to the written table's notes")
     ap.add_argument("--imports", action="store_true", help="also time the imports and RSS of both predict paths")
     ap.add_argument("--import-runs", type=int, default=3)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -241,6 +272,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pneumonia-bench-export-") as tmp:
         model_dir = Path(tmp)
         export_model(args.ckpt, model_dir)
+        if any(v.startswith("ort_int8") for v in args.variants):
+            quantize_model(model_dir, json.loads((model_dir / "model.json").read_text()))
         model = args.ckpt or "CustomCNN(depth=5, in_channels=1, image_size=150), random weights"
         print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores; model: {model}")
         tick, cores = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
@@ -278,6 +311,23 @@ def main() -> None:
             print(f"| `{r['variant']}`: {VARIANTS[r['variant']]} | {r['threads']} | {r['batch_img_s']:.1f} | "
                   f"{vs(ref)} | {vs(bf16)} | {r['one_ms']:.2f} | {1000 / r['one_ms']:.0f} | {r['peak_rss_mb']:.0f} | "
                   f"{100 * r['others']:.0f}% |")
+        int8 = [r for r in rows if r["variant"].startswith("ort_int8")]
+        if int8 and args.write_int8:
+            sys.path.insert(0, str(ROOT / "benchmarks"))
+            from results import write_result
+
+            fp32 = {r["variant"].rsplit("_", 1)[1]: r for r in rows if r["variant"].startswith("ort_all_")}
+            table = []
+            for r in [*fp32.values(), *int8]:
+                ref32 = fp32.get(r["variant"].rsplit("_", 1)[1])
+                table.append([f"`{r['variant']}`", VARIANTS[r["variant"]], r["threads"], f"{r['batch_img_s']:.1f}",
+                              f"{r['batch_img_s'] / ref32['batch_img_s']:.2f}x" if ref32 else "-",
+                              f"{r['one_ms']:.2f}", f"{100 * r['others']:.0f}%"])
+            write_result("onnx_int8_cpu", title=f"onnxruntime fp32 against int8 (QDQ) on the CPU: {model}",
+                         columns=["variant", "what", "threads", f"batch {args.batch} img/s", "vs fp32, same threads",
+                                  "batch 1 ms", "others"], rows=table,
+                         notes=("Each variant in its own process, the quietest of --rounds rounds; 'others' is the "
+                                "CPU share other processes took during it. " + args.note).strip())
         if args.imports:
             results = measure_imports(model_dir, args.ckpt, args.import_runs)
             print("\n| predict path | import (s) | model load + 2 images (s) | peak RSS (MB) | torch imported |\n"

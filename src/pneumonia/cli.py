@@ -1,5 +1,5 @@
 """Console commands installed with the package (`pneumonia-train`, `pneumonia-eval`,
-`pneumonia-predict`, `pneumonia-export`, `pneumonia-app`): each runs the checkout's
+`pneumonia-predict`, `pneumonia-export`, `pneumonia-app`, `pneumonia-serve`): each runs the checkout's
 top-level script (train.py, ...) with its conf/, from any folder. Like the scripts, they
 read `data/chest_xray` and write `outputs/` relative to the folder they run in (give
 `data.root=` and `hydra.run.dir=` to choose), and the decoded-image cache goes to
@@ -45,3 +45,7 @@ def export() -> None:
 
 def app() -> None:
     _run("app.py")
+
+
+def serve() -> None:
+    _run("serve.py")

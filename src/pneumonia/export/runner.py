@@ -28,6 +28,14 @@ def _check(cfg: DictConfig) -> None:
         raise ConfigError(f"opset={cfg.opset!r} must be an integer >= {MIN_OPSET} (the dynamo exporter's lowest)")
     if not isinstance(cfg.verify, bool):
         raise ConfigError(f"verify={cfg.verify!r} must be true or false")
+    quantize = cfg.get("quantize")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"quantize={quantize!r} must be null (fp32) or int8")
+    if quantize and cfg.format != "onnx":
+        raise ConfigError("quantize=int8 needs format=onnx (onnxruntime quantizes ONNX models)")
+    n = cfg.get("calibration_images", 256)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"calibration_images={n!r} must be an integer >= 1")
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -53,14 +61,36 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     try:
         info = exporter.export_net(predictor, model_path, cfg.format, opset=int(cfg.opset))
         verification = exporter.verify(predictor, model_path, cfg.format) if cfg.verify else None
+        quantization = None
+        if cfg.get("quantize") == "int8":
+            from pneumonia.export.onnx_predictor import sha256_file
+            from pneumonia.export.quantize import quantize_int8
+
+            fp32_path = model_path.with_name("model.fp32.onnx")
+            model_path.replace(fp32_path)
+            quantization = quantize_int8(predictor, fp32_path, model_path, input_name=info["input"]["name"],
+                                         output_name=info["output"]["name"], data_root=cfg.get("data_root"),
+                                         calibration_images=int(cfg.get("calibration_images", 256)))
+            quantization["fp32_sha256"] = info["sha256"]
+            info = {**info, "sha256": sha256_file(model_path), "bytes": model_path.stat().st_size}
         meta = exporter.build_sidecar(predictor, cfg.format, info, verification=verification,
                                       threshold_precision=threshold_precision)
+        if quantization is not None:
+            meta["quantization"] = quantization
+            if quantization["parity"]["threshold_rechosen"]:
+                meta["threshold"] = quantization["parity"]["threshold"]
         (out_dir / SIDECAR_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         (out_dir / "MODEL_CARD.md").write_text(render_model_card(meta))
     except OSError as err:
         raise ExportError(f"cannot write into the output folder '{out_dir}' ({err.strerror or err})") from None
     check = (f"; checked against PyTorch eager at batch sizes {verification['batch_sizes']}: max |Δp| "
              f"{verification['max_abs_probability_difference']:.1e}" if verification else "")
-    print(f"Exported {cfg.ckpt_path} as {cfg.format} ({info['bytes'] / 1e6:.1f} MB{check})\n"
+    if quantization is not None:
+        parity = quantization["parity"]
+        change = parity["auroc_change"]
+        check += (f"; int8 against fp32 on {parity['images']} validation images: AUROC change "
+                  f"{'n/a' if change is None else f'{change:+.4f}'}, decisions agreeing {parity['agreement']:.1%}"
+                  + (f" (threshold chosen again: {parity['threshold']:.4f})" if parity["threshold_rechosen"] else ""))
+    print(f"Exported {cfg.ckpt_path} as {cfg.format}{' int8' if quantization else ''} ({info['bytes'] / 1e6:.1f} MB{check})\n"
           f"Written to {out_dir}: {model_path.name}, {SIDECAR_NAME}, MODEL_CARD.md")
     return meta

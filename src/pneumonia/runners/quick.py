@@ -15,12 +15,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.errors import UserError
+from pneumonia.errors import ConfigError, UserError
 
 # nodes built from their config without a `_target_` of their own: key -> class
 OWNERS = {
     "module": "pneumonia.models.classifier.PneumoniaClassifier",
     "data.augment": "pneumonia.data.augment.BatchAugment",
+    "serve": "pneumonia.serve.settings.ServeSettings",
 }
 # checked elsewhere, or typed looser than the class (pos_weight: "balanced" is resolved first)
 SKIP = {"module": ("pos_weight",)}
@@ -40,10 +41,23 @@ def quick_check(config_name: str, cfg: DictConfig) -> None:
         checks._int(cfg, "gallery_size", 0)
         checks._bool(cfg, "describe")
         checks.threshold_override(cfg.get("threshold"))
+    if config_name == "serve":
+        _check_serve(cfg)
     for key, node in _built_nodes(cfg):
         check_node(key, node)
     if config_name == "train":
         _check_root(cfg)
+
+
+def _check_serve(cfg: DictConfig) -> None:
+    """serve.py: one model source, a threshold in [0, 1], the thread count."""
+    from pneumonia.runners import checks
+
+    if bool(cfg.get("ckpt_path")) == bool(cfg.get("model_path")):
+        raise ConfigError("serve.py needs ckpt_path=<best.ckpt> (torch) or model_path=<export>/model.onnx (onnx), "
+                          "exactly one of them")
+    checks.threshold_override(cfg.get("threshold"))
+    checks._optional_int(cfg, "threads", 1)
 
 
 def _check_root(cfg: DictConfig) -> None:

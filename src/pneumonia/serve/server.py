@@ -1,0 +1,80 @@
+"""`serve(cfg)`: what `python serve.py ckpt_path=...` does.
+
+The model is opened once here first (`api.open_model`), so a missing or damaged checkpoint,
+an uncalibrated one or an export whose files do not belong together is one `error:` line
+before any worker starts; its description becomes `/info`. Then LitServe starts
+`serve.workers` worker processes, each loading the model in `PneumoniaAPI.setup`, behind
+`guard.RequestGuard` (API key, body limit, multipart → JSON) on `serve.host:serve.port`
+(127.0.0.1 by default). No client file is written and no telemetry is sent.
+"""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pneumonia.errors import ConfigError
+from pneumonia.serve.settings import ServeSettings, check_model_source
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def build(cfg: DictConfig) -> tuple[Any, ServeSettings]:
+    """The `LitServer` for `cfg` (not started) and its checked settings."""
+    import importlib.util
+
+    settings = ServeSettings.from_config(cfg.serve)
+    backend = check_model_source(cfg)
+    if importlib.util.find_spec("litserve") is None:
+        raise ConfigError("serve.py needs litserve, which is not installed here: pip install -e '.[serve]'")
+    import litserve as ls
+
+    from pneumonia.serve.api import PneumoniaAPI, describe, open_model
+    from pneumonia.serve.guard import RequestGuard
+
+    scorer = open_model(cfg, settings.max_pixels)
+    info = describe(scorer)
+    del scorer
+    gc.collect()
+    device = str(cfg.get("device") or "cpu")
+    accelerator = "cuda" if backend == "torch" and device.startswith("cuda") else "cpu"
+    info["server"] = {"max_batch_size": settings.max_batch_size, "batch_timeout": settings.batch_timeout,
+                      "workers": settings.workers, "max_file_mb": settings.max_file_mb,
+                      "max_megapixels": settings.max_megapixels, "gradcam": settings.gradcam and backend == "torch"}
+    server = ls.LitServer(PneumoniaAPI(cfg, settings), accelerator=accelerator, devices=1,
+                          workers_per_device=settings.workers, timeout=settings.timeout, model_metadata=info,
+                          middlewares=[(RequestGuard, {"settings": settings})])
+    return server, settings
+
+
+def serve(cfg: DictConfig) -> None:
+    server, settings = build(cfg)
+    port = settings.port or free_port(settings.host)
+    if not is_loopback(settings.host) and settings.api_key is None:
+        log.warning("serve.host=%s: the API is reachable from other machines without a key; set serve.api_key "
+                    "(or PNEUMONIA_SERVE_API_KEY), and put TLS in front of it", settings.host)
+    print(f"Serving on http://{settings.host}:{port}/predict (API docs: /docs, /info, /health); Ctrl-C stops it",
+          flush=True)
+    server.run(host=settings.host, port=port, num_api_servers=1, log_level=settings.log_level,
+               generate_client_file=False, api_server_worker_type="thread")
