@@ -230,7 +230,7 @@ def _build(folder: Path, paths: tuple[str, ...], preprocess: Preprocess, shape: 
             progress["bad"].extend(bad)
             progress["done"].append(chunk)  # after the rows were written
             record = json.dumps(progress)
-            atomic_write(progress_file, lambda tmp: tmp.write_text(record))
+            atomic_write(progress_file, lambda tmp, record=record: tmp.write_text(record))
             bar.update(stop - start)
     meta = {"format": CACHE_FORMAT, "shape": list(shape), "ok": ok.tolist(), "bad": sorted(progress["bad"]),
             "crc32": [progress["crc32"][str(c)] for c in range(_chunks(shape[0]))]}
