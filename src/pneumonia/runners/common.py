@@ -54,7 +54,7 @@ quiet_lightning_logs()
 
 def configure_torch(threads: int | None) -> None:
     """`threads` torch intra-op threads (null: torch's default, one per physical core)."""
-    if optional_int(threads, "threads", 1):
+    if threads := optional_int(threads, "threads", 1):
         torch.set_num_threads(threads)
 
 
