@@ -307,7 +307,7 @@ def main() -> None:
         print(f"\n| variant | threads | batch {args.batch} img/s | vs torch fp32 | vs torch bf16 | batch 1 ms | "
               f"batch 1 img/s | peak RSS (MB) | others |\n|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            vs = lambda other: f"{r['batch_img_s'] / other['batch_img_s']:.2f}x" if other else "-"  # noqa: E731
+            vs = lambda other, r=r: f"{r['batch_img_s'] / other['batch_img_s']:.2f}x" if other else "-"  # noqa: E731
             print(f"| `{r['variant']}`: {VARIANTS[r['variant']]} | {r['threads']} | {r['batch_img_s']:.1f} | "
                   f"{vs(ref)} | {vs(bf16)} | {r['one_ms']:.2f} | {1000 / r['one_ms']:.0f} | {r['peak_rss_mb']:.0f} | "
                   f"{100 * r['others']:.0f}% |")

@@ -165,13 +165,13 @@ def main(argv: list[str] | None = None) -> None:
                 bench.train_step(net, run, opt, b)  # the first step (compiles a compiled variant)
                 sync(device)
                 first_train = time.perf_counter() - t0
-                train_rate, train_ms, windows = bench.timed(lambda: bench.train_step(net, run, opt, b), b)
+                train_rate, train_ms, windows = bench.timed(lambda net=net, run=run, opt=opt, b=b: bench.train_step(net, run, opt, b), b)
                 net.eval()
                 t0 = time.perf_counter()
                 bench.eval_step(run, b)
                 sync(device)
                 first_eval = time.perf_counter() - t0
-                eval_rate, _, _ = bench.timed(lambda: bench.eval_step(run, b), b)
+                eval_rate, _, _ = bench.timed(lambda run=run, b=b: bench.eval_step(run, b), b)
                 compile_s[name] = round(first_train + first_eval, 1)
                 rows.append([b, variant, round(train_rate, 1), round(eval_rate, 1), round(train_ms, 3), windows,
                              compile_s[name] if variant != "eager" else None])

@@ -104,7 +104,7 @@ def test_scores_like_the_predictor_with_both_maps(service, tiny_checkpoint, imag
 def test_bad_and_hostile_files_become_rows_with_reasons(service, images, tmp_path, monkeypatch):
     folder = tmp_path / "upload"
     folder.mkdir()
-    good = shutil.copy(images[0], folder / "good.jpeg")
+    shutil.copy(images[0], folder / "good.jpeg")
     jpeg = next(p for p in images if p.suffix == ".jpeg").read_bytes()
     (folder / "truncated.jpeg").write_bytes(jpeg[: len(jpeg) // 2])
     (folder / "text.png").write_text("this is not an image\n")

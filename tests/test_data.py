@@ -1,7 +1,6 @@
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +138,7 @@ def test_disk_cache_is_memory_mapped_and_shared_by_readers(xray_root, tmp_path):
     assert cache_file.stat().st_size == 96 * 32 * 32
     in_memory = decode_images(files.paths, files.labels, Preprocess(32, 1))
     assert torch.equal(a.images, in_memory.images) and torch.equal(a.ok, in_memory.ok)
+    assert torch.equal(b.images, a.images)  # the second reader maps the same rows
     # another process reads the same cache (as a second run or a DDP rank would)
     import subprocess
     import sys

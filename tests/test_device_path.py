@@ -45,8 +45,8 @@ def test_device_resident_batches_equal_the_host_paths(xray_root, tmp_path):
     assert host.resident_split("train") is None  # the default (false) keeps the host path
     moved = resident.resident_split("train")
     assert moved is not None and resident.resident_split("val").images is moved.images  # one shared copy
-    for train in (True, False):
-        make = (lambda dm: dm.train_dataloader()) if train else (lambda dm: dm.val_dataloader())
+    for training in (True, False):
+        make = (lambda dm: dm.train_dataloader()) if training else (lambda dm: dm.val_dataloader())
         a, b = batches(make(host)), batches(make(resident))
         assert len(a) == len(b) >= 2
         for x, y in zip(a, b):

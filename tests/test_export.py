@@ -145,7 +145,7 @@ def test_onnx_backend_decodes_bit_identically_and_predicts_like_torch(exported, 
     gray = rng.integers(0, 256, (90, 70), dtype=np.uint8)
     Image.fromarray(gray).save(files / "gray.png")
     Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(files / "big_rgb.jpeg")  # draft()
-    Image.fromarray((gray.astype(np.uint16) * 200)).save(files / "wide16.png")
+    Image.fromarray(gray.astype(np.uint16) * 200).save(files / "wide16.png")
     Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), "RGBA").save(files / "alpha.png")
     write_dicom(files / "scan.dcm", gray.astype(np.uint16) * 16, photometric="MONOCHROME1")
     onnx_predictor = OnnxPredictor.from_model(exported["onnx"] / "model.onnx")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from pneumonia.data.cache import decode_images
 from pneumonia.data.decode import load_image
-from pneumonia.data.folder import find_inputs, scan_split, walk_images
+from pneumonia.data.folder import find_inputs, scan_split
 from pneumonia.data.pixels import TooManyPixels, header_size
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError, UserError
@@ -255,7 +255,7 @@ def test_app_refuses_a_dicom_whose_jpeg_is_larger_than_its_header(tiny_checkpoin
 def test_predict_skips_loops_pipes_and_huge_files_in_bounded_memory(tiny_checkpoint, big_files, tmp_path):
     folder = loop_folder(tmp_path / "scans")
     os.mkfifo(folder / "pipe.png")
-    for kind, path in big_files.items():
+    for path in big_files.values():
         os.symlink(path, folder / path.name)
     out = tmp_path / "out"
     # predict.py as a user runs it; its own peak RSS printed at the end

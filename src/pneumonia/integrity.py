@@ -27,7 +27,7 @@ def weights_digest(state_dict: dict[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().to("cpu").contiguous()
             digest.update(f"{t.dtype}{tuple(t.shape)}".encode() + b"\0")
-            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]  # numpy types its buffer protocol on Python >= 3.12 only
         else:
             digest.update(repr(value).encode() + b"\0")
     return digest.hexdigest()

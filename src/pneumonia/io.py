@@ -36,7 +36,7 @@ def disk_full(err: OSError, path: str | Path, needed: int | None = None, *, fold
                          f"elsewhere) and run again")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, needed: int | None = None) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, needed: int | None = None) -> None:
     """`write(tmp)` into a temporary file beside `path`, then rename it over `path`. A full
     disk is a `DiskFullError` (`needed`: the bytes the file takes, for its message), and
     leaves neither a temporary file nor a partial `path`."""

@@ -143,7 +143,8 @@ def check_values(hints: dict[str, Any], values: typing.Mapping[str, Any], prefix
 def hints_of(target: Any) -> dict[str, Any]:
     """The resolved annotations of a class's `__init__` (or a function); {} when they do not resolve."""
     try:
-        return typing.get_type_hints(target.__init__ if isinstance(target, type) else target, include_extras=True)
+        # mypy: "__init__ of an instance is unsound"; here target is a class and its own __init__ is meant
+        return typing.get_type_hints(target.__init__ if isinstance(target, type) else target, include_extras=True)  # type: ignore[misc]
     except Exception:  # annotations that do not resolve: the class checks its own arguments
         return {}
 
@@ -176,7 +177,7 @@ def _source_file(module: str) -> Path | None:
     top = module.split(".")[0]
     spec = sys.modules.get(top)
     if spec is not None and getattr(spec, "__file__", None):
-        root = Path(spec.__file__).parent.parent
+        root = Path(str(spec.__file__)).parent.parent
         for candidate in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
             if candidate.is_file():
                 return candidate

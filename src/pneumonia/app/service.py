@@ -217,7 +217,7 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def md_literal(text: str) -> str:
+def md_literal(text: object) -> str:
     """`text` (a file name, a reason) shown literally inside Markdown."""
     import html
 
@@ -356,7 +356,9 @@ class Service:
         from PIL import Image
 
         threshold = as_float32(threshold)
-        cam = result.cams[result.decision(threshold)].astype(np.float32)
+        decided = result.decision(threshold)
+        assert decided is not None and result.cams is not None and result.probability is not None  # a scored file
+        cam = result.cams[decided].astype(np.float32)
         drawn = overlay_image(result.image, cam, probability=result.probability, threshold=threshold,
                               title=result.name)
         square = Image.new("RGB", (max(drawn.size),) * 2, "white")  # galleries show square thumbnails
@@ -365,7 +367,9 @@ class Service:
 
     @staticmethod
     def caption(result: Result, threshold: float) -> str:
-        return f"{result.name}: P(pneumonia) {result.probability:.3f} \u2192 {CLASSES[result.decision(threshold)]}"
+        decided = result.decision(threshold)
+        assert decided is not None  # a scored file
+        return f"{result.name}: P(pneumonia) {result.probability:.3f} \u2192 {CLASSES[decided]}"
 
     @staticmethod
     def table(results: Sequence[Result], threshold: float) -> list[dict[str, Any]]:
@@ -408,7 +412,7 @@ class Service:
         validation ROC; without one, known only at the stored threshold (`val_report`)."""
         threshold = as_float32(threshold)
         report = self.predictor.recipe.get("val_report") or {}
-        counts = {}
+        counts: dict[str, Any] = {}
         if all(isinstance(report.get(k), (int, float)) for k in ("tn", "fp", "fn", "tp")):
             counts = {"n_pneumonia": int(report["fn"] + report["tp"]), "n_normal": int(report["tn"] + report["fp"])}
         if self.roc is not None:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -59,7 +59,7 @@ def check_command_line(config_name: str, script: str, argv: list[str] | None = N
         overrides = OverridesParser.create().parse_overrides(lines)
     except HydraException as err:
         _fail(f"cannot read the command line: {_first_line(err)}")
-    plain = [o.input_line for o in overrides if not o.is_sweep_override()]
+    plain = [cast(str, o.input_line) for o in overrides if not o.is_sweep_override()]  # parsed from a line
     trials = [plain]
     for o in overrides:
         if not o.is_sweep_override():

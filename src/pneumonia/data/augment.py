@@ -112,8 +112,8 @@ class BatchAugment:
         n = len(x)
         perm = torch.randperm(n, generator=generator)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        lam = np.random.default_rng(seed).beta(self.mixup, self.mixup, n)
-        lam = torch.from_numpy(np.maximum(lam, 1 - lam)).to(x.device, torch.float32, non_blocking=non_blocking)
+        draws = np.random.default_rng(seed).beta(self.mixup, self.mixup, n)
+        lam = torch.from_numpy(np.maximum(draws, 1 - draws)).to(x.device, torch.float32, non_blocking=non_blocking)
         perm = perm.to(x.device, non_blocking=non_blocking)
         mixed = x * lam.view(n, *([1] * (x.ndim - 1))).to(x.dtype) \
             + x[perm] * (1 - lam).view(n, *([1] * (x.ndim - 1))).to(x.dtype)

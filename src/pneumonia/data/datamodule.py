@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import lightning as L
 import torch
@@ -29,6 +29,9 @@ from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
 from pneumonia.data.stress import StressImages, StressSettings, validation_images
 from pneumonia.signature import Ge, Gt, Lt, MinLen, check_arguments
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class ChestXrayDataModule(L.LightningDataModule):
     When `val/` is missing or has fewer than `min_val_images` images (the official one
     has 16), validation is carved out of `train/` by patient: see `patients.py`.
     """
+
+    hparams: AttributeDict  # Lightning's property, typed AttributeDict | MutableMapping
 
     def __init__(
         self,

@@ -69,6 +69,6 @@ def from_pil(img: Image.Image, image_size: int, channels: int) -> np.ndarray:
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
     img = img.convert("L" if channels == 1 else "RGB")
-    img = img.resize((image_size, image_size), Image.BILINEAR)
+    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     arr = np.array(img, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)

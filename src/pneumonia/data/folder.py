@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 from pneumonia import CLASSES
 from pneumonia.data.dicom import is_dicom
@@ -192,6 +193,10 @@ def walk_images(folder: str | Path) -> list[str]:
     return walk.files
 
 
+@overload
+def scan_split(root: str | Path, split: str, *, required: Literal[True] = ...) -> SplitFiles: ...
+@overload
+def scan_split(root: str | Path, split: str, *, required: bool) -> SplitFiles | None: ...
 def scan_split(root: str | Path, split: str, *, required: bool = True) -> SplitFiles | None:
     """Image files of `root/split`; None if the split is absent and not `required`."""
     root = Path(root).expanduser()

@@ -35,7 +35,7 @@ class IndexedImages(Dataset):
         """Bytes of the images, labels and indices (what moving them to a device costs)."""
         return sum(t.numel() * t.element_size() for t in (self.images, self.labels, self.indices))
 
-    def to(self, device: torch.device | str, moved: dict[int, torch.Tensor] | None = None) -> "IndexedImages":
+    def to(self, device: torch.device | str, moved: dict[int, torch.Tensor] | None = None) -> IndexedImages:
         """The same split with its tensors on `device`. `moved` maps id(host tensor) to its
         device copy, so that splits sharing one decoded tensor (train and a validation split
         carved out of it) share one device copy too."""

@@ -19,7 +19,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pneumonia.ensemble.members import (
     SUMMARY_KEYS,
@@ -95,7 +95,7 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
         module = PneumoniaClassifier(**settings)  # builds the net from the spec alone, as the Predictor will
     for i, m in enumerate(members):
         try:
-            module.net.members[i].load_state_dict(ckpt_format.net_state(m.ckpt))
+            cast(Any, module.net).members[i].load_state_dict(ckpt_format.net_state(m.ckpt))  # the Ensemble
         except RuntimeError as err:
             raise EnsembleError(f"'{m.path}': the weights do not fit the network it names "
                                 f"({str(err).strip().splitlines()[0]})") from None
@@ -125,7 +125,7 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
         ckpt_format.new_checkpoint(
             ckpt_path, state_dict=module.state_dict(), module_settings=settings, data_settings=data,
             ensemble={"combine": combine, "members": described})
-        trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+        trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,  # type: ignore[arg-type]  # a precision string the config checks; Lightning types it as Literals
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             use_distributed_sampler=False)
         _, val_report = calibrate_threshold(trainer, datamodule, str(ckpt_path), threshold, out_dir,
@@ -157,7 +157,7 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
 
 def members_table(summary: dict[str, Any]) -> str:
     """The members' validation AUROC, accuracy and threshold beside the ensemble's."""
-    rows = [("member", "seed", "AUROC", "accuracy", "F1", "threshold")]
+    rows: list[tuple[str, ...]] = [("member", "seed", "AUROC", "accuracy", "F1", "threshold")]
     for i, m in enumerate(summary["members"]):
         v = m["val"]
         rows.append((f"{i}: {_short(m['checkpoint'])}", str(m["seed"]), *(_fmt(v.get(k)) for k in

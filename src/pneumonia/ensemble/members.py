@@ -151,7 +151,7 @@ def _recipe(path: Path, ckpt: dict[str, Any]) -> dict[str, dict[str, Any]]:
     calibration = ckpt_format.calibration(ckpt)
     recipe: dict[str, dict[str, Any]] = {}
     for group, defaults in RECIPE_DEFAULTS.items():
-        given = config.get(group) if isinstance(config.get(group), dict) else {}
+        given: dict[str, Any] = config[group] if isinstance(config.get(group), dict) else {}
         recipe[group] = {k: given[k] if k in given and not _interpolation(given[k]) else v
                          for k, v in defaults.items()}
     if not config:  # a bare checkpoint: what calibration stored

@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from pneumonia.config.plain import to_dict
 from pneumonia.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         target.unlink(missing_ok=True)  # derived from the members: built again
     summary = build_ensemble(
         paths, run_dir, combine=combine,
-        threshold=OmegaConf.to_container(cfg.threshold, resolve=True),
-        calibration=OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None,
-        intervals=OmegaConf.to_container(cfg.intervals, resolve=True) if cfg.get("intervals") else None,
+        threshold=to_dict(cfg.threshold, resolve=True),
+        calibration=to_dict(cfg.calibration, resolve=True) if cfg.get("calibration") else None,
+        intervals=to_dict(cfg.intervals, resolve=True) if cfg.get("intervals") else None,
         accelerator=str(cfg.trainer.get("accelerator", "auto")), monitor=str(cfg.monitor))
     log.info("%s", members_table(summary))
     val_metrics = json.loads((run_dir / "val_metrics.json").read_text())

@@ -20,7 +20,7 @@ from pneumonia.evaluation import statistics as st
 log = logging.getLogger(__name__)
 
 SENSITIVITY_TARGETS = (0.90, 0.95, 0.99)
-SUBTYPES = {"bacteria": "bacterial pneumonia", "virus": "viral pneumonia"}
+SUBTYPES: dict[str | None, str] = {"bacteria": "bacterial pneumonia", "virus": "viral pneumonia"}
 
 
 # ---- names --------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def evaluation_summary(probs: Any, labels: Any, threshold: float, paths: Sequenc
               "fn": int((~pred & (y == 1)).sum()), "tn": int((~pred & (y == 0)).sum())}
     meta["zero_width"] = zero_width_bounds({**counts, **st.point_metrics(p, y, threshold)}, ci)
     before = probabilities_before_temperature(probs, temperature) if temperature != 1.0 else None
-    out = {
+    out: dict[str, Any] = {
         "ci95": ci,
         "bootstrap": meta,
         "calibration": calibration_summary(probs, labels, bins=bins, temperature=temperature, probs_before=before),

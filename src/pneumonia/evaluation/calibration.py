@@ -4,13 +4,16 @@ chooses the threshold and stores it in the checkpoint is `pneumonia.runners.cali
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 
 from pneumonia.evaluation import statistics as st
 from pneumonia.evaluation.threshold import check_threshold_settings
+
+if TYPE_CHECKING:
+    from pneumonia.data.datamodule import ChestXrayDataModule
 
 CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS = st.CALIBRATION_DEFAULTS, st.INTERVAL_DEFAULTS
 
@@ -35,10 +38,11 @@ def check_settings(calibration: dict[str, Any] | None, interval_settings: dict[s
             raise ConfigError(f"{key}={value!r} must be an integer >= {low}")
 
 
-def predict_logits(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule,
+def predict_logits(trainer: L.Trainer, module: L.LightningModule, datamodule: ChestXrayDataModule,
                    split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probabilities, labels, indices, logits) of `split`, through the module's own device path."""
     datamodule.predict_split = split
     batches = trainer.predict(module, datamodule=datamodule)
+    assert batches is not None  # return_predictions defaults to true
     probs, labels, indices, logits = (torch.cat(t) for t in zip(*batches))
     return probs, labels, indices, logits

@@ -49,7 +49,7 @@ def _curve_figure(x: torch.Tensor, y: torch.Tensor, *, label: str | None, chance
         ax.plot([px], [py], ls="none", marker=_MARKERS[i % len(_MARKERS)], ms=8 if i == 0 else 6,
                 mfc="red" if i == 0 else "none", mec="red" if i == 0 else "black", label=plabel, zorder=3)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(loc=legend_loc, fontsize=7 if points else None)
+    ax.legend(loc=legend_loc, fontsize=7 if points else None)  # type: ignore[call-overload]  # matplotlib types loc as Literals
     fig.tight_layout()
     return fig
 

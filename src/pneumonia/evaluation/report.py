@@ -53,7 +53,7 @@ def png_data_uri(path: str | Path) -> str:
 def _template() -> Any:
     import jinja2
 
-    text = resources.files("pneumonia.evaluation").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
+    text = resources.files("pneumonia.evaluation").joinpath("templates").joinpath(TEMPLATE).read_text(encoding="utf-8")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
     env.filters["fmt"] = fmt

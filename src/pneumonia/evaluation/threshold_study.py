@@ -171,7 +171,7 @@ def study_scores(probs: Any, labels: Any, logits: Any | None = None, groups: Seq
             "_split_half_balanced_accuracy": held_out["balanced_accuracy"],  # per split, for pairwise comparisons
         }
     base = out[rules[0][0]]["_split_half_balanced_accuracy"]
-    for name, r in out.items():
+    for r in out.values():
         diff = r.pop("_split_half_balanced_accuracy") - base
         r["split_half"]["vs_first_rule"] = {"rule": rules[0][0], "mean_difference": float(np.nanmean(diff)),
                                            "better": float(np.mean(diff > 0)), "worse": float(np.mean(diff < 0))}

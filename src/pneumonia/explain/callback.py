@@ -4,7 +4,7 @@ model looks as it learns (`callbacks.gradcam.num_images=0` or `callbacks.gradcam
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -38,7 +38,7 @@ class GradCamImages(L.Callback):
                 or trainer.current_epoch % self.every_n_epochs):
             return
         tensorboards = tensorboard_loggers(trainer.loggers)
-        datamodule = getattr(trainer, "datamodule", None)
+        datamodule: Any = getattr(trainer, "datamodule", None)
         data = getattr(datamodule, "splits", {}).get("val")
         if not tensorboards or data is None:
             return
@@ -51,8 +51,8 @@ class GradCamImages(L.Callback):
 
         images = data.images[self._chosen]
         x = datamodule.preprocess.to_input(images.to(pl_module.device))
-        threshold = float(pl_module.threshold)
-        maps, probs = gradcam(pl_module.net, x, threshold=threshold)
+        threshold = float(cast(torch.Tensor, pl_module.threshold))  # a PneumoniaClassifier's buffer
+        maps, probs = gradcam(cast(torch.nn.Module, pl_module.net), x, threshold=threshold)
         items = [{"image": images[i].numpy(), "cam": maps[i].cpu().numpy(), "probability": float(probs[i]),
                   "prediction": int(probs[i] >= threshold), "label": int(data.labels[self._chosen[i]])}
                  for i in range(len(images))]

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: runs on servers and in CI without a display
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
@@ -130,7 +131,7 @@ def overlay_image(image: Any, cam: Any | None, *, probability: float, threshold:
     """
     gray = _gray(image)
     side = size - 20
-    base = Image.fromarray((gray * 255).round().astype(np.uint8), "L").resize((side, side), Image.BILINEAR)
+    base = Image.fromarray((gray * 255).round().astype(np.uint8), "L").resize((side, side), Image.Resampling.BILINEAR)
     rgb = np.asarray(base.convert("RGB"), dtype=np.float32) / 255.0
     if cam is not None:
         c = _resized_cam(cam, (side, side))
@@ -190,7 +191,9 @@ def gallery_figure(items: Sequence[Mapping[str, Any]], *, columns: int = 4) -> p
     rows = math.ceil(len(items) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.8 * rows), dpi=100, squeeze=False,
                              layout="constrained")
-    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - 0.12 / rows))  # constrained layout clips the top titles
+    engine = fig.get_layout_engine()
+    assert isinstance(engine, ConstrainedLayoutEngine)  # layout="constrained"
+    engine.set(rect=(0, 0, 1, 1 - 0.12 / rows))  # constrained layout clips the top titles
     for ax in axes.flat[len(items):]:
         ax.axis("off")
     for ax, item in zip(axes.flat, items):

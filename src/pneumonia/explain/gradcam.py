@@ -30,7 +30,7 @@ shows all of them, each fainter.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
@@ -154,7 +154,7 @@ def _ensemble_gradcam(net: nn.Module, ensemble: nn.Module, x: torch.Tensor, *, l
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean of the members' maps for the ensemble's decisions, and the ensemble's
     probabilities (`net`: the ensemble or what wraps it, e.g. with its temperature)."""
-    members = list(ensemble.members)
+    members = list(cast(nn.ModuleList, ensemble.members))
     if layer is None:
         layers: list[nn.Module | None] = [None] * len(members)
     elif isinstance(layer, nn.Module) or len(layer) != len(members):

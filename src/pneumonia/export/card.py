@@ -23,7 +23,7 @@ def render_model_card(meta: dict[str, Any]) -> str:
     """The model card of the export that `meta` (the model.json dict) describes."""
     import jinja2
 
-    text = resources.files("pneumonia.export").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
+    text = resources.files("pneumonia.export").joinpath("templates").joinpath(TEMPLATE).read_text(encoding="utf-8")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                              lstrip_blocks=True, autoescape=False)
     env.filters["fmt"] = fmt

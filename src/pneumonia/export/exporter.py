@@ -51,7 +51,7 @@ def exportable(predictor: Predictor) -> Logits:
     behind the preset's input normalisation (`data.normalize`; identity for `none`): the
     graph takes uint8 / 255, whatever the recipe normalised."""
     net = nn.Sequential(predictor.preprocess.normalizer(), copy.deepcopy(predictor.net))
-    net = net.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
+    net = net.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]  # torch's stubs: no memory_format= beside a device and dtype; Module.to takes it
     return Logits(net).eval()
 
 
@@ -94,6 +94,7 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: in
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"torch.onnx.export (dynamo) failed at opset {opset}: {first[:300]}") from err
+    assert program is not None  # dynamo=True returns an ONNXProgram
     model = program.model_proto
     model.doc_string = ("Pneumonia classifier: input 'image' float32 (batch, C, S, S) in [0, 1], output 'logit' "
                         "(batch,); sigmoid(logit) = P(PNEUMONIA). See model.json.")

@@ -30,7 +30,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -166,7 +166,7 @@ class Predictor:
             raise ckpt_format.CheckpointError(f"'{path}': the weights do not fit the network it names ({first})") \
                 from None
         calibration = ckpt_format.calibration(ckpt)
-        chosen = ckpt_format.threshold(ckpt) if threshold is None else threshold_override(threshold)
+        chosen = ckpt_format.threshold(ckpt) if threshold is None else cast(float, threshold_override(threshold))
         stored_temperature = ckpt_format.temperature(ckpt)
         temp = stored_temperature if temperature is None else temperature
         stored_tta = bool(data_hp.get("tta", False))

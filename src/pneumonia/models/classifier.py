@@ -14,12 +14,12 @@ checkpoint loads with `torch.load(weights_only=True)` and cannot run code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAUROC
 
 from pneumonia.config.instantiate import instantiate
@@ -29,12 +29,22 @@ from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.integrity import seal
 from pneumonia.models import build_net
 
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
+
 PHASES = ("train", "val", "test")
 # `module.compile`: false, true (= torch.compile's default mode) or one of torch.compile's modes
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class PneumoniaClassifier(L.LightningModule):
+    hparams: AttributeDict  # Lightning's property, typed AttributeDict | MutableMapping
+    # buffers and metric collections registered in __init__
+    threshold: torch.Tensor
+    pos_weight: torch.Tensor
+    val_metrics: MetricCollection
+    test_metrics: MetricCollection
+
     def __init__(
         self,
         net: dict[str, Any],
@@ -121,7 +131,7 @@ class PneumoniaClassifier(L.LightningModule):
         pending = self._pending.get(phase)
         if not pending:
             return
-        probs, labels, losses, sizes = zip(*pending)
+        probs, labels, losses, sizes = cast(Any, zip(*pending))  # tuples, each concatenated below
         probs, labels, losses = torch.cat(probs), torch.cat(labels), torch.cat(losses)
         weights = torch.tensor(sizes, dtype=losses.dtype).to(losses.device, non_blocking=True)
         pending.clear()
@@ -202,7 +212,7 @@ class PneumoniaClassifier(L.LightningModule):
             return
         scalars, _ = split_confmat(self.val_stress_metrics.compute(), "val_stress/")
         self.val_stress_metrics.reset()
-        for name, auroc in zip(self._stress_names, self.val_stress_auroc):
+        for name, auroc in zip(self._stress_names, cast("list[BinaryAUROC]", self.val_stress_auroc)):
             if auroc.update_called:
                 scalars[f"val_stress/{name}/auroc"] = float(auroc.compute())
             auroc.reset()
@@ -222,10 +232,10 @@ class PneumoniaClassifier(L.LightningModule):
 
     def _gather_varlen(self, t: torch.Tensor) -> torch.Tensor:
         """all_gather for shards of different lengths (pad, gather, cut)."""
-        sizes = self.all_gather(torch.tensor(len(t), device=self.device)).flatten().tolist()
+        sizes = cast(torch.Tensor, self.all_gather(torch.tensor(len(t), device=self.device))).flatten().tolist()
         padded = torch.zeros(max(sizes), dtype=t.dtype, device=self.device)
         padded[: len(t)] = t.to(self.device)
-        gathered = self.all_gather(padded).reshape(len(sizes), -1).cpu()
+        gathered = cast(torch.Tensor, self.all_gather(padded)).reshape(len(sizes), -1).cpu()
         return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
     def _log_epoch(self, phase: str) -> None:

@@ -78,7 +78,7 @@ class Ensemble(nn.Module):
         return f"combine={self.combine!r}, temperatures={list(self.temperatures)}"
 
 
-def find_ensemble(net: nn.Module) -> Ensemble | None:
+def find_ensemble(net: nn.Module | None) -> Ensemble | None:
     """The `Ensemble` in `net` or behind its `.net` wrappers (`TemperatureScaled`, a
     LightningModule, the export's `Logits`), else None."""
     seen = 0

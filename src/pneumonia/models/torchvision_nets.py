@@ -84,12 +84,14 @@ def gray_conv(conv: nn.Conv2d) -> nn.Conv2d:
     exactly (the usual way to reuse ImageNet weights on gray inputs)."""
     if conv.in_channels != 3 or conv.groups != 1:
         raise ValueError(f"gray_conv needs an RGB conv with groups=1, got {conv}")
-    gray = nn.Conv2d(1, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                     dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+    # torch types a Conv2d's kernel_size, stride, padding and dilation as tuple[int, ...]
+    gray = nn.Conv2d(1, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,  # type: ignore[arg-type]
+                     dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,  # type: ignore[arg-type]
                      device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         gray.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
         if conv.bias is not None:
+            assert gray.bias is not None  # bias=True above
             gray.bias.copy_(conv.bias)
     return gray
 
@@ -172,6 +174,9 @@ class TorchvisionNet(nn.Module):
     dropout: before the output layer (torchvision's heads: 0 for ResNet/DenseNet, 0.2 for EfficientNet).
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(
         self,
         arch: str = "resnet18",
@@ -237,7 +242,7 @@ class TorchvisionNet(nn.Module):
         return f"arch={self.arch}, in_channels={self.in_channels}, weights={self.weights}"
 
 
-def _stages(arch: str, model: nn.Module) -> tuple[nn.Sequential, int]:
+def _stages(arch: str, model: Any) -> tuple[nn.Sequential, int]:  # model: torchvision's, its parts differ by arch
     """torchvision's conv stages as one `nn.Sequential` ending in the activation its head
     pools, and the number of channels of that activation."""
     if arch == "resnet18":

@@ -19,6 +19,7 @@ image itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ class TTA(nn.Module):
     @property
     def features(self) -> nn.Module:
         """The network's conv blocks (Grad-CAM looks for them on a wrapper's `.net`)."""
-        return self.net.features
+        return cast(nn.Module, self.net.features)
 
     def _variant(self, x: torch.Tensor, scale: float, dx: float, dy: float) -> torch.Tensor:
         # output -> input coordinates in [-1, 1]: a zoom by `scale` about the centre, then a

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -25,10 +25,13 @@ from pneumonia.evaluation.threshold import choose_threshold, roc_points, rule_op
 from pneumonia.inference import Predictor
 from pneumonia.inference.checkpoint import store_calibration
 
+if TYPE_CHECKING:
+    from pneumonia.data.datamodule import ChestXrayDataModule
+
 log = logging.getLogger(__name__)
 
 
-def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, ckpt_path: str,
+def calibrate_threshold(trainer: L.Trainer, datamodule: ChestXrayDataModule, ckpt_path: str,
                         settings: dict[str, Any], out_dir: Path, calibration: dict[str, Any] | None = None,
                         interval_settings: dict[str, Any] | None = None) -> tuple[L.LightningModule, dict[str, Any]]:
     """Fit the temperature (when `calibration["temperature"]`), then choose the threshold on
@@ -54,7 +57,7 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: L.LightningDataModule, c
     threshold = choose_threshold(probs, labels, logits=scaled_logits, **rule)
     paths = [datamodule.paths["val"][i] for i in indices.tolist()]
     at_half = report(probs, labels, 0.5)
-    chosen = report(probs, labels, threshold)
+    chosen: dict[str, Any] = report(probs, labels, threshold)
     chosen["ci95"], meta = intervals(probs, labels, threshold, paths, resamples=int(boot["resamples"]),
                                      seed=int(boot["seed"]))
     calib = calibration_summary(probs.numpy(), labels.numpy(), bins=int(cal["ece_bins"]),
@@ -102,8 +105,10 @@ def run_settings(ckpt_path: Path) -> dict[str, Any]:
     when there is none."""
     from omegaconf import OmegaConf
 
+    from pneumonia.config.plain import to_dict
+
     config = ckpt_path.parent.parent / ".hydra" / "config.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=False) if config.is_file() else {}
+    cfg = to_dict(OmegaConf.load(config), resolve=False) if config.is_file() else {}
     trainer = cfg.get("trainer") or {}
     precision = trainer.get("precision")
     return {"threshold": cfg.get("threshold") or {}, "calibration": cfg.get("calibration"),
@@ -129,7 +134,7 @@ def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelera
     settings["bad_image_report"] = None
     datamodule = ChestXrayDataModule(**settings)
     datamodule.check_layout(("fit",))
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=run["precision"] or auto_precision(accelerator),
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=run["precision"] or auto_precision(accelerator),  # type: ignore[arg-type]  # a precision string the config checks; Lightning types it as Literals
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     out_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent

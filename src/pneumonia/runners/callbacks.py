@@ -7,7 +7,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -76,7 +76,7 @@ class FiniteLossGuard(L.Callback):
             self._raise(trainer, f"at epoch {trainer.current_epoch}, {span}")
 
     def _raise(self, trainer: L.Trainer, where: str) -> None:
-        saved = [Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+        saved = [Path(d) / "last.ckpt" for d in (getattr(c, "dirpath", None) for c in trainer.checkpoint_callbacks) if d]
         ckpt = next((p for p in saved if p.is_file()), None)
         last_good = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
         raise NonFiniteLossError(
@@ -172,7 +172,7 @@ class StochasticWeightAveraging(_LightningSWA):
                  annealing_strategy: str = "cos", device: str | None = None, keep_pre_swa: bool = True) -> None:
         key = "callbacks.swa"
         several = isinstance(swa_lrs, Sequence) and not isinstance(swa_lrs, str)  # a list (or ListConfig)
-        lrs = list(swa_lrs) if several else [swa_lrs]
+        lrs: list[Any] = list(cast(Sequence[Any], swa_lrs)) if several else [swa_lrs]
         if not lrs or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")
                           for v in lrs):
             raise ConfigError(f"{key}.swa_lrs={swa_lrs!r} must be a positive number (or a list of them, one per "
@@ -197,7 +197,7 @@ class StochasticWeightAveraging(_LightningSWA):
             raise ConfigError(f"{key}.keep_pre_swa={keep_pre_swa!r} must be true or false")
         super().__init__(swa_lrs=lrs if several else lrs[0],
                          swa_epoch_start=swa_epoch_start, annealing_epochs=annealing_epochs,
-                         annealing_strategy=annealing_strategy, device=device)
+                         annealing_strategy=cast(Literal["cos", "linear"], annealing_strategy), device=device)
         self.keep_pre_swa = keep_pre_swa
         self._pre_swa_kept = False
         self._saving_epoch: int | None = None  # set while on_train_end saves the averaged weights
@@ -226,6 +226,7 @@ class StochasticWeightAveraging(_LightningSWA):
         if self._pre_swa_kept or not self.keep_pre_swa or cb is None or not cb.best_model_path:
             return
         self._pre_swa_kept = True
+        assert cb.dirpath is not None  # _best_checkpoint: one with a dirpath
         if trainer.is_global_zero and Path(cb.best_model_path).is_file():
             source = Path(cb.best_model_path)  # copied under a temporary name, then renamed (a full disk: one line)
             atomic_write(Path(cb.dirpath) / self.PRE_SWA_NAME, lambda tmp: shutil.copy2(source, tmp),
@@ -251,7 +252,7 @@ class StochasticWeightAveraging(_LightningSWA):
         if finished and not self._model_contains_batch_norm:
             self._add_last_epoch(trainer, pl_module)  # then Lightning moves the average into the module
         super().on_train_end(trainer, pl_module)
-        if trainer.fast_dev_run:
+        if trainer.fast_dev_run:  # type: ignore[attr-defined]  # set on the Trainer by Lightning's connectors, not declared
             return
         if not finished:
             log.warning("callbacks.swa: the run ended at epoch %d, before the weight averaging finished (epoch %d): "
@@ -262,6 +263,7 @@ class StochasticWeightAveraging(_LightningSWA):
             log.warning("callbacks.swa: no checkpoint callback with a monitor: the averaged weights are not saved")
             return
         self._keep_pre_swa(trainer)
+        assert cb.dirpath is not None and cb.monitor is not None  # _best_checkpoint: one with both
         path = cb.best_model_path or cb.format_checkpoint_name({})
         score = trainer.callback_metrics.get(cb.monitor) if self._model_contains_batch_norm else None
         score = score.detach().clone().cpu() if isinstance(score, torch.Tensor) else None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pneumonia.config.plain import to_dict
 from pneumonia.errors import ConfigError
 from pneumonia.hardware import cuda_available, no_gpu_visible
 from pneumonia.validators import optional_int, threshold_override
@@ -74,7 +75,7 @@ def stress_metrics(cfg: DictConfig) -> tuple[str, ...]:
     from pneumonia.data.stress import StressSettings
     from pneumonia.evaluation import METRIC_NAMES
 
-    names = StressSettings.from_config(OmegaConf.to_container(stress, resolve=True)).names
+    names = StressSettings.from_config(to_dict(stress, resolve=True)).names
     return (*(f"val_stress/{m}" for m in METRIC_NAMES), *(f"val_stress/{n}/auroc" for n in names))
 
 
@@ -175,10 +176,10 @@ def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
     from pneumonia.models.classifier import PneumoniaClassifier
     from pneumonia.models.torchvision_nets import TorchvisionNet, fetch_weights
 
-    module = {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "pos_weight"}
+    module = {k: v for k, v in to_dict(cfg.module, resolve=True).items() if k != "pos_weight"}
     check_arguments("module", module, PneumoniaClassifier)
     with weights_from_checkpoint():
-        PneumoniaClassifier(net=OmegaConf.to_container(cfg.model, resolve=True), **module)
+        PneumoniaClassifier(net=to_dict(cfg.model, resolve=True), **module)
     if target is TorchvisionNet:
         fetch_weights(cfg.model.arch, cfg.model.get("weights"))
     # the DataModule's constructor checks data.* (no decoding); train() goes on with this one
@@ -201,7 +202,7 @@ def check_eval_config(cfg: DictConfig) -> None:
         _bool(cfg, "data.download")
     threshold_override(cfg.get("threshold"))
     check_settings({"ece_bins": cfg.get("ece_bins", CALIBRATION_DEFAULTS["ece_bins"])},
-                   OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
+                   to_dict(cfg.intervals) if cfg.get("intervals") else None)
 
 
 def check_optimization(cfg: DictConfig) -> None:
@@ -214,7 +215,7 @@ def check_optimization(cfg: DictConfig) -> None:
 
     params = [torch.nn.Parameter(torch.zeros(1))]
     optimizer = instantiate_setting("optimizer", cfg.optimizer, call={"params": params})
-    scheduler = cfg.get("scheduler") or {}
+    scheduler: Any = cfg.get("scheduler") or {}
     if scheduler.get("scheduler"):
         instantiate_setting("scheduler.scheduler", scheduler.scheduler, call={"optimizer": optimizer})
         if scheduler.get("interval", "epoch") not in ("epoch", "step"):
@@ -254,7 +255,7 @@ def check_folders(cfg: DictConfig, prefix: str = "") -> None:
 
     for key in cfg.keys():
         node = cfg._get_node(key)
-        name = f"{prefix}{key}"
+        name = f"{prefix}{key!s}"
         if OmegaConf.is_dict(node):
             check_folders(cfg[key], f"{name}.")
         elif str(key) in FOLDER_KEYS and not OmegaConf.is_missing(cfg, key):

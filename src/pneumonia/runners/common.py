@@ -59,7 +59,7 @@ def quiet_library_noise() -> None:
 def configure_torch(threads: int | None) -> None:
     """`threads` torch intra-op threads (null: torch's default, one per physical core)."""
     quiet_library_noise()
-    if optional_int(threads, "threads", 1):
+    if threads := optional_int(threads, "threads", 1):
         torch.set_num_threads(threads)
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = test_datamodule(predictor, overrides)
     datamodule.check_layout(("test",))  # fail before building anything else
     module = predictor.lightning_module()
-    trainer_cfg = OmegaConf.merge(cfg.trainer, {"precision": predictor.precision})
+    trainer_cfg = cast(DictConfig, OmegaConf.merge(cfg.trainer, {"precision": predictor.precision}))
     loggers = build_loggers(cfg)
     trainer = build_trainer(trainer_cfg, logger=loggers or False, callbacks=[])
     warn_slow_precision(trainer)  # a GPU's bf16 checkpoint scored on a CPU without native bf16

@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -88,7 +88,8 @@ class TorchScorer:
 
         return self.predictor.decide(torch.from_numpy(probs)).numpy()
 
-    def gradcam(self, images: np.ndarray, decisions: np.ndarray, explain: str) -> np.ndarray:
+    def gradcam(self, images: np.ndarray, decisions: np.ndarray, explain: Literal["predicted", "pneumonia"]
+                ) -> np.ndarray:
         """Grad-CAM maps (N, h, w) of the batch, under the scoring precision."""
         import torch
 
@@ -129,7 +130,7 @@ def decoded_batches(paths: list[str], preprocess: Loader, batch_size: int, threa
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = list(pool.map(load, paths[start:start + batch_size]))
-            ok = [(p, a) for p, a, e in chunk if e is None]
+            ok = cast("list[tuple[str, np.ndarray]]", [(p, a) for p, a, e in chunk if e is None])  # decoded
             yield [p for p, _ in ok], [a for _, a in ok], [(p, e) for p, _, e in chunk if e is not None]
 
 
@@ -186,7 +187,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     heatmaps/, gallery.png) into the run folder and returns the summary."""
     _check(cfg)
     predictor = open_scorer(cfg)
-    inputs = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else cfg.inputs
+    inputs: Any = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else cfg.inputs
     found = find_inputs(inputs)
     paths = found.files
     out_dir = make_output_dir(cfg.paths.output_dir)
@@ -238,14 +239,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 image_stats.append(image_statistics(images))
                 probs = predictor.predict_images(images)
                 decisions = predictor.decide(probs)
-                maps = predictor.gradcam(images, decisions, cfg.explain_target) if cfg.explain else None
+                # _check: explain is for backend=torch only
+                maps = cast(TorchScorer, predictor).gradcam(images, decisions, cfg.explain_target) if cfg.explain else None
                 for i, path in enumerate(batch_paths):
                     prob, decision, label = float(probs[i]), int(decisions[i]), label_from_path(path)
-                    row = {"path": path, "probability": prob, "prediction": CLASSES[decision],
+                    row: dict[str, Any] = {"path": path, "probability": prob, "prediction": CLASSES[decision],
                            "threshold": predictor.threshold, "label": CLASSES[label] if label is not None else ""}
                     rows.append(row)
                     writer.writerow(predict_row(path, prob, row["prediction"], predictor.threshold, row["label"]))
                     if maps is not None:
+                        assert writers is not None  # made when explain is on
                         pending.append(writers.submit(
                             save_overlay, heatmap_dir / _safe_name(len(rows), path), arrays[i], maps[i],
                             probability=prob, threshold=predictor.threshold, title=Path(path).name,
@@ -335,7 +338,7 @@ def _progress_bar() -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        class tqdm:  # noqa: N801  (tqdm's name)
+        class tqdm:  # type: ignore[no-redef]  # noqa: N801  (tqdm's name)
             def __init__(self, *args: Any, **kwargs: Any) -> None: ...
             def __enter__(self) -> tqdm: return self
             def __exit__(self, *exc: Any) -> None: ...

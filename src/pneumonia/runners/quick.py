@@ -75,7 +75,7 @@ def _built_nodes(cfg: DictConfig, prefix: str = "") -> list[tuple[str, DictConfi
     """(key, node) for each node with a `_target_`, and the OWNERS nodes, outside `hydra:`."""
     found: list[tuple[str, DictConfig]] = []
     for key in cfg.keys():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{key!s}"
         if name == "hydra":
             continue
         try:
@@ -109,6 +109,7 @@ def _values(node: DictConfig, hints: dict[str, Any]) -> list[tuple[str, Any]]:
         if name.startswith("_") or name not in hints:
             continue
         raw = node._get_node(name)
+        assert raw is not None  # one of the node's keys
         if OmegaConf.is_interpolation(node, name) and "auto_precision" in str(raw._value()):
             continue
         try:

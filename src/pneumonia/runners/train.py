@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumonia.runners.checks import check_train_config
 from pneumonia.config.entry import cli_override
+from pneumonia.config.plain import to_dict
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
@@ -44,9 +45,9 @@ def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule) -> PneumoniaC
         pos_weight = float(counts[0]) / float(counts[1])
         log.info("pos_weight=balanced: %.3f (normal %d / pneumonia %d)", pos_weight, counts[0], counts[1])
     return PneumoniaClassifier(
-        net=OmegaConf.to_container(cfg.model, resolve=True),
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
+        net=to_dict(cfg.model, resolve=True),
+        optimizer=to_dict(cfg.optimizer, resolve=True),
+        scheduler=to_dict(cfg.scheduler, resolve=True) or None,
         pos_weight=pos_weight,
         channels_last=cfg.module.channels_last,
         label_smoothing=cfg.module.get("label_smoothing", 0.0),
@@ -72,7 +73,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         elif isinstance(node, list):
             flat[prefix] = str(node)
 
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = to_dict(cfg, resolve=True)
     for key in keep:
         walk(key, container.get(key))
     for noisy in ("data.root", "data.cache_dir", "data.bad_image_report", "trainer.default_root_dir"):
@@ -85,7 +86,7 @@ def check_same_recipe(cfg: DictConfig, ckpt: dict[str, Any], key: str) -> None:
     not fit (Lightning's multi-line state-dict error, after decoding): one line naming the
     differing keys and the first run's overrides instead."""
     stored_net, stored_data = module_settings(ckpt).get("net") or {}, data_settings(ckpt)
-    net = OmegaConf.to_container(cfg.model, resolve=True)
+    net = to_dict(cfg.model, resolve=True)
     differ = [f"model.{k}={net.get(k)!r} (the checkpoint: {v!r})" for k, v in stored_net.items()
               if not str(k).startswith("_") and net.get(k) != v]
     differ += [f"data.{k}={cfg.data.get(k)!r} (the checkpoint: {stored_data[k]!r})"
@@ -150,9 +151,9 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     pretrained = weights_from_checkpoint if cfg.get("resume") or cfg.get("ckpt_path") else contextlib.nullcontext
     with pretrained():
         datamodule: ChestXrayDataModule = check_train_config(cfg)
-    check_settings(OmegaConf.to_container(cfg.calibration) if cfg.get("calibration") else None,
-                   OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None,
-                   threshold_settings=OmegaConf.to_container(cfg.threshold) if cfg.get("threshold") else None)
+    check_settings(to_dict(cfg.calibration) if cfg.get("calibration") else None,
+                   to_dict(cfg.intervals) if cfg.get("intervals") else None,
+                   threshold_settings=to_dict(cfg.threshold) if cfg.get("threshold") else None)
     resume_from = resume_checkpoint(cfg)
     reporter = trial_reporter(cfg)  # a job of hparams_search=optuna: its trial, for pruning
     configure_torch(cfg.get("threads"))
@@ -191,7 +192,7 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         trainer.strategy.barrier()
         if not trainer.is_global_zero:
             return best_score, val_report  # rank 0 alone calibrates and writes the summaries
-    if best_path and not trainer.fast_dev_run:
+    if best_path and not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's connectors, not declared
         # a plain one-device Trainer: after DDP, collective ops on rank 0 alone would hang
         solo = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
                          logger=loggers or False, enable_checkpointing=False, enable_progress_bar=False,
@@ -224,9 +225,9 @@ def after_training(cfg: DictConfig, solo: L.Trainer, datamodule: ChestXrayDataMo
     """Choose and store best.ckpt's threshold on validation, log it, score test/ when asked;
     the validation report."""
     best_module, val_report = calibrate_threshold(
-        solo, datamodule, best_path, OmegaConf.to_container(cfg.threshold), out_dir,
-        calibration=OmegaConf.to_container(cfg.calibration) if cfg.get("calibration") else None,
-        interval_settings=OmegaConf.to_container(cfg.intervals) if cfg.get("intervals") else None)
+        solo, datamodule, best_path, to_dict(cfg.threshold), out_dir,
+        calibration=to_dict(cfg.calibration) if cfg.get("calibration") else None,
+        interval_settings=to_dict(cfg.intervals) if cfg.get("intervals") else None)
     hp_metrics = {f"hp/val_{k}": val_report[k] for k in (*METRIC_NAMES, "threshold")}
     for tb in tensorboard_loggers(loggers):
         tb.log_hyperparams(flat_hparams(cfg), metrics=hp_metrics)
@@ -265,21 +266,23 @@ def stop_interrupted(is_global_zero: bool, interruption: Interruption, out_dir: 
             else:
                 line += ", before the first epoch ended: no checkpoint to resume from; start the run again"
         print(line, file=sys.stderr, flush=True)
+    assert interruption.signal is not None  # the callers stop here for a signal only
     raise SystemExit(Interruption.EXIT[interruption.signal])
 
 
 def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_path: str, out_dir: Path,
            val_report: dict[str, Any] | None = None) -> str:
     """How the run ended, what it left where, and the command to run next (three lines)."""
-    if trainer.fast_dev_run:
+    if trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's connectors, not declared
         return "fast_dev_run: one batch of each step ran; no checkpoint is kept and no threshold chosen"
     last = out_dir / "checkpoints" / "last.ckpt"
     stopper = trainer.early_stopping_callback
     # Lightning's SWA runs one epoch past max_epochs to recompute batch norm; best.ckpt then
     # holds the averaged weights (runners.callbacks.StochasticWeightAveraging)
+    assert trainer.max_epochs is not None  # Lightning's fit loop always has one (-1: no limit)
     averaged = trainer.current_epoch > trainer.max_epochs and any(
-        isinstance(c, StochasticWeightAveraging) for c in trainer.callbacks)
-    pruned = next((c.pruned_epoch for c in trainer.callbacks if isinstance(c, TrialReporter)), None)
+        isinstance(c, StochasticWeightAveraging) for c in trainer.callbacks)  # type: ignore[attr-defined]  # (as fast_dev_run)
+    pruned = next((c.pruned_epoch for c in trainer.callbacks if isinstance(c, TrialReporter)), None)  # type: ignore[attr-defined]
     if trainer.interrupted:
         how = f"Interrupted after {trainer.current_epoch} epochs"
     elif pruned is not None:
@@ -313,5 +316,5 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
     key = cfg.monitor.split("/", 1)[-1]
     if cfg.data.get("tta") and cfg.monitor.startswith("val/") and (val_report or {}).get(key) is not None:
         note += (f" (validation during training scores without TTA; val_metrics.json scores the same checkpoint "
-                 f"with the recipe's TTA: {key} {val_report[key]:.4f})")
+                 f"with the recipe's TTA: {key} {(val_report or {})[key]:.4f})")
     return f"{how}; best {cfg.monitor} = {value} {at}{note}\n{where}\n{nxt}"

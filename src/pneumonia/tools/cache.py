@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from pneumonia.data.cache import default_cache_dir, entries, human, remove_unless_busy
+from pneumonia.data.cache import CacheEntry, default_cache_dir, entries, human, remove_unless_busy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     now = time.time()
     if args.clear:
         cutoff = None if args.older_than is None else now - args.older_than * 86400
-        gone, busy = [], []
+        gone: list[CacheEntry] = []
+        busy: list[CacheEntry] = []
         for e in (e for e in found if cutoff is None or e.last_used < cutoff):
             (gone if remove_unless_busy(e.folder) else busy).append(e)
         print(f"Deleted {len(gone)} of {len(found)} caches in {cache_dir}: {human(sum(e.bytes for e in gone))} freed"

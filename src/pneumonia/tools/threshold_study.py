@@ -48,7 +48,7 @@ def validation_scores(ckpt_path: str | Path, data_root: str | None = None,
     if key not in datamodules:
         datamodules[key] = ChestXrayDataModule(**settings)
     datamodule = datamodules[key]
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=raw.precision, logger=False,
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=raw.precision, logger=False,  # type: ignore[arg-type]  # a precision string the config checks; Lightning types it as Literals
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(), datamodule, "val")
     paths = [datamodule.paths["val"][i] for i in indices.tolist()]
