@@ -196,9 +196,9 @@ def main() -> None:
                 for c in clients:
                     peak, done = [rss_start], threading.Event()
 
-                    def sample() -> None:
+                    def sample(done: threading.Event = done, peak: list[float] = peak, pid: int = proc.pid) -> None:
                         while not done.wait(0.25):
-                            peak.append(tree_rss_mb(proc.pid))
+                            peak.append(tree_rss_mb(pid))
 
                     sampler = threading.Thread(target=sample, daemon=True)
                     sampler.start()

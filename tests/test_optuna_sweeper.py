@@ -127,7 +127,7 @@ def test_pruned_jobs_stop_keep_their_values_and_are_listed(xray_root, tmp_path):
     assert [r["status"] for r in rows] == ["pruned at epoch 2"] * 2
     assert all(r["epochs"] == 2 and r["val_auroc"] is not None for r in rows)  # stopped cleanly, calibrated
     assert all("optuna." not in r["overrides"] and "optimizer.lr=" in r["overrides"] for r in rows)
-    for number, job in job_trials(sweep).items():
+    for job in job_trials(sweep).values():
         assert "optuna" not in job.name and (job / "checkpoints" / "best.ckpt").is_file()
     assert "Trials in the study: 2 pruned" in res.stdout + res.stderr
 

@@ -300,6 +300,7 @@ def shift_figure(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] |
         ax.set_ylabel("cumulative share")
         ax.legend(fontsize=7, loc="lower right")
     if with_hist:
+        assert image_ref is not None and current is not None  # with_hist says both are there
         ax = axes[0][len(panels)]
         ref = np.asarray(image_ref["histogram"], dtype=np.float64)
         hist = current["histogram"].astype(np.float64)

@@ -110,7 +110,7 @@ def quantize_int8(predictor: Predictor, fp32_path: str | Path, out_path: str | P
     both_classes = labels.min() != labels.max()
     auroc_fp32 = float(auroc(fp32, labels)) if both_classes else None
     auroc_int8 = float(auroc(int8, labels)) if both_classes else None
-    change = None if auroc_fp32 is None else auroc_int8 - auroc_fp32
+    change = None if auroc_fp32 is None or auroc_int8 is None else auroc_int8 - auroc_fp32
     parity = {"images": int(len(images)), "split": "validation", "auroc_fp32": auroc_fp32, "auroc_int8": auroc_int8,
               "auroc_change": change, "max_abs_probability_difference": float(np.max(np.abs(fp32 - int8))),
               "agreement_at_stored_threshold": agree, "threshold": served, "threshold_rechosen": rechosen,

@@ -114,11 +114,11 @@ def ddp_ranks_run_this_job() -> Iterator[None]:
         return
     argv, run_dir = sys.argv[:], hydra_cfg.run.dir
     sys.argv = [argv[0], *hydra_cfg.overrides.task]
-    with read_write(hydra_cfg):
+    with read_write(hydra_cfg):  # type: ignore[arg-type]  # a DictConfig at run time, typed as its dataclass
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     try:
         yield
     finally:
         sys.argv = argv
-        with read_write(hydra_cfg):
+        with read_write(hydra_cfg):  # type: ignore[arg-type]  # a DictConfig at run time, typed as its dataclass
             hydra_cfg.run.dir = run_dir

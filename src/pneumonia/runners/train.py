@@ -167,7 +167,7 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock, interruption, *([reporter] if reporter else [])]
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     warn_slow_precision(trainer)
-    if reporter is not None and trainer.is_global_zero and rank_zero_only.rank == 0:  # DDP: ranks may not be set yet
+    if reporter is not None and trainer.is_global_zero and rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # DDP: ranks may not be set yet
         reporter.open()  # a wrong storage or trial fails now, before decoding
     datamodule.setup("fit")
     with pretrained():

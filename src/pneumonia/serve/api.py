@@ -29,13 +29,14 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import litserve as ls
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pneumonia import CLASSES
+from pneumonia.config.plain import to_dict
 from pneumonia.errors import UserError
 from pneumonia.serve.settings import MB, ServeSettings
 
@@ -125,7 +126,7 @@ class PneumoniaAPI(ls.LitAPI):
     def __init__(self, cfg: DictConfig, settings: ServeSettings) -> None:
         super().__init__(max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout,
                          api_path="/predict")
-        self.cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        self.cfg: dict[str, Any] = to_dict(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         self.cfg.pop("hydra", None)
         self.cfg.get("serve", {}).pop("api_key", None)  # the workers need no key
         self.settings = settings
@@ -133,7 +134,7 @@ class PneumoniaAPI(ls.LitAPI):
 
     # ---- in each worker ----------------------------------------------------------------
     def setup(self, device: Any) -> None:
-        self.scorer = open_model(OmegaConf.create(self.cfg), self.settings.max_pixels)
+        self.scorer = open_model(cast(DictConfig, OmegaConf.create(self.cfg)), self.settings.max_pixels)
         self.info = describe(self.scorer)
         self.tmp = tempfile.mkdtemp(prefix="pneumonia-serve-")  # mode 0700: request bytes stay private
         atexit.register(shutil.rmtree, self.tmp, True)
@@ -212,12 +213,12 @@ class PneumoniaAPI(ls.LitAPI):
         return inputs  # stacked in predict: bad requests stay out of the model's batch
 
     def predict(self, items: list[Item] | Item, **kwargs: Any) -> list[Item] | Item:
+        batch: list[Item] = [items] if isinstance(items, Item) else list(items)
         single = isinstance(items, Item)
-        batch = [items] if single else list(items)
         good = [it for it in batch if it.problem is None]
         if good:
             start = time.perf_counter()
-            images = np.stack([it.image for it in good])
+            images = np.stack([cast(np.ndarray, it.image) for it in good])
             probs = np.asarray(self.scorer.predict_images(images), dtype=np.float32)
             decisions = self.scorer.decide(probs)
             ms = (time.perf_counter() - start) * 1000

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -144,7 +144,7 @@ class RequestGuard:
             await form.close()
 
 
-async def _answer(send: Callable, status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> None:
+async def _answer(send: Callable, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 from typing import Any, Literal
 
+from pneumonia.config.plain import to_dict
 from pneumonia.errors import ConfigError
 from pneumonia.signature import Annotated, Ge, Gt, Le, MinLen, check_arguments
 
@@ -46,7 +47,7 @@ class ServeSettings:
         """From the `serve:` node; a `ConfigError` naming `serve.<key>` for a bad value."""
         from omegaconf import OmegaConf
 
-        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+        values = to_dict(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
         try:
             return cls(**values)
         except TypeError as err:  # an unknown key
