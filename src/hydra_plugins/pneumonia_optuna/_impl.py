@@ -225,7 +225,7 @@ class Heartbeat:
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         if self.interval:
             self.beat()
             self.thread = threading.Thread(target=self.run, daemon=True, name="optuna-heartbeat")
