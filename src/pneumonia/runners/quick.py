@@ -21,6 +21,7 @@ from pneumonia.errors import UserError
 OWNERS = {
     "module": "pneumonia.models.classifier.PneumoniaClassifier",
     "data.augment": "pneumonia.data.augment.BatchAugment",
+    "mlflow": "pneumonia.tracking.settings.MlflowSettings",
 }
 # checked elsewhere, or typed looser than the class (pos_weight: "balanced" is resolved first)
 SKIP = {"module": ("pos_weight",)}

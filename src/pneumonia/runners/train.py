@@ -30,6 +30,7 @@ from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import Interruption, StochasticWeightAveraging, TrainingClock
 from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
 from pneumonia.runners.common import build_callbacks, build_loggers, build_trainer, configure_torch, warn_slow_precision
+from pneumonia.tracking.mlflow_run import finish_training_run, start_training_run
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     datamodule.setup("fit")
     with pretrained():
         module = build_module(cfg, datamodule)
+    start_training_run(loggers, cfg, datamodule, trainer, out_dir)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -206,6 +208,9 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
                "train_minutes": round(clock.seconds / 60, 2), "train_seconds": round(clock.seconds, 1),
                "session_train_seconds": round(clock.session_seconds, 1), "val": val_report}
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if not trainer.fast_dev_run:
+        finish_training_run(loggers, out_dir, best_path, val_report, METRIC_NAMES,
+                            log_checkpoint=bool((cfg.get("mlflow") or {}).get("log_checkpoint", True)))
     log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))
     return best_score, val_report
 
