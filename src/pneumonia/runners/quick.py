@@ -41,6 +41,14 @@ def quick_check(config_name: str, cfg: DictConfig) -> None:
         checks._int(cfg, "gallery_size", 0)
         checks._bool(cfg, "describe")
         checks.threshold_override(cfg.get("threshold"))
+    if config_name == "export":
+        from pneumonia.export.runner import check_registration
+
+        check_registration(cfg)
+    if config_name == "predict" and cfg.get("model_uri") is not None:
+        from pneumonia.tracking.registry import parse_model_uri
+
+        parse_model_uri(cfg.model_uri)
     for key, node in _built_nodes(cfg):
         check_node(key, node)
     if config_name == "train":

@@ -200,6 +200,22 @@ def finish_training_run(loggers: list[Any], out_dir: Path, best_path: str, val_r
 
 
 # ---- finding the run of a checkpoint ------------------------------------------------------
+def _store_exists(settings: MlflowSettings) -> bool:
+    """A SQLite store that was never written holds no runs (and is not made by looking)."""
+    uri = settings.tracking_uri
+    return Path(uri[len("sqlite:///"):]).is_file() if uri.startswith("sqlite:///") else True
+
+
+def may_be_tracked(ckpt_path: str | Path, settings: MlflowSettings) -> bool:
+    """Whether a run of `ckpt_path` may exist (its run folder names one, or the store exists)
+    and mlflow is installed: answered without importing mlflow's heavy parts."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        return False
+    return (Path(ckpt_path).resolve().parent.parent / RUN_FILE).is_file() or _store_exists(settings)
+
+
 def find_training_run(ckpt_path: str | Path, settings: MlflowSettings | None) -> tuple[Any, str] | None:
     """(MlflowClient, run id) of the run that trained `ckpt_path`: the `mlflow_run.json` of its
     run folder (`<run>/checkpoints/<file>`), else the run of `settings`' store whose weights
@@ -218,7 +234,7 @@ def find_training_run(ckpt_path: str | Path, settings: MlflowSettings | None) ->
         except (OSError, ValueError, KeyError, MlflowException) as err:
             log.warning("%s names an MLflow run that cannot be read (%s); looking it up by checksum", run_file,
                         str(err).splitlines()[0] if str(err) else type(err).__name__)
-    if settings is None:
+    if settings is None or not _store_exists(settings):
         return None
     from pneumonia.inference.checkpoint import load_checkpoint
     from pneumonia.integrity import stored_digest
