@@ -162,8 +162,8 @@ def _model_version(mlflow_client: Any, name: str, alias: str | None, version: st
     except MlflowException:
         what = f"alias '{alias}'" if alias else f"version {version}"
         have = ", ".join(f"{v.version}" for v in versions(mlflow_client, name))
-        raise RegistryError(f"model '{name}' has no {what} (versions: {have or 'none'}); set one with: python -m "
-                            f"pneumonia.tools.registry alias {name} <version> {alias or 'champion'}") from None
+        hint = (f"; set it with: python -m pneumonia.tools.registry alias {name} <version> {alias}" if alias else "")
+        raise RegistryError(f"model '{name}' has no {what} (versions: {have or 'none'}){hint}") from None
 
 
 def versions(mlflow_client: Any, name: str) -> list[Any]:
