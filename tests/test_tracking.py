@@ -5,14 +5,13 @@ check reads back through MlflowClient."""
 
 import csv
 import json
-import subprocess
 import sys
 
 import pytest
 
 from pneumonia.errors import UserError
 from pneumonia.runners.quick import check_or_fail
-from tests.helpers import PROJECT_ROOT, compose_cfg, run_cli, train_cfg
+from tests.helpers import PROJECT_ROOT, TINY, compose_cfg, train_cfg
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("onnxruntime")
@@ -110,7 +109,8 @@ def test_eval_logs_to_the_checkpoint_run(tracked, tmp_path, store):
     assert metrics["test/auroc_ci_low"] <= metrics["test/auroc"] <= metrics["test/auroc_ci_high"]
 
 
-def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(tracked, xray_root, tmp_path, store):
+def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(tracked, xray_root, tmp_path, store,
+                                                                           capsys):
     from pneumonia.export.runner import export
     from pneumonia.runners.predict import predict
 
@@ -132,12 +132,12 @@ def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(trac
     # a second export: version 2; the alias stays on 1 until moved from the command line
     export(compose_cfg("export", [f"ckpt_path={ckpt}", "register=pneumonia", "verify=false",
                                   f"mlflow.tracking_uri={store[1]}"], tmp_path / "export2"))
-    listing = cli("list", "pneumonia", uri=store[1])
-    assert listing.returncode == 0, listing.stderr
-    lines = listing.stdout.strip().splitlines()[1:]
+    status, listing, err = cli(capsys, "list", "pneumonia", uri=store[1])
+    assert status == 0, err
+    lines = listing.strip().splitlines()[1:]
     assert [ln.split()[0] for ln in lines] == ["1", "2"] and "@champion" in lines[0]
-    moved = cli("alias", "pneumonia", "2", "champion", uri=store[1])
-    assert moved.returncode == 0, moved.stderr
+    status, _, err = cli(capsys, "alias", "pneumonia", "2", "champion", uri=store[1])
+    assert status == 0, err
     assert str(client.get_model_version_by_alias("pneumonia", "champion").version) == "2"
 
     summaries, rows = {}, {}
@@ -155,18 +155,34 @@ def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(trac
         assert abs(float(a["probability"]) - float(b["probability"])) <= 1e-4
 
 
-def cli(*args, uri):
-    """`python -m pneumonia.tools.registry --tracking-uri URI args...` as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "pneumonia.tools.registry", "--tracking-uri", uri, *args],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+def cli(capsys, *args, uri):
+    """`python -m pneumonia.tools.registry --tracking-uri URI args...`: (exit status, stdout, stderr)."""
+    from pneumonia.tools.registry import main
+
+    capsys.readouterr()
+    status = main(["--tracking-uri", uri, *args])
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 
-def test_a_sweep_logs_one_run_per_job_under_a_parent(xray_root, tmp_path):
+def test_a_sweep_logs_one_run_per_job_under_a_parent(xray_root, tmp_path, monkeypatch):
+    """train.py -m seed=1,2: Hydra's basic launcher runs both jobs in this process (as from a
+    terminal, less the second import of torch and mlflow)."""
+    import importlib.util
+
+    from hydra.core.global_hydra import GlobalHydra
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    res = run_cli("train.py", "-m", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny",
-                  "trainer.max_epochs=1", "seed=1,2", "logger=mlflow", f"mlflow.tracking_uri={uri}",
-                  "intervals.resamples=0", "mlflow.log_checkpoint=false", f"hydra.sweep.dir={tmp_path / 'sweep'}")
-    assert res.returncode == 0, res.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", [
+        "train.py", "-m", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", *TINY,
+        "trainer.max_epochs=1", "seed=1,2", "logger=mlflow", f"mlflow.tracking_uri={uri}", "intervals.resamples=0",
+        "mlflow.log_checkpoint=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    GlobalHydra.instance().clear()
+    spec = importlib.util.spec_from_file_location("__main__", PROJECT_ROOT / "train.py")
+    try:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))  # its `__main__` block: the command line
+    finally:
+        GlobalHydra.instance().clear()
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("pneumonia")
     runs = client.search_runs([experiment.experiment_id])
@@ -192,17 +208,17 @@ def test_bad_settings_are_one_line_before_torch(config_name, overrides, message,
     assert problem and message in problem and "\n" not in problem
 
 
-def test_registry_errors_are_one_line(tracked, store, tmp_path):
+def test_registry_errors_are_one_line(tracked, store, tmp_path, capsys):
     from pneumonia.runners.predict import predict
 
     _, client, _ = tracked
     client.create_registered_model("empty")
     for args, message in ((("list", "nope"), "no registered model 'nope'"),
                           (("alias", "empty", "99", "champion"), "has no version 99")):
-        res = cli(*args, uri=store[1])
-        assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr
-    res = cli("list", uri=f"sqlite:///{tmp_path / 'none.db'}")
-    assert res.returncode == 2 and "no such store" in res.stderr and not (tmp_path / "none.db").exists()
+        status, _, err = cli(capsys, *args, uri=store[1])
+        assert status == 2 and message in err and err.count("\n") == 1, err
+    status, _, err = cli(capsys, "list", uri=f"sqlite:///{tmp_path / 'none.db'}")
+    assert status == 2 and "no such store" in err and not (tmp_path / "none.db").exists()
     with pytest.raises(UserError, match="has no alias 'staging'"):
         predict(compose_cfg("predict", ["inputs=x", "model_uri=models:/empty@staging",
                                         f"mlflow.tracking_uri={store[1]}"], tmp_path / "p"))
