@@ -111,7 +111,10 @@ def start_training_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: A
             "seed": str(cfg.seed), "task_name": str(cfg.get("task_name")), "run_folder": str(out_dir),
             "monitor": str(cfg.monitor), **_hardware(trainer)}
     sweep = _sweep_dir()
+    from pneumonia.tracking.settings import make_store_folder
+
     for lg in runs:
+        make_store_folder(lg._tracking_uri)
         client, run_id = lg.experiment, lg.run_id
         for key, value in tags.items():
             client.set_tag(run_id, key, value)

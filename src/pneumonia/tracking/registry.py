@@ -96,6 +96,9 @@ def register_export(export_dir: str | Path, name: str, ckpt_path: str | Path, se
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise RegistryError(f"{export_dir}: {', '.join(missing)} missing, nothing registered")
+    from pneumonia.tracking.settings import make_store_folder
+
+    make_store_folder(settings.tracking_uri)
     mlflow_client = client(settings)
     found = find_training_run(ckpt_path, settings)
     training_run = None

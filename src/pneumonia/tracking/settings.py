@@ -53,15 +53,21 @@ def store_uri(uri: str) -> str:
         uri = f"sqlite:///{path}"
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"mlflow.tracking_uri={uri}: cannot make its folder ({err.strerror or err})") from None
         if path.is_dir():
             raise ConfigError(f"mlflow.tracking_uri={uri}: '{path}' is a folder, not a database file")
     elif "://" not in uri:
         raise ConfigError(f"mlflow.tracking_uri={uri!r} must be a URI: sqlite:///path/mlflow.db or http://host:5000")
     return uri
+
+
+def make_store_folder(uri: str) -> None:
+    """The folder of a SQLite store, made before its first write (not when only read)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"mlflow.tracking_uri={uri}: cannot make its folder ({err.strerror or err})") from None
 
 
 def artifact_uri(tracking_uri: str, location: str | None) -> str | None:
