@@ -29,6 +29,10 @@ def _check(cfg: DictConfig) -> None:
     if not isinstance(cfg.verify, bool):
         raise ConfigError(f"verify={cfg.verify!r} must be true or false")
     check_registration(cfg)
+    if cfg.get("mlflow") is not None:
+        from pneumonia.tracking.settings import MlflowSettings
+
+        MlflowSettings.from_config(cfg.mlflow)
 
 
 def check_registration(cfg: DictConfig) -> None:

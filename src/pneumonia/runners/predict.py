@@ -167,6 +167,14 @@ def _check(cfg: DictConfig) -> None:
     if cfg.explain_target not in ("predicted", "pneumonia"):
         raise ConfigError(f"explain_target={cfg.explain_target!r} must be 'predicted' or 'pneumonia'")
     threshold_override(cfg.threshold)
+    if cfg.get("mlflow") is not None:
+        from pneumonia.tracking.settings import MlflowSettings
+
+        MlflowSettings.from_config(cfg.mlflow)
+    if cfg.get("model_uri") is not None:
+        from pneumonia.tracking.registry import parse_model_uri
+
+        parse_model_uri(cfg.model_uri)
     check_max_pixels(cfg.get("max_pixels", DEFAULT_MAX_PIXELS), "max_pixels")
     for key in ("threads", "decode_threads"):
         optional_int(cfg.get(key), key, 1)

@@ -54,9 +54,9 @@ def store_uri(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if path.is_dir():
-            raise ConfigError(f"mlflow.tracking_uri={uri}: '{path}' is a folder, not a database file")
+            raise ConfigError(f"tracking_uri={uri}: '{path}' is a folder, not a database file")
     elif "://" not in uri:
-        raise ConfigError(f"mlflow.tracking_uri={uri!r} must be a URI: sqlite:///path/mlflow.db or http://host:5000")
+        raise ConfigError(f"tracking_uri={uri!r} must be a URI: sqlite:///path/mlflow.db or http://host:5000")
     return uri
 
 
