@@ -29,14 +29,28 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tracked(xray_root, store, tmp_path_factory):
-    """A tiny run trained 2 epochs with logger=mlflow_tensorboard: (run folder, client, run id)."""
+    """A tiny run trained 2 epochs with logger=mlflow_tensorboard: (run folder, client, run id,
+    the run's closing lines)."""
+    import logging
+
     from pneumonia.runners.train import train
 
     out = tmp_path_factory.mktemp("tracked_run")
-    train(train_cfg(xray_root, out, "trainer.max_epochs=2", "logger=mlflow_tensorboard", "seed=3",
-                    "callbacks.early_stopping=null", f"mlflow.tracking_uri={store[1]}"))
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("pneumonia.runners.train")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        train(train_cfg(xray_root, out, "trainer.max_epochs=2", "logger=mlflow_tensorboard", "seed=3",
+                        "callbacks.early_stopping=null", f"mlflow.tracking_uri={store[1]}"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     info = json.loads((out / "mlflow_run.json").read_text())
-    return out, MlflowClient(store[1], registry_uri=store[1]), info["run_id"]
+    return out, MlflowClient(store[1], registry_uri=store[1]), info["run_id"], "\n".join(lines)
 
 
 def artifact_paths(client, run_id, path=None):
@@ -47,7 +61,7 @@ def artifact_paths(client, run_id, path=None):
 
 
 def test_training_run_holds_params_metrics_tags_and_artifacts(tracked, xray_root, store):
-    out, client, run_id = tracked
+    out, client, run_id, tracked_ending = tracked
     run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith((store[0] / "mlartifacts").as_uri())  # beside the SQLite store
     params = run.data.params
@@ -68,6 +82,7 @@ def test_training_run_holds_params_metrics_tags_and_artifacts(tracked, xray_root
     from pneumonia.integrity import stored_digest
 
     assert tags["pneumonia.weights_digest"] == stored_digest(load_checkpoint(out / "checkpoints" / "best.ckpt"))
+    assert f"MLflow run {run_id} (mlflow ui --backend-store-uri {store[1]})" in tracked_ending
     files = artifact_paths(client, run_id)
     assert {"checkpoints/best.ckpt", "val_metrics.json", "train_summary.json"} <= set(files)
     assert any(f.startswith("tensorboard/events.out.tfevents") for f in files)
@@ -92,7 +107,7 @@ def test_data_fingerprint_follows_the_files_not_the_folder(tmp_path):
 def test_eval_logs_to_the_checkpoint_run(tracked, tmp_path, store):
     from pneumonia.runners.eval import evaluate
 
-    out, client, run_id = tracked
+    out, client, run_id, _ = tracked
     # a copy of the checkpoint elsewhere: found through its weights checksum in the store
     copy = tmp_path / "elsewhere" / "best.ckpt"
     copy.parent.mkdir()
@@ -114,7 +129,7 @@ def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(trac
     from pneumonia.export.runner import export
     from pneumonia.runners.predict import predict
 
-    out, client, run_id = tracked
+    out, client, run_id, _ = tracked
     ckpt = out / "checkpoints" / "best.ckpt"
     meta = export(compose_cfg("export", [f"ckpt_path={ckpt}", "register=pneumonia", "alias=champion",
                                          f"mlflow.tracking_uri={store[1]}"], tmp_path / "export"))
@@ -211,7 +226,7 @@ def test_bad_settings_are_one_line_before_torch(config_name, overrides, message,
 def test_registry_errors_are_one_line(tracked, store, tmp_path, capsys):
     from pneumonia.runners.predict import predict
 
-    _, client, _ = tracked
+    _, client, _, _ = tracked
     client.create_registered_model("empty")
     for args, message in ((("list", "nope"), "no registered model 'nope'"),
                           (("alias", "empty", "99", "champion"), "has no version 99")):

@@ -299,6 +299,10 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
     logs = [name for name in ("tensorboard", "csv") if (out_dir / name).is_dir()]
     where = f"Outputs in {out_dir}: checkpoints/best.ckpt{chosen}, val_metrics.json" + \
         "".join(f", {name}/" for name in logs)
+    tracked = out_dir / "mlflow_run.json"
+    if tracked.is_file():
+        run = json.loads(tracked.read_text())
+        where += f"; MLflow run {run['run_id']} (mlflow ui --backend-store-uri {run['tracking_uri']})"
     nxt = (f"Next: python train.py {cli_override('resume', out_dir)} (goes on from {last.name})"
            if trainer.interrupted else f"Next: python eval.py {cli_override('ckpt_path', best_path)}")
     value = "n/a" if best_score is None else f"{best_score:.4f}"
