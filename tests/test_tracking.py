@@ -92,6 +92,22 @@ def test_training_run_holds_params_metrics_tags_and_artifacts(tracked, xray_root
     assert open(local, "rb").read() == (out / "checkpoints" / "best.ckpt").read_bytes()
 
 
+def test_a_resumed_run_goes_on_in_its_mlflow_run(xray_root, tmp_path):
+    from pneumonia.runners.train import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    common = ["callbacks.early_stopping=null", "logger=mlflow", f"mlflow.tracking_uri={uri}", "intervals.resamples=0",
+              "mlflow.log_checkpoint=false"]
+    train(train_cfg(xray_root, out, "trainer.max_epochs=1", *common))
+    first = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    train(train_cfg(xray_root, out, "trainer.max_epochs=2", f"resume={out}", *common))
+    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == first
+    client = MlflowClient(uri)
+    assert len(client.search_runs([client.get_experiment_by_name("pneumonia").experiment_id])) == 1
+    assert len(client.get_metric_history(first, "val/auroc")) == 2
+
+
 def test_data_fingerprint_follows_the_files_not_the_folder(tmp_path):
     from pneumonia.tracking.mlflow_run import data_fingerprint
 

@@ -37,7 +37,21 @@ def mlflow_logger(tracking_uri: str, experiment_name: str, artifact_location: Op
     if not run_name and run_folder:
         run_name = f"{task_name}/{Path(run_folder).name}" if task_name else Path(run_folder).name
     return MLFlowLogger(experiment_name=settings.experiment_name, run_name=run_name,
-                        tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location)
+                        tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location,
+                        run_id=_resumed_run(run_folder, settings.tracking_uri))
+
+
+def _resumed_run(run_folder: Optional[str], tracking_uri: str) -> Optional[str]:
+    """The MLflow run of a run folder that already has one in this store (a resumed run goes on
+    logging into it)."""
+    run_file = Path(run_folder) / RUN_FILE if run_folder else None
+    if run_file is None or not run_file.is_file():
+        return None
+    try:
+        info = json.loads(run_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("run_id") if info.get("tracking_uri") == tracking_uri else None
 
 
 def mlflow_loggers(loggers: list[Any]) -> list[Any]:
