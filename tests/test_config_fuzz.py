@@ -88,6 +88,10 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("threshold", "0.0"): "every image PNEUMONIA: a valid (if extreme) override",
     ("eval:trainer.max_epochs", "*"): "eval.py trains nothing: the training-only keys of trainer/ are unused",
     ("predict:inputs", "*"): "any file may be given: one that is not an image is listed in bad_images.tsv",
+    ("mlflow.experiment_name", "*"): "any text names the MLflow experiment",
+    ("mlflow.run_name", "'abc'"): "any text names the MLflow run",
+    ("mlflow.artifact_location", "'abc'"): "a folder (made when an experiment is created) or a URI",
+    ("export:register", "'abc'"): "a valid registered model name",
 }
 
 

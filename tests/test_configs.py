@@ -40,7 +40,9 @@ def test_every_option_composes_and_instantiates(group, xray_root, tmp_path):
             cfg = train_cfg(xray_root, tmp_path, f"{group}={option}", tiny=False)
             assert cfg.trainer.accelerator == "gpu"  # composes; instantiating needs a GPU
             continue
-        cfg = train_cfg(xray_root, tmp_path, f"{group}={option}", tiny=False)
+        # MLflow's client opens (and creates) its store when built: one in tmp_path, not outputs/
+        cfg = train_cfg(xray_root, tmp_path, f"{group}={option}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'ml.db'}",
+                        tiny=False)
         instantiate_all(cfg, xray_root)
 
 

@@ -36,6 +36,23 @@ def _check(cfg: DictConfig) -> None:
     n = cfg.get("calibration_images", 256)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"calibration_images={n!r} must be an integer >= 1")
+    check_registration(cfg)
+    if cfg.get("mlflow") is not None:
+        from pneumonia.tracking.settings import MlflowSettings
+
+        MlflowSettings.from_config(cfg.mlflow)
+
+
+def check_registration(cfg: DictConfig) -> None:
+    """register= a model name, alias= only with it (no torch, no mlflow imported)."""
+    from pneumonia.tracking.registry import check_alias, check_name
+
+    if cfg.get("register") is not None:
+        check_name(cfg.register)
+    if cfg.get("alias") is not None:
+        if cfg.get("register") is None:
+            raise ConfigError(f"alias={cfg.alias} names a registry alias: give register=<model name> with it")
+        check_alias(cfg.alias)
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -43,6 +60,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     _check(cfg)
     if cfg.format == "onnx":
         require_export_extra("format=onnx", *ONNX_MODULES)
+    if cfg.get("register"):
+        from pneumonia.tracking.settings import MlflowSettings, require_mlflow
+
+        require_mlflow(f"register={cfg.register}")
+        settings = MlflowSettings.from_config(cfg.get("mlflow"))
     out_dir = make_output_dir(cfg.paths.output_dir, "paths.output_dir (hydra.run.dir)")
 
     from pneumonia.export import exporter  # torch (and onnx): only once the settings are known to be good
@@ -93,4 +115,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
                   + (f" (threshold chosen again: {parity['threshold']:.4f})" if parity["threshold_rechosen"] else ""))
     print(f"Exported {cfg.ckpt_path} as {cfg.format}{' int8' if quantization else ''} ({info['bytes'] / 1e6:.1f} MB{check})\n"
           f"Written to {out_dir}: {model_path.name}, {SIDECAR_NAME}, MODEL_CARD.md")
+    if cfg.get("register"):
+        from pneumonia.tracking.registry import register_export
+
+        done = register_export(out_dir, cfg.register, cfg.ckpt_path, settings, alias=cfg.get("alias"))
+        meta["registered"] = done
+        (out_dir / "registered.json").write_text(json.dumps(done, indent=2) + "\n")
+        run = (f"linked to the training run {done['training_run_id']}" if done["training_run_id"]
+               else f"in a run of its own ({done['run_id']}): no training run of this checkpoint in the store")
+        alias = f", alias @{done['alias']}" if done["alias"] else ""
+        print(f"Registered as {done['uri']}{alias} in {settings.tracking_uri}, {run}\n"
+              f"Next: python -m pneumonia.tools.registry list {done['name']}")
     return meta

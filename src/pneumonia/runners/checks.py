@@ -159,6 +159,7 @@ def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
     check_train_settings(cfg)
     check_optimization(cfg)
     check_trainer(cfg)
+    check_mlflow(cfg)
     from pneumonia.config.instantiate import check_arguments, instantiate_setting
     from pneumonia.config.rundir import check_output_dir
     from pneumonia.models import NETS
@@ -186,6 +187,15 @@ def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
     return instantiate_setting("data", cfg.data, _convert_="all")
 
 
+def check_mlflow(cfg: DictConfig) -> None:
+    """The `mlflow:` settings (their types are MlflowSettings' signature), whether or not a
+    logger or step uses them: a typo is refused before it matters."""
+    if cfg.get("mlflow") is not None:
+        from pneumonia.tracking.settings import MlflowSettings
+
+        MlflowSettings.from_config(cfg.mlflow)
+
+
 def check_eval_config(cfg: DictConfig) -> None:
     """Check a composed eval config before the checkpoint is scored (the keys without an
     owner class; `data.*` is checked by the DataModule, `trainer.*` by Lightning)."""
@@ -195,6 +205,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     check_output_dir(cfg.paths.output_dir, "paths.output_dir")
     check_folders(cfg)
     check_trainer(cfg)
+    check_mlflow(cfg)
     _optional_int(cfg, "threads", 1)
     _int(cfg, "gallery_size", 0)
     _bool(cfg, "describe")

@@ -110,10 +110,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_report(out_dir, rep, predictor, dataset, data_root=str(datamodule.data_root),
                  precision=str(trainer.precision), threshold_source=source, temperature_source=t_source, shift=shift)
     log.info("Statistics, figures and report in %.1f s", time.perf_counter() - start)
+    tracked = track_evaluation(cfg, out_dir, rep)
     print(f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}, "
           f"precision {trainer.precision}, TTA {'on' if predictor.tta else 'off'}, "
           f"input normalisation {predictor.preprocess.normalize}\n"
-          f"{format_table(rep)}\nWritten to {out_dir} (report.html: everything in one page)")
+          f"{format_table(rep)}\nWritten to {out_dir} (report.html: everything in one page)"
+          + (f"\nLogged to the MLflow run {tracked} of the checkpoint" if tracked else ""))
     if shift.get("warning"):
         print(shift["warning"])
     return rep
@@ -132,6 +134,21 @@ def shift_check(out_dir: Path, predictor: Predictor, probs: torch.Tensor, images
                             temperature=predictor.temperature, stored_temperature=predictor.recipe["temperature"])
     return write_shift(out_dir, probs, images, val_roc=predictor.recipe.get("val_roc"), image_ref=image_ref,
                        labels=labels, caveat=caveat)
+
+
+def track_evaluation(cfg: DictConfig, out_dir: Path, rep: dict[str, Any]) -> str | None:
+    """The results on the checkpoint's MLflow training run (`mlflow.eval_to_training_run`),
+    when it has one and mlflow is installed; the run id."""
+    node = cfg.get("mlflow")
+    if not node or not node.get("eval_to_training_run", True):
+        return None
+    from pneumonia.tracking.mlflow_run import log_evaluation, may_be_tracked
+    from pneumonia.tracking.settings import MlflowSettings
+
+    settings = MlflowSettings.from_config(node)
+    if not may_be_tracked(cfg.ckpt_path, settings):  # no store to look in: mlflow is not even imported
+        return None
+    return log_evaluation(cfg.ckpt_path, settings, out_dir, rep, REPORT_KEYS)
 
 
 def write_report(out_dir: Path, rep: dict[str, Any], predictor: Predictor, dataset: dict[str, Any] | None, *,

@@ -169,12 +169,54 @@ def _check(cfg: DictConfig) -> None:
     if cfg.explain_target not in ("predicted", "pneumonia"):
         raise ConfigError(f"explain_target={cfg.explain_target!r} must be 'predicted' or 'pneumonia'")
     threshold_override(cfg.threshold)
+    if cfg.get("mlflow") is not None:
+        from pneumonia.tracking.settings import MlflowSettings
+
+        MlflowSettings.from_config(cfg.mlflow)
+    if cfg.get("model_uri") is not None:
+        from pneumonia.tracking.registry import parse_model_uri
+
+        parse_model_uri(cfg.model_uri)
     check_max_pixels(cfg.get("max_pixels", DEFAULT_MAX_PIXELS), "max_pixels")
     for key in ("threads", "decode_threads"):
         optional_int(cfg.get(key), key, 1)
     for key in ("explain", "gallery"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
+
+
+def from_registry(cfg: DictConfig) -> DictConfig:
+    """`model_uri=models:/<name>@<alias>` (or `/<version>`): the registered version's files
+    downloaded into the run folder's `model/`, scored with backend=onnx (model_path set)."""
+    from omegaconf import open_dict
+
+    from pneumonia.tracking.registry import download, parse_model_uri
+    from pneumonia.tracking.settings import MlflowSettings, require_mlflow
+
+    parse_model_uri(cfg.model_uri)
+    if cfg.get("model_path"):
+        raise ConfigError("give either model_uri= (a registered model) or model_path= (an export folder's file), "
+                          "not both")
+    if not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path"):
+        raise ConfigError("model_uri= scores a registered export (backend=onnx): leave ckpt_path= out")
+    if cfg.backend != "onnx" and cfg.backend != "torch":
+        raise ConfigError(f"backend={cfg.backend!r} must be one of: {', '.join(BACKENDS)}")
+    require_mlflow(f"model_uri={cfg.model_uri}")
+    settings = MlflowSettings.from_config(cfg.get("mlflow"))
+    out_dir = make_output_dir(cfg.paths.output_dir)
+    folder, version = download(cfg.model_uri, settings, out_dir / "model")
+    sidecar = folder / "model.json"
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if meta.get("format") != "onnx":
+        raise ConfigError(f"model_uri={cfg.model_uri} (version {version.version}) is a "
+                          f"{meta.get('format') or 'non-export'} model: predict.py scores registered ONNX exports "
+                          f"(export.py format=onnx register=...)")
+    log.info("model_uri=%s: version %s (%s), downloaded to %s", cfg.model_uri, version.version, version.source, folder)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.backend = "onnx"
+        cfg.model_path = str(folder / str(meta["model_file"]))
+    return cfg
 
 
 def _safe_name(index: int, path: str) -> str:
@@ -185,6 +227,8 @@ def _safe_name(index: int, path: str) -> str:
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every input; writes predictions.csv (+ bad_images.tsv, summary.json,
     heatmaps/, gallery.png) into the run folder and returns the summary."""
+    if cfg.get("model_uri"):
+        cfg = from_registry(cfg)
     _check(cfg)
     predictor = open_scorer(cfg)
     inputs: Any = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else cfg.inputs

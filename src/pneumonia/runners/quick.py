@@ -22,6 +22,7 @@ OWNERS = {
     "module": "pneumonia.models.classifier.PneumoniaClassifier",
     "data.augment": "pneumonia.data.augment.BatchAugment",
     "serve": "pneumonia.serve.settings.ServeSettings",
+    "mlflow": "pneumonia.tracking.settings.MlflowSettings",
 }
 # checked elsewhere, or typed looser than the class (pos_weight: "balanced" is resolved first)
 SKIP = {"module": ("pos_weight",)}
@@ -43,6 +44,14 @@ def quick_check(config_name: str, cfg: DictConfig) -> None:
         checks.threshold_override(cfg.get("threshold"))
     if config_name == "serve":
         _check_serve(cfg)
+    if config_name == "export":
+        from pneumonia.export.runner import check_registration
+
+        check_registration(cfg)
+    if config_name == "predict" and cfg.get("model_uri") is not None:
+        from pneumonia.tracking.registry import parse_model_uri
+
+        parse_model_uri(cfg.model_uri)
     for key, node in _built_nodes(cfg):
         check_node(key, node)
     if config_name == "train":

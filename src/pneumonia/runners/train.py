@@ -34,6 +34,7 @@ from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
 from pneumonia.runners.common import (build_callbacks, build_loggers, build_trainer, configure_torch,
                                       ddp_ranks_run_this_job, warn_slow_precision)
 from pneumonia.runners.trial import TrialReporter, trial_reporter
+from pneumonia.tracking.mlflow_run import finish_training_run, start_training_run
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     datamodule.setup("fit")
     with pretrained():
         module = build_module(cfg, datamodule)
+    start_training_run(loggers, cfg, datamodule, trainer, out_dir)
 
     try:
         with ddp_ranks_run_this_job():  # a sweep's job: ranks 1.. train this job, not a sweep of their own
@@ -216,6 +218,9 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if reporter is not None:  # sweep_summary lists a pruned job as "pruned at epoch E"
         summary.update(trial=reporter.number, pruned_at_epoch=reporter.pruned_epoch)
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if not trainer.fast_dev_run:
+        finish_training_run(loggers, out_dir, best_path, val_report, METRIC_NAMES,
+                            log_checkpoint=bool((cfg.get("mlflow") or {}).get("log_checkpoint", True)))
     log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))
     return best_score, val_report
 
@@ -309,6 +314,10 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
     logs = [name for name in ("tensorboard", "csv") if (out_dir / name).is_dir()]
     where = f"Outputs in {out_dir}: checkpoints/best.ckpt{chosen}, val_metrics.json" + \
         "".join(f", {name}/" for name in logs)
+    tracked = out_dir / "mlflow_run.json"
+    if tracked.is_file():
+        run = json.loads(tracked.read_text())
+        where += f"; MLflow run {run['run_id']} (mlflow ui --backend-store-uri {run['tracking_uri']})"
     nxt = (f"Next: python train.py {cli_override('resume', out_dir)} (goes on from {last.name})"
            if trainer.interrupted else f"Next: python eval.py {cli_override('ckpt_path', best_path)}")
     value = "n/a" if best_score is None else f"{best_score:.4f}"

@@ -1,0 +1,294 @@
+"""MLflow runs: the logger `logger=mlflow` builds (Lightning's `MLFlowLogger`), what train.py
+adds to its run (the composed config as flat params, tags, artifacts), how eval.py finds the
+run of a checkpoint and logs the test results to it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from pneumonia.tracking.settings import RUN_FILE, MlflowSettings
+
+log = logging.getLogger(__name__)
+
+TAG_DIGEST = "pneumonia.weights_digest"  # best.ckpt's weights checksum: finds the run of a copied checkpoint
+TAG_SWEEP = "pneumonia.sweep_dir"
+TAG_PARENT = "pneumonia.sweep_parent"
+MAX_PARAM = 500  # characters of a param value kept (lists of files, long strings)
+
+
+def mlflow_logger(tracking_uri: str, experiment_name: str, artifact_location: Optional[str] = None,
+                  run_name: Optional[str] = None, run_folder: Optional[str] = None,
+                  task_name: Optional[str] = None) -> Any:
+    """Lightning's `MLFlowLogger` on the configured store (a relative SQLite path made absolute,
+    its folder made; new experiments keep artifacts in `mlartifacts/` beside it). Default run
+    name: `<task_name>/<run folder name>`."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from pneumonia.tracking.settings import require_mlflow
+
+    require_mlflow("logger=mlflow")
+    settings = MlflowSettings(tracking_uri=tracking_uri, artifact_location=artifact_location,
+                              experiment_name=experiment_name, run_name=run_name)
+    if not run_name and run_folder:
+        run_name = f"{task_name}/{Path(run_folder).name}" if task_name else Path(run_folder).name
+    return MLFlowLogger(experiment_name=settings.experiment_name, run_name=run_name,
+                        tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location,
+                        run_id=_resumed_run(run_folder, settings.tracking_uri))
+
+
+def _resumed_run(run_folder: Optional[str], tracking_uri: str) -> Optional[str]:
+    """The MLflow run of a run folder that already has one in this store (a resumed run goes on
+    logging into it)."""
+    run_file = Path(run_folder) / RUN_FILE if run_folder else None
+    if run_file is None or not run_file.is_file():
+        return None
+    try:
+        info = json.loads(run_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("run_id") if info.get("tracking_uri") == tracking_uri else None
+
+
+def mlflow_loggers(loggers: list[Any]) -> list[Any]:
+    try:
+        from lightning.pytorch.loggers import MLFlowLogger
+    except ImportError:
+        return []
+    return [lg for lg in loggers if isinstance(lg, MLFlowLogger)]
+
+
+def flat_config(container: dict[str, Any]) -> dict[str, str]:
+    """The composed config (resolved, `hydra:` left out) as `a.b.c -> value` strings."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not str(k).startswith("_") or str(k) == "_target_":
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = str(node)[:MAX_PARAM]
+
+    walk("", {k: v for k, v in container.items() if k != "hydra"})
+    return flat
+
+
+def data_fingerprint(paths: dict[str, Any], root: str | Path) -> str:
+    """sha256 (first 16 hex) over each split's files: path below the data root and size,
+    sorted. The same images in another folder give the same fingerprint; an added, removed,
+    renamed or rewritten (other size) file changes it."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for split in sorted(paths):
+        for p in sorted(str(x) for x in paths[split]):
+            try:
+                rel = os.path.relpath(p, root)
+                size = os.stat(p).st_size
+            except (OSError, ValueError):
+                rel, size = p, -1
+            h.update(f"{split}\0{rel}\0{size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _hardware(trainer: Any) -> dict[str, str]:
+    import torch
+
+    accelerator = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+    device = torch.cuda.get_device_name(0) if accelerator == "cuda" and torch.cuda.is_available() else "cpu"
+    return {"accelerator": accelerator, "device": device, "devices": str(trainer.num_devices),
+            "precision": str(trainer.precision)}
+
+
+def start_training_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: Any, out_dir: Path) -> None:
+    """On each MLflow logger's run: the composed config as params, the tags (git commit and dirty
+    flag, data root and fingerprint, hardware, precision, seed, sweep), the parent run of a
+    sweep; `mlflow_run.json` in the run folder names the run (eval.py, export.py find it)."""
+    runs = mlflow_loggers(loggers)
+    if not runs or not trainer.is_global_zero:
+        return
+    from omegaconf import OmegaConf
+
+    from pneumonia.evaluation.report import git_state
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    params = flat_config(container)
+    git = git_state()
+    paths = {s: datamodule.paths[s] for s in ("train", "val") if s in (datamodule.paths or {})}
+    tags = {"git.commit": str(git["commit"]), "git.dirty": str(git["dirty"]),
+            "data.root": str(datamodule.data_root), "data.fingerprint": data_fingerprint(paths, datamodule.data_root),
+            "data.files": json.dumps({s: len(p) for s, p in paths.items()}),
+            "seed": str(cfg.seed), "task_name": str(cfg.get("task_name")), "run_folder": str(out_dir),
+            "monitor": str(cfg.monitor), **_hardware(trainer)}
+    sweep = _sweep_dir()
+    from pneumonia.tracking.settings import make_store_folder
+
+    for lg in runs:
+        make_store_folder(lg._tracking_uri)
+        client, run_id = lg.experiment, lg.run_id
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        _log_params(client, run_id, params)
+        if sweep:
+            client.set_tag(run_id, TAG_SWEEP, sweep)
+            client.set_tag(run_id, "mlflow.parentRunId", _sweep_parent(client, lg.experiment_id, sweep))
+    first = runs[0]
+    (out_dir / RUN_FILE).write_text(json.dumps({"tracking_uri": first._tracking_uri, "run_id": first.run_id,
+                                                "experiment_id": first.experiment_id}, indent=2) + "\n")
+
+
+def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
+    """Params of a resumed run: the ones it already holds stay (MLflow refuses a changed value)."""
+    from mlflow.entities import Param
+
+    held = client.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in params.items() if k not in held]
+    for start in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[start:start + 100])
+
+
+def _sweep_dir() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return str(Path(hydra_cfg.sweep.dir).resolve())
+    except (ValueError, AttributeError, ImportError):
+        pass
+    return None
+
+
+def _sweep_parent(client: Any, experiment_id: str, sweep: str) -> str:
+    """The sweep's parent run (created by its first job): each job's run nests under it."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{_quote(sweep)}'",
+                               max_results=1)
+    if found:
+        return found[0].info.run_id
+    parent = client.create_run(experiment_id, run_name=f"sweep/{Path(sweep).name}",
+                               tags={TAG_PARENT: sweep, TAG_SWEEP: sweep})
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def finish_training_run(loggers: list[Any], out_dir: Path, best_path: str, val_report: dict[str, Any],
+                        metric_names: tuple[str, ...], log_checkpoint: bool = True) -> None:
+    """The validation results at the chosen threshold (`hp/val_*`, as in TensorBoard), the
+    weights checksum tag, and the artifacts: best.ckpt, val_metrics.json, train_summary.json,
+    the config (.hydra/), the TensorBoard folder (its figures) and any PNG of the run folder."""
+    runs = mlflow_loggers(loggers)
+    if not runs:
+        return
+    metrics = {f"hp/val_{k}": float(val_report[k]) for k in (*metric_names, "threshold")
+               if isinstance(val_report.get(k), (int, float))}
+    digest = None
+    if best_path:
+        from pneumonia.inference.checkpoint import load_checkpoint
+        from pneumonia.integrity import stored_digest
+
+        digest = stored_digest(load_checkpoint(best_path))
+    for lg in runs:
+        client, run_id = lg.experiment, lg.run_id
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        if val_report.get("method"):
+            client.set_tag(run_id, "threshold.method", str(val_report["method"]))
+        if digest:
+            client.set_tag(run_id, TAG_DIGEST, digest)
+        if best_path and log_checkpoint:
+            client.log_artifact(run_id, best_path, "checkpoints")
+        for name in ("val_metrics.json", "train_summary.json"):
+            if (out_dir / name).is_file():
+                client.log_artifact(run_id, str(out_dir / name))
+        for png in sorted(out_dir.glob("*.png")):
+            client.log_artifact(run_id, str(png), "figures")
+        for folder in (".hydra", "tensorboard"):
+            if (out_dir / folder).is_dir():
+                client.log_artifacts(run_id, str(out_dir / folder), folder.lstrip("."))
+
+
+# ---- finding the run of a checkpoint ------------------------------------------------------
+def _store_exists(settings: MlflowSettings) -> bool:
+    """A SQLite store that was never written holds no runs (and is not made by looking)."""
+    uri = settings.tracking_uri
+    return Path(uri[len("sqlite:///"):]).is_file() if uri.startswith("sqlite:///") else True
+
+
+def may_be_tracked(ckpt_path: str | Path, settings: MlflowSettings) -> bool:
+    """Whether a run of `ckpt_path` may exist (its run folder names one, or the store exists)
+    and mlflow is installed: answered without importing mlflow's heavy parts."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        return False
+    return (Path(ckpt_path).resolve().parent.parent / RUN_FILE).is_file() or _store_exists(settings)
+
+
+def find_training_run(ckpt_path: str | Path, settings: MlflowSettings | None) -> tuple[Any, str] | None:
+    """(MlflowClient, run id) of the run that trained `ckpt_path`: the `mlflow_run.json` of its
+    run folder (`<run>/checkpoints/<file>`), else the run of `settings`' store whose weights
+    checksum tag is the checkpoint's. None when there is none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    ckpt_path = Path(ckpt_path)
+    run_file = ckpt_path.resolve().parent.parent / RUN_FILE
+    if run_file.is_file():
+        try:
+            info = json.loads(run_file.read_text())
+            client = MlflowClient(info["tracking_uri"], registry_uri=info["tracking_uri"])
+            client.get_run(info["run_id"])
+            return client, info["run_id"]
+        except (OSError, ValueError, KeyError, MlflowException) as err:
+            log.warning("%s names an MLflow run that cannot be read (%s); looking it up by checksum", run_file,
+                        str(err).splitlines()[0] if str(err) else type(err).__name__)
+    if settings is None or not _store_exists(settings):
+        return None
+    from pneumonia.inference.checkpoint import load_checkpoint
+    from pneumonia.integrity import stored_digest
+
+    digest = stored_digest(load_checkpoint(ckpt_path))
+    if not digest:
+        return None
+    client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_runs(experiments, filter_string=f"tags.`{TAG_DIGEST}` = '{digest}'", max_results=1)
+    return (client, found[0].info.run_id) if found else None
+
+
+def log_evaluation(ckpt_path: str | Path, settings: MlflowSettings, out_dir: Path, rep: dict[str, Any],
+                   report_keys: tuple[str, ...]) -> str | None:
+    """eval.py's results on the training run of `ckpt_path`: the metrics as `test/<name>` (with
+    the 95% interval bounds as `test/<name>_ci_low|high`), metrics.json, report.html,
+    predictions.csv and the figures under `eval/<eval folder name>/`. Returns the run id."""
+    found = find_training_run(ckpt_path, settings)
+    if found is None:
+        log.info("No MLflow run found for %s: the evaluation is not tracked", ckpt_path)
+        return None
+    client, run_id = found
+    metrics = {f"test/{k}": float(rep[k]) for k in report_keys if isinstance(rep.get(k), (int, float))}
+    for name, interval in (rep.get("ci95") or {}).items():
+        if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(
+                isinstance(x, (int, float)) for x in interval):
+            metrics[f"test/{name}_ci_low"], metrics[f"test/{name}_ci_high"] = map(float, interval)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    where = f"eval/{out_dir.name}"
+    for name in ("metrics.json", "report.html", "predictions.csv", "dataset.json"):
+        if (out_dir / name).is_file():
+            client.log_artifact(run_id, str(out_dir / name), where)
+    for png in sorted(out_dir.glob("*.png")):
+        client.log_artifact(run_id, str(png), f"{where}/figures")
+    client.set_tag(run_id, "eval.last_folder", str(out_dir))
+    return run_id
