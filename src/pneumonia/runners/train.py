@@ -218,7 +218,7 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if reporter is not None:  # sweep_summary lists a pruned job as "pruned at epoch E"
         summary.update(trial=reporter.number, pruned_at_epoch=reporter.pruned_epoch)
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    if not trainer.fast_dev_run:
+    if not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's Trainer, undeclared
         finish_training_run(loggers, out_dir, best_path, val_report, METRIC_NAMES,
                             log_checkpoint=bool((cfg.get("mlflow") or {}).get("log_checkpoint", True)))
     log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))

@@ -12,6 +12,7 @@ Registering is export.py's step: `python export.py ckpt_path=... register=pneumo
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"  # conf/mlflow/default.yaml's tracking_uri
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(args: object) -> str:
+def run(args: Any) -> str:
     from pneumonia.tracking import registry
     from pneumonia.tracking.settings import MlflowSettings
 
@@ -104,7 +105,7 @@ def run(args: object) -> str:
             f"  run: {version.run_id}\n{tags}")
 
 
-def _model(client: object, registry: object, name: str) -> object:
+def _model(client: Any, registry: Any, name: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:

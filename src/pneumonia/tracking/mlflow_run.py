@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pneumonia.tracking.settings import RUN_FILE, MlflowSettings
 
@@ -21,9 +21,9 @@ TAG_PARENT = "pneumonia.sweep_parent"
 MAX_PARAM = 500  # characters of a param value kept (lists of files, long strings)
 
 
-def mlflow_logger(tracking_uri: str, experiment_name: str, artifact_location: Optional[str] = None,
-                  run_name: Optional[str] = None, run_folder: Optional[str] = None,
-                  task_name: Optional[str] = None) -> Any:
+def mlflow_logger(tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
+                  run_name: str | None = None, run_folder: str | None = None,
+                  task_name: str | None = None) -> Any:
     """Lightning's `MLFlowLogger` on the configured store (a relative SQLite path made absolute,
     its folder made; new experiments keep artifacts in `mlartifacts/` beside it). Default run
     name: `<task_name>/<run folder name>`."""
@@ -41,7 +41,7 @@ def mlflow_logger(tracking_uri: str, experiment_name: str, artifact_location: Op
                         run_id=_resumed_run(run_folder, settings.tracking_uri))
 
 
-def _resumed_run(run_folder: Optional[str], tracking_uri: str) -> Optional[str]:
+def _resumed_run(run_folder: str | None, tracking_uri: str) -> str | None:
     """The MLflow run of a run folder that already has one in this store (a resumed run goes on
     logging into it)."""
     run_file = Path(run_folder) / RUN_FILE if run_folder else None
@@ -111,11 +111,10 @@ def start_training_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: A
     runs = mlflow_loggers(loggers)
     if not runs or not trainer.is_global_zero:
         return
-    from omegaconf import OmegaConf
-
+    from pneumonia.config.plain import to_dict
     from pneumonia.evaluation.report import git_state
 
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = to_dict(cfg, resolve=True)
     params = flat_config(container)
     git = git_state()
     paths = {s: datamodule.paths[s] for s in ("train", "val") if s in (datamodule.paths or {})}

@@ -4,7 +4,7 @@ signature (checked on the command line before torch is imported, `runners.quick`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from annotated_types import MinLen
 
@@ -19,9 +19,9 @@ class MlflowSettings:
     """Where runs and registered models go and what a run holds."""
 
     def __init__(self, tracking_uri: Annotated[str, MinLen(1)] = "sqlite:///outputs/mlflow.db",
-                 artifact_location: Optional[str] = None,
+                 artifact_location: str | None = None,
                  experiment_name: Annotated[str, MinLen(1)] = "pneumonia",
-                 run_name: Optional[str] = None,
+                 run_name: str | None = None,
                  log_checkpoint: bool = True,
                  eval_to_training_run: bool = True) -> None:
         check_arguments(type(self), locals())
@@ -33,10 +33,12 @@ class MlflowSettings:
         self.eval_to_training_run = eval_to_training_run
 
     @classmethod
-    def from_config(cls, node: Any) -> "MlflowSettings":
+    def from_config(cls, node: Any) -> MlflowSettings:
         from omegaconf import OmegaConf
 
-        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
+        from pneumonia.config.plain import to_dict
+
+        values = to_dict(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
         try:
             return cls(**values)
         except ConfigError as err:
