@@ -12,6 +12,7 @@ from pneumonia.runners.quick import check_or_fail
 def main(cfg: DictConfig) -> None:
     check_required(cfg, "app.py", {"ckpt_path": CKPT_EXAMPLE})
     from pneumonia.app.serve import serve  # torch, gradio: imported after the checks
+
     run(cfg, serve, "app.py")
 
 

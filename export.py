@@ -12,6 +12,7 @@ from pneumonia.runners.quick import check_or_fail
 def main(cfg: DictConfig) -> None:
     check_required(cfg, "export.py", {"ckpt_path": CKPT_EXAMPLE})
     from pneumonia.export.runner import export  # the runner and its heavy imports: after the checks
+
     run(cfg, export, "export.py")
 
 

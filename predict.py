@@ -13,10 +13,14 @@ from pneumonia.runners.quick import check_or_fail
 def main(cfg: DictConfig) -> None:
     # backend=onnx reads model_path= instead of ckpt_path= (checked by the runner); no torch on that path
     # and model_uri= (a registered ONNX export) too
-    required = ({"inputs": "scans/"} if cfg.get("backend") == "onnx" or cfg.get("model_uri")
-                else {"ckpt_path": CKPT_EXAMPLE, "inputs": "scans/"})
+    required = (
+        {"inputs": "scans/"}
+        if cfg.get("backend") == "onnx" or cfg.get("model_uri")
+        else {"ckpt_path": CKPT_EXAMPLE, "inputs": "scans/"}
+    )
     check_required(cfg, "predict.py", required)
     from pneumonia.runners.predict import predict  # the runner and its heavy imports: after the checks
+
     run(cfg, predict, "predict.py")
 
 

@@ -12,6 +12,7 @@ from pneumonia.runners.quick import check_or_fail
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
     from pneumonia.serve.server import serve  # torch, litserve: imported after the checks
+
     run(cfg, serve, "serve.py")
 
 

@@ -76,8 +76,13 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
             loss = step()
         float(loss)
         rates.append(args.steps * args.batch / (time.perf_counter() - t))
-    result = {"variant": name, "img_s": statistics.median(rates), "rates": rates, "warmup_s": warm,
-              "threads": torch.get_num_threads()}
+    result = {
+        "variant": name,
+        "img_s": statistics.median(rates),
+        "rates": rates,
+        "warmup_s": warm,
+        "threads": torch.get_num_threads(),
+    }
     if args.profile == name:
         from torch.profiler import ProfilerActivity, profile
 
@@ -109,10 +114,25 @@ def main() -> None:
     print("| variant | train img/s (compute only) | first steps (s) |")
     print("|---|---|---|")
     for name in args.variants:
-        cmd = [sys.executable, __file__, "--one", name, "--size", str(args.size), "--batch", str(args.batch),
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--repeats", str(args.repeats)]
-        cmd += (["--threads", str(args.threads)] if args.threads else []) + \
-            (["--profile", args.profile] if args.profile else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--size",
+            str(args.size),
+            "--batch",
+            str(args.batch),
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.steps),
+            "--repeats",
+            str(args.repeats),
+        ]
+        cmd += (["--threads", str(args.threads)] if args.threads else []) + (
+            ["--profile", args.profile] if args.profile else []
+        )
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"| {name} | failed: {out.stderr.strip().splitlines()[-1][:120]} | |")

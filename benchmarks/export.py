@@ -76,8 +76,9 @@ def build_predictor(ckpt: str | None, precision: str):
     if ckpt:
         return Predictor.from_checkpoint(ckpt, device="cpu", precision=precision)
     torch.manual_seed(0)
-    return Predictor(CustomCNN(depth=5, in_channels=1, image_size=150), Preprocess(150, 1), 0.5,
-                     precision=precision, device="cpu")
+    return Predictor(
+        CustomCNN(depth=5, in_channels=1, image_size=150), Preprocess(150, 1), 0.5, precision=precision, device="cpu"
+    )
 
 
 def images(n: int, channels: int, size: int):
@@ -126,6 +127,7 @@ def worker(args: argparse.Namespace) -> None:
 
         def score(batch):
             return predictor.predict_images(torch.from_numpy(batch)).numpy()
+
         threads = torch.get_num_threads()
     else:
         import onnxruntime as ort
@@ -137,37 +139,51 @@ def worker(args: argparse.Namespace) -> None:
         level = "all" if level == "int8" else level
         options = ort.SessionOptions()
         options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[level]
         options.intra_op_num_threads = int(t[1:])
-        session = ort.InferenceSession(str(Path(args.model_dir) / model_file), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(Path(args.model_dir) / model_file), sess_options=options, providers=["CPUExecutionProvider"]
+        )
         name_in, name_out = meta["input"]["name"], meta["output"]["name"]
 
         def score(batch):
             return sigmoid(session.run([name_out], {name_in: OnnxPredictor.to_input(batch)})[0])
+
         threads = int(t[1:]) or os.cpu_count()
     big = images(args.batch, channels, size)
     one = images(1, channels, size)
     per_batch = timed(score, big, args.warmup, args.steps, args.repeats)
     per_one = timed(score, one, 5 * args.warmup, args.steps_1, args.repeats)
-    print(json.dumps({
-        "variant": args.worker, "threads": threads,
-        "batch_img_s": args.batch / statistics.median(per_batch),
-        "batch_img_s_windows": [round(args.batch / w, 1) for w in per_batch],
-        "one_ms": 1000 * statistics.median(per_one),
-        "one_ms_windows": [round(1000 * w, 2) for w in per_one],
-        "peak_rss_mb": peak_rss_mb(),
-    }))
+    print(
+        json.dumps(
+            {
+                "variant": args.worker,
+                "threads": threads,
+                "batch_img_s": args.batch / statistics.median(per_batch),
+                "batch_img_s_windows": [round(args.batch / w, 1) for w in per_batch],
+                "one_ms": 1000 * statistics.median(per_one),
+                "one_ms_windows": [round(1000 * w, 2) for w in per_one],
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
 def quantize_model(out: Path, meta: dict) -> None:
     """model.int8.onnx beside model.onnx, with export.py quantize=int8's settings (QDQ, per-channel
     int8 weights, uint8 activations, MinMax), calibrated on the synthetic batch: speed only (the
     parity on validation images is export.py's own check)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     channels, size = meta["preprocess"]["channels"], meta["preprocess"]["image_size"]
@@ -179,9 +195,16 @@ def quantize_model(out: Path, meta: dict) -> None:
             return None if batch is None else {meta["input"]["name"]: batch}
 
     quant_pre_process(str(out / "model.onnx"), str(out / "model.prep.onnx"))
-    quantize_static(str(out / "model.prep.onnx"), str(out / INT8_MODEL), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    quantize_static(
+        str(out / "model.prep.onnx"),
+        str(out / INT8_MODEL),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     print(f"quantized: {(out / INT8_MODEL).stat().st_size / 1e6:.1f} MB")
 
 
@@ -194,26 +217,31 @@ def export_model(ckpt: str | None, out: Path) -> None:
     check = verify(predictor, out / "model.onnx", "onnx")
     meta = build_sidecar(predictor, "onnx", info, verification=check, threshold_precision=None)
     (out / "model.json").write_text(json.dumps(meta, default=str))
-    print(f"exported: opset {info['opset']}, {info['bytes'] / 1e6:.1f} MB, parity max |Δp| "
-          f"{check['max_abs_probability_difference']:.1e}")
+    print(
+        f"exported: opset {info['opset']}, {info['bytes'] / 1e6:.1f} MB, parity max |Δp| "
+        f"{check['max_abs_probability_difference']:.1e}"
+    )
 
 
 IMPORT_SNIPPETS = {
     # what predict.py runs after Hydra: the runner and its backend imported, one model loaded,
     # two files decoded and scored
-    "onnx": ("import pneumonia.runners.predict\nimport onnxruntime\n"
-             "from pneumonia.export.onnx_predictor import OnnxPredictor\n",
-             "p = OnnxPredictor.from_model({model!r})\n"
-             "probs = p.predict_images(np.stack([p.load(f) for f in {files!r}]))\n"),
-    "torch": ("import pneumonia.runners.predict\nimport torch\nfrom pneumonia.inference import Predictor\n",
-              "if {ckpt!r}:\n"
-              "    p = Predictor.from_checkpoint({ckpt!r}, device='cpu', precision='32-true')\n"
-              "else:\n"
-              "    from pneumonia.data.preprocess import Preprocess\n"
-              "    from pneumonia.models import CustomCNN\n"
-              "    p = Predictor(CustomCNN(depth=5, in_channels=1, image_size=150), Preprocess(150, 1), 0.5,\n"
-              "                  precision='32-true')\n"
-              "probs = p.predict_images(torch.from_numpy(np.stack([p.preprocess.load(f) for f in {files!r}])))\n"),
+    "onnx": (
+        "import pneumonia.runners.predict\nimport onnxruntime\n"
+        "from pneumonia.export.onnx_predictor import OnnxPredictor\n",
+        "p = OnnxPredictor.from_model({model!r})\nprobs = p.predict_images(np.stack([p.load(f) for f in {files!r}]))\n",
+    ),
+    "torch": (
+        "import pneumonia.runners.predict\nimport torch\nfrom pneumonia.inference import Predictor\n",
+        "if {ckpt!r}:\n"
+        "    p = Predictor.from_checkpoint({ckpt!r}, device='cpu', precision='32-true')\n"
+        "else:\n"
+        "    from pneumonia.data.preprocess import Preprocess\n"
+        "    from pneumonia.models import CustomCNN\n"
+        "    p = Predictor(CustomCNN(depth=5, in_channels=1, image_size=150), Preprocess(150, 1), 0.5,\n"
+        "                  precision='32-true')\n"
+        "probs = p.predict_images(torch.from_numpy(np.stack([p.preprocess.load(f) for f in {files!r}])))\n",
+    ),
 }
 
 
@@ -231,13 +259,16 @@ def measure_imports(model_dir: Path, ckpt: str | None, runs: int) -> list[dict]:
     results = []
     for run in range(runs):
         for backend, (imports, load) in IMPORT_SNIPPETS.items():
-            code = ("import time, sys, json\nt0 = time.perf_counter()\n" + imports
-                    + "t1 = time.perf_counter()\nimport numpy as np\n"
-                    + load.format(model=str(model_dir / "model.onnx"), ckpt=ckpt, files=files)
-                    + "t2 = time.perf_counter()\n"
-                    + "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
-                    + "print(json.dumps({'import_s': t1 - t0, 'first_prediction_s': t2 - t1, "
-                      "'peak_rss_mb': int(hwm) / 1024, 'torch_imported': 'torch' in sys.modules}))\n")
+            code = (
+                "import time, sys, json\nt0 = time.perf_counter()\n"
+                + imports
+                + "t1 = time.perf_counter()\nimport numpy as np\n"
+                + load.format(model=str(model_dir / "model.onnx"), ckpt=ckpt, files=files)
+                + "t2 = time.perf_counter()\n"
+                + "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+                + "print(json.dumps({'import_s': t1 - t0, 'first_prediction_s': t2 - t1, "
+                "'peak_rss_mb': int(hwm) / 1024, 'torch_imported': 'torch' in sys.modules}))\n"
+            )
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
             if res.returncode:
                 raise SystemExit(f"{backend} import run failed:\n{res.stderr[-3000:]}")
@@ -255,8 +286,11 @@ def main() -> None:
     ap.add_argument("--steps-1", type=int, default=40, help="calls per window at batch 1")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="runs of every variant, round-robin; the quietest is kept")
-    ap.add_argument("--write-int8", action="store_true",
-                    help="write docs/results/onnx_int8_cpu.json from the ort_all_t* and ort_int8_t* rows")
+    ap.add_argument(
+        "--write-int8",
+        action="store_true",
+        help="write docs/results/onnx_int8_cpu.json from the ort_all_t* and ort_int8_t* rows",
+    )
     ap.add_argument("--note", default="", help="added to the written table's notes")
     ap.add_argument("--imports", action="store_true", help="also time the imports and RSS of both predict paths")
     ap.add_argument("--import-runs", type=int, default=3)
@@ -280,9 +314,24 @@ def main() -> None:
         best: dict[str, dict] = {}
         for round_ in range(args.rounds):
             for variant in args.variants:
-                cmd = [sys.executable, __file__, "--worker", variant, "--model-dir", str(model_dir),
-                       "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps),
-                       "--steps-1", str(args.steps_1), "--repeats", str(args.repeats)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    variant,
+                    "--model-dir",
+                    str(model_dir),
+                    "--batch",
+                    str(args.batch),
+                    "--warmup",
+                    str(args.warmup),
+                    "--steps",
+                    str(args.steps),
+                    "--steps-1",
+                    str(args.steps_1),
+                    "--repeats",
+                    str(args.repeats),
+                ]
                 if args.ckpt:
                     cmd += ["--ckpt", args.ckpt]
                 t0, busy0 = time.perf_counter(), busy_jiffies()
@@ -293,24 +342,34 @@ def main() -> None:
                 if res.returncode:
                     raise SystemExit(f"{variant} failed:\n{res.stderr[-3000:]}")
                 mine = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
-                row = {**json.loads(res.stdout.strip().splitlines()[-1]), "round": round_ + 1,
-                       "others": max(0.0, busy - mine) / (wall * cores)}
-                print(f"round {round_ + 1} {variant:>16}: batch {args.batch} {row['batch_img_s']:7.1f} img/s "
-                      f"{row['batch_img_s_windows']}, batch 1 {row['one_ms']:6.2f} ms {row['one_ms_windows']}, "
-                      f"others {100 * row['others']:.0f}%", flush=True)
+                row = {
+                    **json.loads(res.stdout.strip().splitlines()[-1]),
+                    "round": round_ + 1,
+                    "others": max(0.0, busy - mine) / (wall * cores),
+                }
+                print(
+                    f"round {round_ + 1} {variant:>16}: batch {args.batch} {row['batch_img_s']:7.1f} img/s "
+                    f"{row['batch_img_s_windows']}, batch 1 {row['one_ms']:6.2f} ms {row['one_ms_windows']}, "
+                    f"others {100 * row['others']:.0f}%",
+                    flush=True,
+                )
                 if variant not in best or row["others"] < best[variant]["others"]:
                     best[variant] = row
         rows = [best[v] for v in args.variants]
         base = {r["variant"]: r for r in rows}
         ref = base.get("torch_fp32")
         bf16 = base.get("torch_bf16")
-        print(f"\n| variant | threads | batch {args.batch} img/s | vs torch fp32 | vs torch bf16 | batch 1 ms | "
-              f"batch 1 img/s | peak RSS (MB) | others |\n|---|---|---|---|---|---|---|---|---|")
+        print(
+            f"\n| variant | threads | batch {args.batch} img/s | vs torch fp32 | vs torch bf16 | batch 1 ms | "
+            f"batch 1 img/s | peak RSS (MB) | others |\n|---|---|---|---|---|---|---|---|---|"
+        )
         for r in rows:
             vs = lambda other, r=r: f"{r['batch_img_s'] / other['batch_img_s']:.2f}x" if other else "-"  # noqa: E731
-            print(f"| `{r['variant']}`: {VARIANTS[r['variant']]} | {r['threads']} | {r['batch_img_s']:.1f} | "
-                  f"{vs(ref)} | {vs(bf16)} | {r['one_ms']:.2f} | {1000 / r['one_ms']:.0f} | {r['peak_rss_mb']:.0f} | "
-                  f"{100 * r['others']:.0f}% |")
+            print(
+                f"| `{r['variant']}`: {VARIANTS[r['variant']]} | {r['threads']} | {r['batch_img_s']:.1f} | "
+                f"{vs(ref)} | {vs(bf16)} | {r['one_ms']:.2f} | {1000 / r['one_ms']:.0f} | {r['peak_rss_mb']:.0f} | "
+                f"{100 * r['others']:.0f}% |"
+            )
         int8 = [r for r in rows if r["variant"].startswith("ort_int8")]
         if int8 and args.write_int8:
             sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -320,26 +379,53 @@ def main() -> None:
             table = []
             for r in [*fp32.values(), *int8]:
                 ref32 = fp32.get(r["variant"].rsplit("_", 1)[1])
-                table.append([f"`{r['variant']}`", VARIANTS[r["variant"]], r["threads"], f"{r['batch_img_s']:.1f}",
-                              f"{r['batch_img_s'] / ref32['batch_img_s']:.2f}x" if ref32 else "-",
-                              f"{r['one_ms']:.2f}", f"{100 * r['others']:.0f}%"])
-            write_result("onnx_int8_cpu", title=f"onnxruntime fp32 against int8 (QDQ) on the CPU: {model}",
-                         columns=["variant", "what", "threads", f"batch {args.batch} img/s", "vs fp32, same threads",
-                                  "batch 1 ms", "others"], rows=table,
-                         notes=("Each variant in its own process, the quietest of --rounds rounds; 'others' is the "
-                                "CPU share other processes took during it. " + args.note).strip())
+                table.append(
+                    [
+                        f"`{r['variant']}`",
+                        VARIANTS[r["variant"]],
+                        r["threads"],
+                        f"{r['batch_img_s']:.1f}",
+                        f"{r['batch_img_s'] / ref32['batch_img_s']:.2f}x" if ref32 else "-",
+                        f"{r['one_ms']:.2f}",
+                        f"{100 * r['others']:.0f}%",
+                    ]
+                )
+            write_result(
+                "onnx_int8_cpu",
+                title=f"onnxruntime fp32 against int8 (QDQ) on the CPU: {model}",
+                columns=[
+                    "variant",
+                    "what",
+                    "threads",
+                    f"batch {args.batch} img/s",
+                    "vs fp32, same threads",
+                    "batch 1 ms",
+                    "others",
+                ],
+                rows=table,
+                notes=(
+                    "Each variant in its own process, the quietest of --rounds rounds; 'others' is the "
+                    "CPU share other processes took during it. " + args.note
+                ).strip(),
+            )
         if args.imports:
             results = measure_imports(model_dir, args.ckpt, args.import_runs)
-            print("\n| predict path | import (s) | model load + 2 images (s) | peak RSS (MB) | torch imported |\n"
-                  "|---|---|---|---|---|")
+            print(
+                "\n| predict path | import (s) | model load + 2 images (s) | peak RSS (MB) | torch imported |\n"
+                "|---|---|---|---|---|"
+            )
             for r in results:
-                print(f"| {r['backend']} (run {r['run']}) | {r['import_s']:.2f} | {r['first_prediction_s']:.2f} | "
-                      f"{r['peak_rss_mb']:.0f} | {r['torch_imported']} |")
+                print(
+                    f"| {r['backend']} (run {r['run']}) | {r['import_s']:.2f} | {r['first_prediction_s']:.2f} | "
+                    f"{r['peak_rss_mb']:.0f} | {r['torch_imported']} |"
+                )
             for backend in IMPORT_SNIPPETS:
                 mine = [r for r in results if r["backend"] == backend]
-                print(f"{backend}: median import {statistics.median(r['import_s'] for r in mine):.2f} s, "
-                      f"first prediction {statistics.median(r['first_prediction_s'] for r in mine):.2f} s, "
-                      f"peak RSS {statistics.median(r['peak_rss_mb'] for r in mine):.0f} MB")
+                print(
+                    f"{backend}: median import {statistics.median(r['import_s'] for r in mine):.2f} s, "
+                    f"first prediction {statistics.median(r['first_prediction_s'] for r in mine):.2f} s, "
+                    f"peak RSS {statistics.median(r['peak_rss_mb'] for r in mine):.0f} MB"
+                )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,19 @@ BEFORE = ["data.device_resident=false", "module.defer_sync=false"]
 def run_one(args: argparse.Namespace, seed: int, batch: int | None, before: bool, work: Path) -> dict[str, Any]:
     label = f"{'before' if before else 'fast'} b{batch or 'recipe'} seed {seed}"
     run_dir = work / label.replace(" ", "_")
-    cmd = [sys.executable, str(ROOT / "train.py"), "experiment=best", f"seed={seed}", f"data.root={args.data}",
-           f"data.cache_dir={args.cache_dir}", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false",
-           *([f"data.batch_size={batch}"] if batch else []), *(BEFORE if before else []), *args.override]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "experiment=best",
+        f"seed={seed}",
+        f"data.root={args.data}",
+        f"data.cache_dir={args.cache_dir}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+        *([f"data.batch_size={batch}"] if batch else []),
+        *(BEFORE if before else []),
+        *args.override,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.run_timeout)
     wall = time.perf_counter() - start
@@ -47,18 +57,29 @@ def run_one(args: argparse.Namespace, seed: int, batch: int | None, before: bool
         raise RuntimeError(f"{label}: train.py exited {proc.returncode}: {proc.stderr.strip()[-400:]}")
     summary = json.loads((run_dir / "train_summary.json").read_text())
     val = json.loads((run_dir / "val_metrics.json").read_text()).get("at_threshold") or summary.get("val") or {}
-    return {"label": label, "config": "before" if before else "fast", "batch": batch, "seed": seed,
-            "train_seconds": summary.get("train_seconds"), "epochs": summary.get("epochs"), "wall_seconds": round(wall, 1),
-            "best_val_auroc_during_training": summary.get("best_score"),
-            **{k: val.get(k) for k in KEYS}}
+    return {
+        "label": label,
+        "config": "before" if before else "fast",
+        "batch": batch,
+        "seed": seed,
+        "train_seconds": summary.get("train_seconds"),
+        "epochs": summary.get("epochs"),
+        "wall_seconds": round(wall, 1),
+        "best_val_auroc_during_training": summary.get("best_score"),
+        **{k: val.get(k) for k in KEYS},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/chest_xray")
-    ap.add_argument("--cache-dir", default=None, help="data.cache_dir (default: a temporary folder, shared by the runs)")
+    ap.add_argument(
+        "--cache-dir", default=None, help="data.cache_dir (default: a temporary folder, shared by the runs)"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[0], help="data.batch_size per series; 0 = the recipe's")
+    ap.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[0], help="data.batch_size per series; 0 = the recipe's"
+    )
     ap.add_argument("--before", type=int, nargs="*", default=[], help="seeds to run last with the fast path off")
     ap.add_argument("--override", nargs="*", default=[], help="more train.py overrides for every run")
     ap.add_argument("--run-timeout", type=float, default=180)
@@ -71,18 +92,37 @@ def main(argv: list[str] | None = None) -> None:
         from pneumonia.data.synthetic import make_chest_xray_tree
 
         args.data = str(make_chest_xray_tree(work / "data", {"train": (40, 40)}))
-        args.override = [*args.override, "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1",
-                         "data.image_size=48", "model.depth=3", "intervals.resamples=20", "data.decode_threads=1"]
+        args.override = [
+            *args.override,
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "trainer.max_epochs=1",
+            "data.image_size=48",
+            "model.depth=3",
+            "intervals.resamples=20",
+            "data.decode_threads=1",
+        ]
         args.seeds, args.batch_sizes = args.seeds[:1], args.batch_sizes[:1]
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     args.cache_dir = args.cache_dir or str(work / "cache")
     runs: list[dict[str, Any]] = []
     failures: list[str] = []
-    plan = [(s, b or None, False) for b in args.batch_sizes for s in args.seeds] + [(s, None, True) for s in args.before]
+    plan = [(s, b or None, False) for b in args.batch_sizes for s in args.seeds] + [
+        (s, None, True) for s in args.before
+    ]
 
     def save() -> None:
-        rows = [[r["config"], r["batch"] or "recipe (32)", r["seed"], r["train_seconds"], r["epochs"],
-                 *(round(r[k], 4) if isinstance(r[k], float) else r[k] for k in KEYS)] for r in runs]
+        rows = [
+            [
+                r["config"],
+                r["batch"] or "recipe (32)",
+                r["seed"],
+                r["train_seconds"],
+                r["epochs"],
+                *(round(r[k], 4) if isinstance(r[k], float) else r[k] for k in KEYS),
+            ]
+            for r in runs
+        ]
         series: dict[str, Any] = {}
         for r in runs:
             series.setdefault(f"{r['config']} b{r['batch'] or 'recipe'}", []).append(r)
@@ -90,18 +130,27 @@ def main(argv: list[str] | None = None) -> None:
         for key, rs in series.items():
             auc = [r["auroc"] for r in rs if r["auroc"] is not None]
             secs = [r["train_seconds"] for r in rs if r["train_seconds"] is not None]
-            summary[key] = {"n": len(rs), "auroc_mean": statistics.mean(auc) if auc else None,
-                            "auroc_sd": statistics.stdev(auc) if len(auc) > 1 else None,
-                            "train_seconds_mean": statistics.mean(secs) if secs else None}
-        write_result("gpu_best_seeds", title="experiment=best over seeds on the GPU fast path: training time and "
-                     "validation metrics", columns=["config", "batch", "seed", "train s", "epochs", *KEYS],
-                     rows=rows, out_dir=args.out_dir,
-                     notes=("One train.py process per run (experiment=best, 10 epochs, validation every epoch, "
-                            "TensorBoard logging); 'train s' = train_summary.json's train_seconds (Lightning's fit "
-                            "alone: validation epochs included, decoding and calibration not); metrics from "
-                            "val_metrics.json (best checkpoint, the recipe's TTA, threshold by its rule)."
-                            + (" SMOKE RUN: CPU, synthetic images, 1 epoch; not a measurement." if args.smoke else "")),
-                     extra={"runs": runs, "series": summary, "failures": failures, "overrides": args.override})
+            summary[key] = {
+                "n": len(rs),
+                "auroc_mean": statistics.mean(auc) if auc else None,
+                "auroc_sd": statistics.stdev(auc) if len(auc) > 1 else None,
+                "train_seconds_mean": statistics.mean(secs) if secs else None,
+            }
+        write_result(
+            "gpu_best_seeds",
+            title="experiment=best over seeds on the GPU fast path: training time and validation metrics",
+            columns=["config", "batch", "seed", "train s", "epochs", *KEYS],
+            rows=rows,
+            out_dir=args.out_dir,
+            notes=(
+                "One train.py process per run (experiment=best, 10 epochs, validation every epoch, "
+                "TensorBoard logging); 'train s' = train_summary.json's train_seconds (Lightning's fit "
+                "alone: validation epochs included, decoding and calibration not); metrics from "
+                "val_metrics.json (best checkpoint, the recipe's TTA, threshold by its rule)."
+                + (" SMOKE RUN: CPU, synthetic images, 1 epoch; not a measurement." if args.smoke else "")
+            ),
+            extra={"runs": runs, "series": summary, "failures": failures, "overrides": args.override},
+        )
 
     for seed, batch, before in plan:
         try:

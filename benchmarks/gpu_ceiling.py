@@ -60,8 +60,9 @@ class Bench:
             # one model per variant for every batch size: compiled with a symbolic batch size from the
             # start (2 compiles per variant, train and eval, instead of 6 static ones); --static compiles
             # each batch size on its own (slower to run: the compiles take tens of seconds each)
-            run = torch.compile(net, mode=None if variant == "compile" else variant,
-                                dynamic=False if self.args.static else True)
+            run = torch.compile(
+                net, mode=None if variant == "compile" else variant, dynamic=False if self.args.static else True
+            )
         return net, run, opt
 
     def train_step(self, net, run, opt, b):
@@ -107,8 +108,12 @@ class Bench:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
-    ap.add_argument("--variants", nargs="+", default=["eager", "compile", "reduce-overhead"],
-                    help="eager, compile (torch.compile default mode), reduce-overhead (CUDA graphs), max-autotune")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["eager", "compile", "reduce-overhead"],
+        help="eager, compile (torch.compile default mode), reduce-overhead (CUDA graphs), max-autotune",
+    )
     ap.add_argument("--size", type=int, default=150)
     ap.add_argument("--images", type=int, default=8192, help="synthetic images resident on the device")
     ap.add_argument("--precision", choices=["bf16", "32"], default="bf16")
@@ -135,18 +140,27 @@ def main(argv: list[str] | None = None) -> None:
         write_result(
             "gpu_ceiling",
             title=f"The bare original CNN ({args.size} px gray, {args.precision}, channels_last, Adam) on "
-                  f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU (smoke)'}",
-            columns=COLUMNS, rows=rows, out_dir=args.out_dir,
-            notes=("Synthetic uint8 images resident on the device, each batch gathered there by random indices; "
-                   "cuDNN benchmark mode on (the framework's trainer.benchmark is false by default); "
-                   "Adam with torch's default (foreach) implementation; "
-                   "warm-up excluded, synchronize around each timed window, median of the windows. 'compile s' is "
-                   "the wall time of the first train and eval steps of a compiled variant (one model per variant "
-                   "compiled with a symbolic batch size, dynamic=True, so its compiles come at the first batch "
-                   "size; with --static every batch size compiles its own static graphs)."
-                   + (" SMOKE RUN: CPU, tiny sizes; not a measurement." if args.smoke else "")),
-            extra={"torch": torch.__version__, "cuda": torch.version.cuda, "images": args.images,
-                   "failures": failures, "settings": {k: v for k, v in vars(args).items() if k != "out_dir"}},
+            f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU (smoke)'}",
+            columns=COLUMNS,
+            rows=rows,
+            out_dir=args.out_dir,
+            notes=(
+                "Synthetic uint8 images resident on the device, each batch gathered there by random indices; "
+                "cuDNN benchmark mode on (the framework's trainer.benchmark is false by default); "
+                "Adam with torch's default (foreach) implementation; "
+                "warm-up excluded, synchronize around each timed window, median of the windows. 'compile s' is "
+                "the wall time of the first train and eval steps of a compiled variant (one model per variant "
+                "compiled with a symbolic batch size, dynamic=True, so its compiles come at the first batch "
+                "size; with --static every batch size compiles its own static graphs)."
+                + (" SMOKE RUN: CPU, tiny sizes; not a measurement." if args.smoke else "")
+            ),
+            extra={
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+                "images": args.images,
+                "failures": failures,
+                "settings": {k: v for k, v in vars(args).items() if k != "out_dir"},
+            },
         )
 
     for variant in args.variants:
@@ -165,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
                 bench.train_step(net, run, opt, b)  # the first step (compiles a compiled variant)
                 sync(device)
                 first_train = time.perf_counter() - t0
-                train_rate, train_ms, windows = bench.timed(lambda net=net, run=run, opt=opt, b=b: bench.train_step(net, run, opt, b), b)
+                train_rate, train_ms, windows = bench.timed(
+                    lambda net=net, run=run, opt=opt, b=b: bench.train_step(net, run, opt, b), b
+                )
                 net.eval()
                 t0 = time.perf_counter()
                 bench.eval_step(run, b)
@@ -173,10 +189,22 @@ def main(argv: list[str] | None = None) -> None:
                 first_eval = time.perf_counter() - t0
                 eval_rate, _, _ = bench.timed(lambda run=run, b=b: bench.eval_step(run, b), b)
                 compile_s[name] = round(first_train + first_eval, 1)
-                rows.append([b, variant, round(train_rate, 1), round(eval_rate, 1), round(train_ms, 3), windows,
-                             compile_s[name] if variant != "eager" else None])
-                print(f"{name}: train {train_rate:.0f} img/s, eval {eval_rate:.0f} img/s "
-                      f"(first steps {first_train + first_eval:.1f} s)", flush=True)
+                rows.append(
+                    [
+                        b,
+                        variant,
+                        round(train_rate, 1),
+                        round(eval_rate, 1),
+                        round(train_ms, 3),
+                        windows,
+                        compile_s[name] if variant != "eager" else None,
+                    ]
+                )
+                print(
+                    f"{name}: train {train_rate:.0f} img/s, eval {eval_rate:.0f} img/s "
+                    f"(first steps {first_train + first_eval:.1f} s)",
+                    flush=True,
+                )
             except Exception as e:  # one configuration failing must not lose the others
                 traceback.print_exc()
                 failures.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")

@@ -50,17 +50,40 @@ SETTINGS = {
     "after": ["data.device_resident=true", "module.defer_sync=true", "module.compile=false"],
     "after_compile": ["data.device_resident=true", "module.defer_sync=true", "module.compile=true"],
     "after_ro": ["data.device_resident=true", "module.defer_sync=true", "module.compile=reduce-overhead"],
-    "after_bench": ["data.device_resident=true", "module.defer_sync=true", "module.compile=false", "trainer.benchmark=true"],
+    "after_bench": [
+        "data.device_resident=true",
+        "module.defer_sync=true",
+        "module.compile=false",
+        "trainer.benchmark=true",
+    ],
 }
 # per-step work only: what runs once per epoch is left out
-COMMON = ["logger=none", "scheduler=none", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
-          "callbacks.early_stopping=null", "callbacks.gradcam=null", "callbacks.lr_monitor=null",
-          "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "trainer.max_epochs=10000",
-          "trainer.min_epochs=0", "trainer.enable_model_summary=false",
-          # one batch shape: a compiled net would recompile for an epoch's last, smaller batch inside the window
-          "data.drop_last=true"]
-SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::item",
-               "aten::_local_scalar_dense", "cudaMemcpyAsync", "aten::copy_", "cudaLaunchKernel")
+COMMON = [
+    "logger=none",
+    "scheduler=none",
+    "callbacks.model_checkpoint=null",
+    "callbacks.last_checkpoint=null",
+    "callbacks.early_stopping=null",
+    "callbacks.gradcam=null",
+    "callbacks.lr_monitor=null",
+    "trainer.limit_val_batches=0",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.max_epochs=10000",
+    "trainer.min_epochs=0",
+    "trainer.enable_model_summary=false",
+    # one batch shape: a compiled net would recompile for an epoch's last, smaller batch inside the window
+    "data.drop_last=true",
+]
+SYNC_EVENTS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "aten::item",
+    "aten::_local_scalar_dense",
+    "cudaMemcpyAsync",
+    "aten::copy_",
+    "cudaLaunchKernel",
+)
 
 
 def sync(device: torch.device) -> None:
@@ -123,14 +146,21 @@ class Window(L.Callback):
 
 
 def run_config(args: argparse.Namespace, name: str, batch: int, out: Path, profile_steps: int = 0) -> Window:
-    overrides = [f"data.root={args.data}", f"data.cache_dir={args.cache_dir}", f"data.batch_size={batch}",
-                 *COMMON, *SETTINGS[name], *args.override]
+    overrides = [
+        f"data.root={args.data}",
+        f"data.cache_dir={args.cache_dir}",
+        f"data.batch_size={batch}",
+        *COMMON,
+        *SETTINGS[name],
+        *args.override,
+    ]
     cfg = compose("train", overrides, out)
     datamodule = check_train_config(cfg)
     configure_torch(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    window = Window(args.warmup_compiled if "compile" in name or name.endswith("_ro") else args.warmup,
-                    args.seconds, profile_steps)
+    window = Window(
+        args.warmup_compiled if "compile" in name or name.endswith("_ro") else args.warmup, args.seconds, profile_steps
+    )
     callbacks = [*build_callbacks(cfg, has_logger=False), window]
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=False)
     datamodule.setup("fit")
@@ -155,9 +185,16 @@ def averages(prof: Any, device: bool, top: int) -> tuple[list[list[Any]], dict[s
     key = (lambda e: get(e, *dev)) if device else (lambda e: get(e, "self_cpu_time_total"))
     rows = []
     for e in sorted(events, key=key, reverse=True)[:top]:
-        rows.append([e.key[:80], int(e.count), round(get(e, *dev) / 1000, 3),
-                     round(get(e, "device_time_total", "cuda_time_total") / 1000, 3),
-                     round(get(e, "self_cpu_time_total") / 1000, 3), round(get(e, "cpu_time_total") / 1000, 3)])
+        rows.append(
+            [
+                e.key[:80],
+                int(e.count),
+                round(get(e, *dev) / 1000, 3),
+                round(get(e, "device_time_total", "cuda_time_total") / 1000, 3),
+                round(get(e, "self_cpu_time_total") / 1000, 3),
+                round(get(e, "cpu_time_total") / 1000, 3),
+            ]
+        )
     counts = {e.key: int(e.count) for e in events if e.key in SYNC_EVENTS}
     return rows, counts
 
@@ -172,8 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/chest_xray", help="data.root")
     ap.add_argument("--cache-dir", default=None, help="data.cache_dir (default: a temporary folder)")
-    ap.add_argument("--configs", nargs="+", default=["before:64", "after:64", "before:256", "after:256",
-                                                     "after_compile:64", "after_compile:256"])
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        default=["before:64", "after:64", "before:256", "after:256", "after_compile:64", "after_compile:256"],
+    )
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
     ap.add_argument("--warmup", type=int, default=15, help="untimed steps first")
     ap.add_argument("--warmup-compiled", type=int, default=25, help="untimed steps first when compiled")
@@ -189,8 +229,13 @@ def main(argv: list[str] | None = None) -> None:
         from pneumonia.data.synthetic import make_chest_xray_tree
 
         args.data = str(make_chest_xray_tree(work / "data", {"train": (40, 40)}))
-        args.override = [*args.override, "debug=tiny", "trainer.accelerator=cpu", "trainer.precision=32-true",
-                         "data.decode_threads=1"]
+        args.override = [
+            *args.override,
+            "debug=tiny",
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "data.decode_threads=1",
+        ]
         args.seconds, args.warmup, args.warmup_compiled, args.profile_steps = 0.2, 2, 2, 2
         args.configs = [c for c in args.configs if not c.startswith(("after_compile", "after_ro"))] or ["before:8"]
         args.configs = list(dict.fromkeys(f"{c.split(':')[0]}:8" for c in args.configs))
@@ -204,28 +249,52 @@ def main(argv: list[str] | None = None) -> None:
 
     def save() -> None:
         smoke = " SMOKE RUN: CPU, synthetic images, tiny net; not a measurement." if args.smoke else ""
-        common = {"torch": torch.__version__, "cuda": torch.version.cuda, "lightning": L.__version__,
-                  "failures": failures, "overrides": COMMON + args.override,
-                  "settings": {k: v for k, v in SETTINGS.items()}}
+        common = {
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "lightning": L.__version__,
+            "failures": failures,
+            "overrides": COMMON + args.override,
+            "settings": {k: v for k, v in SETTINGS.items()},
+        }
         if args.profile:
-            write_result("gpu_profile", title=f"Profile of the training step, before and after, on {device_name}",
-                         columns=["config", "op", "calls", "self device ms", "device ms", "self CPU ms", "CPU ms"],
-                         rows=rows, out_dir=args.out_dir,
-                         notes=(f"torch.profiler over {args.profile_steps} training steps after the warm-up, through "
-                                f"the framework's Trainer path; the top {args.top} ops by self device time per "
-                                "configuration (self CPU time on the CPU); extra.profiles: steps' wall ms and the "
-                                "counts of sync-related events (cudaStreamSynchronize, aten::item, ...)." + smoke),
-                         extra={**common, "profiles": profiles})
+            write_result(
+                "gpu_profile",
+                title=f"Profile of the training step, before and after, on {device_name}",
+                columns=["config", "op", "calls", "self device ms", "device ms", "self CPU ms", "CPU ms"],
+                rows=rows,
+                out_dir=args.out_dir,
+                notes=(
+                    f"torch.profiler over {args.profile_steps} training steps after the warm-up, through "
+                    f"the framework's Trainer path; the top {args.top} ops by self device time per "
+                    "configuration (self CPU time on the CPU); extra.profiles: steps' wall ms and the "
+                    "counts of sync-related events (cudaStreamSynchronize, aten::item, ...)." + smoke
+                ),
+                extra={**common, "profiles": profiles},
+            )
         else:
-            write_result("gpu_framework", title=f"Training images/s through the framework's Trainer path on {device_name}",
-                         columns=["config", "batch", "train img/s", "vs before (same batch)", "timed steps",
-                                  "precision", "first step s"],
-                         rows=rows, out_dir=args.out_dir,
-                         notes=("The original CNN at 150 px gray through conf/train.yaml's path (DataModule, module, "
-                                "callbacks, Lightning Trainer), no validation; timed over about "
-                                f"{args.seconds} s after the warm-up steps, synchronized at both ends, epoch ends "
-                                "included. 'first step s' includes torch.compile's compile where on." + smoke),
-                         extra=common)
+            write_result(
+                "gpu_framework",
+                title=f"Training images/s through the framework's Trainer path on {device_name}",
+                columns=[
+                    "config",
+                    "batch",
+                    "train img/s",
+                    "vs before (same batch)",
+                    "timed steps",
+                    "precision",
+                    "first step s",
+                ],
+                rows=rows,
+                out_dir=args.out_dir,
+                notes=(
+                    "The original CNN at 150 px gray through conf/train.yaml's path (DataModule, module, "
+                    "callbacks, Lightning Trainer), no validation; timed over about "
+                    f"{args.seconds} s after the warm-up steps, synchronized at both ends, epoch ends "
+                    "included. 'first step s' includes torch.compile's compile where on." + smoke
+                ),
+                extra=common,
+            )
 
     for spec in args.configs:
         name, _, b = spec.partition(":")
@@ -235,8 +304,9 @@ def main(argv: list[str] | None = None) -> None:
             if name not in SETTINGS:
                 raise ValueError(f"unknown configuration {name!r}: one of {', '.join(SETTINGS)}")
             start = time.perf_counter()
-            window = run_config(args, name, batch, work / label.replace(":", "_"),
-                                args.profile_steps if args.profile else 0)
+            window = run_config(
+                args, name, batch, work / label.replace(":", "_"), args.profile_steps if args.profile else 0
+            )
             wall = time.perf_counter() - start
             if window.rate is None:
                 raise RuntimeError(f"the window never closed ({window.steps} steps ran)")
@@ -245,8 +315,12 @@ def main(argv: list[str] | None = None) -> None:
                 top, counts = averages(prof, on_gpu, args.top)
                 rows += [[label, *r] for r in top]
                 step_ms = 1000 * (window.t1 - window.t0) / window.timed_steps
-                profiles[label] = {"steps": window.timed_steps, "wall ms per step (profiled)": round(step_ms, 3),
-                                   "sync_events": counts, "top_self_cpu": host_rows(prof, args.top)}
+                profiles[label] = {
+                    "steps": window.timed_steps,
+                    "wall ms per step (profiled)": round(step_ms, 3),
+                    "sync_events": counts,
+                    "top_self_cpu": host_rows(prof, args.top),
+                }
                 if args.out_dir is not None:
                     trace = work / f"trace_{label.replace(':', '_')}.json"
                     prof.export_chrome_trace(str(trace))
@@ -258,8 +332,17 @@ def main(argv: list[str] | None = None) -> None:
                 rate = window.rate
                 rates[label] = rate
                 before = rates.get(f"before:{batch}")
-                rows.append([name, batch, round(rate, 1), round(rate / before, 2) if before else None,
-                             window.timed_steps, window.precision, round(window.first_step_s or 0, 1)])
+                rows.append(
+                    [
+                        name,
+                        batch,
+                        round(rate, 1),
+                        round(rate / before, 2) if before else None,
+                        window.timed_steps,
+                        window.precision,
+                        round(window.first_step_s or 0, 1),
+                    ]
+                )
                 print(f"{label}: {rate:.0f} img/s over {window.timed_steps} steps ({wall:.0f} s in all)", flush=True)
         except Exception as e:  # one configuration failing must not lose the others
             traceback.print_exc()

@@ -54,8 +54,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=0, help="0 = every batch of --data")
     ap.add_argument("--explain-images", type=int, default=256)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--tta", choices=("stored", "on", "off"), default="stored",
-                    help="test-time augmentation: as the checkpoint's recipe says (data.tta), or forced on/off")
+    ap.add_argument(
+        "--tta",
+        choices=("stored", "on", "off"),
+        default="stored",
+        help="test-time augmentation: as the checkpoint's recipe says (data.tta), or forced on/off",
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -83,8 +87,10 @@ def measure(args: argparse.Namespace, files: list, predictor, tmp: Path) -> None
     from pneumonia.explain.gradcam import gradcam
 
     device = [f"device={args.device}", *([] if args.tta == "stored" else [f"tta={args.tta == 'on'}".lower()])]
-    print(f"{len(files)} images under {args.data}; checkpoint {args.ckpt}; precision {predictor.precision}; "
-          f"device {predictor.device}; tta {predictor.tta}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
+    print(
+        f"{len(files)} images under {args.data}; checkpoint {args.ckpt}; precision {predictor.precision}; "
+        f"device {predictor.device}; tta {predictor.tta}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
+    )
 
     # 1. predict.py end to end (a short warm-up run first: imports, first-call costs)
     run_predict(args.ckpt, files[0], tmp / "warmup", *device)
@@ -94,9 +100,13 @@ def measure(args: argparse.Namespace, files: list, predictor, tmp: Path) -> None
 
     # 2. Grad-CAM vs the forward pass on identical decoded batches (decoded before timing)
     n_batches = args.batches or -(-len(files) // args.batch_size)
-    batches = [torch.from_numpy(np.stack([predictor.preprocess.load(p) for p in
-                                          files[b * args.batch_size:(b + 1) * args.batch_size]]))
-               for b in range(n_batches + 1) if files[b * args.batch_size:(b + 1) * args.batch_size]]
+    batches = [
+        torch.from_numpy(
+            np.stack([predictor.preprocess.load(p) for p in files[b * args.batch_size : (b + 1) * args.batch_size]])
+        )
+        for b in range(n_batches + 1)
+        if files[b * args.batch_size : (b + 1) * args.batch_size]
+    ]
     sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
     forward_s, cam_s = 0.0, 0.0
     for b, images in enumerate(batches):
@@ -114,20 +124,25 @@ def measure(args: argparse.Namespace, files: list, predictor, tmp: Path) -> None
             cam_s += t2 - t1
     n_timed = sum(len(b) for b in batches[1:])
     fwd, cam = n_timed / forward_s, n_timed / cam_s
-    print(f"{n_timed} images in batches of {args.batch_size}: forward {fwd:.0f} img/s, Grad-CAM {cam:.0f} img/s: "
-          f"Grad-CAM costs {fwd / cam:.2f}x the forward pass")
+    print(
+        f"{n_timed} images in batches of {args.batch_size}: forward {fwd:.0f} img/s, Grad-CAM {cam:.0f} img/s: "
+        f"Grad-CAM costs {fwd / cam:.2f}x the forward pass"
+    )
 
     # 3. predict.py explain=true on a subset (one PNG per image)
     chosen = files[: args.explain_images]
     inputs = "[" + ",".join(f"'{p}'" for p in chosen) + "]"
-    seconds = run_predict(args.ckpt, inputs, tmp / "explain", "explain=true", f"batch_size={args.batch_size}",
-                          *device)
-    print(f"predict.py explain=true, {len(chosen)} images: {seconds:.1f} s, {len(chosen) / seconds:.1f} img/s "
-          f"(heatmap PNGs included)")
-    print(f"\n| measure | value |\n|---|---|\n| `predict.py` ({len(files)} images) | {plain_rate:.0f} img/s |\n"
-          f"| forward pass alone, batch {args.batch_size} | {fwd:.0f} img/s |\n"
-          f"| Grad-CAM alone, batch {args.batch_size} | {cam:.0f} img/s ({fwd / cam:.2f}x the forward's cost) |\n"
-          f"| `predict.py explain=true` ({len(chosen)} images, PNGs written) | {len(chosen) / seconds:.1f} img/s |")
+    seconds = run_predict(args.ckpt, inputs, tmp / "explain", "explain=true", f"batch_size={args.batch_size}", *device)
+    print(
+        f"predict.py explain=true, {len(chosen)} images: {seconds:.1f} s, {len(chosen) / seconds:.1f} img/s "
+        f"(heatmap PNGs included)"
+    )
+    print(
+        f"\n| measure | value |\n|---|---|\n| `predict.py` ({len(files)} images) | {plain_rate:.0f} img/s |\n"
+        f"| forward pass alone, batch {args.batch_size} | {fwd:.0f} img/s |\n"
+        f"| Grad-CAM alone, batch {args.batch_size} | {cam:.0f} img/s ({fwd / cam:.2f}x the forward's cost) |\n"
+        f"| `predict.py explain=true` ({len(chosen)} images, PNGs written) | {len(chosen) / seconds:.1f} img/s |"
+    )
 
 
 if __name__ == "__main__":

@@ -52,18 +52,32 @@ def git_commit() -> str:
     if os.environ.get("PNEUMONIA_COMMIT"):
         return os.environ["PNEUMONIA_COMMIT"]
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def write_result(name: str, *, title: str, columns: list[str], rows: list[list[Any]], notes: str = "",
-                 command: str | None = None, extra: dict[str, Any] | None = None,
-                 out_dir: Path | None = None) -> Path:
+def write_result(
+    name: str,
+    *,
+    title: str,
+    columns: list[str],
+    rows: list[list[Any]],
+    notes: str = "",
+    command: str | None = None,
+    extra: dict[str, Any] | None = None,
+    out_dir: Path | None = None,
+) -> Path:
     """docs/results/<name>.json: title, command, machine (CPU, cores, flags, GPU), commit,
     columns and rows (the table), notes and any `extra` figures."""
     record = {

@@ -68,8 +68,9 @@ def _write(args: tuple[str, int, int, int]) -> None:
             img += 120 * np.exp(-(((xx - cx) ** 2) + ((yy - cy) ** 2)) / 0.04)
         cls = "PNEUMONIA" if pneumonia else "NORMAL"
         name = f"person{i}_bacteria_{i}.jpeg" if pneumonia else f"IM-{i:06d}-0001.jpeg"
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "L").save(Path(folder) / "train" / cls / name,
-                                                                          quality=85)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "L").save(
+            Path(folder) / "train" / cls / name, quality=85
+        )
 
 
 def make_folder(folder: Path, n: int, size: int) -> float:
@@ -95,13 +96,26 @@ def train_rate(root: str, size: int, steps: int, cache_dir: str | None, batch: i
     from pneumonia.config.instantiate import instantiate
     from pneumonia.runners.train import build_module
 
-    cfg = compose("train", [f"data.root={root}", f"data.image_size={size}", f"data.batch_size={batch}",
-                            f"data.cache_dir={cache_dir}" if cache_dir else "data.cache_dir=null",
-                            "logger=none", "callbacks=none", "scheduler=none", "trainer.max_epochs=1",
-                            f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=0",
-                            "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
-                            "trainer.enable_model_summary=false", "+trainer.enable_checkpointing=false"],
-                  "/tmp/pneumonia-scale-run")
+    cfg = compose(
+        "train",
+        [
+            f"data.root={root}",
+            f"data.image_size={size}",
+            f"data.batch_size={batch}",
+            f"data.cache_dir={cache_dir}" if cache_dir else "data.cache_dir=null",
+            "logger=none",
+            "callbacks=none",
+            "scheduler=none",
+            "trainer.max_epochs=1",
+            f"trainer.limit_train_batches={steps}",
+            "trainer.limit_val_batches=0",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "+trainer.enable_checkpointing=false",
+        ],
+        "/tmp/pneumonia-scale-run",
+    )
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     module = build_module(cfg, dm)
@@ -139,8 +153,11 @@ def main() -> None:
 
     folder = Path(args.folder)
     seconds = make_folder(folder, args.n, args.size)
-    print(f"{args.n} synthetic {args.size} px JPEGs in {folder}: "
-          + (f"written in {seconds:.0f} s" if seconds else "already there"), flush=True)
+    print(
+        f"{args.n} synthetic {args.size} px JPEGs in {folder}: "
+        + (f"written in {seconds:.0f} s" if seconds else "already there"),
+        flush=True,
+    )
 
     from pneumonia.data.datamodule import ChestXrayDataModule
 
@@ -151,17 +168,26 @@ def main() -> None:
         dm.setup("fit")
     seconds = time.perf_counter() - t0
     cache_bytes = sum(f.stat().st_blocks * 512 for f in Path(args.cache_dir).rglob("*") if f.is_file())
-    print(f"cache build: {seconds:.0f} s, {args.n / seconds:.0f} img/s, {cache_bytes / 1e9:.2f} GB on disk, "
-          f"peak RSS anon {build.peak_anon:.0f} MB / file {build.peak_file:.0f} MB", flush=True)
+    print(
+        f"cache build: {seconds:.0f} s, {args.n / seconds:.0f} img/s, {cache_bytes / 1e9:.2f} GB on disk, "
+        f"peak RSS anon {build.peak_anon:.0f} MB / file {build.peak_file:.0f} MB",
+        flush=True,
+    )
     del dm
 
     rate, s = train_rate(str(folder), args.size, args.steps + 6, args.cache_dir, args.batch_size)
-    print(f"training from the memory-mapped cache ({args.n} images): {rate:.1f} img/s, peak RSS anon "
-          f"{s.peak_anon:.0f} MB / file-backed {s.peak_file:.0f} MB", flush=True)
+    print(
+        f"training from the memory-mapped cache ({args.n} images): {rate:.1f} img/s, peak RSS anon "
+        f"{s.peak_anon:.0f} MB / file-backed {s.peak_file:.0f} MB",
+        flush=True,
+    )
     if args.real:
         rate, s = train_rate(args.real, args.size, args.steps + 6, None, args.batch_size)
-        print(f"training from the in-memory cache (real train split): {rate:.1f} img/s, peak RSS anon "
-              f"{s.peak_anon:.0f} MB / file-backed {s.peak_file:.0f} MB", flush=True)
+        print(
+            f"training from the in-memory cache (real train split): {rate:.1f} img/s, peak RSS anon "
+            f"{s.peak_anon:.0f} MB / file-backed {s.peak_file:.0f} MB",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -66,9 +66,14 @@ def start(args: list[str], timeout: float = 180) -> tuple[subprocess.Popen, str]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), f"serve.port={port}", *args], cwd=ROOT,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "serve.py"), f"serve.port={port}", *args],
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -134,9 +139,14 @@ def load(url: str, files: list[tuple[str, bytes]], n: int, clients: int) -> dict
             f.result()
     wall = time.perf_counter() - t0
     ms = np.asarray(latencies) * 1000
-    return {"rps": n / wall, "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "errors": errors,
-            "batch": float(np.mean(batches)) if batches else 0.0}
+    return {
+        "rps": n / wall,
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": errors,
+        "batch": float(np.mean(batches)) if batches else 0.0,
+    }
 
 
 def make_checkpoint(work: Path) -> Path:
@@ -145,9 +155,22 @@ def make_checkpoint(work: Path) -> Path:
     from pneumonia.runners.train import train
 
     root = make_chest_xray_tree(work / "data")
-    train(compose("train", [f"data.root={root}", f"data.cache_dir={work / 'cache'}", "trainer.max_epochs=1",
-                            "trainer.accelerator=cpu", "logger=none", "callbacks.progress_bar=null",
-                            "data.num_workers=0", "data.val_fraction=0.25"], work / "run"))
+    train(
+        compose(
+            "train",
+            [
+                f"data.root={root}",
+                f"data.cache_dir={work / 'cache'}",
+                "trainer.max_epochs=1",
+                "trainer.accelerator=cpu",
+                "logger=none",
+                "callbacks.progress_bar=null",
+                "data.num_workers=0",
+                "data.val_fraction=0.25",
+            ],
+            work / "run",
+        )
+    )
     return work / "run" / "checkpoints" / "best.ckpt"
 
 
@@ -177,14 +200,16 @@ def main() -> None:
     if not paths:
         raise SystemExit(f"no images under {args.data}")
     step = max(1, len(paths) // args.files)
-    files = [(p.name, p.read_bytes()) for p in paths[::step][:args.files]]
+    files = [(p.name, p.read_bytes()) for p in paths[::step][: args.files]]
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     ckpt = Path(args.ckpt) if args.ckpt else make_checkpoint(work)
     sources = {"torch": [f"ckpt_path={ckpt}", "device=cpu"]}
     if "onnx" in args.backends:
         sources["onnx"] = [f"model_path={export_onnx(ckpt, work / 'export')}"]
-    settings = {"off (max_batch_size=1)": ["serve.max_batch_size=1"],
-                "on (8 within 10 ms)": ["serve.max_batch_size=8", "serve.batch_timeout=0.01"]}
+    settings = {
+        "off (max_batch_size=1)": ["serve.max_batch_size=1"],
+        "on (8 within 10 ms)": ["serve.max_batch_size=8", "serve.batch_timeout=0.01"],
+    }
     clients = [int(c) for c in args.clients.split(",")]
     rows = []
     for backend in args.backends.split(","):
@@ -206,23 +231,52 @@ def main() -> None:
                     done.set()
                     sampler.join()
                     rss_end = tree_rss_mb(proc.pid)
-                    rows.append([backend, label, c, args.requests, f"{r['batch']:.1f}", f"{r['rps']:.1f}", f"{r['p50']:.1f}",
-                                 f"{r['p95']:.1f}", f"{r['p99']:.1f}", r["errors"],
-                                 f"{rss_start:.0f} / {max(peak):.0f} / {rss_end:.0f}", f"{os.getloadavg()[0]:.1f}"])
+                    rows.append(
+                        [
+                            backend,
+                            label,
+                            c,
+                            args.requests,
+                            f"{r['batch']:.1f}",
+                            f"{r['rps']:.1f}",
+                            f"{r['p50']:.1f}",
+                            f"{r['p95']:.1f}",
+                            f"{r['p99']:.1f}",
+                            r["errors"],
+                            f"{rss_start:.0f} / {max(peak):.0f} / {rss_end:.0f}",
+                            f"{os.getloadavg()[0]:.1f}",
+                        ]
+                    )
                     print(" | ".join(map(str, rows[-1])), flush=True)
             finally:
                 stop(proc)
     recipe = "default custom_cnn, 150 px gray, trained 1 epoch on synthetic data" if not args.ckpt else str(ckpt)
     write_result(
-        "serve_load", title=f"serve.py under load: {recipe}; {len(files)} real X-ray JPEGs sent as multipart uploads",
-        columns=["backend", "batching", "clients", "requests", "mean batch", "requests/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-                 "server RSS MB (start / peak / end)", f"load avg, 1 min ({os.cpu_count()} cores)"],
+        "serve_load",
+        title=f"serve.py under load: {recipe}; {len(files)} real X-ray JPEGs sent as multipart uploads",
+        columns=[
+            "backend",
+            "batching",
+            "clients",
+            "requests",
+            "mean batch",
+            "requests/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "errors",
+            "server RSS MB (start / peak / end)",
+            f"load avg, 1 min ({os.cpu_count()} cores)",
+        ],
         rows=rows,
-        notes=("One worker process (serve.workers=1); clients are threads on the same machine, each sending its "
-               "next request when the last is answered; latency is the client's (upload, decode, queue, score, "
-               "answer). The load average at each row's end counts every process on the machine: above the "
-               "core count, the rows compete with other jobs and compare poorly. " + args.note).strip(),
-        out_dir=Path(args.out) if args.out else None)
+        notes=(
+            "One worker process (serve.workers=1); clients are threads on the same machine, each sending its "
+            "next request when the last is answered; latency is the client's (upload, decode, queue, score, "
+            "answer). The load average at each row's end counts every process on the machine: above the "
+            "core count, the rows compete with other jobs and compare poorly. " + args.note
+        ).strip(),
+        out_dir=Path(args.out) if args.out else None,
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,13 @@ COMMANDS: list[tuple[str, list[str]]] = [
 
 def timed(args: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                            env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
     return time.perf_counter() - start, result.returncode
 
 
@@ -55,10 +60,15 @@ def main() -> None:
         seconds = statistics.median(t for t, _ in runs)
         rows.append([name, round(seconds, 2), round(min(t for t, _ in runs), 2), runs[0][1]])
         print(f"{name:40s} median {seconds:6.2f} s  (exit {runs[0][1]})", flush=True)
-    write_result("startup", title="Start-up: seconds to answer, fresh process", command=" ".join(
-        ["python benchmarks/startup.py", *sys.argv[1:]]), columns=["command", "median s", "min s", "exit code"],
-        rows=rows, notes=f"median of {args.repeats} fresh processes after one warm-up run; run from the "
-                          "repository root with no data folder and CUDA_VISIBLE_DEVICES empty" + (f"; {args.note}" if args.note else ""))
+    write_result(
+        "startup",
+        title="Start-up: seconds to answer, fresh process",
+        command=" ".join(["python benchmarks/startup.py", *sys.argv[1:]]),
+        columns=["command", "median s", "min s", "exit code"],
+        rows=rows,
+        notes=f"median of {args.repeats} fresh processes after one warm-up run; run from the "
+        "repository root with no data folder and CUDA_VISIBLE_DEVICES empty" + (f"; {args.note}" if args.note else ""),
+    )
 
 
 if __name__ == "__main__":

@@ -22,17 +22,34 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["debug=tiny", "data.image_size=96", "model.widths=[8,8,16,16,16]", "callbacks.early_stopping=null",
-        "logger=none", "callbacks.gradcam=null", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
-        "threads=1"]
+TINY = [
+    "debug=tiny",
+    "data.image_size=96",
+    "model.widths=[8,8,16,16,16]",
+    "callbacks.early_stopping=null",
+    "logger=none",
+    "callbacks.gradcam=null",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "threads=1",
+]
 
 
 def search(out: Path, pruner: str, trials: int, epochs: int, extra: list[str]) -> dict:
     import optuna
 
     sweep = out / f"sweep_{pruner}"
-    args = [sys.executable, str(ROOT / "train.py"), "-m", "hparams_search=optuna", f"hydra.sweeper.n_trials={trials}",
-            f"hydra/sweeper/pruner={pruner}", f"trainer.max_epochs={epochs}", f"hydra.sweep.dir={sweep}", *extra]
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hparams_search=optuna",
+        f"hydra.sweeper.n_trials={trials}",
+        f"hydra/sweeper/pruner={pruner}",
+        f"trainer.max_epochs={epochs}",
+        f"hydra.sweep.dir={sweep}",
+        *extra,
+    ]
     if pruner == "median":
         args.append("hydra.sweeper.pruner.n_startup_trials=3")
     start = time.perf_counter()
@@ -44,10 +61,17 @@ def search(out: Path, pruner: str, trials: int, epochs: int, extra: list[str]) -
     study = optuna.load_study(study_name="pneumonia", storage=f"sqlite:///{sweep / 'optuna.db'}")
     states = [t.state.name.lower() for t in study.trials]
     epochs_trained = sum(json.loads(f.read_text()).get("epochs") or 0 for f in sweep.glob("*/train_summary.json"))
-    return {"pruner": pruner, "seconds": round(seconds, 1), "complete": states.count("complete"),
-            "pruned": states.count("pruned"), "fail": states.count("fail"), "epochs_trained": epochs_trained,
-            "best_value": study.best_value, "params": [t.params for t in study.trials],
-            "pruned_at": {t.number: max(t.intermediate_values) for t in study.trials if t.state.name == "PRUNED"}}
+    return {
+        "pruner": pruner,
+        "seconds": round(seconds, 1),
+        "complete": states.count("complete"),
+        "pruned": states.count("pruned"),
+        "fail": states.count("fail"),
+        "epochs_trained": epochs_trained,
+        "best_value": study.best_value,
+        "params": [t.params for t in study.trials],
+        "pruned_at": {t.number: max(t.intermediate_values) for t in study.trials if t.state.name == "PRUNED"},
+    }
 
 
 def main() -> None:
@@ -69,9 +93,11 @@ def main() -> None:
     results = [search(args.out, p, args.trials, args.epochs, extra) for p in args.pruners]
     for r in results:
         shared = sum(a == b for a, b in zip(r["params"], results[0]["params"]))
-        print(f"pruner={r['pruner']}: {r['seconds']} s, {r['complete']} complete, {r['pruned']} pruned "
-              f"(at epochs {sorted(r['pruned_at'].values())}), {r['fail']} failed, {r['epochs_trained']} epochs "
-              f"trained, best {r['best_value']:.4f}; {shared}/{len(r['params'])} parameter sets as in the first search")
+        print(
+            f"pruner={r['pruner']}: {r['seconds']} s, {r['complete']} complete, {r['pruned']} pruned "
+            f"(at epochs {sorted(r['pruned_at'].values())}), {r['fail']} failed, {r['epochs_trained']} epochs "
+            f"trained, best {r['best_value']:.4f}; {shared}/{len(r['params'])} parameter sets as in the first search"
+        )
 
 
 if __name__ == "__main__":

@@ -27,14 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (description, overrides of conf/train.yaml)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "cached_fp32_nchw_rgb": ("decoded cache + batch aug, fp32, NCHW, RGB",
-                             ["trainer.precision=32-true", "module.channels_last=false", "model.in_channels=3"]),
+    "cached_fp32_nchw_rgb": (
+        "decoded cache + batch aug, fp32, NCHW, RGB",
+        ["trainer.precision=32-true", "module.channels_last=false", "model.in_channels=3"],
+    ),
     "cached_fp32_cl_rgb": ("+ channels_last", ["trainer.precision=32-true", "model.in_channels=3"]),
     "default": ("+ grayscale input, precision auto (train.py defaults)", []),
     "bf16_cl_gray": ("defaults with trainer.precision=bf16-mixed", ["trainer.precision=bf16-mixed"]),
-    "fp32_cl_gray": ("grayscale, channels_last, fp32 (the default path without native bf16)",
-                     ["trainer.precision=32-true"]),
-    "fp32_cl_gray_compile": ("+ module.compile=true (torch.compile)", ["trainer.precision=32-true", "module.compile=true"]),
+    "fp32_cl_gray": (
+        "grayscale, channels_last, fp32 (the default path without native bf16)",
+        ["trainer.precision=32-true"],
+    ),
+    "fp32_cl_gray_compile": (
+        "+ module.compile=true (torch.compile)",
+        ["trainer.precision=32-true", "module.compile=true"],
+    ),
 }
 DEFAULT_VARIANTS = ["cached_fp32_nchw_rgb", "cached_fp32_cl_rgb", "default"]
 
@@ -83,9 +90,19 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     if name == "baseline":
         overrides = ["trainer.precision=32-true", "module.channels_last=false", "model.in_channels=3"]
     out = Path(args.tmp) / name
-    cfg = compose("train", [f"data.root={args.data}", f"data.image_size={args.image_size}",
-                                f"data.batch_size={args.batch_size}", f"data.cache_dir={args.cache_dir}",
-                                "logger=none", "callbacks=none", *overrides], out)
+    cfg = compose(
+        "train",
+        [
+            f"data.root={args.data}",
+            f"data.image_size={args.image_size}",
+            f"data.batch_size={args.batch_size}",
+            f"data.cache_dir={args.cache_dir}",
+            "logger=none",
+            "callbacks=none",
+            *overrides,
+        ],
+        out,
+    )
     configure_torch(cfg.get("threads"))
     L.seed_everything(0, verbose=False)
     t0 = time.perf_counter()
@@ -96,9 +113,18 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     n_train = args.warmup + args.steps * args.repeats
     n_val = 1 + args.eval_steps
     clock = Clock()
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[clock], max_epochs=1, limit_train_batches=n_train,
-                          limit_val_batches=n_val, num_sanity_val_steps=0, enable_progress_bar=False,
-                          enable_model_summary=False, enable_checkpointing=False)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[clock],
+        max_epochs=1,
+        limit_train_batches=n_train,
+        limit_val_batches=n_val,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     if name == "baseline":
         train_loader, val_loader = baseline_loaders(args, dm)
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
@@ -109,9 +135,17 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     val_times = clock.val
     eval_rate = (len(val_times) - 1) * args.eval_batch_size / (val_times[-1] - val_times[0])
     train_rate = statistics.median(train_rates)
-    return {"variant": name, "precision": str(cfg.trainer.precision), "train_img_s": train_rate, "train_runs": train_rates, "eval_img_s": eval_rate,
-            "epoch_s": 5216 / train_rate, "prepare_s": prepare_s, "peak_rss_mb": peak_rss_mb(),
-            "threads": torch.get_num_threads()}
+    return {
+        "variant": name,
+        "precision": str(cfg.trainer.precision),
+        "train_img_s": train_rate,
+        "train_runs": train_rates,
+        "eval_img_s": eval_rate,
+        "epoch_s": 5216 / train_rate,
+        "prepare_s": prepare_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def baseline_loaders(args: argparse.Namespace, dm):
@@ -122,9 +156,15 @@ def baseline_loaders(args: argparse.Namespace, dm):
     from torchvision.transforms import v2
 
     size = (args.image_size, args.image_size)
-    train_tf = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True),
-                           v2.RandomAffine(degrees=0, shear=0.2, scale=(0.8, 1.2)), v2.RandomHorizontalFlip(),
-                           v2.ToDtype(torch.float32, scale=True)])
+    train_tf = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(size, antialias=True),
+            v2.RandomAffine(degrees=0, shear=0.2, scale=(0.8, 1.2)),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
     eval_tf = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.ToDtype(torch.float32, scale=True)])
 
     class WithIndex(torch.utils.data.Dataset):
@@ -144,8 +184,10 @@ def baseline_loaders(args: argparse.Namespace, dm):
     train_ds = WithIndex(Subset(ImageFolder(train_dir, transform=train_tf, loader=_pil_rgb), train_idx))
     val_ds = WithIndex(Subset(ImageFolder(train_dir, transform=eval_tf, loader=_pil_rgb), val_idx))
     kw = {"num_workers": args.workers, "persistent_workers": args.workers > 0}
-    return (DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, **kw),
-            DataLoader(val_ds, batch_size=args.eval_batch_size, **kw))
+    return (
+        DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, **kw),
+        DataLoader(val_ds, batch_size=args.eval_batch_size, **kw),
+    )
 
 
 def _pil_rgb(path: str):
@@ -194,20 +236,30 @@ def main() -> None:
             sys.exit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
         res = json.loads(line[7:])
         results.append(res)
-        print(f"{name} ({res['precision']}): train {res['train_img_s']:.1f} img/s (windows {[round(r, 1) for r in res['train_runs']]}), "
-              f"eval {res['eval_img_s']:.1f} img/s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+        print(
+            f"{name} ({res['precision']}): train {res['train_img_s']:.1f} img/s (windows {[round(r, 1) for r in res['train_runs']]}), "
+            f"eval {res['eval_img_s']:.1f} img/s, peak RSS {res['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
 
     base = next((r for r in results if r["variant"] == "baseline"), None)
-    print(f"\nimage {args.image_size} px, batch {args.batch_size}, {results[0]['threads']} threads; "
-          f"epoch = 5216 training images")
+    print(
+        f"\nimage {args.image_size} px, batch {args.batch_size}, {results[0]['threads']} threads; "
+        f"epoch = 5216 training images"
+    )
     print("| variant | train img/s | eval img/s | train vs baseline | epoch (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        desc = VARIANTS[r["variant"]][0] if r["variant"] in VARIANTS else "ImageFolder + PIL per sample, " \
-            f"{args.workers} workers, fp32, NCHW, RGB"
+        desc = (
+            VARIANTS[r["variant"]][0]
+            if r["variant"] in VARIANTS
+            else f"ImageFolder + PIL per sample, {args.workers} workers, fp32, NCHW, RGB"
+        )
         ratio = f"{r['train_img_s'] / base['train_img_s']:.2f}x" if base else "-"
-        print(f"| `{r['variant']}`: {desc} | {r['train_img_s']:.1f} | {r['eval_img_s']:.1f} | {ratio} | "
-              f"{r['epoch_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| `{r['variant']}`: {desc} | {r['train_img_s']:.1f} | {r['eval_img_s']:.1f} | {ratio} | "
+            f"{r['epoch_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ def load(path: Path) -> dict[str, Any]:
     columns = record["columns"]
     for i, row in enumerate(record["rows"]):
         if not isinstance(row, list) or len(row) != len(columns):
-            raise ResultError(f"{path}: row {i} has {len(row) if isinstance(row, list) else 'no'} cells "
-                              f"for {len(columns)} columns")
+            raise ResultError(
+                f"{path}: row {i} has {len(row) if isinstance(row, list) else 'no'} cells for {len(columns)} columns"
+            )
     return record
 
 
@@ -73,8 +74,11 @@ def machine_text(machine: dict[str, Any]) -> str:
     if machine.get("cores"):
         parts[0] += f", {machine['cores']} cores"
     flags = machine.get("cpu_flags")
-    parts.append("CPU flags: " + (", ".join(flags) if flags else "none of avx512f, avx512_bf16, amx")
-                 if flags is not None else "CPU flags: not recorded")
+    parts.append(
+        "CPU flags: " + (", ".join(flags) if flags else "none of avx512f, avx512_bf16, amx")
+        if flags is not None
+        else "CPU flags: not recorded"
+    )
     if machine.get("gpu"):
         parts.append(f"GPU: {machine['gpu']}")
     if machine.get("python"):
@@ -85,8 +89,10 @@ def machine_text(machine: dict[str, Any]) -> str:
 def caption(record: dict[str, Any]) -> str:
     """The provenance line under a table: machine, flags, commit, command (and the notes)."""
     command = " ; ".join(line.strip() for line in str(record["command"]).splitlines() if line.strip())
-    text = (f"*{record['title']}.* Machine: {machine_text(record['machine'])}. Commit `{record['commit']}`. "
-            f"Command: `{command}`.")
+    text = (
+        f"*{record['title']}.* Machine: {machine_text(record['machine'])}. Commit `{record['commit']}`. "
+        f"Command: `{command}`."
+    )
     if record["notes"]:
         text += " " + " ".join(str(record["notes"]).split())
     return text
@@ -121,8 +127,10 @@ def run(docs: Path = DOCS, check: bool = False) -> int:
                 page.write_text(new, encoding="utf-8")
     if check and stale:
         names = ", ".join(str(p.relative_to(docs.parent)) for p in stale)
-        print(f"error: tables out of date with docs/results/ in {names}: run python docs/render_tables.py",
-              file=sys.stderr)
+        print(
+            f"error: tables out of date with docs/results/ in {names}: run python docs/render_tables.py",
+            file=sys.stderr,
+        )
         return 1
     if not check:
         print(f"rendered {len(stale)} page(s)" if stale else "every table is up to date")

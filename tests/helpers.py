@@ -27,8 +27,18 @@ TINY = [
     "callbacks.progress_bar=null",
 ]
 
-__all__ = ["CONF_DIR", "PROJECT_ROOT", "SHARED_DATA", "SHARED_DICOM", "TINY", "compose_cfg", "train_cfg", "run_cli",
-           "write_dicom", "KillAfterEpoch"]
+__all__ = [
+    "CONF_DIR",
+    "PROJECT_ROOT",
+    "SHARED_DATA",
+    "SHARED_DICOM",
+    "TINY",
+    "compose_cfg",
+    "train_cfg",
+    "run_cli",
+    "write_dicom",
+    "KillAfterEpoch",
+]
 
 
 def compose_cfg(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
@@ -46,8 +56,14 @@ def train_cfg(root: Path, out_dir: Path, *overrides: str, tiny: bool = True) -> 
 def run_cli(script: str, *args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
     """`python <script> args...` as a user runs it, on the CPU."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, str(PROJECT_ROOT / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 class KillAfterEpoch:
@@ -68,8 +84,9 @@ class KillAfterEpoch:
         return _Kill()
 
 
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", pixel_data: bool = True,
-                samples: int = 1) -> Path:
+def write_dicom(
+    path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", pixel_data: bool = True, samples: int = 1
+) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

@@ -56,6 +56,7 @@ def images(xray_root):
 
 def png_bomb(path: Path, side: int) -> Path:
     """A valid 1-bit PNG of side x side pixels that compresses to almost nothing."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -113,8 +114,7 @@ def test_bad_and_hostile_files_become_rows_with_reasons(service, images, tmp_pat
     png_bomb(folder / "bomb.png", 30000)  # 900 megapixels in ~110 kB: Pillow refuses it at open
     png_bomb(folder / "huge.png", 9000)  # 81 megapixels: under Pillow's limit, over ours (50)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 700), dtype=np.uint8)).save(folder / "big.png")
-    names = ["good.jpeg", "truncated.jpeg", "text.png", "empty.png", "no_pixels.dcm", "bomb.png", "huge.png",
-             "big.png"]
+    names = ["good.jpeg", "truncated.jpeg", "text.png", "empty.png", "no_pixels.dcm", "bomb.png", "huge.png", "big.png"]
     small = Service(service.predictor, Limits(max_file_mb=0.25))  # big.png is ~480 kB
     start = time.perf_counter()
     results = {r.name: r for r in small.score([folder / n for n in names])}
@@ -141,8 +141,11 @@ def test_bad_and_hostile_files_become_rows_with_reasons(service, images, tmp_pat
 
 def test_too_many_files_is_refused_as_a_whole(service, images):
     two = Service(service.predictor, Limits(max_files=2))
-    with pytest.raises(UploadRejected, match=r"3 files uploaded: this page scores at most 2 at a time "
-                                             r"\(app.max_files=2\)"):
+    with pytest.raises(
+        UploadRejected,
+        match=r"3 files uploaded: this page scores at most 2 at a time "
+        r"\(app.max_files=2\)",
+    ):
         two.score(images[:3])
     assert len(two.score(images[:2])) == 2
     for bad in ({"max_files": 0}, {"max_file_mb": -1}, {"max_megapixels": float("inf")}, {"max_files": True}):
@@ -163,8 +166,9 @@ def test_moving_the_threshold_redecides_without_running_the_model(service, image
     monkeypatch.setattr(service.predictor.net, "forward", no_model)
     for t in (0.0, min(probs), 0.5, max(probs), np.nextafter(np.float32(max(probs)), np.float32(1)), 1.0):
         rows = service.table(results, t)
-        assert [row["prediction"] for row in rows] == ["PNEUMONIA" if np.float32(p) >= np.float32(t) else "NORMAL"
-                                                      for p in probs]
+        assert [row["prediction"] for row in rows] == [
+            "PNEUMONIA" if np.float32(p) >= np.float32(t) else "NORMAL" for p in probs
+        ]
         for r in results:  # the drawn map is the decided class's, with the caption at this threshold
             img = service.overlay(r, t)
             assert img.size == (440, 440)
@@ -200,8 +204,11 @@ def test_operating_point_without_a_validation_roc(service):
 
 
 def test_operating_point_read_off_the_validation_roc(service):
-    roc = {"thresholds": [0.9, 0.7, 0.5, 0.3, 0.1],  # given in any order; the contract says ascending
-           "sensitivity": [0.2, 0.6, 0.8, 0.95, 1.0], "specificity": [1.0, 0.97, 0.9, 0.7, 0.3]}
+    roc = {
+        "thresholds": [0.9, 0.7, 0.5, 0.3, 0.1],  # given in any order; the contract says ascending
+        "sensitivity": [0.2, 0.6, 0.8, 0.95, 1.0],
+        "specificity": [1.0, 0.97, 0.9, 0.7, 0.3],
+    }
     assert validation_roc({"val_roc": roc})["thresholds"] == [0.1, 0.3, 0.5, 0.7, 0.9]
     svc = with_roc(service, roc)
     sorted_roc = svc.roc
@@ -216,10 +223,13 @@ def test_operating_point_read_off_the_validation_roc(service):
     assert "specificity **0.900**" in text and "newer version" not in text and "95% CI" in text
     assert "nearest stored ROC point above, 0.7000" in svc.describe_operating_point(0.6)
     assert "No validation image scores this high" in svc.describe_operating_point(0.95)
-    for bad in ({"thresholds": [0.1], "sensitivity": [1.0]}, {"thresholds": [], "sensitivity": [],
-                                                              "specificity": []},
-                {"thresholds": [0.1, 0.2], "sensitivity": [1.0], "specificity": [0.0, 1.0]},
-                {"thresholds": [0.1], "sensitivity": [1.5], "specificity": [0.0]}, "not a dict"):
+    for bad in (
+        {"thresholds": [0.1], "sensitivity": [1.0]},
+        {"thresholds": [], "sensitivity": [], "specificity": []},
+        {"thresholds": [0.1, 0.2], "sensitivity": [1.0], "specificity": [0.0, 1.0]},
+        {"thresholds": [0.1], "sensitivity": [1.5], "specificity": [0.0]},
+        "not a dict",
+    ):
         assert validation_roc({"val_roc": bad}) is None
         assert with_roc(service, bad).operating_point(0.5).source != "val_roc"
 
@@ -233,16 +243,20 @@ def test_wilson_interval_known_values():
 # ---- the table and its CSV -------------------------------------------------------------------
 def test_csv_has_every_row_and_is_safe_in_a_spreadsheet(service, tmp_path):
     cams = np.zeros((2, 4, 4), np.float16)
-    results = [Result("a.jpeg", 0.8, image=np.zeros((1, 4, 4), np.uint8), cams=cams),
-               Result("=HYPERLINK(1).png", 0.1, image=np.zeros((1, 4, 4), np.uint8), cams=cams),
-               Result("b.png", error="not an image (JPEG, PNG, BMP, TIFF, WebP) nor a DICOM file")]
+    results = [
+        Result("a.jpeg", 0.8, image=np.zeros((1, 4, 4), np.uint8), cams=cams),
+        Result("=HYPERLINK(1).png", 0.1, image=np.zeros((1, 4, 4), np.uint8), cams=cams),
+        Result("b.png", error="not an image (JPEG, PNG, BMP, TIFF, WebP) nor a DICOM file"),
+    ]
     path = service.write_csv(results, 0.5, tmp_path / "predictions.csv")
     with path.open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["file", "probability", "prediction", "threshold", "error"]
     assert [(r["file"], r["probability"], r["prediction"], r["threshold"]) for r in rows] == [
-        ("a.jpeg", "0.800000", "PNEUMONIA", "0.500000"), ("'=HYPERLINK(1).png", "0.100000", "NORMAL", "0.500000"),
-        ("b.png", "", "", "")]
+        ("a.jpeg", "0.800000", "PNEUMONIA", "0.500000"),
+        ("'=HYPERLINK(1).png", "0.100000", "NORMAL", "0.500000"),
+        ("b.png", "", "", ""),
+    ]
     assert rows[2]["error"].startswith("not an image")
 
 
@@ -360,8 +374,13 @@ def test_login_guard_refuses_a_locked_out_client_before_the_password_check(caplo
         return sent[0]["status"]
 
     async def run():
-        return ([await post(b"wrong") for _ in range(20)], await post(b"right"), await post(b"right", "/login/", "::1"),
-                await post(b"wrong", "/config"), [await post(b"wrong", client=f"2001:db8::{i}") for i in range(5)])
+        return (
+            [await post(b"wrong") for _ in range(20)],
+            await post(b"right"),
+            await post(b"right", "/login/", "::1"),
+            await post(b"wrong", "/config"),
+            [await post(b"wrong", client=f"2001:db8::{i}") for i in range(5)],
+        )
 
     with caplog.at_level("WARNING", logger="pneumonia.app.guards"):
         wrong, right, other, config, rotating = asyncio.run(run())
@@ -469,16 +488,25 @@ def test_app_config_is_safe_by_default_and_checked(tiny_checkpoint, tmp_path, mo
     assert (settings["host"], settings["port"], settings["auth"]) == ("127.0.0.1", 7860, None)
     assert settings["limits"] == Limits(20, 20, 50)
     assert [settings[k] for k in ("upload_ttl_s", "upload_dir_max_mb", "login_max_failures", "login_lockout_s")] == [
-        300, 1024, 5, 300]
+        300,
+        1024,
+        5,
+        300,
+    ]
     monkeypatch.setenv("PNEUMONIA_APP_AUTH", "ann:s3cr:et")
     assert check(compose_cfg("app", [f"ckpt_path={tiny_checkpoint}"], tmp_path))["auth"] == ("ann", "s3cr:et")
     assert parse_auth(None) is None and parse_auth("u:p") == ("u", "p")
-    for override, key in (("app.auth=nocolon", "app.auth"), ("app.auth=:pw", "app.auth"),
-                          ("app.port=70000", "app.port"), ("app.max_files=0", "app.max_files"),
-                          ("app.ssl_certfile=/nonexistent", "app.ssl_"), ("app.upload_ttl_s=0", "app.upload_ttl_s"),
-                          ("app.upload_dir_max_mb=100", "app.upload_dir_max_mb"),
-                          ("app.login_max_failures=2.5", "app.login_max_failures"),
-                          ("app.login_lockout_s=-1", "app.login_lockout_s")):
+    for override, key in (
+        ("app.auth=nocolon", "app.auth"),
+        ("app.auth=:pw", "app.auth"),
+        ("app.port=70000", "app.port"),
+        ("app.max_files=0", "app.max_files"),
+        ("app.ssl_certfile=/nonexistent", "app.ssl_"),
+        ("app.upload_ttl_s=0", "app.upload_ttl_s"),
+        ("app.upload_dir_max_mb=100", "app.upload_dir_max_mb"),
+        ("app.login_max_failures=2.5", "app.login_max_failures"),
+        ("app.login_lockout_s=-1", "app.login_lockout_s"),
+    ):
         with pytest.raises(ConfigError, match=re.escape(key)):
             check(compose_cfg("app", [f"ckpt_path={tiny_checkpoint}", override], tmp_path))
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
@@ -492,7 +520,9 @@ def test_cli_one_line_errors(tmp_path):
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: ckpt_path is required")
     bad = run_cli("app.py", f"ckpt_path={tmp_path / 'none.ckpt'}", cwd=tmp_path)
     last = bad.stderr.strip().splitlines()[-1]
-    assert bad.returncode == 2 and re.match(r"error: (ckpt_path '.*none.ckpt' does not exist|the page needs gradio)", last)
+    assert bad.returncode == 2 and re.match(
+        r"error: (ckpt_path '.*none.ckpt' does not exist|the page needs gradio)", last
+    )
     assert "Traceback" not in bad.stderr
 
 
@@ -504,9 +534,21 @@ def start_app(ckpt: Path, tmp_path: Path, *overrides: str, env: dict | None = No
     extra, env = env or {}, {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp_path)}
     env.pop("PNEUMONIA_APP_AUTH", None)
     env.update(extra)
-    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "app.py"), f"ckpt_path={ckpt}", f"app.port={port}",
-                             f"hydra.run.dir={tmp_path / 'run'}", *overrides], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "app.py"),
+            f"ckpt_path={ckpt}",
+            f"app.port={port}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *overrides,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -553,8 +595,13 @@ def listening_addresses(port: int) -> set[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
 def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_checkpoint, tmp_path):
     pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[app]'")
-    proc, url = start_app(tiny_checkpoint, tmp_path, "app.login_max_failures=2", "app.upload_ttl_s=1",
-                          env={"PNEUMONIA_APP_AUTH": "ann:pw"})
+    proc, url = start_app(
+        tiny_checkpoint,
+        tmp_path,
+        "app.login_max_failures=2",
+        "app.upload_ttl_s=1",
+        env={"PNEUMONIA_APP_AUTH": "ann:pw"},
+    )
     try:
         port = int(url.rstrip("/").rsplit(":", 1)[1])
         assert listening_addresses(port) == {"127.0.0.1"}
@@ -571,10 +618,16 @@ def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_check
         assert '"max_file_size":20971520' in config.replace(" ", "")
         # an upload never scored: the janitor removes it after app.upload_ttl_s=1
         boundary = "pneumoniatestboundary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
-                f"Content-Type: image/png\r\n\r\nnot really a png\r\n--{boundary}--\r\n").encode()
-        upload = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
-                                        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\nnot really a png\r\n--{boundary}--\r\n"
+        ).encode()
+        upload = urllib.request.Request(
+            url + "gradio_api/upload",
+            data=body,
+            method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
         stored = Path(json.loads(opener.open(upload, timeout=10).read())[0])
         assert stored.parent.parent == work[0] and stored.exists()
         deadline = time.monotonic() + 60
@@ -584,8 +637,9 @@ def test_server_binds_to_loopback_asks_for_the_password_and_cleans_up(tiny_check
         codes = []  # wrong passwords: two are checked, then this address is locked out, the right one too
         for password in ("no", "no", "no", "pw"):
             try:
-                login = urllib.request.Request(url + "login", data=f"username=ann&password={password}".encode(),
-                                               method="POST")
+                login = urllib.request.Request(
+                    url + "login", data=f"username=ann&password={password}".encode(), method="POST"
+                )
                 codes.append(opener.open(login, timeout=10).status)
             except urllib.error.HTTPError as err:
                 codes.append(err.code)

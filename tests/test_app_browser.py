@@ -23,12 +23,14 @@ pytest.importorskip("gradio", reason="the page needs gradio: pip install -e '.[a
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser tests need selenium: pip install -e '.[dev]'")
 
 CHROME = os.environ.get("CHROME_BIN") or next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
 DRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     not (CHROME and DRIVER),
     reason="headless Chromium and ChromeDriver not found: apt-get install chromium chromium-driver "
-           "(or set CHROME_BIN and CHROMEDRIVER)")
+    "(or set CHROME_BIN and CHROMEDRIVER)",
+)
 
 WAIT = 90  # seconds: the first upload on a busy 2-core machine
 
@@ -46,9 +48,15 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROME
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1200",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium')}", "--disable-background-networking",
-                "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1200",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+        "--disable-background-networking",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = webdriver.Chrome(service=DriverService(DRIVER), options=options)
@@ -85,15 +93,16 @@ def page_text(driver) -> str:
 
 
 def text_of(driver, elem_id: str) -> str:
-    return driver.execute_script(f"const e = document.getElementById({json.dumps(elem_id)}); "
-                                 "return e ? e.innerText : ''")
+    return driver.execute_script(
+        f"const e = document.getElementById({json.dumps(elem_id)}); return e ? e.innerText : ''"
+    )
 
 
 def drawn_heatmaps(driver) -> int:
     """Heatmap pictures in the gallery that the browser decoded (a real image, not a broken link)."""
     return driver.execute_script(
-        "return [...document.querySelectorAll('#heatmaps img')]"
-        ".filter(i => i.complete && i.naturalWidth >= 300).length")
+        "return [...document.querySelectorAll('#heatmaps img')].filter(i => i.complete && i.naturalWidth >= 300).length"
+    )
 
 
 def requested_hosts(driver) -> set[str]:
@@ -136,7 +145,9 @@ def test_upload_shows_probability_decision_and_heatmap(app, browser, tiny_checkp
     wait_for(browser, lambda d: "NORMAL" in text_of(d, "results"), "the decision at the new threshold")
     assert f"At threshold {above:.3f}" in text_of(browser, "operating-point")
     # the validation ROC stored with the threshold gives the numbers at this threshold too
-    assert "sensitivity" in text_of(browser, "operating-point") and "not measured" not in text_of(browser, "operating-point")
+    assert "sensitivity" in text_of(browser, "operating-point") and "not measured" not in text_of(
+        browser, "operating-point"
+    )
     browser.find_element(By.ID, "reset").click()
     wait_for(browser, lambda d: "PNEUMONIA" in text_of(d, "results"), "the decision back at the stored threshold")
 

@@ -46,8 +46,9 @@ def test_same_generator_seed_gives_same_augmentation():
 
 
 def test_datamodule_hook_preserves_labels_and_scales_to_unit_range(xray_root, tmp_path):
-    dm = ChestXrayDataModule(root=str(xray_root), image_size=32, batch_size=8, val_fraction=0.25,
-                             cache_dir=str(tmp_path))
+    dm = ChestXrayDataModule(
+        root=str(xray_root), image_size=32, batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path)
+    )
     dm.setup("fit")
     images, labels, idx = next(iter(dm.train_dataloader()))
 

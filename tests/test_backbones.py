@@ -28,8 +28,15 @@ from tests.helpers import train_cfg
 
 SIZE = 64  # training, round trip and Grad-CAM (a 2x2 last feature map); the shape checks use 32 px
 BATCH = 4  # small batches, one shape per arch: about a second per test
-SMALL = [f"data.image_size={SIZE}", f"data.batch_size={BATCH}", "data.val_fraction=0.25", "trainer.accelerator=cpu",
-         "trainer.enable_model_summary=false", "callbacks.progress_bar=null", "logger=none"]
+SMALL = [
+    f"data.image_size={SIZE}",
+    f"data.batch_size={BATCH}",
+    "data.val_fraction=0.25",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "logger=none",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
@@ -99,14 +106,17 @@ def test_efficientnet_grad_cam_layer_computes_silu():
     assert torch.equal(GradCamSiLU()(x), nn.functional.silu(x))
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.arch=vgg16", "model.arch"),
-    ("model.in_channels=2", "model.in_channels"),
-    ("data.image_size=24", "data.image_size"),
-    ("model.dropout=1.5", "model.dropout"),
-    ("model.weights=IMAGENET1K_V9", "model.weights"),
-    ("+model.depth=3", "model.depth"),  # e.g. debug=tiny, whose model keys are the custom CNN's
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.arch=vgg16", "model.arch"),
+        ("model.in_channels=2", "model.in_channels"),
+        ("data.image_size=24", "data.image_size"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.weights=IMAGENET1K_V9", "model.weights"),
+        ("+model.depth=3", "model.depth"),  # e.g. debug=tiny, whose model keys are the custom CNN's
+    ],
+)
 def test_bad_settings_are_one_line_config_errors(override, key, xray_root, tmp_path):
     cfg = cfg_for(xray_root, tmp_path, "resnet18", override)
     with pytest.raises(ConfigError) as err:
@@ -173,8 +183,9 @@ def test_imagenet_weights_come_from_torchvisions_cache_converted_to_gray(no_netw
     torch.testing.assert_close(net.features.bn1.running_var, stored["bn1.running_var"])
 
 
-def test_training_start_fetches_weights_into_the_cache_without_reading_them(no_network, xray_root, tmp_path,
-                                                                            monkeypatch):
+def test_training_start_fetches_weights_into_the_cache_without_reading_them(
+    no_network, xray_root, tmp_path, monkeypatch
+):
     """check_train_config makes sure the file is there (no_network: it is) but does not load it:
     train() builds the net once, and that build is the one read of the weights."""
     import torchvision
@@ -211,8 +222,14 @@ def test_loading_a_checkpoint_never_downloads(no_network, xray_root, tmp_path):
     with weights_from_checkpoint():
         module = PneumoniaClassifier(net=spec_of(cfg), optimizer=OmegaConf.to_container(cfg.optimizer))
     path = tmp_path / "pretrained.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "datamodule_hyper_parameters": {"image_size": SIZE, "channels": 1}}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "datamodule_hyper_parameters": {"image_size": SIZE, "channels": 1},
+        },
+        path,
+    )
     predictor = Predictor.from_checkpoint(path, precision="32-true", threshold=0.5)  # never calibrated
     predictor.lightning_module()
     assert no_network == []
@@ -234,12 +251,22 @@ def datamodule(xray_root, tmp_path_factory):
 def test_training_step_checkpoint_round_trip_and_gradcam(arch, datamodule, xray_root, tmp_path):
     cfg = cfg_for(xray_root, tmp_path, arch, "seed=3")
     L.seed_everything(3, verbose=False)
-    module = PneumoniaClassifier(net=spec_of(cfg), optimizer=OmegaConf.to_container(cfg.optimizer),
-                                 scheduler=None, seed=3)
+    module = PneumoniaClassifier(
+        net=spec_of(cfg), optimizer=OmegaConf.to_container(cfg.optimizer), scheduler=None, seed=3
+    )
     before = [p.detach().clone() for p in module.net.parameters()]
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, limit_val_batches=0, precision="32-true",
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        limit_val_batches=0,
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 1
     assert any(not torch.equal(b, p) for b, p in zip(before, module.net.parameters()))  # it learned a step
@@ -275,13 +302,25 @@ def test_onnx_export_needs_nothing_extra(tmp_path):
     from pneumonia.export.exporter import export_net, verify
 
     torch.manual_seed(0)
-    spec = {"_target_": "pneumonia.models.TorchvisionNet", "arch": "resnet18", "in_channels": 1, "image_size": 32,
-            "weights": None, "dropout": 0.0}
+    spec = {
+        "_target_": "pneumonia.models.TorchvisionNet",
+        "arch": "resnet18",
+        "in_channels": 1,
+        "image_size": 32,
+        "weights": None,
+        "dropout": 0.0,
+    }
     module = PneumoniaClassifier(net=spec, optimizer={"_target_": "torch.optim.Adam", "_partial_": True})
     calibrate_bn(module.net, torch.rand(8, 1, 32, 32))
     path = tmp_path / "net.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "datamodule_hyper_parameters": {"image_size": 32, "channels": 1}}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "datamodule_hyper_parameters": {"image_size": 32, "channels": 1},
+        },
+        path,
+    )
     predictor = Predictor.from_checkpoint(path, precision="32-true", threshold=0.5)  # never calibrated
     info = export_net(predictor, tmp_path / "model.onnx", "onnx")
     assert info["input"]["shape"] == ["batch", 1, 32, 32]

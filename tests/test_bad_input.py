@@ -40,13 +40,16 @@ def test_bad_images_are_skipped_reported_and_odd_modes_decoded(tmp_path):
     root = make_chest_xray_tree(tmp_path / "d", {"train": (20, 20)})
     add_bad_and_odd_files(root)
     report = tmp_path / "run" / "bad_images.tsv"
-    dm = ChestXrayDataModule(root=str(root), image_size=32, val_fraction=0.25, cache_dir=None,
-                             bad_image_report=str(report))
+    dm = ChestXrayDataModule(
+        root=str(root), image_size=32, val_fraction=0.25, cache_dir=None, bad_image_report=str(report)
+    )
     dm.setup("fit")
     assert len(dm.splits["train"]) + len(dm.splits["val"]) == 43  # 40 + 3 odd modes, 2 bad skipped
     lines = report.read_text().splitlines()
-    assert len(lines) == 2 and {Path(ln.split("\t")[0]).name for ln in lines} == {"IM-9001-0001.jpeg",
-                                                                                   "IM-9002-0001.jpeg"}
+    assert len(lines) == 2 and {Path(ln.split("\t")[0]).name for ln in lines} == {
+        "IM-9001-0001.jpeg",
+        "IM-9002-0001.jpeg",
+    }
     paths = dm.paths["train"]
     images = dm.splits["train"].images
     sixteen = images[paths.index(str(root / "train" / "PNEUMONIA" / "person9003_bacteria_1.png"))].float()
@@ -61,14 +64,20 @@ def test_on_bad_image_error_stops_before_training_with_the_list(tmp_path):
         dm.setup("fit")
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.depth=abc", "model.depth"),
-    ("data.batch_size=0", "data.batch_size"),
-    ("data.val_fraction=1.5", "data.val_fraction"),
-    ("data.image_size=40;model.depth=5;model.widths=[8,8,8,8,8]", "model.depth=5 is too deep for data.image_size=40"),
-    ("optimizer.lr=fast", "optimizer.lr"),
-    ("module.pos_weight=-1", "module.pos_weight"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.depth=abc", "model.depth"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        (
+            "data.image_size=40;model.depth=5;model.widths=[8,8,8,8,8]",
+            "model.depth=5 is too deep for data.image_size=40",
+        ),
+        ("optimizer.lr=fast", "optimizer.lr"),
+        ("module.pos_weight=-1", "module.pos_weight"),
+    ],
+)
 def test_bad_config_values_are_rejected_naming_the_key(override, key, xray_root, tmp_path):
     cfg = train_cfg(xray_root, tmp_path, *override.split(";"))
     with pytest.raises(ConfigError, match=key):
@@ -141,8 +150,16 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
 
 
 def test_eval_threshold_out_of_range_stops_before_scoring(tmp_path, tiny_checkpoint, xray_root):
-    res = run_cli("eval.py", f"ckpt_path={tiny_checkpoint}", f"data.root={xray_root}", "threshold=1.5",
-                  f"hydra.run.dir={tmp_path / 'run'}")
+    res = run_cli(
+        "eval.py",
+        f"ckpt_path={tiny_checkpoint}",
+        f"data.root={xray_root}",
+        "threshold=1.5",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines()[-1] == "error: threshold=1.5 must be a number in [0, 1] (or null: the stored one)"
+    assert (
+        res.stderr.strip().splitlines()[-1]
+        == "error: threshold=1.5 must be a number in [0, 1] (or null: the stored one)"
+    )
     assert not (tmp_path / "run" / "metrics.json").exists()

@@ -31,13 +31,22 @@ def scaled(tiny_checkpoint, xray_root, tmp_path_factory):
     ckpt = out / "best.ckpt"
     shutil.copy(tiny_checkpoint, ckpt)
     raw = Predictor.from_checkpoint(ckpt)
-    dm = ChestXrayDataModule(**{**raw.data_settings, "root": str(xray_root), "cache_dir": str(out / "cache"),
-                                "bad_image_report": None})
+    dm = ChestXrayDataModule(
+        **{**raw.data_settings, "root": str(xray_root), "cache_dir": str(out / "cache"), "bad_image_report": None}
+    )
     dm.setup("fit")
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=raw.precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    module, val_report = calibrate_threshold(trainer, dm, str(ckpt), SETTINGS, out,
-                                             calibration={"temperature": True}, interval_settings={"resamples": 300})
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=raw.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    module, val_report = calibrate_threshold(
+        trainer, dm, str(ckpt), SETTINGS, out, calibration={"temperature": True}, interval_settings={"resamples": 300}
+    )
     return ckpt, out, dm, module, val_report
 
 
@@ -83,10 +92,24 @@ def test_eval_and_predict_apply_the_stored_temperature(scaled, xray_root, tmp_pa
     predictor = Predictor.from_checkpoint(ckpt)
     for name, extra, expected_t in (("stored", [], predictor.temperature), ("raw", ["temperature=1.0"], 1.0)):
         out = tmp_path / name
-        rep = evaluate(compose_cfg("eval", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu", f"data.root={xray_root}",
-                                            f"data.cache_dir={tmp_path / 'cache'}", "logger=none", "gallery_size=0",
-                                            "describe=false", "intervals.resamples=200",
-                                            "trainer.enable_progress_bar=false", *extra], out))
+        rep = evaluate(
+            compose_cfg(
+                "eval",
+                [
+                    f"ckpt_path={ckpt}",
+                    "trainer.accelerator=cpu",
+                    f"data.root={xray_root}",
+                    f"data.cache_dir={tmp_path / 'cache'}",
+                    "logger=none",
+                    "gallery_size=0",
+                    "describe=false",
+                    "intervals.resamples=200",
+                    "trainer.enable_progress_bar=false",
+                    *extra,
+                ],
+                out,
+            )
+        )
         with open(out / "predictions.csv") as f:
             rows = list(csv.DictReader(f))
         want = Predictor.from_checkpoint(ckpt, temperature=expected_t).predict_files([r["path"] for r in rows])

@@ -43,13 +43,20 @@ def write_predict_predictions(folder, paths, labels, probs, threshold):
 @pytest.fixture()
 def pair_of_runs(tmp_path):
     rng = np.random.default_rng(0)
-    paths = [f"/data/test/NORMAL/IM-{i // 2:04d}-000{i % 2}.jpeg" for i in range(80)] + \
-            [f"/data/test/PNEUMONIA/person{i // 2}_{'bacteria' if i % 3 else 'virus'}_{i}.jpeg" for i in range(120)]
+    paths = [f"/data/test/NORMAL/IM-{i // 2:04d}-000{i % 2}.jpeg" for i in range(80)] + [
+        f"/data/test/PNEUMONIA/person{i // 2}_{'bacteria' if i % 3 else 'virus'}_{i}.jpeg" for i in range(120)
+    ]
     labels = np.r_[np.zeros(80, int), np.ones(120, int)]
     a = 1 / (1 + np.exp(-rng.normal(1.2 * (2 * labels - 1), 1.0)))
     b = 1 / (1 + np.exp(-rng.normal(1.8 * (2 * labels - 1), 1.0)))
-    return (write_predictions(tmp_path / "a", paths, labels, a, 0.5),
-            write_predictions(tmp_path / "b", paths, labels, b, 0.4), paths, labels, a, b)
+    return (
+        write_predictions(tmp_path / "a", paths, labels, a, 0.5),
+        write_predictions(tmp_path / "b", paths, labels, b, 0.4),
+        paths,
+        labels,
+        a,
+        b,
+    )
 
 
 def test_compare_counts_tests_and_differences(pair_of_runs):
@@ -81,8 +88,9 @@ def test_a_model_against_itself_differs_by_nothing(pair_of_runs):
 
 def test_refuses_different_images_in_one_line(pair_of_runs, tmp_path, capsys):
     dir_a, _, paths, labels, a, _ = pair_of_runs
-    other = write_predictions(tmp_path / "other", paths[:-1] + ["/data/test/PNEUMONIA/person999_virus_1.jpeg"],
-                              labels, a, 0.5)
+    other = write_predictions(
+        tmp_path / "other", paths[:-1] + ["/data/test/PNEUMONIA/person999_virus_1.jpeg"], labels, a, 0.5
+    )
     with pytest.raises(CompareError, match="different images .*1 only in A, 1 only in B"):
         compare(dir_a, other)
     assert main([str(dir_a), str(other)]) == 2
@@ -97,8 +105,9 @@ def test_refuses_different_images_in_one_line(pair_of_runs, tmp_path, capsys):
 
 def test_the_same_images_under_another_root_pair_by_class_and_name(pair_of_runs, tmp_path):
     dir_a, _, paths, labels, _, b = pair_of_runs
-    moved = write_predictions(tmp_path / "moved", [p.replace("/data/", "/elsewhere/chest_xray/") for p in paths],
-                              labels, b, 0.4)
+    moved = write_predictions(
+        tmp_path / "moved", [p.replace("/data/", "/elsewhere/chest_xray/") for p in paths], labels, b, 0.4
+    )
     res = compare(dir_a, moved, resamples=100)
     assert res["matched_by"] == "class folder and file name" and res["images"] == 200
     relabelled = write_predictions(tmp_path / "relabelled", paths, 1 - labels, b, 0.4)
@@ -110,14 +119,42 @@ def test_two_real_eval_runs_compared_from_the_command_line(tiny_checkpoint, xray
     runs = []
     for name, extra in (("stored", []), ("half", ["threshold=0.5"])):
         out = tmp_path / name
-        evaluate(compose_cfg("eval", [f"ckpt_path={tiny_checkpoint}", "trainer.accelerator=cpu", f"data.root={xray_root}",
-                                      f"data.cache_dir={tmp_path / 'cache'}", "logger=none", "gallery_size=0",
-                                      "describe=false", "intervals.resamples=200",
-                                      "trainer.enable_progress_bar=false", *extra], out))
+        evaluate(
+            compose_cfg(
+                "eval",
+                [
+                    f"ckpt_path={tiny_checkpoint}",
+                    "trainer.accelerator=cpu",
+                    f"data.root={xray_root}",
+                    f"data.cache_dir={tmp_path / 'cache'}",
+                    "logger=none",
+                    "gallery_size=0",
+                    "describe=false",
+                    "intervals.resamples=200",
+                    "trainer.enable_progress_bar=false",
+                    *extra,
+                ],
+                out,
+            )
+        )
         runs.append(out)
-    res = subprocess.run([sys.executable, "-m", "pneumonia.tools.compare", str(runs[0]), str(runs[1]), "--resamples", "300",
-                          "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=300,
-                         cwd=PROJECT_ROOT)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumonia.tools.compare",
+            str(runs[0]),
+            str(runs[1]),
+            "--resamples",
+            "300",
+            "--out",
+            str(tmp_path / "cmp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "McNemar on the decisions" in res.stdout and "DeLong on AUROC" in res.stdout
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
@@ -151,12 +188,30 @@ def test_a_csv_of_neither_layout_is_one_line(tmp_path):
 
 def test_real_eval_and_predict_runs_of_one_checkpoint_compare(tiny_checkpoint, xray_root, tmp_path):
     """The same checkpoint through eval.py and predict.py: the same images, the same decisions."""
-    evaluate(compose_cfg("eval", [f"ckpt_path={tiny_checkpoint}", "trainer.accelerator=cpu", f"data.root={xray_root}",
-                                  f"data.cache_dir={tmp_path / 'cache'}", "logger=none", "gallery_size=0",
-                                  "describe=false", "intervals.resamples=0", "trainer.enable_progress_bar=false"],
-                         tmp_path / "eval"))
-    predict(compose_cfg("predict", [f"ckpt_path={tiny_checkpoint}", f"inputs={xray_root / 'test'}", "device=cpu"],
-                        tmp_path / "predict"))
+    evaluate(
+        compose_cfg(
+            "eval",
+            [
+                f"ckpt_path={tiny_checkpoint}",
+                "trainer.accelerator=cpu",
+                f"data.root={xray_root}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "logger=none",
+                "gallery_size=0",
+                "describe=false",
+                "intervals.resamples=0",
+                "trainer.enable_progress_bar=false",
+            ],
+            tmp_path / "eval",
+        )
+    )
+    predict(
+        compose_cfg(
+            "predict",
+            [f"ckpt_path={tiny_checkpoint}", f"inputs={xray_root / 'test'}", "device=cpu"],
+            tmp_path / "predict",
+        )
+    )
     res = compare(tmp_path / "eval", tmp_path / "predict", resamples=100)
     assert res["images"] == 32
     assert res["mcnemar"]["b"] == res["mcnemar"]["c"] == 0

@@ -53,7 +53,10 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("data.augment.rotation", "2.5"): "degrees",
     ("data.stress.perturbations.gamma_*", "2.5"): "a gamma: any positive value",
     ("data.stress.perturbations.contrast_*", "2.5"): "a contrast factor: any value >= 0",
-    ("data.stress.perturbations.contrast_*", "0.0"): "a contrast factor of 0 (every image its flat mean): extreme, defined",
+    (
+        "data.stress.perturbations.contrast_*",
+        "0.0",
+    ): "a contrast factor of 0 (every image its flat mean): extreme, defined",
     ("data.stress.perturbations.blur", "2.5"): "a blur sigma in pixels: any positive value",
     ("data.augment.mixup", "2.5"): "mixup's Beta(alpha, alpha): any alpha > 0",
     ("model.dropout", "0.0"): "no dropout",
@@ -69,14 +72,23 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("callbacks.model_checkpoint.save_top_k", "*"): "-1 = keep all, 0 = keep none (Lightning's meanings)",
     ("callbacks.last_checkpoint.save_top_k", "*"): "-1 = keep all, 0 = keep none (Lightning's meanings)",
     ("callbacks.last_checkpoint.every_n_epochs", "0"): "0 = never (Lightning's meaning)",
-    ("callbacks.early_stopping.patience", "*"): "Lightning's EarlyStopping takes any integer (<= 0: stop at the first non-improvement)",
-    ("callbacks.early_stopping.min_delta", "*"): "Lightning's EarlyStopping takes any number (it uses the absolute value)",
+    (
+        "callbacks.early_stopping.patience",
+        "*",
+    ): "Lightning's EarlyStopping takes any integer (<= 0: stop at the first non-improvement)",
+    (
+        "callbacks.early_stopping.min_delta",
+        "*",
+    ): "Lightning's EarlyStopping takes any number (it uses the absolute value)",
     ("callbacks.progress_bar.refresh_rate", "*"): "0 disables the bar; Lightning takes any integer",
     ("callbacks.swa.swa_lrs", "2.5"): "a learning rate: any positive value",
-    ("callbacks.swa.annealing_epochs", "0"): "no annealing: the SWA learning rate from the first SWA epoch (torch's SWALR)",
+    (
+        "callbacks.swa.annealing_epochs",
+        "0",
+    ): "no annealing: the SWA learning rate from the first SWA epoch (torch's SWALR)",
     # left to torch and Lightning on purpose
     ("scheduler.scheduler.*", "*"): "torch's schedulers check what they rely on (factor < 1, mode); the rest "
-                                     "(patience, min_lr, negative factor) only changes when the LR drops",
+    "(patience, min_lr, negative factor) only changes when the LR drops",
     ("trainer.min_epochs", "*"): "Lightning takes any integer (<= 0: no minimum)",
     ("trainer.log_every_n_steps", "*"): "Lightning takes any integer (<= 0: log each epoch only)",
     ("trainer.num_sanity_val_steps", "*"): "-1 = the whole validation split, 0 = none (Lightning's meanings)",
@@ -141,8 +153,11 @@ def mutations(value: Any, a_file: str) -> list[Any]:
 def accepted(entry: str, key: str, value: Any) -> bool:
     """Listed in ACCEPTED: as `key` (any entry point) or `entry:key`."""
     text = repr(value)
-    return any((fnmatch.fnmatchcase(key, pattern) or fnmatch.fnmatchcase(f"{entry}:{key}", pattern))
-               and (mutation == "*" or mutation == text) for (pattern, mutation) in ACCEPTED)
+    return any(
+        (fnmatch.fnmatchcase(key, pattern) or fnmatch.fnmatchcase(f"{entry}:{key}", pattern))
+        and (mutation == "*" or mutation == text)
+        for (pattern, mutation) in ACCEPTED
+    )
 
 
 def entry_main(config_name: str) -> Any:
@@ -215,8 +230,12 @@ def stops(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_train_config_fuzz(stops, xray_root, tmp_path):
-    problems = fuzz("train", [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "logger=none"],
-                    tmp_path / "out", stops)
+    problems = fuzz(
+        "train",
+        [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "logger=none"],
+        tmp_path / "out",
+        stops,
+    )
     assert not problems, "\n".join(problems)
 
 
@@ -225,17 +244,23 @@ def test_train_config_fuzz_of_the_optional_parts(stops, xray_root, tmp_path):
     a torchvision net, an ensemble recipe."""
     base = [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "logger=none"]
     problems = []
-    for extra, only in ((["callbacks=swa"], "callbacks.swa.*"), (["model=resnet18"], "model.*"),
-                        (["experiment=best_ensemble"], "ensemble.*")):
+    for extra, only in (
+        (["callbacks=swa"], "callbacks.swa.*"),
+        (["model=resnet18"], "model.*"),
+        (["experiment=best_ensemble"], "ensemble.*"),
+    ):
         problems += fuzz("train", base + extra, tmp_path / "out", stops, only=only)
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("entry, overrides", [
-    ("eval", ["data.root={root}", "logger=none"]),
-    ("predict", ["inputs={root}/test"]),
-    ("export", []),
-])
+@pytest.mark.parametrize(
+    "entry, overrides",
+    [
+        ("eval", ["data.root={root}", "logger=none"]),
+        ("predict", ["inputs={root}/test"]),
+        ("export", []),
+    ],
+)
 @pytest.mark.slow
 def test_scoring_configs_fuzz(entry, overrides, stops, xray_root, tiny_checkpoint, tmp_path):
     overrides = [o.format(root=xray_root) for o in overrides] + [f"ckpt_path={tiny_checkpoint}"]
@@ -243,12 +268,15 @@ def test_scoring_configs_fuzz(entry, overrides, stops, xray_root, tiny_checkpoin
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["model=resnet"], "model=resnet is not an option of model/"),
-    (["optimiser.lr=0.1"], "optimiser.lr is not a setting of train.py"),
-    (["-m", "seed=1,2", "model=custom_cnn,nope"], "model=nope is not an option of model/"),
-    (["seed=[1"], "cannot read the command line"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["model=resnet"], "model=resnet is not an option of model/"),
+        (["optimiser.lr=0.1"], "optimiser.lr is not a setting of train.py"),
+        (["-m", "seed=1,2", "model=custom_cnn,nope"], "model=nope is not an option of model/"),
+        (["seed=[1"], "cannot read the command line"),
+    ],
+)
 def test_command_line_typos_are_one_line(args, expected, tmp_path):
     result = run_cli("train.py", *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep")
     lines = [line for line in result.stderr.splitlines() if line.strip()]

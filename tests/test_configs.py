@@ -30,8 +30,9 @@ def instantiate_all(cfg, root):
     return trainer
 
 
-@pytest.mark.parametrize("group", ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger",
-                                   "experiment", "debug"])
+@pytest.mark.parametrize(
+    "group", ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug"]
+)
 def test_every_option_composes_and_instantiates(group, xray_root, tmp_path):
     opts = options(group)
     assert opts, f"conf/{group} is empty"
@@ -41,8 +42,9 @@ def test_every_option_composes_and_instantiates(group, xray_root, tmp_path):
             assert cfg.trainer.accelerator == "gpu"  # composes; instantiating needs a GPU
             continue
         # MLflow's client opens (and creates) its store when built: one in tmp_path, not outputs/
-        cfg = train_cfg(xray_root, tmp_path, f"{group}={option}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'ml.db'}",
-                        tiny=False)
+        cfg = train_cfg(
+            xray_root, tmp_path, f"{group}={option}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'ml.db'}", tiny=False
+        )
         instantiate_all(cfg, xray_root)
 
 
@@ -55,8 +57,12 @@ def test_sweeper_and_launcher_options_compose(xray_root, tmp_path):
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"  # monitor_mode=max
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert {"optimizer.lr", "model.depth", "data.batch_size"} <= set(sweeper.params)
-    cfg = compose("train", [f"data.root={xray_root}", "hparams_search=optuna", "monitor=val/loss", "monitor_mode=min"],
-                  tmp_path, hydra_config=True)
+    cfg = compose(
+        "train",
+        [f"data.root={xray_root}", "hparams_search=optuna", "monitor=val/loss", "monitor_mode=min"],
+        tmp_path,
+        hydra_config=True,
+    )
     assert cfg.hydra.sweeper.direction == "minimize"
 
     assert options("launcher") == ["submitit_local", "submitit_slurm"]
@@ -83,10 +89,13 @@ def test_model_and_data_agree_on_channels_and_size(xray_root, tmp_path):
     assert cfg.data.channels == 3 and cfg.model.image_size == 96
 
 
-@pytest.mark.parametrize("overrides, dropped", [
-    (["trainer.enable_progress_bar=false"], "TQDMProgressBar"),
-    (["logger=none"], "LearningRateMonitor"),
-])
+@pytest.mark.parametrize(
+    "overrides, dropped",
+    [
+        (["trainer.enable_progress_bar=false"], "TQDMProgressBar"),
+        (["logger=none"], "LearningRateMonitor"),
+    ],
+)
 def test_callbacks_follow_trainer_settings(overrides, dropped, xray_root, tmp_path):
     # Lightning rejects a progress bar callback beside enable_progress_bar=false (found on a GPU run)
     cfg = train_cfg(xray_root, tmp_path, *overrides, "trainer.accelerator=cpu", tiny=False)

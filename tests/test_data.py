@@ -143,12 +143,14 @@ def test_disk_cache_is_memory_mapped_and_shared_by_readers(xray_root, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, torch; from pneumonia.data.cache import decode_images; "
-            "from pneumonia.data.folder import scan_split; from pneumonia.data.preprocess import Preprocess; "
-            f"f = scan_split({str(xray_root)!r}, 'train'); "
-            "import pneumonia.data.preprocess as pp; pp.Preprocess.load = None; "  # decoding would fail
-            f"d = decode_images(f.paths, f.labels, Preprocess(32, 1), cache_dir={str(tmp_path)!r}); "
-            "print(int(d.images.sum()))")
+    code = (
+        "import sys, torch; from pneumonia.data.cache import decode_images; "
+        "from pneumonia.data.folder import scan_split; from pneumonia.data.preprocess import Preprocess; "
+        f"f = scan_split({str(xray_root)!r}, 'train'); "
+        "import pneumonia.data.preprocess as pp; pp.Preprocess.load = None; "  # decoding would fail
+        f"d = decode_images(f.paths, f.labels, Preprocess(32, 1), cache_dir={str(tmp_path)!r}); "
+        "print(int(d.images.sum()))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert int(res.stdout) == int(a.images.sum())

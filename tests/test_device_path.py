@@ -11,8 +11,15 @@ from pneumonia.runners.callbacks import FiniteLossGuard
 from pneumonia.runners.train import train
 from tests.helpers import train_cfg
 
-NET = {"_target_": "pneumonia.models.CustomCNN", "depth": 2, "widths": [4, 8], "dilated_blocks": [],
-       "in_channels": 1, "image_size": 32, "dense_units": 8}
+NET = {
+    "_target_": "pneumonia.models.CustomCNN",
+    "depth": 2,
+    "widths": [4, 8],
+    "dilated_blocks": [],
+    "in_channels": 1,
+    "image_size": 32,
+    "dense_units": 8,
+}
 
 
 def make_dm(root, tmp_path, **kw):
@@ -85,8 +92,15 @@ def test_deferred_metrics_equal_per_step_metrics():
         assert updated is not defer  # deferred: nothing reached the metrics during the steps
         for phase in ("train", "val"):
             module._flush(phase)
-        results.append({phase: ({k: v.clone() for k, v in getattr(module, f"{phase}_metrics").compute().items()},
-                                getattr(module, f"{phase}_loss").compute()) for phase in ("train", "val")})
+        results.append(
+            {
+                phase: (
+                    {k: v.clone() for k, v in getattr(module, f"{phase}_metrics").compute().items()},
+                    getattr(module, f"{phase}_loss").compute(),
+                )
+                for phase in ("train", "val")
+            }
+        )
     for phase in ("train", "val"):
         (m0, l0), (m1, l1) = results[0][phase], results[1][phase]
         assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
@@ -124,7 +138,14 @@ def test_deferred_finite_loss_guard_raises_before_validation():
 def test_fast_path_settings_train_to_the_same_validation_metrics(xray_root, tmp_path):
     reports = []
     for run, extra in (("host", ()), ("fast", ("data.device_resident=true", "module.defer_sync=true"))):
-        cfg = train_cfg(xray_root, tmp_path / run, "trainer.max_epochs=2", "trainer.deterministic=true", "seed=5",
-                        "logger=none", *extra)
+        cfg = train_cfg(
+            xray_root,
+            tmp_path / run,
+            "trainer.max_epochs=2",
+            "trainer.deterministic=true",
+            "seed=5",
+            "logger=none",
+            *extra,
+        )
         reports.append(train(cfg)[1])
     assert reports[0]["auroc"] == reports[1]["auroc"] and reports[0]["threshold"] == reports[1]["threshold"]

@@ -72,7 +72,10 @@ def test_rescale_then_linear_window(pydicom, tmp_path):
     slope, intercept, c, w = 2, -100, 2000, 3000
     path = write_dicom(
         tmp_path / "w.dcm",
-        RescaleSlope=slope, RescaleIntercept=intercept, WindowCenter=c, WindowWidth=w,
+        RescaleSlope=slope,
+        RescaleIntercept=intercept,
+        WindowCenter=c,
+        WindowWidth=w,
     )
     out = read_dicom(path)
     # PS3.3 C.11.2.1.2 (LINEAR), on the rescaled values, output range of 12-bit data
@@ -99,9 +102,7 @@ def test_voi_lut_sequence_after_rescale(pydicom, tmp_path):
     item = Dataset()
     item.LUTDescriptor = [4096, 0, 12]
     item.LUTData = np.arange(4095, -1, -1, dtype="<u2").tobytes()
-    path = write_dicom(
-        tmp_path / "voi.dcm", RescaleSlope=1, RescaleIntercept=0, VOILUTSequence=Sequence([item])
-    )
+    path = write_dicom(tmp_path / "voi.dcm", RescaleSlope=1, RescaleIntercept=0, VOILUTSequence=Sequence([item]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = read_dicom(path)
@@ -118,9 +119,7 @@ def test_monochrome1_is_inverted(pydicom, tmp_path):
 def test_monochrome1_is_inverted_after_the_window(pydicom, tmp_path):
     window = {"WindowCenter": 1500, "WindowWidth": 1000}
     mono2 = read_dicom(write_dicom(tmp_path / "m2.dcm", **window))
-    mono1 = read_dicom(
-        write_dicom(tmp_path / "m1.dcm", PhotometricInterpretation="MONOCHROME1", **window)
-    )
+    mono1 = read_dicom(write_dicom(tmp_path / "m1.dcm", PhotometricInterpretation="MONOCHROME1", **window))
     np.testing.assert_array_equal(mono1, 255 - mono2)
     # inverting before windowing would clip the other end of the pixel values
     x = PIXELS_12BIT
@@ -135,9 +134,7 @@ def test_constant_image_is_zeros(pydicom, tmp_path):
 
 def test_multiframe_takes_the_first_frame(pydicom, tmp_path):
     frames = np.stack([PIXELS_12BIT, PIXELS_12BIT[::-1]])
-    path = write_dicom(
-        tmp_path / "mf.dcm", frames[0], pixel_data=frames.tobytes(), NumberOfFrames=2
-    )
+    path = write_dicom(tmp_path / "mf.dcm", frames[0], pixel_data=frames.tobytes(), NumberOfFrames=2)
     np.testing.assert_array_equal(read_dicom(path), minmax_255(PIXELS_12BIT))
 
 
@@ -194,9 +191,14 @@ def test_rgb_becomes_channel_mean(pydicom, tmp_path):
     rgb[0, 0], rgb[0, 1] = 0, 255  # the mean spans 0..255, so scaling changes nothing
     rgb[1, 1] = (255, 0, 0)  # channels differ: taking one channel would be wrong
     path = write_dicom(
-        tmp_path / "rgb.dcm", rgb,
-        SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
-        BitsAllocated=8, BitsStored=8, HighBit=7,
+        tmp_path / "rgb.dcm",
+        rgb,
+        SamplesPerPixel=3,
+        PhotometricInterpretation="RGB",
+        PlanarConfiguration=0,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
     )
     out = read_dicom(path)
     assert out.shape == (10, 12) and out.dtype == np.uint8
@@ -218,8 +220,13 @@ def test_jpeg_baseline_decodes(pydicom, tmp_path):
 
     pixels = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
     path = write_dicom(
-        tmp_path / "jpeg.dcm", pixels, transfer_syntax=JPEGBaseline8Bit,
-        pixel_data=_jpeg_baseline(pixels), BitsAllocated=8, BitsStored=8, HighBit=7,
+        tmp_path / "jpeg.dcm",
+        pixels,
+        transfer_syntax=JPEGBaseline8Bit,
+        pixel_data=_jpeg_baseline(pixels),
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
     )
     out = read_dicom(path)
     assert out.shape == (32, 32) and np.abs(out.astype(int) - pixels).max() <= 8
@@ -232,8 +239,13 @@ def test_missing_decoder_is_reported_with_the_fix(pydicom, tmp_path, monkeypatch
 
     pixels = np.zeros((16, 16), np.uint8)
     path = write_dicom(
-        tmp_path / "jpeg.dcm", pixels, transfer_syntax=JPEGBaseline8Bit,
-        pixel_data=_jpeg_baseline(pixels), BitsAllocated=8, BitsStored=8, HighBit=7,
+        tmp_path / "jpeg.dcm",
+        pixels,
+        transfer_syntax=JPEGBaseline8Bit,
+        pixel_data=_jpeg_baseline(pixels),
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
     )
     decoder = get_decoder(JPEGBaseline8Bit)
     monkeypatch.setattr(decoder, "_available", {})
@@ -256,7 +268,9 @@ def test_missing_decoder_for_real(pydicom, tmp_path):
     if get_decoder(HTJ2KLossless).is_available:
         pytest.skip("an HTJ2K decoder (pylibjpeg-openjpeg) is installed here")
     path = write_dicom(
-        tmp_path / "htj2k.dcm", np.zeros((16, 16), np.uint16), transfer_syntax=HTJ2KLossless,
+        tmp_path / "htj2k.dcm",
+        np.zeros((16, 16), np.uint16),
+        transfer_syntax=HTJ2KLossless,
         pixel_data=encapsulate([b"\xff\x4f\xff\x51" + bytes(60)]),
     )
     name = r"High-Throughput JPEG 2000 Image Compression \(Lossless Only\)"

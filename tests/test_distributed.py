@@ -10,8 +10,14 @@ from tests.helpers import run_cli
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_once_and_score_like_one(xray_root, tmp_path):
-    common = [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny",
-              "data.val_fraction=0.25", "trainer.max_epochs=2", "callbacks.progress_bar=null"]
+    common = [
+        f"data.root={xray_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "debug=tiny",
+        "data.val_fraction=0.25",
+        "trainer.max_epochs=2",
+        "callbacks.progress_bar=null",
+    ]
     run = tmp_path / "ddp"
     res = run_cli("train.py", *common, "trainer=ddp_cpu", f"hydra.run.dir={run}")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -24,8 +30,15 @@ def test_ddp_two_cpu_processes_train_once_and_score_like_one(xray_root, tmp_path
     metrics = []
     for name, extra in (("one", []), ("two", ["trainer=ddp_cpu"])):
         out = tmp_path / f"eval_{name}"
-        res = run_cli("eval.py", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"data.root={xray_root}",
-                      f"data.cache_dir={tmp_path / 'cache'}", "data.eval_batch_size=5", *extra, f"hydra.run.dir={out}")
+        res = run_cli(
+            "eval.py",
+            f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
+            f"data.root={xray_root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.eval_batch_size=5",
+            *extra,
+            f"hydra.run.dir={out}",
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         metrics.append(json.loads((out / "metrics.json").read_text()))
         with open(out / "predictions.csv") as f:
@@ -39,8 +52,17 @@ def test_ddp_two_cpu_processes_train_once_and_score_like_one(xray_root, tmp_path
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep(xray_root, tmp_path):
-    res = run_cli("train.py", "-m", "launcher=submitit_local", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}",
-                    "debug=tiny", "trainer.max_epochs=1", "model.depth=2,3", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    res = run_cli(
+        "train.py",
+        "-m",
+        "launcher=submitit_local",
+        f"data.root={xray_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "debug=tiny",
+        "trainer.max_epochs=1",
+        "model.depth=2,3",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name[0].isdigit()]
     assert len(jobs) == 2

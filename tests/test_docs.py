@@ -7,14 +7,19 @@ import sys
 from tests.helpers import PROJECT_ROOT
 
 RENDER = PROJECT_ROOT / "docs" / "render_tables.py"
-RECORD = {"title": "A measurement", "command": "python benchmarks/x.py",
-          "machine": {"cpu": "Some CPU", "cores": 2, "cpu_flags": ["avx2"], "gpu": None, "python": "3.11.0"},
-          "commit": "abc1234", "columns": ["variant", "img/s"], "rows": [["a", 1.5], ["b|c", 2]], "notes": ""}
+RECORD = {
+    "title": "A measurement",
+    "command": "python benchmarks/x.py",
+    "machine": {"cpu": "Some CPU", "cores": 2, "cpu_flags": ["avx2"], "gpu": None, "python": "3.11.0"},
+    "commit": "abc1234",
+    "columns": ["variant", "img/s"],
+    "rows": [["a", 1.5], ["b|c", 2]],
+    "notes": "",
+}
 
 
 def render(*args):
-    return subprocess.run([sys.executable, str(RENDER), *map(str, args)], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, str(RENDER), *map(str, args)], capture_output=True, text=True, timeout=60)
 
 
 def test_the_repository_tables_match_their_json():

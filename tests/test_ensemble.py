@@ -34,11 +34,25 @@ from pneumonia.models.ensemble import Ensemble, find_ensemble
 from tests.helpers import PROJECT_ROOT, compose_cfg, run_cli, train_cfg
 
 SEEDS = (1, 2)
-RECIPE = ("experiment=best_ensemble", f"ensemble.seeds=[{','.join(map(str, SEEDS))}]", "trainer.max_epochs=2",
-          "threshold.method=youden",  # the tiny members of other tests use youden: mixable with these
-          "logger=none", "callbacks.gradcam=null", "intervals.resamples=200")
-NET = {"_target_": "pneumonia.models.CustomCNN", "depth": 2, "widths": [4, 8], "in_channels": 1, "image_size": 32,
-       "dense_units": 8, "dilated_blocks": [], "batch_norm": True}
+RECIPE = (
+    "experiment=best_ensemble",
+    f"ensemble.seeds=[{','.join(map(str, SEEDS))}]",
+    "trainer.max_epochs=2",
+    "threshold.method=youden",  # the tiny members of other tests use youden: mixable with these
+    "logger=none",
+    "callbacks.gradcam=null",
+    "intervals.resamples=200",
+)
+NET = {
+    "_target_": "pneumonia.models.CustomCNN",
+    "depth": 2,
+    "widths": [4, 8],
+    "in_channels": 1,
+    "image_size": 32,
+    "dense_units": 8,
+    "dilated_blocks": [],
+    "batch_norm": True,
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
@@ -92,10 +106,12 @@ def test_ensemble_net_averages_probabilities_or_logits_with_member_temperatures(
     assert torch.equal(prob(x), torch.tensor([100.0, -100.0, 0.0]))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert build_net(spec).eval()(x).dtype == torch.float32
-    for bad, key in (({**spec, "combine": "median"}, "model.combine"), ({**spec, "temperatures": [1.0]},
-                                                                          "model.temperatures"),
-                     ({**spec, "temperatures": [1.0, 0.0, 1.0]}, "model.temperatures"), ({**spec, "members": []},
-                                                                                          "model.members")):
+    for bad, key in (
+        ({**spec, "combine": "median"}, "model.combine"),
+        ({**spec, "temperatures": [1.0]}, "model.temperatures"),
+        ({**spec, "temperatures": [1.0, 0.0, 1.0]}, "model.temperatures"),
+        ({**spec, "members": []}, "model.members"),
+    ):
         with pytest.raises(Exception, match=key):
             build_net(bad)
 
@@ -153,10 +169,22 @@ def test_threshold_is_chosen_on_the_validation_split_with_the_recipe_method(run,
 def test_eval_scores_the_ensemble_at_its_own_threshold(run, xray_root, tmp_path):
     from pneumonia.runners.eval import evaluate
 
-    rep = evaluate(compose_cfg("eval", [f"ckpt_path={ckpt_of(run)}", f"data.root={xray_root}",
-                                        f"data.cache_dir={tmp_path / 'cache'}", "logger=none",
-                                        "trainer.accelerator=cpu", "intervals.resamples=100", "gallery_size=0",
-                                        "describe=false"], tmp_path))
+    rep = evaluate(
+        compose_cfg(
+            "eval",
+            [
+                f"ckpt_path={ckpt_of(run)}",
+                f"data.root={xray_root}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "logger=none",
+                "trainer.accelerator=cpu",
+                "intervals.resamples=100",
+                "gallery_size=0",
+                "describe=false",
+            ],
+            tmp_path,
+        )
+    )
     ens = Predictor.from_checkpoint(ckpt_of(run))
     assert rep["threshold"] == pytest.approx(ens.threshold) and rep["n"] == 32 and rep["auroc"] > 0.8
     with open(tmp_path / "predictions.csv") as f:
@@ -169,8 +197,13 @@ def test_eval_scores_the_ensemble_at_its_own_threshold(run, xray_root, tmp_path)
 def test_predict_with_heatmaps_on_files(run, xray_root, tmp_path):
     from pneumonia.runners.predict import predict
 
-    summary = predict(compose_cfg("predict", [f"ckpt_path={ckpt_of(run)}", f"inputs={xray_root / 'test'}", "device=cpu",
-                                              "explain=true", "batch_size=8"], tmp_path))
+    summary = predict(
+        compose_cfg(
+            "predict",
+            [f"ckpt_path={ckpt_of(run)}", f"inputs={xray_root / 'test'}", "device=cpu", "explain=true", "batch_size=8"],
+            tmp_path,
+        )
+    )
     assert summary["n"] == 32 and summary["labelled"]["auroc"] > 0.8
     assert len(list((tmp_path / "heatmaps").glob("*.png"))) == 32
 
@@ -247,8 +280,9 @@ def test_onnx_export_is_one_graph_with_dynamic_batch_and_parity(run, xray_root, 
 
 
 # ---- building from checkpoints: temperatures, the CLI, refusals -------------------------------
-def with_changes(src: Path, dst: Path, data: dict | None = None, calibration: dict | None = None,
-                 drop_calibration: bool = False) -> Path:
+def with_changes(
+    src: Path, dst: Path, data: dict | None = None, calibration: dict | None = None, drop_calibration: bool = False
+) -> Path:
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     ckpt["datamodule_hyper_parameters"].update(data or {})
     ckpt["pneumonia"].update(calibration or {})
@@ -268,8 +302,9 @@ def test_three_members_with_a_stored_temperature_fold_it_in(run, tiny_checkpoint
     members = [hot, second, tiny_checkpoint]  # another recipe on the same split: a fine member
     with pytest.raises(UserError, match="disagree on calibration.temperature"):  # T fitted for hot.ckpt only
         build_ensemble(members, tmp_path / "three", cache_dir=str(tmp_path / "cache"))
-    summary = build_ensemble(members, tmp_path / "three", cache_dir=str(tmp_path / "cache"),
-                             calibration={"temperature": False})
+    summary = build_ensemble(
+        members, tmp_path / "three", cache_dir=str(tmp_path / "cache"), calibration={"temperature": False}
+    )
     ckpt = load_checkpoint(summary["checkpoint"])
     assert ckpt["hyper_parameters"]["net"]["temperatures"] == [2.0, 1.0, 1.0]
     x = torch.rand(6, 1, 48, 48)
@@ -282,9 +317,23 @@ def test_three_members_with_a_stored_temperature_fold_it_in(run, tiny_checkpoint
 @pytest.mark.slow
 def test_cli_builds_a_logit_ensemble_from_the_members_folder(run, tmp_path):
     out = tmp_path / "logit"
-    res = subprocess.run([sys.executable, "-m", "pneumonia.tools.ensemble", str(run / "members"), "--combine", "logit",
-                          "--out", str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumonia.tools.ensemble",
+            str(run / "members"),
+            "--combine",
+            "logit",
+            "--out",
+            str(out),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"python eval.py ckpt_path={out / 'checkpoints' / 'best.ckpt'}" in res.stdout
     assert "ensemble (logit)" in res.stdout and "seed1" in res.stdout
@@ -315,8 +364,9 @@ def test_bad_members_are_refused_in_one_line(run, tmp_path, capsys):
     assert "data.image_size" in cli_error(capsys, one, size)
     assert "data.root" in cli_error(capsys, one, with_changes(two, tmp_path / "root.ckpt", data={"root": "/else"}))
     norm = with_changes(two, tmp_path / "norm.ckpt", data={"normalize": "imagenet"})
-    assert f"data.normalize: {load_checkpoint(one)['datamodule_hyper_parameters']['normalize']!r}" in \
-        cli_error(capsys, one, norm)
+    assert f"data.normalize: {load_checkpoint(one)['datamodule_hyper_parameters']['normalize']!r}" in cli_error(
+        capsys, one, norm
+    )
     assert "data.tta" in cli_error(capsys, one, with_changes(two, tmp_path / "tta.ckpt", data={"tta": False}))
     f1 = with_changes(two, tmp_path / "f1.ckpt", calibration={"threshold_method": "max_f1"})
     assert "disagree on threshold.method: 'youden'" in cli_error(capsys, one, f1)  # --threshold-method chooses
@@ -335,15 +385,21 @@ def test_bad_members_are_refused_in_one_line(run, tmp_path, capsys):
     from pneumonia.data.synthetic import make_chest_xray_tree
 
     make_chest_xray_tree(other, {"train": (40, 40)}, seed=1)
-    assert "calibrated on" in cli_error(capsys, one, two, "--data-root", other, "--out", tmp_path / "o",
-                                        "--cache-dir", tmp_path / "cache")
+    assert "calibrated on" in cli_error(
+        capsys, one, two, "--data-root", other, "--out", tmp_path / "o", "--cache-dir", tmp_path / "cache"
+    )
     assert not (tmp_path / "o").exists()  # a refused build leaves no empty run folder
 
 
 @pytest.mark.slow
 def test_train_py_dispatches_and_checks_the_ensemble_settings(xray_root, tmp_path):
-    res = run_cli("train.py", "experiment=best_ensemble", "ensemble.seeds=[1]", f"data.root={xray_root}",
-                  f"hydra.run.dir={tmp_path / 'run'}")
+    res = run_cli(
+        "train.py",
+        "experiment=best_ensemble",
+        "ensemble.seeds=[1]",
+        f"data.root={xray_root}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: ensemble.seeds=[1]")
 
 
@@ -357,4 +413,5 @@ def test_resume_keeps_finished_members_and_builds_again(run, xray_root, tmp_path
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # not trained again
     assert load_checkpoint(ckpt_of(copy))["pneumonia"]["val_report"]["auroc"] == pytest.approx(score)
     assert float(load_checkpoint(ckpt_of(copy))["state_dict"]["threshold"]) == pytest.approx(
-        float(load_checkpoint(ckpt_of(run))["state_dict"]["threshold"]), abs=1e-6)
+        float(load_checkpoint(ckpt_of(run))["state_dict"]["threshold"]), abs=1e-6
+    )

@@ -55,8 +55,11 @@ def synthetic_images(n, channels, size, seed):
     """uint8 (n, C, S, S) images: a smooth body and noise, like the synthetic X-rays."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    body = 90 + 60 * np.exp(-((xx - 0.5) ** 2) / 0.08) + 100 * rng.random((n, 1, 1, 1)) * np.exp(
-        -((xx - 0.3) ** 2 + (yy - 0.55) ** 2) / 0.04)
+    body = (
+        90
+        + 60 * np.exp(-((xx - 0.5) ** 2) / 0.08)
+        + 100 * rng.random((n, 1, 1, 1)) * np.exp(-((xx - 0.3) ** 2 + (yy - 0.55) ** 2) / 0.04)
+    )
     img = body + rng.normal(0, 12, (n, channels, size, size))
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -127,17 +130,24 @@ def test_sidecar_says_what_a_service_needs(exported, eager, tiny_checkpoint):
     assert pt2["input"]["name"] == "image" and pt2["threshold"] == meta["threshold"]
 
     card = (exported["onnx"] / "MODEL_CARD.md").read_text()
-    for phrase in ("research and teaching only", "not a medical device", "Kermany et al.",
-                   "Guangzhou Women and Children's Medical Center", "by whole patients",
-                   "**validation** numbers", "95% intervals from a bootstrap over patients", "adults",
-                   "Grad-CAM) are available only in the torch backend", f"{eager.threshold:.4f}"):
+    for phrase in (
+        "research and teaching only",
+        "not a medical device",
+        "Kermany et al.",
+        "Guangzhou Women and Children's Medical Center",
+        "by whole patients",
+        "**validation** numbers",
+        "95% intervals from a bootstrap over patients",
+        "adults",
+        "Grad-CAM) are available only in the torch backend",
+        f"{eager.threshold:.4f}",
+    ):
         assert phrase in card, phrase
     ci = meta["validation"]["ci95"]["auroc"]
     assert f"{meta['validation']['auroc']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" in card  # the interval beside the value
 
 
-def test_onnx_backend_decodes_bit_identically_and_predicts_like_torch(exported, xray_root, tiny_checkpoint,
-                                                                      tmp_path):
+def test_onnx_backend_decodes_bit_identically_and_predicts_like_torch(exported, xray_root, tiny_checkpoint, tmp_path):
     # every kind of file the decoder handles gives the same uint8 array on both backends
     files = tmp_path / "files"
     files.mkdir()
@@ -157,10 +167,20 @@ def test_onnx_backend_decodes_bit_identically_and_predicts_like_torch(exported, 
         assert np.array_equal(onnx_predictor.to_input(batch), preset.to_input(torch.from_numpy(batch)).numpy())
 
     # predict.py on both backends: the same rows and decisions, the same labelled summary
-    torch_summary = predict(predict_cfg(tmp_path / "torch", xray_root / "test", f"ckpt_path={tiny_checkpoint}",
-                                        "precision=32-true", "batch_size=5"))
-    onnx_summary = predict(predict_cfg(tmp_path / "onnx", xray_root / "test", "backend=onnx",
-                                       f"model_path={exported['onnx'] / 'model.onnx'}", "batch_size=5"))
+    torch_summary = predict(
+        predict_cfg(
+            tmp_path / "torch", xray_root / "test", f"ckpt_path={tiny_checkpoint}", "precision=32-true", "batch_size=5"
+        )
+    )
+    onnx_summary = predict(
+        predict_cfg(
+            tmp_path / "onnx",
+            xray_root / "test",
+            "backend=onnx",
+            f"model_path={exported['onnx'] / 'model.onnx'}",
+            "batch_size=5",
+        )
+    )
     rows = {}
     for backend in ("torch", "onnx"):
         with open(tmp_path / backend / "predictions.csv") as f:
@@ -176,14 +196,21 @@ def test_onnx_backend_decodes_bit_identically_and_predicts_like_torch(exported, 
 
 def test_onnx_predict_path_imports_no_torch(exported, xray_root, tmp_path):
     files = sorted((xray_root / "test" / "PNEUMONIA").iterdir())[:2]
-    argv = ["predict.py", "backend=onnx", f"model_path={exported['onnx'] / 'model.onnx'}",
-            f"inputs=[{files[0]},{files[1]}]", f"hydra.run.dir={tmp_path / 'run'}"]
-    code = ("import atexit, runpy, sys\n"
-            "import pneumonia\n"
-            "assert 'torch' not in sys.modules, 'import pneumonia imports torch'\n"
-            "atexit.register(lambda: print('TORCH IMPORTED:', 'torch' in sys.modules))\n"
-            f"sys.argv = {argv!r}\n"
-            "runpy.run_path('predict.py', run_name='__main__')\n")
+    argv = [
+        "predict.py",
+        "backend=onnx",
+        f"model_path={exported['onnx'] / 'model.onnx'}",
+        f"inputs=[{files[0]},{files[1]}]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    code = (
+        "import atexit, runpy, sys\n"
+        "import pneumonia\n"
+        "assert 'torch' not in sys.modules, 'import pneumonia imports torch'\n"
+        "atexit.register(lambda: print('TORCH IMPORTED:', 'torch' in sys.modules))\n"
+        f"sys.argv = {argv!r}\n"
+        "runpy.run_path('predict.py', run_name='__main__')\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "2 image(s) predicted" in res.stdout and "TORCH IMPORTED: False" in res.stdout, res.stdout
@@ -194,10 +221,14 @@ def test_bad_input_is_one_line(exported, tiny_checkpoint, tmp_path, monkeypatch)
     # the CLI: a file that is not our checkpoint, an unknown format, a run folder under a file
     (tmp_path / "not.ckpt").write_bytes(b"PK\x03\x04 something else entirely")
     (tmp_path / "a_file").write_text("")
-    for args, expected in (([f"ckpt_path={tmp_path / 'not.ckpt'}"], "not a readable checkpoint of this project"),
-                           ([f"ckpt_path={tiny_checkpoint}", "format=tflite"], "format='tflite' must be one of"),
-                           ([f"ckpt_path={tiny_checkpoint}", f"hydra.run.dir={tmp_path / 'a_file' / 'x'}"],
-                            "a_file' is a file, not a folder")):
+    for args, expected in (
+        ([f"ckpt_path={tmp_path / 'not.ckpt'}"], "not a readable checkpoint of this project"),
+        ([f"ckpt_path={tiny_checkpoint}", "format=tflite"], "format='tflite' must be one of"),
+        (
+            [f"ckpt_path={tiny_checkpoint}", f"hydra.run.dir={tmp_path / 'a_file' / 'x'}"],
+            "a_file' is a file, not a folder",
+        ),
+    ):
         out = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={tmp_path / 'run'}"]
         res = run_cli("export.py", *args, *out)
         lines = res.stderr.strip().splitlines()
@@ -238,14 +269,17 @@ def test_bad_input_is_one_line(exported, tiny_checkpoint, tmp_path, monkeypatch)
     with pytest.raises(ExportError, match="not readable JSON"):
         OnnxPredictor.from_model(lone / "model.onnx")
     with pytest.raises(ExportError, match="describes a 'torch_export' model"):
-        predict(predict_cfg(tmp_path / "p2", inputs, "backend=onnx",
-                            f"model_path={exported['torch_export'] / 'model.pt2'}"))
-    for overrides, match in ((["backend=onnx"], "backend=onnx needs model_path="),
-                             (["backend=onnx", "model_path=m.onnx", "explain=true"], "explain=true .* backend=torch"),
-                             (["backend=onnx", "model_path=m.onnx", "gallery=true"], "gallery=true"),
-                             (["backend=onnx", "model_path=m.onnx", "precision=bf16-mixed"], "fp32 only"),
-                             (["backend=tflite"], "backend='tflite' must be one of"),
-                             (["model_path=m.onnx", f"ckpt_path={tiny_checkpoint}"], "model_path= is for backend=")):
+        predict(
+            predict_cfg(tmp_path / "p2", inputs, "backend=onnx", f"model_path={exported['torch_export'] / 'model.pt2'}")
+        )
+    for overrides, match in (
+        (["backend=onnx"], "backend=onnx needs model_path="),
+        (["backend=onnx", "model_path=m.onnx", "explain=true"], "explain=true .* backend=torch"),
+        (["backend=onnx", "model_path=m.onnx", "gallery=true"], "gallery=true"),
+        (["backend=onnx", "model_path=m.onnx", "precision=bf16-mixed"], "fp32 only"),
+        (["backend=tflite"], "backend='tflite' must be one of"),
+        (["model_path=m.onnx", f"ckpt_path={tiny_checkpoint}"], "model_path= is for backend="),
+    ):
         with pytest.raises(ConfigError, match=match):
             predict(predict_cfg(tmp_path / "p3", inputs, *overrides))
 
@@ -258,8 +292,13 @@ def test_a_fitted_temperature_is_inside_the_exported_model(tmp_path):
     if "temperature" not in inspect.signature(Predictor).parameters:
         pytest.skip("this Predictor has no temperature scaling")
     torch.manual_seed(1)
-    predictor = Predictor(CustomCNN(depth=3, widths=(8, 16, 32), in_channels=1, image_size=48), Preprocess(48, 1),
-                          0.4, temperature=2.5, precision="32-true")
+    predictor = Predictor(
+        CustomCNN(depth=3, widths=(8, 16, 32), in_channels=1, image_size=48),
+        Preprocess(48, 1),
+        0.4,
+        temperature=2.5,
+        precision="32-true",
+    )
     info = export_net(predictor, tmp_path / "model.onnx", "onnx")
     check = verify(predictor, tmp_path / "model.onnx", "onnx")  # against sigmoid(logit / 2.5)
     assert check["max_abs_probability_difference"] <= 1e-4
@@ -300,32 +339,37 @@ def test_model_json_is_checked_against_its_schema_and_the_model(exported, xray_r
     size, channels = meta["preprocess"]["image_size"], meta["preprocess"]["channels"]
     assert channels == 1
     for changes, match in (
-            ({"preprocess__image_size": 100000}, r"preprocess.image_size=100000 must be an integer in \[8, 4096\]"),
-            ({"preprocess__image_size": 32}, rf"preprocess.image_size=32 must be the model input's, {size}"),
-            ({"preprocess__channels": 3}, r"preprocess.channels=3 must be the model input's, 1"),
-            ({"preprocess__channels": 2}, r"preprocess.channels=2 must be 1 \(grayscale\) or 3 \(RGB\)"),
-            ({"threshold": "high"}, r"threshold='high' must be a number in \[0, 1\]"),
-            ({"threshold": -1}, r"threshold=-1 must be a number in \[0, 1\]"),
-            ({"threshold": True}, r"threshold=True must be a number"),
-            ({"threshold_method": "magic"}, r"threshold_method='magic' must be null or one of"),
-            ({"temperature": 0}, r"temperature=0 must be a positive number"),
-            ({"classes": ["NORMAL"]}, r"classes=\['NORMAL'\] must be two different class names"),
-            ({"preprocess__normalize": "zscore"}, r"preprocess.normalize='zscore' must be one of"),
-            ({"input": "image"}, r"input='image' must be an object")):
+        ({"preprocess__image_size": 100000}, r"preprocess.image_size=100000 must be an integer in \[8, 4096\]"),
+        ({"preprocess__image_size": 32}, rf"preprocess.image_size=32 must be the model input's, {size}"),
+        ({"preprocess__channels": 3}, r"preprocess.channels=3 must be the model input's, 1"),
+        ({"preprocess__channels": 2}, r"preprocess.channels=2 must be 1 \(grayscale\) or 3 \(RGB\)"),
+        ({"threshold": "high"}, r"threshold='high' must be a number in \[0, 1\]"),
+        ({"threshold": -1}, r"threshold=-1 must be a number in \[0, 1\]"),
+        ({"threshold": True}, r"threshold=True must be a number"),
+        ({"threshold_method": "magic"}, r"threshold_method='magic' must be null or one of"),
+        ({"temperature": 0}, r"temperature=0 must be a positive number"),
+        ({"classes": ["NORMAL"]}, r"classes=\['NORMAL'\] must be two different class names"),
+        ({"preprocess__normalize": "zscore"}, r"preprocess.normalize='zscore' must be one of"),
+        ({"input": "image"}, r"input='image' must be an object"),
+    ):
         with_changes(**changes)
         with pytest.raises(ExportError, match=match) as err:
             OnnxPredictor.from_model(model)
         assert "\n" not in str(err.value) and "model.json" in str(err.value)
     # consistent in itself, but not the graph's input (fixed at export): refused on load
     with_changes(preprocess__image_size=32, input__shape=["batch", 1, 32, 32])
-    with pytest.raises(ExportError, match=rf"preprocess.image_size=32 does not fit .* whose input is \['batch', 1, "
-                                          rf"{size}, {size}\]"):
+    with pytest.raises(
+        ExportError,
+        match=rf"preprocess.image_size=32 does not fit .* whose input is \['batch', 1, "
+        rf"{size}, {size}\]",
+    ):
         OnnxPredictor.from_model(model)
     # from the command line: one line, exit 2
     with_changes(threshold=-1)
     image = next((xray_root / "test" / "NORMAL").iterdir())
-    res = run_cli("predict.py", "backend=onnx", f"model_path={model}", f"inputs={image}",
-                  f"hydra.run.dir={tmp_path / 'p'}")
+    res = run_cli(
+        "predict.py", "backend=onnx", f"model_path={model}", f"inputs={image}", f"hydra.run.dir={tmp_path / 'p'}"
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "threshold=-1" in res.stderr
     # 4 KiB flipped inside the model file: its sha256 no longer matches
@@ -333,10 +377,11 @@ def test_model_json_is_checked_against_its_schema_and_the_model(exported, xray_r
     OnnxPredictor.from_model(model)
     raw = bytearray(model.read_bytes())
     middle = len(raw) // 2
-    raw[middle:middle + 4096] = bytes(b ^ 0xFF for b in raw[middle:middle + 4096])
+    raw[middle : middle + 4096] = bytes(b ^ 0xFF for b in raw[middle : middle + 4096])
     model.write_bytes(bytes(raw))
     with pytest.raises(ExportError, match="sha256 differs"):
         OnnxPredictor.from_model(model)
-    res = run_cli("predict.py", "backend=onnx", f"model_path={model}", f"inputs={image}",
-                  f"hydra.run.dir={tmp_path / 'p2'}")
+    res = run_cli(
+        "predict.py", "backend=onnx", f"model_path={model}", f"inputs={image}", f"hydra.run.dir={tmp_path / 'p2'}"
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr and "sha256 differs" in res.stderr.splitlines()[-1]

@@ -20,8 +20,9 @@ SIZE = 48
 CENTRE = (14, 34)  # (row, col) of the blob that makes an image "pneumonia"
 SIGMA = 4.0
 RADIUS = 10  # the known region: a disc of this radius around CENTRE
-NET_KW = dict(depth=3, widths=[8, 16, 32], in_channels=1, image_size=SIZE, dense_units=32,
-              batch_norm=True, dilated_blocks=[])
+NET_KW = dict(
+    depth=3, widths=[8, 16, 32], in_channels=1, image_size=SIZE, dense_units=32, batch_norm=True, dilated_blocks=[]
+)
 
 
 def make_images(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,24 +252,33 @@ def test_figures(trained, tmp_path):
     x, y = x_test[:6], y_test[:6]
     maps, probs = gradcam(net, x)
 
-    assert caption(0.87, 0.34) == ("P(pneumonia) = 0.87, threshold 0.34 \u2192 PNEUMONIA "
-                                   "(map: evidence for PNEUMONIA)")
+    assert caption(0.87, 0.34) == ("P(pneumonia) = 0.87, threshold 0.34 \u2192 PNEUMONIA (map: evidence for PNEUMONIA)")
     assert caption(0.2, 0.34).endswith("NORMAL (map: evidence for NORMAL)")
     assert caption(0.2, 0.34, explain="pneumonia").endswith("NORMAL (map: evidence for PNEUMONIA)")
 
     # cam at layer size (12x12) over a uint8 3-channel image of another size: resized to the image
     image = (x[0].expand(3, -1, -1) * 255).to(torch.uint8)
     small_cam = torch.nn.functional.interpolate(maps[:1, None], size=(12, 12), mode="bilinear")[0, 0]
-    out = save_overlay(tmp_path / "overlay.png", image, small_cam, probability=float(probs[0]),
-                       threshold=0.34, title="synthetic_0.png")
+    out = save_overlay(
+        tmp_path / "overlay.png", image, small_cam, probability=float(probs[0]), threshold=0.34, title="synthetic_0.png"
+    )
     assert out.stat().st_size > 2048
     with Image.open(out) as im:
         assert im.size == (400, 440)
 
     predictions = (probs >= 0.5).long()
     assert torch.equal(predictions, y.long())  # all correct on these
-    items = [dict(image=x[i], cam=maps[i], probability=float(probs[i]), prediction=int(predictions[i]),
-                  label=int(y[i]), title=f"img_{i}.jpeg") for i in range(6)]
+    items = [
+        dict(
+            image=x[i],
+            cam=maps[i],
+            probability=float(probs[i]),
+            prediction=int(predictions[i]),
+            label=int(y[i]),
+            title=f"img_{i}.jpeg",
+        )
+        for i in range(6)
+    ]
     right = save_gallery(tmp_path / "right.png", items, columns=3)
     items[1]["prediction"] = 1 - items[1]["prediction"]
     wrong = save_gallery(tmp_path / "wrong.png", items, columns=3)
@@ -285,6 +295,5 @@ def test_figures(trained, tmp_path):
 
 
 def test_package_import_is_light():
-    code = ("import pneumonia.explain, sys; "
-            "assert 'matplotlib' not in sys.modules and 'captum' not in sys.modules")
+    code = "import pneumonia.explain, sys; assert 'matplotlib' not in sys.modules and 'captum' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -39,8 +39,9 @@ def test_predictor_holds_what_the_checkpoint_says(checkpoint):
 
 def test_same_file_gives_bit_identical_input_through_predictor_and_datamodule(checkpoint, xray_root, tmp_path):
     p = Predictor.from_checkpoint(checkpoint)
-    dm = ChestXrayDataModule(**{**p.data_settings, "root": str(xray_root), "cache_dir": str(tmp_path / "cache"),
-                                "bad_image_report": None})
+    dm = ChestXrayDataModule(
+        **{**p.data_settings, "root": str(xray_root), "cache_dir": str(tmp_path / "cache"), "bad_image_report": None}
+    )
     dm.setup("fit")
     images, labels, indices = next(iter(dm.val_dataloader()))
     x, _, _ = dm.on_after_batch_transfer((images, labels, indices), 0)  # the validation (eval) path
@@ -50,9 +51,18 @@ def test_same_file_gives_bit_identical_input_through_predictor_and_datamodule(ch
 
 
 def test_predictor_scores_like_eval(checkpoint, xray_root, tmp_path):
-    cfg = compose_cfg("eval", [f"ckpt_path={checkpoint}", "trainer.accelerator=cpu", f"data.root={xray_root}",
-                               f"data.cache_dir={tmp_path / 'cache'}", "logger=none",
-                               "trainer.enable_progress_bar=false"], tmp_path)
+    cfg = compose_cfg(
+        "eval",
+        [
+            f"ckpt_path={checkpoint}",
+            "trainer.accelerator=cpu",
+            f"data.root={xray_root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path,
+    )
     evaluate(cfg)
     with open(tmp_path / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
@@ -76,8 +86,10 @@ def test_bad_predictor_settings_are_one_line_errors(checkpoint, tmp_path):
 
 
 def test_importing_inference_stays_light():
-    code = ("import sys, pneumonia.inference; heavy = sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'matplotlib', 'tensorboard', 'lightning', 'pytorch_lightning', 'hydra', 'captum'}); print(heavy)")
+    code = (
+        "import sys, pneumonia.inference; heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'matplotlib', 'tensorboard', 'lightning', 'pytorch_lightning', 'hydra', 'captum'}); print(heavy)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"

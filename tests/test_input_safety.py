@@ -35,21 +35,28 @@ SRC = str(PROJECT_ROOT / "src")
 def run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """`code` in a fresh interpreter on this checkout: a hang fails the test after `timeout`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(PROJECT_ROOT)]), "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=PROJECT_ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env, cwd=PROJECT_ROOT
+    )
 
 
 # ---- files made here, tiny on disk ------------------------------------------------------
 def huge_png(path: Path, width: int = 13000, height: int = 13000) -> Path:
     """A valid 8-bit gray PNG of zeros (169 MP by default) in about 0.7 MB."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     comp, row = zlib.compressobj(1), bytes(width + 1)
-    data = b"".join([*(comp.compress(row * 100) for _ in range(height // 100)),
-                     comp.compress(row * (height % 100)), comp.flush()])
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    data = b"".join(
+        [*(comp.compress(row * 100) for _ in range(height // 100)), comp.compress(row * (height % 100)), comp.flush()]
+    )
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", data)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -94,7 +101,7 @@ def jpeg_dicom(path: Path, header: int = 64, real: int = 12000) -> Path:
     Image.fromarray(np.full((header, header), 128, np.uint8)).save(buf, "JPEG")
     jpeg = bytearray(buf.getvalue())
     sof = jpeg.index(b"\xff\xc0")
-    jpeg[sof + 5:sof + 9] = struct.pack(">HH", real, real)
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", real, real)
     ds = _dataset(header, header, JPEGBaseline8Bit)
     ds.PixelData = encapsulate([bytes(jpeg)])
     ds["PixelData"].VR = "OB"
@@ -117,16 +124,21 @@ def loop_folder(root: Path) -> Path:
 # ---- one cycle-safe walker ---------------------------------------------------------------
 def test_symlink_loops_end_and_each_image_counts_once(tmp_path):
     folder = loop_folder(tmp_path / "scans")
-    code = ("import json; from pneumonia.data.folder import walk_images, find_inputs; "
-            f"w = find_inputs([{str(folder)!r}, {str(folder / 'a.png')!r}]); "
-            f"print(json.dumps([walk_images({str(folder)!r}), w.files, w.duplicates, w.links_not_followed]))")
+    code = (
+        "import json; from pneumonia.data.folder import walk_images, find_inputs; "
+        f"w = find_inputs([{str(folder)!r}, {str(folder / 'a.png')!r}]); "
+        f"print(json.dumps([walk_images({str(folder)!r}), w.files, w.duplicates, w.links_not_followed]))"
+    )
     res = run_python(code, timeout=60)  # a walker that loops is killed here, and fails
     assert res.returncode == 0, res.stderr
     # a folder given after one of its subfolders is still walked (the subfolder once)
     (folder / "more").mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "more" / "c.png")
-    assert find_inputs([folder / "more", folder]).files == [str(folder / "more" / "c.png"), str(folder / "a.png"),
-                                                            str(folder / "b.png")]
+    assert find_inputs([folder / "more", folder]).files == [
+        str(folder / "more" / "c.png"),
+        str(folder / "a.png"),
+        str(folder / "b.png"),
+    ]
     walked, inputs, duplicates, links = json.loads(res.stdout)
     assert walked == inputs == [str(folder / "a.png"), str(folder / "b.png")]
     assert duplicates == [[str(folder / "sub" / "alias.png"), str(folder / "a.png")]]
@@ -140,17 +152,21 @@ def test_fifo_named_like_an_image_is_listed_never_opened(tmp_path):
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(folder / "a.png")
     os.mkfifo(folder / "pipe.png")
     os.mkfifo(folder / "pipe")  # no image name: not listed at all
-    code = ("import json; from pneumonia.data.folder import find_inputs; "
-            "from pneumonia.data.decode import load_image\n"
-            f"w = find_inputs({str(folder)!r}); e = find_inputs({str(folder / 'pipe.png')!r})\n"
-            f"try:\n    load_image({str(folder / 'pipe.png')!r}, 32, 1)\n"
-            "except Exception as err:\n    why = str(err)\n"
-            "print(json.dumps([w.files, w.skipped, e.files, e.skipped, why]))")
+    code = (
+        "import json; from pneumonia.data.folder import find_inputs; "
+        "from pneumonia.data.decode import load_image\n"
+        f"w = find_inputs({str(folder)!r}); e = find_inputs({str(folder / 'pipe.png')!r})\n"
+        f"try:\n    load_image({str(folder / 'pipe.png')!r}, 32, 1)\n"
+        "except Exception as err:\n    why = str(err)\n"
+        "print(json.dumps([w.files, w.skipped, e.files, e.skipped, why]))"
+    )
     res = run_python(code, timeout=60)  # opening the FIFO would block: killed, and fails
     assert res.returncode == 0, res.stderr
     files, skipped, explicit_files, explicit_skipped, why = json.loads(res.stdout)
     assert files == [str(folder / "a.png")] and explicit_files == []
-    assert skipped == explicit_skipped == [[str(folder / "pipe.png"), "a named pipe (FIFO), not a regular file: not read"]]
+    assert (
+        skipped == explicit_skipped == [[str(folder / "pipe.png"), "a named pipe (FIFO), not a regular file: not read"]]
+    )
     assert why == "a named pipe (FIFO), not a regular file: not read"
 
 
@@ -160,23 +176,29 @@ def test_split_scan_lists_special_files_for_bad_images_tsv(xray_root, tmp_path):
     shutil.copytree(xray_root / "test", root / "test")
     os.mkfifo(root / "test" / "NORMAL" / "pipe.jpeg")
     os.symlink("..", root / "test" / "NORMAL" / "loop")
-    code = ("from pneumonia.data.datamodule import ChestXrayDataModule\n"
-            f"dm = ChestXrayDataModule(root={str(root)!r}, image_size=32, cache_dir=None, "
-            f"bad_image_report={str(tmp_path / 'bad_images.tsv')!r})\n"
-            "dm.setup('test'); print(len(dm.splits['test']))")
+    code = (
+        "from pneumonia.data.datamodule import ChestXrayDataModule\n"
+        f"dm = ChestXrayDataModule(root={str(root)!r}, image_size=32, cache_dir=None, "
+        f"bad_image_report={str(tmp_path / 'bad_images.tsv')!r})\n"
+        "dm.setup('test'); print(len(dm.splits['test']))"
+    )
     res = run_python(code, timeout=120)
     assert res.returncode == 0, res.stderr
     assert int(res.stdout) == len(scan_split(xray_root, "test"))  # every image once, the FIFO not among them
     assert (tmp_path / "bad_images.tsv").read_text() == (
-        f"{root / 'test' / 'NORMAL' / 'pipe.jpeg'}\ta named pipe (FIFO), not a regular file: not read\n")
+        f"{root / 'test' / 'NORMAL' / 'pipe.jpeg'}\ta named pipe (FIFO), not a regular file: not read\n"
+    )
 
 
 # ---- one pixel limit, from the header ----------------------------------------------------
 @pytest.fixture(scope="module")
 def big_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("big")
-    return {"png": huge_png(folder / "huge.png"), "rle": rle_dicom(folder / "huge_rle.dcm"),
-            "jpeg": jpeg_dicom(folder / "small_header_big_jpeg.dcm")}
+    return {
+        "png": huge_png(folder / "huge.png"),
+        "rle": rle_dicom(folder / "huge_rle.dcm"),
+        "jpeg": jpeg_dicom(folder / "small_header_big_jpeg.dcm"),
+    }
 
 
 def test_header_sizes_are_read_without_decoding(big_files):
@@ -232,11 +254,18 @@ def test_training_and_eval_list_large_files_in_bad_images_tsv(xray_root, tmp_pat
     shutil.copytree(xray_root / "test", root / "test")
     huge_png(root / "test" / "PNEUMONIA" / "huge.png", 8000, 8000)
     report = tmp_path / "bad_images.tsv"
-    dm = ChestXrayDataModule(root=str(root), image_size=32, cache_dir=str(tmp_path / "cache"), bad_image_report=str(report),
-                             max_pixels=60_000_000)
+    dm = ChestXrayDataModule(
+        root=str(root),
+        image_size=32,
+        cache_dir=str(tmp_path / "cache"),
+        bad_image_report=str(report),
+        max_pixels=60_000_000,
+    )
     dm.setup("test")
-    assert report.read_text() == f"{root / 'test' / 'PNEUMONIA' / 'huge.png'}\t8000x8000 = 64.0 MP is over " \
-                                 f"data.max_pixels=60000000: not decoded\n"
+    assert (
+        report.read_text() == f"{root / 'test' / 'PNEUMONIA' / 'huge.png'}\t8000x8000 = 64.0 MP is over "
+        f"data.max_pixels=60000000: not decoded\n"
+    )
     assert len(dm.splits["test"]) == len(scan_split(xray_root, "test"))
     with pytest.raises(ConfigError, match=r"^data\.max_pixels=0 must be"):
         ChestXrayDataModule(root=str(root), max_pixels=0)
@@ -259,13 +288,15 @@ def test_predict_skips_loops_pipes_and_huge_files_in_bounded_memory(tiny_checkpo
         os.symlink(path, folder / path.name)
     out = tmp_path / "out"
     # predict.py as a user runs it; its own peak RSS printed at the end
-    code = ("import resource, runpy, sys\n"
-            f"sys.argv = ['predict.py', 'ckpt_path={tiny_checkpoint}', 'inputs={folder}', 'device=cpu', "
-            f"'hydra.run.dir={out}', 'decode_threads=2']\n"
-            "try:\n    runpy.run_path('predict.py', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest, often > 1.5 GB) across exec
-            "print('maxrss_kb', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+    code = (
+        "import resource, runpy, sys\n"
+        f"sys.argv = ['predict.py', 'ckpt_path={tiny_checkpoint}', 'inputs={folder}', 'device=cpu', "
+        f"'hydra.run.dir={out}', 'decode_threads=2']\n"
+        "try:\n    runpy.run_path('predict.py', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest, often > 1.5 GB) across exec
+        "print('maxrss_kb', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    )
     res = run_python(code, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = (out / "predictions.csv").read_text().splitlines()[1:]
@@ -275,9 +306,10 @@ def test_predict_skips_loops_pipes_and_huge_files_in_bounded_memory(tiny_checkpo
         str(folder / "pipe.png"): "a named pipe (FIFO), not a regular file: not read",
         str(folder / "huge.png"): "13000x13000 = 169.0 MP is over max_pixels=50000000: not decoded",
         str(folder / "huge_rle.dcm"): "16000x16000 = 256.0 MP is over max_pixels=50000000: not decoded",
-        str(folder / "small_header_big_jpeg.dcm"):
-            f"'{folder / 'small_header_big_jpeg.dcm'}': its compressed frame is 12000x12000 but Rows/Columns say "
-            f"64x64: not decoded",
+        str(
+            folder / "small_header_big_jpeg.dcm"
+        ): f"'{folder / 'small_header_big_jpeg.dcm'}': its compressed frame is 12000x12000 but Rows/Columns say "
+        f"64x64: not decoded",
     }
     peak_kb = int(res.stdout.split("maxrss_kb")[-1])
     assert peak_kb < 1_500_000, f"peak RSS {peak_kb} kB"  # decoding the RLE file alone takes > 2 GB
@@ -307,7 +339,8 @@ def test_flipped_bytes_in_the_cache_are_noticed_and_rebuilt(xray_root, tmp_path,
     with caplog.at_level(logging.WARNING, logger="pneumonia.data.cache"):
         again = decode_images(files.paths, files.labels, prep, cache_dir=tmp_path, threads=1)
     assert [r.message for r in caplog.records if "checksum" in r.message] == [
-        f"Image cache {data_file.parent} failed its checksum (1 of 10 chunk(s) changed on disk): rebuilding them"]
+        f"Image cache {data_file.parent} failed its checksum (1 of 10 chunk(s) changed on disk): rebuilding them"
+    ]
     assert calls == list(files.paths[20:30])  # only the changed chunk is decoded again
     assert torch.equal(again.images, fresh.images) and torch.equal(again.ok, fresh.ok)
     calls.clear()

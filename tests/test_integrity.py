@@ -31,7 +31,7 @@ def flip_weight_bytes(src, dst, n=4096):
     at = raw.find(blob)
     assert at > 0 and raw.find(blob, at + 1) < 0
     n = min(n, len(blob))
-    raw[at:at + n] = bytes(b ^ 0xFF for b in raw[at:at + n])
+    raw[at : at + n] = bytes(b ^ 0xFF for b in raw[at : at + n])
     dst.write_bytes(bytes(raw))
     return n
 
@@ -62,8 +62,11 @@ def test_every_checkpoint_carries_the_checksum_of_its_weights(tiny_checkpoint, t
     # a change of one weight, a dtype or a key changes the digest
     state = dict(ckpt["state_dict"])
     key = next(k for k in state if k.startswith("net."))
-    for other in ({**state, key: state[key].clone().index_put_((torch.tensor(0),), torch.tensor(1.5))},
-                  {**state, key: state[key].double()}, {("x" + k if k == key else k): v for k, v in state.items()}):
+    for other in (
+        {**state, key: state[key].clone().index_put_((torch.tensor(0),), torch.tensor(1.5))},
+        {**state, key: state[key].double()},
+        {("x" + k if k == key else k): v for k, v in state.items()},
+    ):
         assert weights_digest(other) != weights_digest(state)
 
 
@@ -75,16 +78,34 @@ def test_flipped_weight_bytes_are_refused_in_one_line(tiny_checkpoint, xray_root
     with pytest.raises(CheckpointError, match=r"is damaged: its weights differ from the checksum"):
         load_checkpoint(damaged)
     # altered through torch itself, the checksum left as it was
-    altered = rewrite(tiny_checkpoint, tmp_path / "altered.ckpt",
-                      lambda c: c["state_dict"][next(k for k in c["state_dict"] if k.endswith("weight"))].mul_(1.01),
-                      reseal=False)
+    altered = rewrite(
+        tiny_checkpoint,
+        tmp_path / "altered.ckpt",
+        lambda c: c["state_dict"][next(k for k in c["state_dict"] if k.endswith("weight"))].mul_(1.01),
+        reseal=False,
+    )
     with pytest.raises(CheckpointError, match="is damaged"):
         Predictor.from_checkpoint(altered)
     image = next((xray_root / "test" / "NORMAL").iterdir())
-    one_error_line(run_cli("predict.py", f"ckpt_path={damaged}", f"inputs={image}", "device=cpu",
-                           f"hydra.run.dir={tmp_path / 'p'}"), str(damaged), "is damaged")
-    one_error_line(run_cli("eval.py", f"ckpt_path={damaged}", f"data.root={xray_root}", "trainer.accelerator=cpu",
-                           "logger=none", f"hydra.run.dir={tmp_path / 'e'}"), str(damaged), "is damaged")
+    one_error_line(
+        run_cli(
+            "predict.py", f"ckpt_path={damaged}", f"inputs={image}", "device=cpu", f"hydra.run.dir={tmp_path / 'p'}"
+        ),
+        str(damaged),
+        "is damaged",
+    )
+    one_error_line(
+        run_cli(
+            "eval.py",
+            f"ckpt_path={damaged}",
+            f"data.root={xray_root}",
+            "trainer.accelerator=cpu",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'e'}",
+        ),
+        str(damaged),
+        "is damaged",
+    )
     with pytest.raises(CheckpointError, match="is damaged"):
         export(compose_cfg("export", [f"ckpt_path={damaged}"], tmp_path / "x"))
 
@@ -102,8 +123,10 @@ def test_a_checkpoint_without_a_checksum_loads_with_one_notice(tiny_checkpoint, 
 def test_missing_settings_are_named_in_one_line(tiny_checkpoint, xray_root, tmp_path):
     cases = {
         "no_net": (lambda c: c["hyper_parameters"].pop("net"), "the network's spec (hyper_parameters 'net')"),
-        "empty": (lambda c: c.update(hyper_parameters={}, datamodule_hyper_parameters={}),
-                  "the network's spec (hyper_parameters 'net'); a valid image size"),
+        "empty": (
+            lambda c: c.update(hyper_parameters={}, datamodule_hyper_parameters={}),
+            "the network's spec (hyper_parameters 'net'); a valid image size",
+        ),
         "no_size": (lambda c: c["datamodule_hyper_parameters"].pop("image_size"), "a valid image size"),
         "no_weights": (lambda c: c.update(state_dict={"threshold": torch.tensor(0.5)}), "the network's weights"),
     }
@@ -112,13 +135,23 @@ def test_missing_settings_are_named_in_one_line(tiny_checkpoint, xray_root, tmp_
         with pytest.raises(CheckpointError, match=re.escape(expected)) as err:
             Predictor.from_checkpoint(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
-    bad_spec = rewrite(tiny_checkpoint, tmp_path / "bad_spec.ckpt", lambda c: c["hyper_parameters"]["net"].update(
-        no_such_argument=1))
+    bad_spec = rewrite(
+        tiny_checkpoint, tmp_path / "bad_spec.ckpt", lambda c: c["hyper_parameters"]["net"].update(no_such_argument=1)
+    )
     with pytest.raises(CheckpointError, match="its network spec .* cannot be built"):
         Predictor.from_checkpoint(bad_spec)
     image = next((xray_root / "test" / "NORMAL").iterdir())
-    one_error_line(run_cli("predict.py", f"ckpt_path={tmp_path / 'no_net.ckpt'}", f"inputs={image}", "device=cpu",
-                           f"hydra.run.dir={tmp_path / 'p'}"), "no_net.ckpt", "hyper_parameters 'net'")
+    one_error_line(
+        run_cli(
+            "predict.py",
+            f"ckpt_path={tmp_path / 'no_net.ckpt'}",
+            f"inputs={image}",
+            "device=cpu",
+            f"hydra.run.dir={tmp_path / 'p'}",
+        ),
+        "no_net.ckpt",
+        "hyper_parameters 'net'",
+    )
 
 
 # ---- never calibrated ----------------------------------------------------------------------------------
@@ -126,14 +159,18 @@ def uncalibrated(tiny_checkpoint, tmp_path):
     def forget(c):
         c.pop("pneumonia")
         c["state_dict"]["threshold"] = torch.tensor(0.5)
+
     return rewrite(tiny_checkpoint, tmp_path / "uncalibrated.ckpt", forget)
 
 
 @pytest.mark.slow
 def test_an_uncalibrated_checkpoint_is_refused_unless_a_threshold_is_given(tiny_checkpoint, xray_root, tmp_path):
     path = uncalibrated(tiny_checkpoint, tmp_path)
-    with pytest.raises(CheckpointError, match=r"is not calibrated .*python -m pneumonia.tools.calibrate .*"
-                                              r"or give threshold="):
+    with pytest.raises(
+        CheckpointError,
+        match=r"is not calibrated .*python -m pneumonia.tools.calibrate .*"
+        r"or give threshold=",
+    ):
         Predictor.from_checkpoint(path)
     assert Predictor.from_checkpoint(path, threshold=0.3).threshold == pytest.approx(0.3)
     with pytest.raises(ConfigError, match="threshold"):
@@ -146,10 +183,19 @@ def test_an_uncalibrated_checkpoint_is_refused_unless_a_threshold_is_given(tiny_
         Service.from_checkpoint(path, device="cpu")
     assert Service.from_checkpoint(path, device="cpu", threshold=0.4).predictor.threshold == pytest.approx(0.4)
     image = next((xray_root / "test" / "NORMAL").iterdir())
-    one_error_line(run_cli("predict.py", f"ckpt_path={path}", f"inputs={image}", "device=cpu",
-                           f"hydra.run.dir={tmp_path / 'p'}"), str(path), "is not calibrated")
-    res = run_cli("predict.py", f"ckpt_path={path}", f"inputs={image}", "device=cpu", "threshold=0.5",
-                  f"hydra.run.dir={tmp_path / 'p2'}")
+    one_error_line(
+        run_cli("predict.py", f"ckpt_path={path}", f"inputs={image}", "device=cpu", f"hydra.run.dir={tmp_path / 'p'}"),
+        str(path),
+        "is not calibrated",
+    )
+    res = run_cli(
+        "predict.py",
+        f"ckpt_path={path}",
+        f"inputs={image}",
+        "device=cpu",
+        "threshold=0.5",
+        f"hydra.run.dir={tmp_path / 'p2'}",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     # the command the refusal names calibrates it again: the threshold training had chosen
     from pneumonia.tools.calibrate import main
@@ -191,8 +237,15 @@ class DiskFills:
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(xray_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", torch.save)  # restored after the callback replaces it
-    cfg = train_cfg(xray_root, tmp_path / "a", "trainer.max_epochs=3", "logger=none", "callbacks.early_stopping=null",
-                    "+callbacks.fill._target_=tests.test_integrity.DiskFills", "+callbacks.fill.after=2")
+    cfg = train_cfg(
+        xray_root,
+        tmp_path / "a",
+        "trainer.max_epochs=3",
+        "logger=none",
+        "callbacks.early_stopping=null",
+        "+callbacks.fill._target_=tests.test_integrity.DiskFills",
+        "+callbacks.fill.after=2",
+    )
     with pytest.raises(DiskFullError) as err:
         train(cfg)
     message = str(err.value)
@@ -202,9 +255,18 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(xray_root, tmp
     assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert load_checkpoint(folder / "last.ckpt")["epoch"] == 0
     # from the command line: one line, exit 2, nothing under a checkpoint's final name
-    res = run_cli("train.py", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny",
-                  "trainer.accelerator=cpu", "trainer.max_epochs=2", "logger=none", "callbacks.progress_bar=null",
-                  "+callbacks.fill._target_=tests.test_integrity.DiskFills", f"hydra.run.dir={tmp_path / 'b'}")
+    res = run_cli(
+        "train.py",
+        f"data.root={xray_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "debug=tiny",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "+callbacks.fill._target_=tests.test_integrity.DiskFills",
+        f"hydra.run.dir={tmp_path / 'b'}",
+    )
     one_error_line(res, f"no space left in '{tmp_path / 'b' / 'checkpoints'}'", "needs about")
     assert not (tmp_path / "b" / "checkpoints").is_dir() or not list((tmp_path / "b" / "checkpoints").iterdir())
 
@@ -213,17 +275,34 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(xray_root, tmp
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_stops_training_with_the_resume_line(sig, status, xray_root, tmp_path):
-    common = [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny", "trainer.accelerator=cpu",
-              "data.val_fraction=0.25", "trainer.max_epochs=3", "callbacks.early_stopping=null",
-              "callbacks.progress_bar=null", "logger=none"]
+    common = [
+        f"data.root={xray_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "debug=tiny",
+        "trainer.accelerator=cpu",
+        "data.val_fraction=0.25",
+        "trainer.max_epochs=3",
+        "callbacks.early_stopping=null",
+        "callbacks.progress_bar=null",
+        "logger=none",
+    ]
     run = tmp_path / "run"
     # the process sends itself `sig` when epoch index 1 starts (epoch 0 and its checkpoints are done)
-    res = run_cli("train.py", *common, f"hydra.run.dir={run}", "+callbacks.kill._target_=tests.helpers.KillAfterEpoch",
-                  "+callbacks.kill.epoch=0", f"+callbacks.kill.sig={sig}")
+    res = run_cli(
+        "train.py",
+        *common,
+        f"hydra.run.dir={run}",
+        "+callbacks.kill._target_=tests.helpers.KillAfterEpoch",
+        "+callbacks.kill.epoch=0",
+        f"+callbacks.kill.sig={sig}",
+    )
     assert res.returncode == status, res.stderr[-3000:]
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr[-3000:]
-    assert re.fullmatch(rf"interrupted at epoch 2, step \d+ by {sig}; resume with: python train.py resume={run} "
-                        r"\(goes on after epoch 1, from last.ckpt\)", res.stderr.strip()), res.stderr
+    assert re.fullmatch(
+        rf"interrupted at epoch 2, step \d+ by {sig}; resume with: python train.py resume={run} "
+        r"\(goes on after epoch 1, from last.ckpt\)",
+        res.stderr.strip(),
+    ), res.stderr
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0
     assert not (run / "train_summary.json").exists()
     if sig == "SIGTERM":  # the printed command finishes the run
@@ -243,8 +322,10 @@ def test_ctrl_c_while_calibrating_names_the_command_that_finishes_it(xray_root, 
     assert stop.value.code == 130
     best = tmp_path / "checkpoints" / "best.ckpt"
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == ("interrupted by SIGINT while choosing the threshold on validation (training is done); calibrate "
-                    f"with: python -m pneumonia.tools.calibrate {best}")
+    assert line == (
+        "interrupted by SIGINT while choosing the threshold on validation (training is done); calibrate "
+        f"with: python -m pneumonia.tools.calibrate {best}"
+    )
     with pytest.raises(CheckpointError, match="is not calibrated"):
         Predictor.from_checkpoint(best)
 

@@ -150,15 +150,26 @@ def test_download_cli_with_a_stand_in_kagglehub(tmp_path):
     fake = tmp_path / "fakepkgs" / "kagglehub"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(
-        f"def dataset_download(handle, force_download=False):\n    return {str(tmp_path / 'cache')!r}\n")
+        f"def dataset_download(handle, force_download=False):\n    return {str(tmp_path / 'cache')!r}\n"
+    )
     env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "fakepkgs")}
-    res = subprocess.run([sys.executable, "-m", "pneumonia.data.download", "--link", str(tmp_path / "data")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "pneumonia.data.download", "--link", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "data").is_symlink() and f"python train.py data.root={tmp_path / 'data'}" in res.stdout
     (tmp_path / "data").unlink()
     (tmp_path / "data").mkdir()  # a real folder in the way: refused, not replaced
-    res = subprocess.run([sys.executable, "-m", "pneumonia.data.download", "--link", str(tmp_path / "data")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "pneumonia.data.download", "--link", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "exists and is not a link" in res.stderr

@@ -34,8 +34,10 @@ def test_depth_too_large_for_image_size_is_rejected_with_the_keys():
         CustomCNN(depth=6, image_size=48)
 
 
-@pytest.mark.parametrize("kwargs, key", [({"in_channels": 2}, "model.in_channels"), ({"dropout": 1.0}, "model.dropout"),
-                                         ({"depth": 0}, "model.depth")])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [({"in_channels": 2}, "model.in_channels"), ({"dropout": 1.0}, "model.dropout"), ({"depth": 0}, "model.depth")],
+)
 def test_bad_model_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         CustomCNN(**kwargs)

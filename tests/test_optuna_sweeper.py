@@ -25,19 +25,41 @@ from pneumonia.tools.sweep_summary import main as sweep_summary
 from tests.helpers import PROJECT_ROOT, run_cli
 
 # a small, fast job: tiny CNN, no logger, no Grad-CAM images, one epoch unless told otherwise
-FAST = ["debug=tiny", "data.image_size=96", "model.widths=[8,8,16,16,16]", "logger=none", "callbacks.gradcam=null",
-        "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "threads=1"]
+FAST = [
+    "debug=tiny",
+    "data.image_size=96",
+    "model.widths=[8,8,16,16,16]",
+    "logger=none",
+    "callbacks.gradcam=null",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.max_epochs=1",
+    "threads=1",
+]
 
 
 def sweep_args(xray_root, cache, sweep_dir, *extra):
-    return ["-m", "hparams_search=optuna", f"data.root={xray_root}", f"data.cache_dir={cache}", *FAST,
-            f"hydra.sweep.dir={sweep_dir}", *extra]
+    return [
+        "-m",
+        "hparams_search=optuna",
+        f"data.root={xray_root}",
+        f"data.cache_dir={cache}",
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+        *extra,
+    ]
 
 
 def start_worker(*args):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=PROJECT_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(proc, timeout=300):
@@ -62,10 +84,20 @@ def job_trials(sweep_dir):
 
 # --- the search space ---
 
+
 def test_search_space_syntax_and_overrides_read_back():
-    space, fixed = _impl.search_space([
-        "a=choice(32, 64)", "b=tag(log, interval(0.0001, 0.003))", "c=interval(1, 5)", "d=range(1, 7, 2)",
-        "e=range(0.1, 0.35, 0.1)", "f=choice(adam, 'with space', true)", "g=plain", "c=3"])
+    space, fixed = _impl.search_space(
+        [
+            "a=choice(32, 64)",
+            "b=tag(log, interval(0.0001, 0.003))",
+            "c=interval(1, 5)",
+            "d=range(1, 7, 2)",
+            "e=range(0.1, 0.35, 0.1)",
+            "f=choice(adam, 'with space', true)",
+            "g=plain",
+            "c=3",
+        ]
+    )
     assert space["a"] == CategoricalDistribution([32, 64])
     assert space["b"] == FloatDistribution(0.0001, 0.003, log=True)
     assert space["d"] == IntDistribution(1, 5, step=2)  # Hydra's range: the stop is excluded
@@ -86,20 +118,36 @@ def test_search_space_syntax_and_overrides_read_back():
 
 
 def test_samplers_and_pruners_compose_and_build(xray_root, tmp_path):
-    expected = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-                "cmaes": optuna.samplers.CmaEsSampler, "grid": optuna.samplers.GridSampler}
+    expected = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "grid": optuna.samplers.GridSampler,
+    }
     for name, cls in expected.items():
-        cfg = compose("train", [f"data.root={xray_root}", "hparams_search=optuna", f"hydra/sweeper/sampler={name}"],
-                      tmp_path, hydra_config=True)
+        cfg = compose(
+            "train",
+            [f"data.root={xray_root}", "hparams_search=optuna", f"hydra/sweeper/sampler={name}"],
+            tmp_path,
+            hydra_config=True,
+        )
         sweeper = cfg.hydra.sweeper
         assert sweeper.sampler.seed == 1234 and sweeper.direction == "maximize" and sweeper.storage is None
         extra = {"search_space": {"x": [1, 2]}} if name == "grid" else {}
         assert isinstance(_impl.build("sampler", sweeper.sampler, **extra), cls)
-    pruners = {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-               "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
+    pruners = {
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+    }
     for name, cls in pruners.items():
-        cfg = compose("train", [f"data.root={xray_root}", "hparams_search=optuna", f"hydra/sweeper/pruner={name}"],
-                      tmp_path, hydra_config=True)
+        cfg = compose(
+            "train",
+            [f"data.root={xray_root}", "hparams_search=optuna", f"hydra/sweeper/pruner={name}"],
+            tmp_path,
+            hydra_config=True,
+        )
         assert isinstance(_impl.build("pruner", cfg.hydra.sweeper.pruner), cls)
         # the job rebuilds the same pruner from what the sweeper stores with its trial
         from omegaconf import OmegaConf
@@ -112,12 +160,23 @@ def test_samplers_and_pruners_compose_and_build(xray_root, tmp_path):
 
 # --- pruning ---
 
+
 def test_pruned_jobs_stop_keep_their_values_and_are_listed(xray_root, tmp_path):
     sweep = tmp_path / "pruned"
-    res = run_cli("train.py", *sweep_args(xray_root, tmp_path / "cache", sweep, "hydra.sweeper.n_trials=2",
-                                          "trainer.max_epochs=4", "callbacks.early_stopping=null",
-                                          "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01",
-                                          "hydra.sweeper.pruner.n_warmup_steps=2"))
+    res = run_cli(
+        "train.py",
+        *sweep_args(
+            xray_root,
+            tmp_path / "cache",
+            sweep,
+            "hydra.sweeper.n_trials=2",
+            "trainer.max_epochs=4",
+            "callbacks.early_stopping=null",
+            "hydra/sweeper/pruner=threshold",
+            "hydra.sweeper.pruner.lower=1.01",
+            "hydra.sweeper.pruner.n_warmup_steps=2",
+        ),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     study = optuna.load_study(study_name="pneumonia", storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
@@ -137,10 +196,22 @@ def test_ddp_ranks_train_the_same_trial_and_prune_together(xray_root, tmp_path):
     sweep of its own (another trial, other parameters). Both ranks train trial 0, rank 1 stops
     with rank 0 at the pruned epoch, and the study holds one trial."""
     sweep = tmp_path / "ddp"
-    res = run_cli("train.py", *sweep_args(xray_root, tmp_path / "cache", sweep, "hydra.sweeper.n_trials=1",
-                                          "trainer=ddp_cpu", "data.val_fraction=0.25", "trainer.max_epochs=3",
-                                          "callbacks.early_stopping=null", "hydra/sweeper/pruner=threshold",
-                                          "hydra.sweeper.pruner.lower=1.01", "hydra.sweeper.pruner.n_warmup_steps=2"))
+    res = run_cli(
+        "train.py",
+        *sweep_args(
+            xray_root,
+            tmp_path / "cache",
+            sweep,
+            "hydra.sweeper.n_trials=1",
+            "trainer=ddp_cpu",
+            "data.val_fraction=0.25",
+            "trainer.max_epochs=3",
+            "callbacks.early_stopping=null",
+            "hydra/sweeper/pruner=threshold",
+            "hydra.sweeper.pruner.lower=1.01",
+            "hydra.sweeper.pruner.n_warmup_steps=2",
+        ),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     trials = optuna.load_study(study_name="pneumonia", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
     assert len(trials) == 1 and trials[0].state == TrialState.PRUNED and sorted(trials[0].intermediate_values) == [1, 2]
@@ -154,24 +225,47 @@ def test_grid_runs_every_point_and_a_refused_one_fails_its_trial_only(xray_root,
     """The grid sampler tries each point once; a point the config refuses (4 blocks with 3
     widths) fails its own trial, and with max_failure_rate=1 the search goes on."""
     sweep = tmp_path / "grid"
-    res = run_cli("train.py", *sweep_args(xray_root, tmp_path / "cache", sweep, "hydra.sweeper.params=null",
-                                          "model.widths=[8,16,32]", "model.depth=choice(4,3)",
-                                          "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=5",
-                                          "hydra.sweeper.max_failure_rate=1"))
+    res = run_cli(
+        "train.py",
+        *sweep_args(
+            xray_root,
+            tmp_path / "cache",
+            sweep,
+            "hydra.sweeper.params=null",
+            "model.widths=[8,16,32]",
+            "model.depth=choice(4,3)",
+            "hydra/sweeper/sampler=grid",
+            "hydra.sweeper.n_trials=5",
+            "hydra.sweeper.max_failure_rate=1",
+        ),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "error: model.depth=4 needs 1..3" in res.stderr
     trials = optuna.load_study(study_name="pneumonia", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
-    assert sorted((t.params["model.depth"], t.state) for t in trials) == [(3, TrialState.COMPLETE),
-                                                                          (4, TrialState.FAIL)]
+    assert sorted((t.params["model.depth"], t.state) for t in trials) == [
+        (3, TrialState.COMPLETE),
+        (4, TrialState.FAIL),
+    ]
 
 
 # --- workers sharing one study ---
 
+
 def two_workers(xray_root, tmp_path, storage):
-    workers = [start_worker(*sweep_args(xray_root, tmp_path / f"cache{i}", tmp_path / f"w{i}",
-                                        f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=2",
-                                        "hydra/sweeper/pruner=none", "hydra.sweeper.study_name=shared"))
-               for i in (0, 1)]
+    workers = [
+        start_worker(
+            *sweep_args(
+                xray_root,
+                tmp_path / f"cache{i}",
+                tmp_path / f"w{i}",
+                f"hydra.sweeper.storage={storage}",
+                "hydra.sweeper.n_trials=2",
+                "hydra/sweeper/pruner=none",
+                "hydra.sweeper.study_name=shared",
+            )
+        )
+        for i in (0, 1)
+    ]
     for w in workers:
         finish(w)
     study = optuna.load_study(study_name="shared", storage=storage)
@@ -190,9 +284,20 @@ def test_two_workers_share_one_sqlite_study(xray_root, tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     two_workers(xray_root, tmp_path, url)
     # a third worker told to fill the study up to 5 trials runs one, whatever its n_trials
-    finish(start_worker(*sweep_args(xray_root, tmp_path / "cache0", tmp_path / "w2", f"hydra.sweeper.storage={url}",
-                                    "hydra.sweeper.n_trials=4", "hydra.sweeper.total_trials=5",
-                                    "hydra/sweeper/pruner=none", "hydra.sweeper.study_name=shared")))
+    finish(
+        start_worker(
+            *sweep_args(
+                xray_root,
+                tmp_path / "cache0",
+                tmp_path / "w2",
+                f"hydra.sweeper.storage={url}",
+                "hydra.sweeper.n_trials=4",
+                "hydra.sweeper.total_trials=5",
+                "hydra/sweeper/pruner=none",
+                "hydra.sweeper.study_name=shared",
+            )
+        )
+    )
     assert set(job_trials(tmp_path / "w2")) == {4}
     assert len(optuna.load_study(study_name="shared", storage=url).trials) == 5
 
@@ -209,9 +314,18 @@ def test_a_dead_workers_trial_is_failed_and_run_again(xray_root, tmp_path):
     storage.record_heartbeat(dead._trial_id)  # then nothing: the worker is gone
     time.sleep(2.5)
     sweep = tmp_path / "next"
-    res = run_cli("train.py", *sweep_args(xray_root, tmp_path / "cache", sweep, f"hydra.sweeper.storage={url}",
-                                          "hydra.sweeper.n_trials=1", "hydra.sweeper.heartbeat_interval=1",
-                                          "hydra.sweeper.grace_period=1"))
+    res = run_cli(
+        "train.py",
+        *sweep_args(
+            xray_root,
+            tmp_path / "cache",
+            sweep,
+            f"hydra.sweeper.storage={url}",
+            "hydra.sweeper.n_trials=1",
+            "hydra.sweeper.heartbeat_interval=1",
+            "hydra.sweeper.grace_period=1",
+        ),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     trials = optuna.load_study(study_name="pneumonia", storage=url).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -234,7 +348,9 @@ def postgres():
     initdb, pg_ctl = shutil.which("initdb", path=path), shutil.which("pg_ctl", path=path)
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL's initdb/pg_ctl are not on the PATH (Debian: apt-get install postgresql)")
-    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed (pip install \"psycopg[binary]\")")
+    pytest.importorskip(
+        "psycopg", reason='the PostgreSQL driver psycopg is not installed (pip install "psycopg[binary]")'
+    )
     prefix: list[str] = []
     folder = Path(tempfile.mkdtemp(prefix="pg-"))
     if os.geteuid() == 0:  # the server refuses to run as root
@@ -248,8 +364,22 @@ def postgres():
         prefix = ["runuser", "-u", "postgres", "--"]
     data, port = folder / "data", free_port()
     subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "optuna"], check=True, capture_output=True)
-    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
-                    f"-p {port} -k {folder} -h 127.0.0.1", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *prefix,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {folder} -h 127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://optuna@127.0.0.1:{port}/postgres"
     finally:
@@ -263,10 +393,12 @@ def test_two_workers_share_one_postgresql_study(xray_root, tmp_path, postgres):
 
 # --- one-line errors ---
 
+
 def test_bad_settings_are_one_line_errors(xray_root, tmp_path):
     # through the command line: the sweeper's refusal is one line, before any job
-    res = run_cli("train.py", *sweep_args(xray_root, tmp_path / "cache", tmp_path / "bad",
-                                          "hydra.sweeper.storage=nowhere"))
+    res = run_cli(
+        "train.py", *sweep_args(xray_root, tmp_path / "cache", tmp_path / "bad", "hydra.sweeper.storage=nowhere")
+    )
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and lines[-1].startswith("error: hydra.sweeper.storage='nowhere' is not a database URL")
     assert "Traceback" not in res.stderr

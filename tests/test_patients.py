@@ -6,13 +6,16 @@ from pneumonia.data.patients import grouped_split, patient_id
 from pneumonia.errors import ConfigError
 
 
-@pytest.mark.parametrize("name, pid", [
-    ("person1000_bacteria_2931.jpeg", "person1000"),
-    ("person1000_virus_1681.jpeg", "person1000"),
-    ("IM-0115-0001.jpeg", "normal115"),
-    ("NORMAL2-IM-0115-0002.jpeg", "normal115"),
-    ("something_else.png", "file:something_else"),
-])
+@pytest.mark.parametrize(
+    "name, pid",
+    [
+        ("person1000_bacteria_2931.jpeg", "person1000"),
+        ("person1000_virus_1681.jpeg", "person1000"),
+        ("IM-0115-0001.jpeg", "normal115"),
+        ("NORMAL2-IM-0115-0002.jpeg", "normal115"),
+        ("something_else.png", "file:something_else"),
+    ],
+)
 def test_patient_id_from_kaggle_names(name, pid):
     assert patient_id(f"/x/NORMAL/{name}") == pid
 
@@ -44,6 +47,7 @@ def test_split_is_seeded():
 
 def test_real_data_split_has_no_shared_patient_or_duplicate(tmp_path):
     from tests.helpers import SHARED_DATA
+
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/chest_xray is not here")
     files = scan_split(SHARED_DATA, "train")
@@ -56,5 +60,7 @@ def test_real_data_split_has_no_shared_patient_or_duplicate(tmp_path):
 def test_val_fraction_outside_open_interval_is_rejected(fraction):
     from pneumonia.data.datamodule import ChestXrayDataModule
 
-    with pytest.raises(ConfigError, match="^val_fraction="):  # the class names its argument; the config layer adds data.
+    with pytest.raises(
+        ConfigError, match="^val_fraction="
+    ):  # the class names its argument; the config layer adds data.
         ChestXrayDataModule(val_fraction=fraction)

@@ -47,8 +47,9 @@ def test_list_of_file_folder_and_glob_each_file_once(tiny_checkpoint, xray_root,
     rows = read_rows(tmp_path)
     pngs = sorted(str(p) for p in (xray_root / "test" / "PNEUMONIA").glob("*.png"))
     assert rows[0]["path"] == str(one)
-    assert [r["path"] for r in rows] == list(dict.fromkeys([str(one), *sorted(
-        str(p) for p in (xray_root / "test" / "NORMAL").iterdir()), *pngs]))
+    assert [r["path"] for r in rows] == list(
+        dict.fromkeys([str(one), *sorted(str(p) for p in (xray_root / "test" / "NORMAL").iterdir()), *pngs])
+    )
 
 
 def test_folder_walk_ignores_debris_and_non_images_and_reads_dicom(tiny_checkpoint, tmp_path):
@@ -92,11 +93,13 @@ def test_bad_files_are_skipped_and_reported_and_rows_are_kept(tiny_checkpoint, x
     with pytest.raises(DataLayoutError, match="zz_no_pixels.dcm' has no pixel data.*16 rows predicted before it"):
         predict(predict_cfg(tiny_checkpoint, folder, tmp_path / "stop", "batch_size=4", "on_bad_image=error"))
     kept = read_rows(tmp_path / "stop")
-    assert len(kept) == 16 and [r["path"] for r in kept] == [r["path"] for r in rows[:len(kept)]]
+    assert len(kept) == 16 and [r["path"] for r in kept] == [r["path"] for r in rows[: len(kept)]]
 
 
 def test_explain_writes_a_heatmap_per_image_and_gallery_a_grid(tiny_checkpoint, xray_root, tmp_path):
-    files = sorted((xray_root / "test" / "PNEUMONIA").iterdir())[:3] + sorted((xray_root / "test" / "NORMAL").iterdir())[:2]
+    files = (
+        sorted((xray_root / "test" / "PNEUMONIA").iterdir())[:3] + sorted((xray_root / "test" / "NORMAL").iterdir())[:2]
+    )
     inputs = "[" + ",".join(str(f) for f in files) + "]"
     predict(predict_cfg(tiny_checkpoint, inputs, tmp_path, "explain=true", "gallery=true", "gallery_size=4"))
     heatmaps = sorted((tmp_path / "heatmaps").glob("*.png"))
@@ -125,13 +128,19 @@ def test_bad_settings_and_inputs_are_one_line_errors(tiny_checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_cli_prints_a_table_and_one_line_errors(tiny_checkpoint, xray_root, tmp_path):
-    res = run_cli("predict.py", f"ckpt_path={tiny_checkpoint}", f"inputs={xray_root / 'test'}", "print_rows=3",
-                  f"hydra.run.dir={tmp_path / 'run'}")
+    res = run_cli(
+        "predict.py",
+        f"ckpt_path={tiny_checkpoint}",
+        f"inputs={xray_root / 'test'}",
+        "print_rows=3",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "P(pneumonia)" in res.stdout and "... and 29 more rows in predictions.csv" in res.stdout
     assert "32 image(s) predicted" in res.stdout and "under NORMAL/PNEUMONIA folders: accuracy" in res.stdout
     res = run_cli("predict.py", f"ckpt_path={tiny_checkpoint}", f"hydra.run.dir={tmp_path / 'run2'}")
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: inputs is required")
-    res = run_cli("predict.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"inputs={xray_root}",
-                  f"hydra.run.dir={tmp_path / 'run3'}")
+    res = run_cli(
+        "predict.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"inputs={xray_root}", f"hydra.run.dir={tmp_path / 'run3'}"
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr and "does not exist" in res.stderr

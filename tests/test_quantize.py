@@ -72,11 +72,14 @@ def test_an_int8_model_outside_its_bounds_is_refused(tiny_checkpoint, tmp_path, 
     assert "\n" not in str(err.value) and not (tmp_path / "model.onnx").exists()
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["quantize=int4"], "quantize='int4' must be null (fp32) or int8"),
-    (["quantize=int8", "format=torch_export"], "needs format=onnx"),
-    (["quantize=int8", "calibration_images=0"], "calibration_images=0"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["quantize=int4"], "quantize='int4' must be null (fp32) or int8"),
+        (["quantize=int8", "format=torch_export"], "needs format=onnx"),
+        (["quantize=int8", "calibration_images=0"], "calibration_images=0"),
+    ],
+)
 def test_bad_quantize_settings_are_one_line(tiny_checkpoint, tmp_path, overrides, words):
     from pneumonia.export.runner import export
 

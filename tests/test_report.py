@@ -17,8 +17,18 @@ from pneumonia.evaluation import METRIC_NAMES, REPORT_KEYS
 from pneumonia.runners.eval import evaluate
 from tests.helpers import PROJECT_ROOT, compose_cfg
 
-SECTIONS = {"run", "metrics", "confusion", "curves", "operating-points", "calibration", "subgroups", "patients",
-            "errors", "dataset"}
+SECTIONS = {
+    "run",
+    "metrics",
+    "confusion",
+    "curves",
+    "operating-points",
+    "calibration",
+    "subgroups",
+    "patients",
+    "errors",
+    "dataset",
+}
 
 
 class Page(HTMLParser):
@@ -68,9 +78,18 @@ def decode(src: str) -> Image.Image:
 
 
 def eval_cfg(checkpoint, root, out, *extra):
-    return compose_cfg("eval", [f"ckpt_path={checkpoint}", "trainer.accelerator=cpu", f"data.root={root}",
-                                f"data.cache_dir={out.parent / 'cache'}", "trainer.enable_progress_bar=false",
-                                *extra], out)
+    return compose_cfg(
+        "eval",
+        [
+            f"ckpt_path={checkpoint}",
+            "trainer.accelerator=cpu",
+            f"data.root={root}",
+            f"data.cache_dir={out.parent / 'cache'}",
+            "trainer.enable_progress_bar=false",
+            *extra,
+        ],
+        out,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +102,15 @@ def evaluated(tiny_checkpoint, xray_root, tmp_path_factory):
 def test_metrics_json_keeps_its_keys_first_and_adds_intervals_and_sections(evaluated):
     out, rep = evaluated
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics)[:len(REPORT_KEYS)] == list(REPORT_KEYS)
-    assert list(metrics)[len(REPORT_KEYS):] == ["ci95", "bootstrap", "calibration", "operating_points", "subgroups",
-                                                "per_patient"]
+    assert list(metrics)[: len(REPORT_KEYS)] == list(REPORT_KEYS)
+    assert list(metrics)[len(REPORT_KEYS) :] == [
+        "ci95",
+        "bootstrap",
+        "calibration",
+        "operating_points",
+        "subgroups",
+        "per_patient",
+    ]
     assert metrics == rep
     for m in METRIC_NAMES:
         lo, hi = metrics["ci95"][m]
@@ -98,8 +123,10 @@ def test_metrics_json_keeps_its_keys_first_and_adds_intervals_and_sections(evalu
     ops = metrics["operating_points"]
     assert [r["target_sensitivity"] for r in ops] == [0.9, 0.95, 0.99, None]
     assert ops[-1]["threshold"] == metrics["threshold"] and ops[-1]["fp"] == metrics["fp"]
-    assert metrics["subgroups"]["available"] and {r["subtype"] for r in metrics["subgroups"]["rows"]} == \
-        {"bacteria", "virus"}
+    assert metrics["subgroups"]["available"] and {r["subtype"] for r in metrics["subgroups"]["rows"]} == {
+        "bacteria",
+        "virus",
+    }
     assert sum(r["images"] for r in metrics["subgroups"]["rows"]) == metrics["tp"] + metrics["fn"]
     pp = metrics["per_patient"]
     assert pp["available"] and pp["patients"] == boot["units"] and pp["images_per_patient"]["max"] == 2
@@ -138,9 +165,20 @@ def test_recipe_rows_summarise_the_roc_and_long_values():
     from pneumonia.evaluation.report import MAX_CELL, recipe_rows
 
     roc = {"thresholds": [i / 500 for i in range(500)], "sensitivity": [1.0] * 500, "specificity": [0.5] * 500}
-    rows = dict(recipe_rows({"threshold": 0.4, "recipe": {"net": {"depth": 5, "widths": [32, 64]}, "val_roc": roc,
-                                                          "val_report": {"auroc": 0.9}, "note": "x" * 1000,
-                                                          "many": list(range(40))}}))
+    rows = dict(
+        recipe_rows(
+            {
+                "threshold": 0.4,
+                "recipe": {
+                    "net": {"depth": 5, "widths": [32, 64]},
+                    "val_roc": roc,
+                    "val_report": {"auroc": 0.9},
+                    "note": "x" * 1000,
+                    "many": list(range(40)),
+                },
+            }
+        )
+    )
     assert rows["recipe.val_roc"].startswith("500 points")
     assert rows["recipe.net.depth"] == "5" and rows["recipe.net.widths"] == "[32, 64]"
     assert rows["recipe.many"] == "40 values (not shown)"
@@ -152,8 +190,17 @@ def test_printed_table_and_tensorboard_text_have_the_intervals(tiny_checkpoint, 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "eval"
-    rep = evaluate(eval_cfg(tiny_checkpoint, xray_root, out, "gallery_size=0", "describe=false",
-                            "intervals.resamples=500", "intervals.seed=3"))
+    rep = evaluate(
+        eval_cfg(
+            tiny_checkpoint,
+            xray_root,
+            out,
+            "gallery_size=0",
+            "describe=false",
+            "intervals.resamples=500",
+            "intervals.seed=3",
+        )
+    )
     printed = capsys.readouterr().out
     lo, hi = rep["ci95"]["auroc"]
     assert "95% CI" in printed and f"[{lo:.4f}, {hi:.4f}]" in printed and "ECE (15 equal-width bins)" in printed
@@ -199,8 +246,13 @@ def test_describe_counts_patients_duplicates_and_draws_samples(tmp_path):
     shutil.copy(first, root / "train" / "NORMAL" / "IM-9999-0001.jpeg")  # a duplicate inside train
     shutil.copy(first, root / "test" / "NORMAL" / f"copy{first.suffix}")  # and one across splits
     out = tmp_path / "describe"
-    res = subprocess.run([sys.executable, "-m", "pneumonia.tools.describe", f"data.root={root}", "--out", str(out),
-                          "--samples", "3"], capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+    res = subprocess.run(
+        [sys.executable, "-m", "pneumonia.tools.describe", f"data.root={root}", "--out", str(out), "--samples", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     desc = json.loads((out / "dataset.json").read_text())
     train, test = desc["splits"]["train"], desc["splits"]["test"]
@@ -212,7 +264,10 @@ def test_describe_counts_patients_duplicates_and_draws_samples(tmp_path):
     sub = train["classes"]["PNEUMONIA"]["subtypes"]
     assert sub["bacteria"] + sub["virus"] == 10 and sub["not_in_name"] == 0
     # synthetic: every third patient has two images
-    assert train["classes"]["PNEUMONIA"]["patients"] < 10 and train["classes"]["PNEUMONIA"]["patients_with_several_images"] > 0
+    assert (
+        train["classes"]["PNEUMONIA"]["patients"] < 10
+        and train["classes"]["PNEUMONIA"]["patients_with_several_images"] > 0
+    )
     assert set(train["modes"]) == {"L", "RGB"} and set(train["formats"]) == {"JPEG", "PNG"}
     assert 40 <= train["width"]["min"] <= train["width"]["max"] < 90
     with Image.open(out / "samples.png") as img:
@@ -220,7 +275,12 @@ def test_describe_counts_patients_duplicates_and_draws_samples(tmp_path):
         assert img.width > 300
     assert "train  NORMAL" in res.stdout and "byte-identical" in res.stdout
     # the old name, pneumonia.describe, still runs the command
-    missing = subprocess.run([sys.executable, "-m", "pneumonia.describe", "--root", str(tmp_path / "nope")],
-                             capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    missing = subprocess.run(
+        [sys.executable, "-m", "pneumonia.describe", "--root", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+    )
     assert missing.returncode == 2 and missing.stderr.startswith("error: data.root")
     assert len(missing.stderr.strip().splitlines()) == 1

@@ -14,13 +14,24 @@ from tests.helpers import run_cli, train_cfg
 
 @pytest.mark.slow
 def test_killed_run_resumed_ends_like_an_uninterrupted_one(xray_root, tmp_path):
-    common = [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny", "data.val_fraction=0.25",
-              "trainer.max_epochs=4", "trainer.deterministic=true", "callbacks.early_stopping=null",
-              "callbacks.progress_bar=null", "seed=5", "logger=csv"]
+    common = [
+        f"data.root={xray_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "debug=tiny",
+        "data.val_fraction=0.25",
+        "trainer.max_epochs=4",
+        "trainer.deterministic=true",
+        "callbacks.early_stopping=null",
+        "callbacks.progress_bar=null",
+        "seed=5",
+        "logger=csv",
+    ]
     whole = tmp_path / "whole"
     assert run_cli("train.py", *common, f"hydra.run.dir={whole}").returncode == 0
     killed = tmp_path / "killed"
-    res = run_cli("train.py", *common, f"hydra.run.dir={killed}", "+callbacks.kill._target_=tests.helpers.KillAfterEpoch")
+    res = run_cli(
+        "train.py", *common, f"hydra.run.dir={killed}", "+callbacks.kill._target_=tests.helpers.KillAfterEpoch"
+    )
     assert res.returncode != 0  # SIGKILL after epoch index 1, i.e. 2 of 4 epochs done
     killed_last = load_checkpoint(killed / "checkpoints" / "last.ckpt")
     assert killed_last["epoch"] == 1
@@ -54,8 +65,9 @@ def test_resume_from_a_missing_run_is_a_clear_error(xray_root, tmp_path):
 def test_same_seed_deterministic_runs_agree(xray_root, tmp_path):
     reports = []
     for run in ("a", "b"):
-        cfg = train_cfg(xray_root, tmp_path / run, "trainer.max_epochs=2", "trainer.deterministic=true", "seed=11",
-                        "logger=none")
+        cfg = train_cfg(
+            xray_root, tmp_path / run, "trainer.max_epochs=2", "trainer.deterministic=true", "seed=11", "logger=none"
+        )
         reports.append(train(cfg)[1])
     assert reports[0] == reports[1]
 

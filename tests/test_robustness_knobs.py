@@ -31,8 +31,15 @@ from pneumonia.runners.eval import evaluate
 from pneumonia.runners.train import train
 from tests.helpers import compose_cfg, train_cfg
 
-NET = {"_target_": "pneumonia.models.CustomCNN", "depth": 3, "widths": [8, 16, 32], "in_channels": 1,
-       "image_size": 32, "dense_units": 16, "batch_norm": True}
+NET = {
+    "_target_": "pneumonia.models.CustomCNN",
+    "depth": 3,
+    "widths": [8, 16, 32],
+    "in_channels": 1,
+    "image_size": 32,
+    "dense_units": 16,
+    "batch_norm": True,
+}
 
 
 def xrays(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -75,8 +82,19 @@ def test_tta_is_the_mean_probability_over_scaled_and_shifted_copies():
 @pytest.fixture(scope="module")
 def standardized_tta_run(xray_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("standardize_tta_run")
-    train(train_cfg(xray_root, out, "trainer.max_epochs=1", "logger=none", "seed=5", "callbacks.early_stopping=null",
-                    "callbacks.gradcam=null", "data.normalize=standardize", "data.tta=true"))
+    train(
+        train_cfg(
+            xray_root,
+            out,
+            "trainer.max_epochs=1",
+            "logger=none",
+            "seed=5",
+            "callbacks.early_stopping=null",
+            "callbacks.gradcam=null",
+            "data.normalize=standardize",
+            "data.tta=true",
+        )
+    )
     return out / "checkpoints" / "best.ckpt"
 
 
@@ -111,9 +129,14 @@ def test_predict_takes_the_tta_knob_and_onnx_refuses_it(tmp_path):
     from pneumonia.runners.predict import _check
 
     cfg = compose_cfg("predict", ["backend=onnx", "model_path=model.onnx", "inputs=scans/", "tta=true"], tmp_path)
-    with pytest.raises(ConfigError, match=re.escape("tta=true is for backend=torch: an ONNX model scores as it "
-                                                    "was exported (its model.json 'tta'); export the checkpoint "
-                                                    "again with export.py tta=true")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "tta=true is for backend=torch: an ONNX model scores as it "
+            "was exported (its model.json 'tta'); export the checkpoint "
+            "again with export.py tta=true"
+        ),
+    ):
         _check(cfg)
     assert compose_cfg("predict", ["ckpt_path=x", "inputs=y"], tmp_path).tta is None  # null: as the recipe says
 
@@ -126,25 +149,42 @@ def test_export_carries_tta_in_the_graph_and_says_so(standardized_tta_run, tmp_p
     from pneumonia.export.runner import export
 
     meta = export(compose_cfg("export", [f"ckpt_path={standardized_tta_run}"], tmp_path / "on"))
-    assert meta["tta"]["enabled"] and meta["tta"]["variants"] == 7 and "mean probability over 7" in \
-        meta["output"]["meaning"]
+    assert (
+        meta["tta"]["enabled"]
+        and meta["tta"]["variants"] == 7
+        and "mean probability over 7" in meta["output"]["meaning"]
+    )
     card = (tmp_path / "on" / "MODEL_CARD.md").read_text()
     assert "| test-time augmentation | on, inside the model: 7 variants per image" in card
     assert "normalization `standardize` (per image" in card
     assert OnnxPredictor.from_model(tmp_path / "on" / "model.onnx").tta
     off = export(compose_cfg("export", [f"ckpt_path={standardized_tta_run}", "tta=false"], tmp_path / "off"))
     assert off["tta"] == {"enabled": False, "variants": 1} and off["threshold"] == meta["threshold"]
-    assert "| test-time augmentation | off: one forward pass per image |" in \
-        (tmp_path / "off" / "MODEL_CARD.md").read_text()
+    assert (
+        "| test-time augmentation | off: one forward pass per image |"
+        in (tmp_path / "off" / "MODEL_CARD.md").read_text()
+    )
     assert not OnnxPredictor.from_model(tmp_path / "off" / "model.onnx").tta
 
 
 def test_eval_tta_changes_scores_not_shapes(standardized_tta_run, xray_root, tmp_path):
     # the recipe has TTA; tta=false on eval.py's command line scores without it
-    cfg = compose_cfg("eval", [f"ckpt_path={standardized_tta_run}", "trainer.accelerator=cpu", "tta=false",
-                               f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "logger=none",
-                               "trainer.enable_progress_bar=false", "intervals.resamples=0", "describe=false",
-                               "gallery_size=0"], tmp_path)
+    cfg = compose_cfg(
+        "eval",
+        [
+            f"ckpt_path={standardized_tta_run}",
+            "trainer.accelerator=cpu",
+            "tta=false",
+            f"data.root={xray_root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "intervals.resamples=0",
+            "describe=false",
+            "gallery_size=0",
+        ],
+        tmp_path,
+    )
     assert evaluate(cfg)["n"] == 32
     with open(tmp_path / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
@@ -179,10 +219,20 @@ def swa_run(xray_root, tmp_path_factory):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        score, _ = train(train_cfg(xray_root, out, "trainer.max_epochs=3", "logger=none", "seed=6", "callbacks=swa",
-                                   "callbacks.swa.swa_epoch_start=2", "callbacks.gradcam=null",
-                                   "callbacks.progress_bar=null",
-                                   "data.augment.mixup=0.4"))
+        score, _ = train(
+            train_cfg(
+                xray_root,
+                out,
+                "trainer.max_epochs=3",
+                "logger=none",
+                "seed=6",
+                "callbacks=swa",
+                "callbacks.swa.swa_epoch_start=2",
+                "callbacks.gradcam=null",
+                "callbacks.progress_bar=null",
+                "data.augment.mixup=0.4",
+            )
+        )
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -216,16 +266,19 @@ def test_swa_leaves_the_averaged_weights_in_best_ckpt(swa_run):
     assert p.threshold == pytest.approx(float(best["state_dict"]["threshold"]))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"swa_lrs": 0}, "callbacks.swa.swa_lrs=0 must be a positive number"),
-    ({"swa_lrs": "fast"}, "callbacks.swa.swa_lrs='fast' must be a positive number"),
-    ({"swa_lrs": 0.001, "swa_epoch_start": 0}, "callbacks.swa.swa_epoch_start=0 must be an epoch"),
-    ({"swa_lrs": 0.001, "swa_epoch_start": 1.5}, "callbacks.swa.swa_epoch_start=1.5 must be an epoch"),
-    ({"swa_lrs": 0.001, "annealing_epochs": -1}, "callbacks.swa.annealing_epochs=-1 must be an integer >= 0"),
-    ({"swa_lrs": 0.001, "annealing_strategy": "step"}, "callbacks.swa.annealing_strategy='step' must be"),
-    ({"swa_lrs": 0.001, "device": "gpu9"}, "callbacks.swa.device='gpu9' must be null"),
-    ({"swa_lrs": 0.001, "keep_pre_swa": "yes"}, "callbacks.swa.keep_pre_swa='yes' must be true or false"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"swa_lrs": 0}, "callbacks.swa.swa_lrs=0 must be a positive number"),
+        ({"swa_lrs": "fast"}, "callbacks.swa.swa_lrs='fast' must be a positive number"),
+        ({"swa_lrs": 0.001, "swa_epoch_start": 0}, "callbacks.swa.swa_epoch_start=0 must be an epoch"),
+        ({"swa_lrs": 0.001, "swa_epoch_start": 1.5}, "callbacks.swa.swa_epoch_start=1.5 must be an epoch"),
+        ({"swa_lrs": 0.001, "annealing_epochs": -1}, "callbacks.swa.annealing_epochs=-1 must be an integer >= 0"),
+        ({"swa_lrs": 0.001, "annealing_strategy": "step"}, "callbacks.swa.annealing_strategy='step' must be"),
+        ({"swa_lrs": 0.001, "device": "gpu9"}, "callbacks.swa.device='gpu9' must be null"),
+        ({"swa_lrs": 0.001, "keep_pre_swa": "yes"}, "callbacks.swa.keep_pre_swa='yes' must be true or false"),
+    ],
+)
 def test_bad_swa_settings_are_one_line_errors(kwargs, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         StochasticWeightAveraging(**kwargs)
@@ -268,8 +321,14 @@ def test_mixup_keeps_shapes_and_gives_soft_targets():
 
 
 def test_mixup_batches_carry_soft_targets_and_train_metrics_count_hard_labels(xray_root, tmp_path):
-    dm = ChestXrayDataModule(root=str(xray_root), image_size=32, batch_size=8, val_fraction=0.25,
-                             cache_dir=str(tmp_path), augment={"mixup": 0.4, "hflip": False})
+    dm = ChestXrayDataModule(
+        root=str(xray_root),
+        image_size=32,
+        batch_size=8,
+        val_fraction=0.25,
+        cache_dir=str(tmp_path),
+        augment={"mixup": 0.4, "hflip": False},
+    )
     dm.setup("fit")
     images, labels, idx = next(iter(dm.train_dataloader()))
     dm.trainer = FakeTrainer()
@@ -310,8 +369,9 @@ def test_equalize_is_pillows_and_flattens_the_histogram():
 
 
 def test_normalize_is_checked_and_every_value_reads_the_same_decoded_cache(xray_root, tmp_path):
-    with pytest.raises(ConfigError, match=re.escape("data.normalize='zscore' must be one of none, standardize, "
-                                                    "equalize")):
+    with pytest.raises(
+        ConfigError, match=re.escape("data.normalize='zscore' must be one of none, standardize, equalize")
+    ):
         ChestXrayDataModule(root=str(xray_root), normalize="zscore")
     # normalize acts on the float batch, after the cache: the decoded bytes are the same, so the
     # cache is shared (and old caches keep their keys); the network's inputs differ
@@ -322,14 +382,21 @@ def test_normalize_is_checked_and_every_value_reads_the_same_decoded_cache(xray_
     decoded = decode_images(files.paths, files.labels, presets[0], cache_dir=tmp_path)
     inputs = [p.to_input(decoded.images) for p in presets]
     assert not torch.equal(inputs[0], inputs[1]) and not torch.equal(inputs[0], inputs[2])
-    assert {"normalize", "normalization"} <= set(presets[1].describe()) and presets[1].describe()["normalize"] \
-        == "standardize"
+    assert {"normalize", "normalization"} <= set(presets[1].describe()) and presets[1].describe()[
+        "normalize"
+    ] == "standardize"
 
 
 def test_training_batches_are_normalised_after_the_augmentation(xray_root, tmp_path):
-    dm = ChestXrayDataModule(root=str(xray_root), image_size=32, batch_size=8, val_fraction=0.25,
-                             cache_dir=str(tmp_path), normalize="standardize",
-                             augment={"brightness": 0.3, "contrast": 0.3, "hflip": False})
+    dm = ChestXrayDataModule(
+        root=str(xray_root),
+        image_size=32,
+        batch_size=8,
+        val_fraction=0.25,
+        cache_dir=str(tmp_path),
+        normalize="standardize",
+        augment={"brightness": 0.3, "contrast": 0.3, "hflip": False},
+    )
     dm.setup("fit")
     images, labels, idx = next(iter(dm.train_dataloader()))
     dm.trainer = FakeTrainer()
@@ -338,14 +405,20 @@ def test_training_batches_are_normalised_after_the_augmentation(xray_root, tmp_p
     assert torch.allclose(x.flatten(1).std(1, correction=0), torch.ones(len(x)), atol=1e-4)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.normalize=zscore", "data.normalize='zscore' must be one of none, standardize, equalize"),
-    ("data.tta=maybe", "tta='maybe' must be true or false"),  # the class names its argument; instantiate_setting adds data.
-    ("data.augment.mixup=-0.5", "data.augment.mixup=-0.5 must be a number >= 0"),
-    ("data.augment.hflip=sometimes", "data.augment.hflip='sometimes' must be true or false"),
-    ("data.stress.enabled=often", "data.stress.enabled='often' must be true or false"),
-    ("data.stress.perturbations.noise=2", "data.stress.perturbations.noise=2 must be a number in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.normalize=zscore", "data.normalize='zscore' must be one of none, standardize, equalize"),
+        (
+            "data.tta=maybe",
+            "tta='maybe' must be true or false",
+        ),  # the class names its argument; instantiate_setting adds data.
+        ("data.augment.mixup=-0.5", "data.augment.mixup=-0.5 must be a number >= 0"),
+        ("data.augment.hflip=sometimes", "data.augment.hflip='sometimes' must be true or false"),
+        ("data.stress.enabled=often", "data.stress.enabled='often' must be true or false"),
+        ("data.stress.perturbations.noise=2", "data.stress.perturbations.noise=2 must be a number in (0, 1]"),
+    ],
+)
 def test_new_data_settings_fail_at_construction_naming_the_key(override, message, xray_root, tmp_path):
     cfg = train_cfg(xray_root, tmp_path, override)
     with pytest.raises(ConfigError, match=re.escape(message)):

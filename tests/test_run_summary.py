@@ -35,19 +35,33 @@ def test_summary_of_a_tta_run_says_which_score_is_which(xray_root, tmp_path, cap
     import json
 
     caplog.set_level(logging.INFO)
-    train(train_cfg(xray_root, tmp_path, "trainer.max_epochs=1", "logger=none", "callbacks.early_stopping=null",
-                    "data.tta=true"))
+    train(
+        train_cfg(
+            xray_root, tmp_path, "trainer.max_epochs=1", "logger=none", "callbacks.early_stopping=null", "data.tta=true"
+        )
+    )
     how = _summary(caplog).splitlines()[0]
     tta_auroc = json.loads((tmp_path / "val_metrics.json").read_text())["at_threshold"]["auroc"]
-    assert how.endswith(f"(validation during training scores without TTA; val_metrics.json scores the same "
-                        f"checkpoint with the recipe's TTA: auroc {tta_auroc:.4f})")
+    assert how.endswith(
+        f"(validation during training scores without TTA; val_metrics.json scores the same "
+        f"checkpoint with the recipe's TTA: auroc {tta_auroc:.4f})"
+    )
 
 
 def test_summary_says_early_stopping_and_limited_validation(xray_root, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     # every epoch after the first is "no improvement" by 10: patience 1 stops at the second epoch
-    train(train_cfg(xray_root, tmp_path, "trainer.max_epochs=5", "logger=none", "trainer.limit_val_batches=1",
-                    "callbacks.early_stopping.min_delta=10", "callbacks.early_stopping.patience=1"))
+    train(
+        train_cfg(
+            xray_root,
+            tmp_path,
+            "trainer.max_epochs=5",
+            "logger=none",
+            "trainer.limit_val_batches=1",
+            "callbacks.early_stopping.min_delta=10",
+            "callbacks.early_stopping.patience=1",
+        )
+    )
     how = _summary(caplog).splitlines()[0]
     assert how.startswith("Stopped early after 2 epochs: val/loss did not improve for 1 epochs")
     assert "trainer.limit_val_batches=1 kept; val_metrics.json scores the whole validation split" in how
@@ -60,12 +74,17 @@ def test_resume_with_fewer_epochs_than_done_is_one_line_before_decoding(xray_roo
     cfg = train_cfg(xray_root, run, f"resume={run}", "trainer.max_epochs=2", "logger=none")
     from pneumonia.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"trainer.max_epochs=2 is below the 3 epochs .* trainer.max_epochs=4 or more"):
+    with pytest.raises(
+        ConfigError, match=r"trainer.max_epochs=2 is below the 3 epochs .* trainer.max_epochs=4 or more"
+    ):
         train(cfg)
     # another network than the checkpoint's (the first run's overrides forgotten): one line
     cfg = train_cfg(xray_root, run, f"resume={run}", "trainer.max_epochs=5", "logger=none", "model.depth=2")
-    with pytest.raises(ConfigError, match=r"builds another network than the checkpoint's: model.depth=2 "
-                                          r"\(the checkpoint: 3\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"builds another network than the checkpoint's: model.depth=2 "
+        r"\(the checkpoint: 3\)",
+    ):
         train(cfg)
     assert not (run / "cache").exists()
 
@@ -82,16 +101,24 @@ def test_printed_commands_paste_back(tmp_path):
     assert res.returncode == 2 and f"ckpt_path '{folder / 'best.ckpt'}' does not exist" in res.stderr
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("optimizer.lr=-1", "error: optimizer.lr=-1 must be a number >= 0"),
-    ("trainer.accelerator=gpu", "error: trainer.accelerator=gpu: this machine has no usable CUDA GPU"),
-    ("trainer.max_epochs=0", "error: trainer.max_epochs=0 must be >= 1"),
-    ("trainer.enable_progress_bar=maybe", "error: trainer.enable_progress_bar='maybe' must be true or false"),
-    ("monitor=val/auc", "error: monitor='val/auc' is not a logged metric"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optimizer.lr=-1", "error: optimizer.lr=-1 must be a number >= 0"),
+        ("trainer.accelerator=gpu", "error: trainer.accelerator=gpu: this machine has no usable CUDA GPU"),
+        ("trainer.max_epochs=0", "error: trainer.max_epochs=0 must be >= 1"),
+        ("trainer.enable_progress_bar=maybe", "error: trainer.enable_progress_bar='maybe' must be true or false"),
+        ("monitor=val/auc", "error: monitor='val/auc' is not a logged metric"),
+    ],
+)
 def test_run_time_mistakes_are_one_line(override, expected, xray_root, tmp_path):
-    res = run_cli("train.py", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", override,
-                  f"hydra.run.dir={tmp_path / 'run'}")
+    res = run_cli(
+        "train.py",
+        f"data.root={xray_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        override,
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), res.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # nothing decoded, nothing left
@@ -161,7 +188,8 @@ def test_module_compile_is_for_training_only(monkeypatch):
     assert calls == []
     module.setup("fit")
     assert calls == ["CustomCNN"]
-    assert all(k.startswith(("net.", "threshold", "pos_weight")) or "metrics" in k or "loss" in k
-               for k in module.state_dict())  # compiled in place: the checkpoint keeps its keys
+    assert all(
+        k.startswith(("net.", "threshold", "pos_weight")) or "metrics" in k or "loss" in k for k in module.state_dict()
+    )  # compiled in place: the checkpoint keeps its keys
     PneumoniaClassifier(net=net).setup("fit")  # off by default
     assert calls == ["CustomCNN"]

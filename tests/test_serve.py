@@ -35,9 +35,14 @@ def start_server(*args: str, timeout: float = 90) -> tuple[subprocess.Popen, str
     """`python serve.py args...` on a free 127.0.0.1 port, once /health answers 200."""
     port = _free_port()
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PNEUMONIA_SERVE_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "serve.py"), f"serve.port={port}", *args],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "serve.py"), f"serve.port={port}", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,8 +70,14 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
-    proc, url = start_server(f"ckpt_path={tiny_checkpoint}", "serve.max_batch_size=4", "serve.batch_timeout=0.05",
-                             f"serve.max_file_mb={MAX_FILE_MB}", "serve.max_megapixels=1", "threads=1")
+    proc, url = start_server(
+        f"ckpt_path={tiny_checkpoint}",
+        "serve.max_batch_size=4",
+        "serve.batch_timeout=0.05",
+        f"serve.max_file_mb={MAX_FILE_MB}",
+        "serve.max_megapixels=1",
+        "threads=1",
+    )
     yield url
     stop_server(proc)
 
@@ -76,15 +87,16 @@ def predict_py_probabilities(ckpt: Path, files: list[Path], out: Path) -> dict[s
 
     from pneumonia.runners.predict import predict
 
-    predict(compose_cfg("predict", [f"ckpt_path={ckpt}", f"inputs=[{','.join(map(str, files))}]", "device=cpu"],
-                        out))
+    predict(compose_cfg("predict", [f"ckpt_path={ckpt}", f"inputs=[{','.join(map(str, files))}]", "device=cpu"], out))
     with open(out / "predictions.csv") as f:
         return {Path(r["path"]).name: float(r["probability"]) for r in csv.DictReader(f)}
 
 
 def test_answers_equal_predict_py_for_images_and_dicom(server, tiny_checkpoint, xray_root, tmp_path):
-    files = sorted((xray_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:3] + \
-        sorted((xray_root / "test" / "NORMAL").glob("*.jpeg"))[:2]
+    files = (
+        sorted((xray_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
+        + sorted((xray_root / "test" / "NORMAL").glob("*.jpeg"))[:2]
+    )
     gray = np.asarray(Image.open(files[0]).convert("L"))
     files.append(write_dicom(tmp_path / "scan.dcm", gray))
     expected = predict_py_probabilities(tiny_checkpoint, files, tmp_path / "predict")
@@ -93,8 +105,11 @@ def test_answers_equal_predict_py_for_images_and_dicom(server, tiny_checkpoint, 
         if i % 2:  # multipart upload
             r = httpx.post(server + "/predict", files={"file": (path.name, path.read_bytes())}, headers=HEADERS)
         else:  # base64 JSON
-            r = httpx.post(server + "/predict", headers=HEADERS,
-                           json={"image": base64.b64encode(path.read_bytes()).decode(), "filename": path.name})
+            r = httpx.post(
+                server + "/predict",
+                headers=HEADERS,
+                json={"image": base64.b64encode(path.read_bytes()).decode(), "filename": path.name},
+            )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["probability"] == pytest.approx(expected[path.name], abs=1e-6)
@@ -132,7 +147,7 @@ def test_bad_bodies_are_one_line_json_errors(server, tmp_path):
     cases = [
         (dict(content=b"not json"), 400, "neither JSON"),
         (dict(json=[1, 2]), 400, "must be an object"),
-        (dict(json={"filename": "a.png"}), 400, "needs \"image\""),
+        (dict(json={"filename": "a.png"}), 400, 'needs "image"'),
         (dict(json={"image": "%%%"}), 400, "not valid base64"),
         (dict(json={"image": "AAAA", "extra": 1}), 400, "unknown field"),
         (dict(json={"image": base64.b64encode(b"hello").decode()}), 422, "not a readable image"),
@@ -170,13 +185,15 @@ def test_concurrent_identical_requests_get_identical_answers_in_batches(server, 
 
 
 def test_settings_are_refused_in_one_line_before_torch(tiny_checkpoint):
-    for args, words in (([], "exactly one of them"),
-                        ([f"ckpt_path={tiny_checkpoint}", "model_path=x.onnx"], "exactly one of them"),
-                        ([f"ckpt_path={tiny_checkpoint}", "serve.max_batch_size=0"], "serve.max_batch_size=0"),
-                        ([f"ckpt_path={tiny_checkpoint}", "serve.port=70000"], "serve.port=70000"),
-                        ([f"ckpt_path={tiny_checkpoint}", "serve.log_level=loud"], "serve.log_level"),
-                        ([f"ckpt_path={tiny_checkpoint}", "serve.api_key=short"], "at least 8"),
-                        (["ckpt_path=/nonexistent.ckpt"], "nonexistent.ckpt")):
+    for args, words in (
+        ([], "exactly one of them"),
+        ([f"ckpt_path={tiny_checkpoint}", "model_path=x.onnx"], "exactly one of them"),
+        ([f"ckpt_path={tiny_checkpoint}", "serve.max_batch_size=0"], "serve.max_batch_size=0"),
+        ([f"ckpt_path={tiny_checkpoint}", "serve.port=70000"], "serve.port=70000"),
+        ([f"ckpt_path={tiny_checkpoint}", "serve.log_level=loud"], "serve.log_level"),
+        ([f"ckpt_path={tiny_checkpoint}", "serve.api_key=short"], "at least 8"),
+        (["ckpt_path=/nonexistent.ckpt"], "nonexistent.ckpt"),
+    ):
         res = run_cli("serve.py", *args)
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         lines = res.stderr.strip().splitlines()
@@ -194,8 +211,13 @@ def test_onnx_backend_answers_equal_predict_py_onnx(tiny_checkpoint, xray_root, 
     export(compose_cfg("export", [f"ckpt_path={tiny_checkpoint}", "verify=false"], tmp_path / "export"))
     model = tmp_path / "export" / "model.onnx"
     files = sorted((xray_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]
-    predict(compose_cfg("predict", ["backend=onnx", f"model_path={model}", f"inputs=[{','.join(map(str, files))}]",
-                                    "device=cpu"], tmp_path / "predict"))
+    predict(
+        compose_cfg(
+            "predict",
+            ["backend=onnx", f"model_path={model}", f"inputs=[{','.join(map(str, files))}]", "device=cpu"],
+            tmp_path / "predict",
+        )
+    )
     with open(tmp_path / "predict" / "predictions.csv") as f:
         expected = {Path(r["path"]).name: float(r["probability"]) for r in csv.DictReader(f)}
     proc, url = start_server(f"model_path={model}", "serve.max_batch_size=1")
@@ -207,8 +229,9 @@ def test_onnx_backend_answers_equal_predict_py_onnx(tiny_checkpoint, xray_root, 
             assert r.status_code == 200, r.text
             assert r.json()["probability"] == pytest.approx(expected[path.name], abs=1e-6)
             assert r.json()["model"]["sha256"] == info["model"]["sha256"]
-        r = httpx.post(url + "/predict?gradcam=true", files={"file": (files[0].name, files[0].read_bytes())},
-                       headers=HEADERS)
+        r = httpx.post(
+            url + "/predict?gradcam=true", files={"file": (files[0].name, files[0].read_bytes())}, headers=HEADERS
+        )
         assert r.status_code == 400 and "torch backend" in r.json()["error"]
     finally:
         stop_server(proc)

@@ -29,8 +29,9 @@ from tests.helpers import compose_cfg
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("lam, p", [(0.5, 0.96394524), (1.0, 0.26999967), (1.3581, 0.05), (1.6276, 0.01),
-                                    (2.0, 0.00067093)])
+@pytest.mark.parametrize(
+    "lam, p", [(0.5, 0.96394524), (1.0, 0.26999967), (1.3581, 0.05), (1.6276, 0.01), (2.0, 0.00067093)]
+)
 def test_kolmogorov_tail_at_known_values(lam, p):
     # the classic critical values (1.358 at 5%, 1.628 at 1%) and tabulated tail probabilities
     assert kolmogorov_sf(lam) == pytest.approx(p, rel=1e-3, abs=1e-6)
@@ -44,8 +45,9 @@ def test_ks_2samp_statistic_exactly_and_p_value_against_a_worked_example():
     assert d == pytest.approx(0.6) and p == pytest.approx(0.2096, abs=2e-3)
     assert ks_2samp([1, 2, 3], [1, 2, 3]) == (0.0, 1.0)
     # weights: values with counts are the same sample as the values repeated
-    assert ks_2samp([0.1, 0.5, 0.9], [0.2, 0.6], weights_a=[2, 1, 3]) == \
-        pytest.approx(ks_2samp([0.1, 0.1, 0.5, 0.9, 0.9, 0.9], [0.2, 0.6]))
+    assert ks_2samp([0.1, 0.5, 0.9], [0.2, 0.6], weights_a=[2, 1, 3]) == pytest.approx(
+        ks_2samp([0.1, 0.1, 0.5, 0.9, 0.9, 0.9], [0.2, 0.6])
+    )
     with pytest.raises(ValueError, match="at least one finite value"):
         ks_2samp([], [1.0])
 
@@ -108,8 +110,12 @@ def test_compare_warns_on_a_shifted_folder_only(tmp_path):
     scores = compare(rng.beta(8, 1, 200), _images(200, seed=1), val_roc=roc, image_ref=ref)
     assert scores["shifted"] and "share of pneumonia" in scores["warning"]
     # a small, significant difference is not a shift (effect-size bound); neither is a large one in 4 images
-    big = compare(rng.beta(2, 2, 5000), _images(3000, value_shift=3, seed=3), val_roc=roc,
-                  image_ref=image_reference(_images(3000, seed=4)))
+    big = compare(
+        rng.beta(2, 2, 5000),
+        _images(3000, value_shift=3, seed=3),
+        val_roc=roc,
+        image_ref=image_reference(_images(3000, seed=4)),
+    )
     mean_test = {t["name"]: t for t in big["tests"]}["mean"]
     assert mean_test["p_value"] < ALPHA and not mean_test["shifted"]
     few = compare(rng.beta(2, 2, 3), _images(3, value_shift=-20, seed=1), val_roc=roc, image_ref=ref)
@@ -124,8 +130,10 @@ def test_compare_warns_on_a_shifted_folder_only(tmp_path):
         damaged = compare(rng.beta(2, 2, 50), _images(50), val_roc=roc, image_ref=bad)
         assert [t["name"] for t in damaged["tests"]] == ["scores"] and "not readable" in damaged["note"]
     written = write_shift(tmp_path, rng.beta(2, 2, 50), _images(50), val_roc=roc, image_ref="ref")
-    assert written["figure"] == "shift.png" and json.loads((tmp_path / "shift.json").read_text())["note"] \
-        == written["note"]
+    assert (
+        written["figure"] == "shift.png"
+        and json.loads((tmp_path / "shift.json").read_text())["note"] == written["note"]
+    )
 
 
 def _inverted_tree(root, out):
@@ -140,17 +148,31 @@ def _inverted_tree(root, out):
     return out
 
 
-def test_calibration_stores_the_reference_and_eval_warns_on_a_shifted_folder_only(tiny_checkpoint, xray_root,
-                                                                                    tmp_path, capsys):
+def test_calibration_stores_the_reference_and_eval_warns_on_a_shifted_folder_only(
+    tiny_checkpoint, xray_root, tmp_path, capsys
+):
     ref = shift_reference(load_checkpoint(tiny_checkpoint))
     assert ref is not None and ref["source"] == "validation split" and ref["n_images"] == len(ref["mean"]) > 0
 
     def run(root, name):
         out = tmp_path / name
-        evaluate(compose_cfg("eval", [f"ckpt_path={tiny_checkpoint}", "trainer.accelerator=cpu", f"data.root={root}",
-                                      f"data.cache_dir={tmp_path / 'cache'}", "logger=none", "gallery_size=0",
-                                      "describe=false", "intervals.resamples=50",
-                                      "trainer.enable_progress_bar=false"], out))
+        evaluate(
+            compose_cfg(
+                "eval",
+                [
+                    f"ckpt_path={tiny_checkpoint}",
+                    "trainer.accelerator=cpu",
+                    f"data.root={root}",
+                    f"data.cache_dir={tmp_path / 'cache'}",
+                    "logger=none",
+                    "gallery_size=0",
+                    "describe=false",
+                    "intervals.resamples=50",
+                    "trainer.enable_progress_bar=false",
+                ],
+                out,
+            )
+        )
         return out, json.loads((out / "shift.json").read_text()), capsys.readouterr().out
 
     out, same, printed = run(xray_root, "same")
@@ -174,9 +196,23 @@ def test_an_old_checkpoint_without_the_reference_compares_scores_only(tiny_check
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)  # the weights are unchanged: the digest still holds
     out = tmp_path / "eval"
-    evaluate(compose_cfg("eval", [f"ckpt_path={old}", "trainer.accelerator=cpu", f"data.root={xray_root}",
-                                  f"data.cache_dir={tmp_path / 'cache'}", "logger=none", "gallery_size=0",
-                                  "describe=false", "intervals.resamples=50", "trainer.enable_progress_bar=false"], out))
+    evaluate(
+        compose_cfg(
+            "eval",
+            [
+                f"ckpt_path={old}",
+                "trainer.accelerator=cpu",
+                f"data.root={xray_root}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "logger=none",
+                "gallery_size=0",
+                "describe=false",
+                "intervals.resamples=50",
+                "trainer.enable_progress_bar=false",
+            ],
+            out,
+        )
+    )
     res = json.loads((out / "shift.json").read_text())
     assert [t["name"] for t in res["tests"]] == ["scores"] and "tools.calibrate" in res["note"]
     assert "tools.calibrate" in (out / "report.html").read_text()
@@ -189,14 +225,18 @@ def test_an_old_checkpoint_without_the_reference_compares_scores_only(tiny_check
     assert again == shift_reference(load_checkpoint(tiny_checkpoint))  # the same validation images
 
 
-def test_predict_reports_the_shift_in_its_summary_and_warns_on_a_shifted_folder_only(tiny_checkpoint, xray_root,
-                                                                                      tmp_path, capsys):
+def test_predict_reports_the_shift_in_its_summary_and_warns_on_a_shifted_folder_only(
+    tiny_checkpoint, xray_root, tmp_path, capsys
+):
     from pneumonia.runners.predict import predict
 
     def run(folder, name):
         out = tmp_path / name
-        summary = predict(compose_cfg("predict", [f"ckpt_path={tiny_checkpoint}", f"inputs={folder}", "device=cpu",
-                                                  "batch_size=5"], out))  # several batches: statistics gathered
+        summary = predict(
+            compose_cfg(
+                "predict", [f"ckpt_path={tiny_checkpoint}", f"inputs={folder}", "device=cpu", "batch_size=5"], out
+            )
+        )  # several batches: statistics gathered
         return out, summary, capsys.readouterr().out
 
     out, summary, printed = run(xray_root / "test", "same")

@@ -88,7 +88,7 @@ def test_patient_bootstrap_covers_clustered_data_where_an_image_bootstrap_does_n
     """Three correlated images per patient: resampling images pretends there are 3x more
     independent samples than there are, and its intervals are too narrow."""
     d, sd_patient, sd_image = 1.2, 1.0, 0.5
-    true_auroc = NormalDist().cdf(d / math.sqrt(2 * (sd_patient ** 2 + sd_image ** 2)))
+    true_auroc = NormalDist().cdf(d / math.sqrt(2 * (sd_patient**2 + sd_image**2)))
     by_patient = by_image = 0
     for rep in range(200):
         rng = np.random.default_rng(5000 + rep)
@@ -221,16 +221,25 @@ def test_operating_points_keep_the_target_sensitivity_and_match_the_threshold_me
     assert [r["target_sensitivity"] for r in rows] == [0.90, 0.95, 0.99, None]
     for r in rows[:3]:
         assert r["sensitivity"] >= r["target_sensitivity"]
-        assert r["threshold"] == pytest.approx(choose_threshold(torch.tensor(p), torch.tensor(y), "sensitivity",
-                                                                target_sensitivity=r["target_sensitivity"]))
+        assert r["threshold"] == pytest.approx(
+            choose_threshold(
+                torch.tensor(p), torch.tensor(y), "sensitivity", target_sensitivity=r["target_sensitivity"]
+            )
+        )
     assert rows[0]["specificity"] >= rows[1]["specificity"] >= rows[2]["specificity"]
     assert rows[-1]["threshold"] == 0.42 and rows[-1]["tp"] + rows[-1]["fn"] == 200
 
 
 def test_subgroups_and_patients_from_kaggle_names():
-    paths = ["test/PNEUMONIA/person1_bacteria_1.jpeg", "test/PNEUMONIA/person1_bacteria_2.jpeg",
-             "test/PNEUMONIA/person2_virus_3.jpeg", "test/PNEUMONIA/person3_virus_4.jpeg",
-             "test/NORMAL/IM-0001-0001.jpeg", "test/NORMAL/IM-0001-0002.jpeg", "test/NORMAL/IM-0002-0001.jpeg"]
+    paths = [
+        "test/PNEUMONIA/person1_bacteria_1.jpeg",
+        "test/PNEUMONIA/person1_bacteria_2.jpeg",
+        "test/PNEUMONIA/person2_virus_3.jpeg",
+        "test/PNEUMONIA/person3_virus_4.jpeg",
+        "test/NORMAL/IM-0001-0001.jpeg",
+        "test/NORMAL/IM-0001-0002.jpeg",
+        "test/NORMAL/IM-0002-0001.jpeg",
+    ]
     y = np.array([1, 1, 1, 1, 0, 0, 0])
     p = np.array([0.9, 0.2, 0.8, 0.3, 0.1, 0.7, 0.2])
     sub = analysis.subgroups(p, y, 0.5, paths, resamples=200)
@@ -257,8 +266,9 @@ def test_unknown_names_say_so():
 
 
 def test_zero_error_metrics_get_an_exact_bound():
-    paths = [f"x/NORMAL/IM-{i:04d}-0001.jpeg" for i in range(50)] + [f"x/PNEUMONIA/person{i}_virus_1.jpeg"
-                                                                      for i in range(50)]
+    paths = [f"x/NORMAL/IM-{i:04d}-0001.jpeg" for i in range(50)] + [
+        f"x/PNEUMONIA/person{i}_virus_1.jpeg" for i in range(50)
+    ]
     y = np.r_[np.zeros(50, int), np.ones(50, int)]
     p = np.r_[np.full(50, 0.1), np.linspace(0.3, 0.9, 50)]  # no false positive at 0.5
     out = analysis.evaluation_summary(p, y, 0.5, paths, resamples=300)

@@ -59,8 +59,11 @@ def test_perturbations_do_what_their_names_say():
     images = xrays()
     mean, std = images.float().mean(), images.float().flatten(1).std(1).mean()
     assert perturb(images, "gamma_low", 0.7).float().mean() > mean > perturb(images, "gamma_high", 1.4).float().mean()
-    assert perturb(images, "contrast_low", 0.7).float().flatten(1).std(1).mean() < std \
+    assert (
+        perturb(images, "contrast_low", 0.7).float().flatten(1).std(1).mean()
+        < std
         < perturb(images, "contrast_high", 1.3).float().flatten(1).std(1).mean()
+    )
     sharpness = neighbour_difference(images)
     assert neighbour_difference(perturb(images, "blur", 1.0)) < 0.8 * sharpness
     assert neighbour_difference(perturb(images, "resolution", 0.5)) < 0.8 * sharpness
@@ -74,34 +77,44 @@ def test_perturbations_do_what_their_names_say():
     assert ((span > 0.4 * 234) & (span < 0.6 * 234)).all()
 
 
-@pytest.mark.parametrize("stress, message", [
-    ({"enabled": "yes"}, "data.stress.enabled='yes' must be true or false"),
-    ({"seed": -1}, "data.stress.seed=-1 must be an integer >= 0"),
-    ({"perturbations": {"gamma_low": 0}}, "data.stress.perturbations.gamma_low=0 must be a number in (0, 10]"),
-    ({"perturbations": {"jpeg": 30.5}}, "data.stress.perturbations.jpeg=30.5 must be an integer in [1, 100]"),
-    ({"perturbations": {"resolution": "half"}}, "data.stress.perturbations.resolution='half' must be"),
-    ({"perturbations": {"sharpen": 1.0}}, "data.stress.perturbations.sharpen: a perturbation's name starts with"),
-    ({"perturbations": 3}, "data.stress.perturbations=3 must be a mapping"),
-    ({"enabled": True, "perturbations": {"blur": None}}, "needs at least one perturbation"),
-    ({"every_n_epochs": 2}, "data.stress.every_n_epochs is not a setting"),
-    ("yes", "stress='yes' must be a mapping"),  # the DataModule's signature: the bare argument
-])
+@pytest.mark.parametrize(
+    "stress, message",
+    [
+        ({"enabled": "yes"}, "data.stress.enabled='yes' must be true or false"),
+        ({"seed": -1}, "data.stress.seed=-1 must be an integer >= 0"),
+        ({"perturbations": {"gamma_low": 0}}, "data.stress.perturbations.gamma_low=0 must be a number in (0, 10]"),
+        ({"perturbations": {"jpeg": 30.5}}, "data.stress.perturbations.jpeg=30.5 must be an integer in [1, 100]"),
+        ({"perturbations": {"resolution": "half"}}, "data.stress.perturbations.resolution='half' must be"),
+        ({"perturbations": {"sharpen": 1.0}}, "data.stress.perturbations.sharpen: a perturbation's name starts with"),
+        ({"perturbations": 3}, "data.stress.perturbations=3 must be a mapping"),
+        ({"enabled": True, "perturbations": {"blur": None}}, "needs at least one perturbation"),
+        ({"every_n_epochs": 2}, "data.stress.every_n_epochs is not a setting"),
+        ("yes", "stress='yes' must be a mapping"),  # the DataModule's signature: the bare argument
+    ],
+)
 def test_bad_stress_settings_are_one_line_errors_at_construction(stress, message, xray_root):
     with pytest.raises(ConfigError, match=re.escape(message)):
         ChestXrayDataModule(root=str(xray_root), stress=stress)
 
 
 def test_settings_keep_their_order_and_drop_nulls():
-    settings = StressSettings.from_config({"enabled": True, "perturbations": {"jpeg": 50, "blur": None,
-                                                                             "gamma_x": 2.0}})
+    settings = StressSettings.from_config(
+        {"enabled": True, "perturbations": {"jpeg": 50, "blur": None, "gamma_x": 2.0}}
+    )
     assert settings.perturbations == (("jpeg", 50), ("gamma_x", 2.0)) and settings.names == ("jpeg", "gamma_x")
     assert not StressSettings.from_config(None).enabled and StressSettings().names == tuple(DEFAULT_PERTURBATIONS)
 
 
 def test_stress_loader_serves_the_held_validation_images_perturbed(xray_root, tmp_path, monkeypatch):
     chosen = {"gamma_low": 0.7, "jpeg": 30, "crop": 0.9}
-    dm = ChestXrayDataModule(root=str(xray_root), image_size=32, eval_batch_size=7, val_fraction=0.25,
-                             cache_dir=str(tmp_path), stress={"enabled": True, "seed": 3, "perturbations": chosen})
+    dm = ChestXrayDataModule(
+        root=str(xray_root),
+        image_size=32,
+        eval_batch_size=7,
+        val_fraction=0.25,
+        cache_dir=str(tmp_path),
+        stress={"enabled": True, "seed": 3, "perturbations": chosen},
+    )
     dm.setup("fit")
 
     def no_decoding(*args, **kwargs):
@@ -115,7 +128,7 @@ def test_stress_loader_serves_the_held_validation_images_perturbed(xray_root, tm
     assert len(images) == 3 * n and group.tolist() == [0] * n + [1] * n + [2] * n
     val_images, val_labels = validation_images(dm.splits["val"])
     for g, (name, strength) in enumerate(chosen.items()):
-        assert torch.equal(images[g * n:(g + 1) * n], perturb(val_images, name, strength, seed=3)), name
+        assert torch.equal(images[g * n : (g + 1) * n], perturb(val_images, name, strength, seed=3)), name
     assert torch.equal(labels, val_labels.repeat(3)) and torch.equal(indices, torch.arange(3 * n))
     assert dm.val_dataloader()[1].dataset is stress.dataset  # built once
     x, y, i, g = dm.on_after_batch_transfer(batches[0], 1)  # the float step keeps the perturbation index
@@ -129,8 +142,18 @@ def test_stress_loader_serves_the_held_validation_images_perturbed(xray_root, tm
 @pytest.fixture(scope="module")
 def stress_run(xray_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("stress_run")
-    score, _ = train(train_cfg(xray_root, out, "trainer.max_epochs=1", "logger=csv", "seed=4",
-                               "callbacks.early_stopping=null", "callbacks.gradcam=null", "data.stress.enabled=true"))
+    score, _ = train(
+        train_cfg(
+            xray_root,
+            out,
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "seed=4",
+            "callbacks.early_stopping=null",
+            "callbacks.gradcam=null",
+            "data.stress.enabled=true",
+        )
+    )
     return out, score
 
 
@@ -172,8 +195,10 @@ def test_stress_metrics_scores_a_checkpoint_at_its_threshold(stress_run, capsys)
     assert "marker" not in printed  # the standard set unless --set says otherwise
     stored_res = json.loads((out / "stress.json").read_text())[str(out / "checkpoints" / "best.ckpt")]
     assert stored_res["worst"]["auroc"] == min(m["auroc"] for m in res["per_perturbation"].values())
-    assert json.loads((out / "stress.json").read_text())[str(out / "checkpoints" / "best.ckpt")]["stress"]["n"] \
+    assert (
+        json.loads((out / "stress.json").read_text())[str(out / "checkpoints" / "best.ckpt")]["stress"]["n"]
         == res["stress"]["n"]
+    )
     assert "images, TTA off\n" in printed
     main([str(out / "checkpoints" / "best.ckpt"), "--tta", "on", "--perturbations", "noise=0.06,jpeg=15"])
     printed = capsys.readouterr().out
@@ -183,7 +208,9 @@ def test_stress_metrics_scores_a_checkpoint_at_its_threshold(stress_run, capsys)
     main([str(out), str(out / "copy.ckpt"), "--set", "all", "--json", str(out / "all.json")])
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("marker", "costophrenic", "composed", "gamma_low"))
-    assert "Ranked by the worst-case AUROC" in printed and "  1. worst AUROC" in printed and "  2. worst AUROC" in printed
+    assert (
+        "Ranked by the worst-case AUROC" in printed and "  1. worst AUROC" in printed and "  2. worst AUROC" in printed
+    )
     worst = json.loads((out / "all.json").read_text())[str(out / "checkpoints" / "best.ckpt")]["worst"]
     assert worst["auroc_perturbation"] in PERTURBATION_SETS["all"]
 

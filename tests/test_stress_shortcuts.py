@@ -58,8 +58,11 @@ def test_composed_does_all_of_its_changes_at_once():
     assert (out[..., 1:] - out[..., :-1]).abs().mean() < (alone[..., 1:] - alone[..., :-1]).abs().mean()
     # a larger strength changes more; the noise is seeded
     weak, strong = perturb(images, "composed", 0.5).float(), perturb(images, "composed", 2.0).float()
-    assert (weak - images.float()).abs().mean() < (out - images.float()).abs().mean() \
+    assert (
+        (weak - images.float()).abs().mean()
+        < (out - images.float()).abs().mean()
         < (strong - images.float()).abs().mean()
+    )
     assert not torch.equal(perturb(images, "composed", 1.0, seed=0), perturb(images, "composed", 1.0, seed=1))
 
 
@@ -70,8 +73,12 @@ def test_marker_burns_a_white_letter_into_one_corner():
     assert (out >= images).all()  # only brightened (anti-aliased edges), up to white
     quarter = 20
     for img, ch in zip(out, changed):
-        corners = [ch[0, :quarter, :quarter], ch[0, :quarter, quarter:], ch[0, quarter:, :quarter],
-                   ch[0, quarter:, quarter:]]
+        corners = [
+            ch[0, :quarter, :quarter],
+            ch[0, :quarter, quarter:],
+            ch[0, quarter:, :quarter],
+            ch[0, quarter:, quarter:],
+        ]
         touched = [bool(c.any()) for c in corners]
         assert sum(touched) == 1  # one marker, in one corner
         assert (img[0] == 255).sum() >= 8  # a visible letter
@@ -90,8 +97,9 @@ def test_border_blacks_out_two_opposite_bands():
         rows = b.all(1)
         cols = b.all(0)
         # 4 rows top and bottom, or 4 columns left and right: 20% of 40
-        assert (rows[:4].all() and rows[-4:].all() and not rows[4:-4].any()) \
-            or (cols[:4].all() and cols[-4:].all() and not cols[4:-4].any())
+        assert (rows[:4].all() and rows[-4:].all() and not rows[4:-4].any()) or (
+            cols[:4].all() and cols[-4:].all() and not cols[4:-4].any()
+        )
         assert (out[0, 0, 10:30, 10:30] == 200).all()
     assert (black.float().mean() - 0.2).abs() < 0.01
 
@@ -110,31 +118,44 @@ def test_apex_and_costophrenic_cut_the_top_and_the_bottom():
     # the first row now shows what was 25% down; the last row is kept (and the reverse for the bottom)
     assert top_cut[..., 0, :].mean() == pytest.approx(60, abs=4) and top_cut[..., -1, :].mean() > 225
     assert bottom_cut[..., 0, :].mean() < 4 and bottom_cut[..., -1, :].mean() == pytest.approx(174, abs=4)
-    assert (top_cut[..., 1:, :] >= top_cut[..., :-1, :]).all() and (bottom_cut[..., 1:, :] >= bottom_cut[..., :-1, :]).all()
+    assert (top_cut[..., 1:, :] >= top_cut[..., :-1, :]).all() and (
+        bottom_cut[..., 1:, :] >= bottom_cut[..., :-1, :]
+    ).all()
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("composed", 0, "must be a number in (0, 2]"),
-    ("composed", 3, "must be a number in (0, 2]"),
-    ("marker", 0.6, "must be a number in (0, 0.5]"),
-    ("border", 1.0, "must be a number in (0, 1)"),
-    ("fov", 1.0, "must be a number in (0, 1)"),
-    ("apex", 0.0, "must be a number in (0, 0.5]"),
-    ("costophrenic", "bottom", "must be a number in (0, 0.5]"),
-    ("marker", float("nan"), "must be a number in (0, 0.5]"),
-])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("composed", 0, "must be a number in (0, 2]"),
+        ("composed", 3, "must be a number in (0, 2]"),
+        ("marker", 0.6, "must be a number in (0, 0.5]"),
+        ("border", 1.0, "must be a number in (0, 1)"),
+        ("fov", 1.0, "must be a number in (0, 1)"),
+        ("apex", 0.0, "must be a number in (0, 0.5]"),
+        ("costophrenic", "bottom", "must be a number in (0, 0.5]"),
+        ("marker", float("nan"), "must be a number in (0, 0.5]"),
+    ],
+)
 def test_bad_strengths_are_one_line_errors(name, value, message):
     with pytest.raises(ConfigError, match=re.escape(f"data.stress.perturbations.{name}={value!r} {message}")):
         StressSettings.from_config({"perturbations": {name: value}})
 
 
 def test_worst_case_is_the_minimum_over_perturbations():
-    per = {"a": {"auroc": 0.99, "specificity": 0.80, "recall": 0.95},
-           "b": {"auroc": 0.95, "specificity": 0.90, "recall": 0.97},
-           "c": {"auroc": float("nan"), "specificity": 0.99, "recall": 0.90}}
+    per = {
+        "a": {"auroc": 0.99, "specificity": 0.80, "recall": 0.95},
+        "b": {"auroc": 0.95, "specificity": 0.90, "recall": 0.97},
+        "c": {"auroc": float("nan"), "specificity": 0.99, "recall": 0.90},
+    }
     worst = worst_case(per)
-    assert worst == {"auroc": 0.95, "auroc_perturbation": "b", "specificity": 0.80, "specificity_perturbation": "a",
-                     "sensitivity": 0.90, "sensitivity_perturbation": "c"}
+    assert worst == {
+        "auroc": 0.95,
+        "auroc_perturbation": "b",
+        "specificity": 0.80,
+        "specificity_perturbation": "a",
+        "sensitivity": 0.90,
+        "sensitivity_perturbation": "c",
+    }
     assert worst_case({})["auroc"] is None
 
 

@@ -12,9 +12,19 @@ from tests.test_train_eval import run_cli
 @pytest.mark.slow
 def test_optuna_two_trials_and_summary(xray_root, tmp_path):
     sweep = tmp_path / "optuna"
-    res = run_cli("train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", f"data.root={xray_root}",
-                  f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny", "data.image_size=96",
-                  "model.widths=[8,8,16,16,16]", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
+    res = run_cli(
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        f"data.root={xray_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "debug=tiny",
+        "data.image_size=96",
+        "model.widths=[8,8,16,16,16]",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Best parameters" in res.stdout + res.stderr
     rows = sweep_summary([str(sweep)])
@@ -28,8 +38,16 @@ def test_optuna_two_trials_and_summary(xray_root, tmp_path):
 @pytest.mark.slow
 def test_grid_summary_lists_unfinished_jobs_last(xray_root, tmp_path):
     sweep = tmp_path / "grid"
-    res = run_cli("train.py", "-m", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny",
-                  "trainer.max_epochs=1", "optimizer.lr=0.001,0.003", f"hydra.sweep.dir={sweep}")
+    res = run_cli(
+        "train.py",
+        "-m",
+        f"data.root={xray_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "debug=tiny",
+        "trainer.max_epochs=1",
+        "optimizer.lr=0.001,0.003",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (sweep / "9_broken" / ".hydra").mkdir(parents=True)
     rows = sweep_summary([str(sweep)])
@@ -43,9 +61,17 @@ def fake_job(folder, name, overrides, best, minutes, monitor="val/auroc", mode="
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (job / ".hydra" / "config.yaml").write_text(f"monitor_mode: {mode}\n")
-    (job / "train_summary.json").write_text(json.dumps(
-        {"monitor": monitor, "best_score": best, "epochs": 3, "train_minutes": minutes,
-         "val": {"auroc": best, "accuracy": best - 0.1}}))
+    (job / "train_summary.json").write_text(
+        json.dumps(
+            {
+                "monitor": monitor,
+                "best_score": best,
+                "epochs": 3,
+                "train_minutes": minutes,
+                "val": {"auroc": best, "accuracy": best - 0.1},
+            }
+        )
+    )
 
 
 def test_over_seeds_groups_jobs_that_differ_only_in_seed(tmp_path, capsys):

@@ -80,8 +80,9 @@ def test_empirical_rules_are_unchanged_and_their_weighted_form_equals_repeating_
             p = np.round(p, 1)  # ties
         pt, yt = torch.tensor(p, dtype=torch.float32), torch.tensor(y)
         for method, target in (("youden", 0.95), ("max_f1", 0.95), ("sensitivity", 0.9), ("sensitivity", 1.0)):
-            assert choose_threshold(pt, yt, method, target_sensitivity=target) == \
-                reference_choose(pt, yt, method, target_sensitivity=target)
+            assert choose_threshold(pt, yt, method, target_sensitivity=target) == reference_choose(
+                pt, yt, method, target_sensitivity=target
+            )
         w = rng.integers(0, 3, n)
         idx = np.repeat(np.arange(n), w)
         got = empirical_thresholds(pt.numpy(), y, w[None], "youden")[0]
@@ -202,12 +203,15 @@ def test_invalid_settings_are_one_line_config_errors_naming_the_key():
         choose_threshold(torch.rand(4), torch.tensor([0, 1, 0, 1]), "median")
     assert "threshold.method='median'" in str(err.value) and "\n" not in str(err.value)
     assert all(m in str(err.value) for m in METHODS)
-    for bad, key in (({"method": "youden_boot"}, "threshold.method"), ({"value": 1.5}, "threshold.value"),
-                     ({"target_sensitivity": 0}, "threshold.target_sensitivity"),
-                     ({"bootstrap_resamples": 0}, "threshold.bootstrap_resamples"),
-                     ({"bootstrap_seed": -1}, "threshold.bootstrap_seed"),
-                     ({"bootstrap_resamples": True}, "threshold.bootstrap_resamples"),
-                     ({"kernel_bandwidth": -1}, "threshold.kernel_bandwidth")):
+    for bad, key in (
+        ({"method": "youden_boot"}, "threshold.method"),
+        ({"value": 1.5}, "threshold.value"),
+        ({"target_sensitivity": 0}, "threshold.target_sensitivity"),
+        ({"bootstrap_resamples": 0}, "threshold.bootstrap_resamples"),
+        ({"bootstrap_seed": -1}, "threshold.bootstrap_seed"),
+        ({"bootstrap_resamples": True}, "threshold.bootstrap_resamples"),
+        ({"kernel_bandwidth": -1}, "threshold.kernel_bandwidth"),
+    ):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
             check_threshold_settings(bad)
         assert "\n" not in str(err.value)
@@ -294,9 +298,19 @@ def test_study_is_deterministic_and_a_worse_rule_scores_worse():
 def test_study_cli_writes_markdown_and_json(tmp_path, monkeypatch):
     def fake_scores(path, data_root=None, datamodules=None):
         z, y, groups = synthetic_patients(seed=int(path[-1]))
-        return {"checkpoint": path, "seed": int(path[-1]), "probs": sigmoid(z), "logits": z, "labels": y,
-                "paths": [f"{g}.jpeg" for g in groups], "patients": groups, "stored_threshold": 0.5,
-                "stored_method": "youden", "stored_temperature": 1.0, "precision": "32-true"}
+        return {
+            "checkpoint": path,
+            "seed": int(path[-1]),
+            "probs": sigmoid(z),
+            "logits": z,
+            "labels": y,
+            "paths": [f"{g}.jpeg" for g in groups],
+            "patients": groups,
+            "stored_threshold": 0.5,
+            "stored_method": "youden",
+            "stored_temperature": 1.0,
+            "precision": "32-true",
+        }
 
     monkeypatch.setattr(study_tool, "validation_scores", fake_scores)
     assert study_tool.main(["ck1", "ck2", "--splits", "20", "--resamples", "30", "--out", str(tmp_path / "study")]) == 0
@@ -327,8 +341,15 @@ def test_study_scores_validation_as_calibration_did(tiny_checkpoint, xray_root, 
     raw = Predictor.from_checkpoint(ckpt)
     dm = ChestXrayDataModule(**{**raw.data_settings, "root": str(xray_root), "bad_image_report": None})
     dm.setup("fit")
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=raw.precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=raw.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     settings = {**DEFAULTS, "method": "youden_bootstrap", "bootstrap_resamples": 50, "bootstrap_seed": 3}
     _, report = calibrate_threshold(trainer, dm, str(ckpt), settings, tmp_path, interval_settings={"resamples": 0})
     expected = choose_threshold(scores["probs"], scores["labels"], "youden_bootstrap", resamples=50, seed=3)

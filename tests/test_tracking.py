@@ -44,8 +44,17 @@ def tracked(xray_root, store, tmp_path_factory):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        train(train_cfg(xray_root, out, "trainer.max_epochs=2", "logger=mlflow_tensorboard", "seed=3",
-                        "callbacks.early_stopping=null", f"mlflow.tracking_uri={store[1]}"))
+        train(
+            train_cfg(
+                xray_root,
+                out,
+                "trainer.max_epochs=2",
+                "logger=mlflow_tensorboard",
+                "seed=3",
+                "callbacks.early_stopping=null",
+                f"mlflow.tracking_uri={store[1]}",
+            )
+        )
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -87,8 +96,9 @@ def test_training_run_holds_params_metrics_tags_and_artifacts(tracked, xray_root
     assert {"checkpoints/best.ckpt", "val_metrics.json", "train_summary.json"} <= set(files)
     assert any(f.startswith("tensorboard/events.out.tfevents") for f in files)
     # the logged checkpoint is the calibrated best.ckpt, byte for byte
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.ckpt",
-                                                tracking_uri=store[1], dst_path=str(out / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="checkpoints/best.ckpt", tracking_uri=store[1], dst_path=str(out / "dl")
+    )
     assert open(local, "rb").read() == (out / "checkpoints" / "best.ckpt").read_bytes()
 
 
@@ -97,8 +107,13 @@ def test_a_resumed_run_goes_on_in_its_mlflow_run(xray_root, tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
-    common = ["callbacks.early_stopping=null", "logger=mlflow", f"mlflow.tracking_uri={uri}", "intervals.resamples=0",
-              "mlflow.log_checkpoint=false"]
+    common = [
+        "callbacks.early_stopping=null",
+        "logger=mlflow",
+        f"mlflow.tracking_uri={uri}",
+        "intervals.resamples=0",
+        "mlflow.log_checkpoint=false",
+    ]
     train(train_cfg(xray_root, out, "trainer.max_epochs=1", *common))
     first = json.loads((out / "mlflow_run.json").read_text())["run_id"]
     train(train_cfg(xray_root, out, "trainer.max_epochs=2", f"resume={out}", *common))
@@ -129,26 +144,45 @@ def test_eval_logs_to_the_checkpoint_run(tracked, tmp_path, store):
     copy.parent.mkdir()
     copy.write_bytes((out / "checkpoints" / "best.ckpt").read_bytes())
     for ckpt, name in ((out / "checkpoints" / "best.ckpt", "eval_a"), (copy, "eval_b")):
-        rep = evaluate(compose_cfg("eval", [f"ckpt_path={ckpt}", "logger=none", "trainer.accelerator=cpu",
-                                            "intervals.resamples=20", "gallery_size=0", "describe=false",
-                                            f"mlflow.tracking_uri={store[1]}"], tmp_path / name))
+        rep = evaluate(
+            compose_cfg(
+                "eval",
+                [
+                    f"ckpt_path={ckpt}",
+                    "logger=none",
+                    "trainer.accelerator=cpu",
+                    "intervals.resamples=20",
+                    "gallery_size=0",
+                    "describe=false",
+                    f"mlflow.tracking_uri={store[1]}",
+                ],
+                tmp_path / name,
+            )
+        )
         files = artifact_paths(client, run_id, f"eval/{name}")
-        assert {f"eval/{name}/metrics.json", f"eval/{name}/report.html",
-                f"eval/{name}/figures/roc_curve.png"} <= set(files)
+        assert {f"eval/{name}/metrics.json", f"eval/{name}/report.html", f"eval/{name}/figures/roc_curve.png"} <= set(
+            files
+        )
     metrics = client.get_run(run_id).data.metrics
     assert metrics["test/auroc"] == pytest.approx(rep["auroc"])
     assert metrics["test/auroc_ci_low"] <= metrics["test/auroc"] <= metrics["test/auroc_ci_high"]
 
 
-def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(tracked, xray_root, tmp_path, store,
-                                                                           capsys):
+def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(
+    tracked, xray_root, tmp_path, store, capsys
+):
     from pneumonia.export.runner import export
     from pneumonia.runners.predict import predict
 
     out, client, run_id, _ = tracked
     ckpt = out / "checkpoints" / "best.ckpt"
-    meta = export(compose_cfg("export", [f"ckpt_path={ckpt}", "register=pneumonia", "alias=champion",
-                                         f"mlflow.tracking_uri={store[1]}"], tmp_path / "export"))
+    meta = export(
+        compose_cfg(
+            "export",
+            [f"ckpt_path={ckpt}", "register=pneumonia", "alias=champion", f"mlflow.tracking_uri={store[1]}"],
+            tmp_path / "export",
+        )
+    )
     assert meta["registered"]["version"] == 1 and meta["registered"]["training_run_id"] == run_id
     version = client.get_model_version_by_alias("pneumonia", "champion")
     assert str(version.version) == "1" and version.run_id == run_id
@@ -161,8 +195,13 @@ def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(trac
     assert {"export/export/model.onnx", "export/export/model.json", "export/export/MODEL_CARD.md"} <= set(files)
 
     # a second export: version 2; the alias stays on 1 until moved from the command line
-    export(compose_cfg("export", [f"ckpt_path={ckpt}", "register=pneumonia", "verify=false",
-                                  f"mlflow.tracking_uri={store[1]}"], tmp_path / "export2"))
+    export(
+        compose_cfg(
+            "export",
+            [f"ckpt_path={ckpt}", "register=pneumonia", "verify=false", f"mlflow.tracking_uri={store[1]}"],
+            tmp_path / "export2",
+        )
+    )
     status, listing, err = cli(capsys, "list", "pneumonia", uri=store[1])
     assert status == 0, err
     lines = listing.strip().splitlines()[1:]
@@ -172,10 +211,13 @@ def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(trac
     assert str(client.get_model_version_by_alias("pneumonia", "champion").version) == "2"
 
     summaries, rows = {}, {}
-    for name, overrides in (("registry", ["model_uri=models:/pneumonia@champion", f"mlflow.tracking_uri={store[1]}"]),
-                            ("torch", [f"ckpt_path={ckpt}", "precision=32-true"])):
-        summaries[name] = predict(compose_cfg("predict", [f"inputs={xray_root / 'test'}", "device=cpu",
-                                                          *overrides], tmp_path / name))
+    for name, overrides in (
+        ("registry", ["model_uri=models:/pneumonia@champion", f"mlflow.tracking_uri={store[1]}"]),
+        ("torch", [f"ckpt_path={ckpt}", "precision=32-true"]),
+    ):
+        summaries[name] = predict(
+            compose_cfg("predict", [f"inputs={xray_root / 'test'}", "device=cpu", *overrides], tmp_path / name)
+        )
         with open(tmp_path / name / "predictions.csv") as f:
             rows[name] = list(csv.DictReader(f))
     assert summaries["registry"]["backend"] == "onnx"
@@ -204,10 +246,24 @@ def test_a_sweep_logs_one_run_per_job_under_a_parent(xray_root, tmp_path, monkey
     from hydra.core.global_hydra import GlobalHydra
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setattr(sys, "argv", [
-        "train.py", "-m", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", *TINY,
-        "trainer.max_epochs=1", "seed=1,2", "logger=mlflow", f"mlflow.tracking_uri={uri}", "intervals.resamples=0",
-        "mlflow.log_checkpoint=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "train.py",
+            "-m",
+            f"data.root={xray_root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            *TINY,
+            "trainer.max_epochs=1",
+            "seed=1,2",
+            "logger=mlflow",
+            f"mlflow.tracking_uri={uri}",
+            "intervals.resamples=0",
+            "mlflow.log_checkpoint=false",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+    )
     GlobalHydra.instance().clear()
     spec = importlib.util.spec_from_file_location("__main__", PROJECT_ROOT / "train.py")
     try:
@@ -225,14 +281,17 @@ def test_a_sweep_logs_one_run_per_job_under_a_parent(xray_root, tmp_path, monkey
     assert all(len(client.get_metric_history(r.info.run_id, "val/auroc")) == 1 for r in jobs)
 
 
-@pytest.mark.parametrize("config_name, overrides, message", [
-    ("export", ["register=bad/name"], "must be a model name"),
-    ("export", ["alias=champion"], "give register=<model name> with it"),
-    ("export", ["register=pneumonia", "alias=latest"], "must be an alias"),
-    ("predict", ["model_uri=pneumonia@champion"], "must be models:/<name>@<alias>"),
-    ("train", ["logger=mlflow", "mlflow.tracking_uri=5"], "mlflow.tracking_uri=5 must be a string"),
-    ("train", ["mlflow.log_checkpoint=maybe"], "mlflow.log_checkpoint='maybe' must be true or false"),
-])
+@pytest.mark.parametrize(
+    "config_name, overrides, message",
+    [
+        ("export", ["register=bad/name"], "must be a model name"),
+        ("export", ["alias=champion"], "give register=<model name> with it"),
+        ("export", ["register=pneumonia", "alias=latest"], "must be an alias"),
+        ("predict", ["model_uri=pneumonia@champion"], "must be models:/<name>@<alias>"),
+        ("train", ["logger=mlflow", "mlflow.tracking_uri=5"], "mlflow.tracking_uri=5 must be a string"),
+        ("train", ["mlflow.log_checkpoint=maybe"], "mlflow.log_checkpoint='maybe' must be true or false"),
+    ],
+)
 def test_bad_settings_are_one_line_before_torch(config_name, overrides, message, xray_root, tmp_path):
     base = {"export": ["ckpt_path=x.ckpt"], "predict": ["inputs=x"], "train": [f"data.root={xray_root}"]}
     problem = check_or_fail(config_name, compose_cfg(config_name, [*base[config_name], *overrides], tmp_path))
@@ -244,12 +303,19 @@ def test_registry_errors_are_one_line(tracked, store, tmp_path, capsys):
 
     _, client, _, _ = tracked
     client.create_registered_model("empty")
-    for args, message in ((("list", "nope"), "no registered model 'nope'"),
-                          (("alias", "empty", "99", "champion"), "has no version 99")):
+    for args, message in (
+        (("list", "nope"), "no registered model 'nope'"),
+        (("alias", "empty", "99", "champion"), "has no version 99"),
+    ):
         status, _, err = cli(capsys, *args, uri=store[1])
         assert status == 2 and message in err and err.count("\n") == 1, err
     status, _, err = cli(capsys, "list", uri=f"sqlite:///{tmp_path / 'none.db'}")
     assert status == 2 and "no such store" in err and not (tmp_path / "none.db").exists()
     with pytest.raises(UserError, match="has no alias 'staging'"):
-        predict(compose_cfg("predict", ["inputs=x", "model_uri=models:/empty@staging",
-                                        f"mlflow.tracking_uri={store[1]}"], tmp_path / "p"))
+        predict(
+            compose_cfg(
+                "predict",
+                ["inputs=x", "model_uri=models:/empty@staging", f"mlflow.tracking_uri={store[1]}"],
+                tmp_path / "p",
+            )
+        )

@@ -26,8 +26,15 @@ def tb_tags(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def trained(xray_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("train_run")
-    cfg = train_cfg(xray_root, out, "trainer.max_epochs=8", "logger=tensorboard_csv", "seed=3",
-                    "callbacks.early_stopping=null", "test=true")
+    cfg = train_cfg(
+        xray_root,
+        out,
+        "trainer.max_epochs=8",
+        "logger=tensorboard_csv",
+        "seed=3",
+        "callbacks.early_stopping=null",
+        "test=true",
+    )
     score, val_report = train(cfg)
     return out, score, val_report
 
@@ -72,12 +79,20 @@ def test_tensorboard_has_epoch_metrics_figures_and_hparams(trained):
 
 def test_eval_writes_metrics_predictions_and_figures(trained, xray_root, tmp_path):
     out, _, val_report = trained
-    cfg = compose_cfg("eval", [f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu",
-                               f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}",
-                               "trainer.enable_progress_bar=false"], tmp_path)
+    cfg = compose_cfg(
+        "eval",
+        [
+            f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}",
+            "trainer.accelerator=cpu",
+            f"data.root={xray_root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path,
+    )
     rep = evaluate(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert list(metrics)[:len(REPORT_KEYS)] == list(REPORT_KEYS)  # then ci95, calibration, ... (test_report.py)
+    assert list(metrics)[: len(REPORT_KEYS)] == list(REPORT_KEYS)  # then ci95, calibration, ... (test_report.py)
     assert set(metrics["ci95"]) == {"accuracy", "precision", "recall", "specificity", "f1", "auroc"}
     assert metrics["n"] == 32 and metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == 32
     assert metrics["threshold"] == pytest.approx(val_report["threshold"])
@@ -95,9 +110,19 @@ def test_eval_writes_metrics_predictions_and_figures(trained, xray_root, tmp_pat
     assert rep == metrics
     assert (tmp_path / "errors_gallery.png").is_file() == (metrics["fp"] + metrics["fn"] > 0)
     # threshold 0 calls all 16 normal test images pneumonia: the gallery shows the 8 most confident
-    cfg = compose_cfg("eval", [f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu",
-                               f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "threshold=0.0",
-                               "logger=none", "trainer.enable_progress_bar=false"], tmp_path / "all_pneumonia")
+    cfg = compose_cfg(
+        "eval",
+        [
+            f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}",
+            "trainer.accelerator=cpu",
+            f"data.root={xray_root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "threshold=0.0",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path / "all_pneumonia",
+    )
     assert evaluate(cfg)["fp"] == 16
     from PIL import Image
 
@@ -107,8 +132,16 @@ def test_eval_writes_metrics_predictions_and_figures(trained, xray_root, tmp_pat
 
 @pytest.mark.slow
 def test_multirun_two_jobs_with_readable_folders(xray_root, tmp_path):
-    res = run_cli("train.py", "-m", f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "debug=tiny",
-                  "trainer.max_epochs=1", "model.depth=2,3", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    res = run_cli(
+        "train.py",
+        "-m",
+        f"data.root={xray_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "debug=tiny",
+        "trainer.max_epochs=1",
+        "model.depth=2,3",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2 and jobs[0].startswith("0_") and "model.depth=2" in jobs[0]
@@ -119,8 +152,15 @@ def test_multirun_two_jobs_with_readable_folders(xray_root, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/chest_xray is not here")
 def test_short_run_on_the_real_images(tmp_path):
-    cfg = train_cfg(SHARED_DATA, tmp_path, "data.image_size=64", "trainer.max_epochs=1", "data.val_fraction=0.1",
-                    "data.batch_size=32", "logger=none")
+    cfg = train_cfg(
+        SHARED_DATA,
+        tmp_path,
+        "data.image_size=64",
+        "trainer.max_epochs=1",
+        "data.val_fraction=0.1",
+        "data.batch_size=32",
+        "logger=none",
+    )
     score, val_report = train(cfg)
     # the patient-grouped 10% validation split of 5216 images: 526 of them, both classes
     assert val_report["n"] == 526 and val_report["tn"] + val_report["fp"] == 135

@@ -20,8 +20,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def _run(script: str) -> None:
     path = PROJECT_ROOT / script
     if not path.is_file() or not (PROJECT_ROOT / "conf").is_dir():
-        print(f"error: pneumonia-{Path(script).stem} runs {script} and conf/ of the source checkout, not found "
-              f"beside {Path(__file__).parent}: install the checkout with pip install -e <checkout>", file=sys.stderr)
+        print(
+            f"error: pneumonia-{Path(script).stem} runs {script} and conf/ of the source checkout, not found "
+            f"beside {Path(__file__).parent}: install the checkout with pip install -e <checkout>",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     sys.argv[0] = str(path)
     runpy.run_path(str(path), run_name="__main__")

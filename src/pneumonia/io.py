@@ -19,8 +19,9 @@ class DiskFullError(UserError):
     """A write that ran out of space; the message names the folder and the space needed."""
 
 
-def disk_full(err: OSError, path: str | Path, needed: int | None = None, *, folder: bool = False
-              ) -> DiskFullError | None:
+def disk_full(
+    err: OSError, path: str | Path, needed: int | None = None, *, folder: bool = False
+) -> DiskFullError | None:
     """A one-line `DiskFullError` for an out-of-space `err` while writing the file `path` (or
     into the folder `path`, `folder=True`); None for any other error. `needed`: the bytes the
     file takes, when known."""
@@ -32,8 +33,9 @@ def disk_full(err: OSError, path: str | Path, needed: int | None = None, *, fold
     except OSError:
         free = ""
     what = "" if folder else f": writing {Path(path).name}" + (f" needs about {needed / 1e6:.1f} MB" if needed else "")
-    return DiskFullError(f"no space left in '{where}'{what}{free}; free some space (or point the output "
-                         f"elsewhere) and run again")
+    return DiskFullError(
+        f"no space left in '{where}'{what}{free}; free some space (or point the output elsewhere) and run again"
+    )
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object], *, needed: int | None = None) -> None:

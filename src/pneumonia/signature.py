@@ -29,8 +29,21 @@ from pneumonia.errors import ConfigError
 
 from annotated_types import Ge, Gt, Le, Lt, MinLen  # the markers a signature uses
 
-__all__ = ["Annotated", "Ge", "Gt", "Le", "Lt", "MinLen", "THIRD_PARTY_HINTS", "at", "check_arguments", "check_values",
-           "describe", "matches", "static_hints"]
+__all__ = [
+    "Annotated",
+    "Ge",
+    "Gt",
+    "Le",
+    "Lt",
+    "MinLen",
+    "THIRD_PARTY_HINTS",
+    "at",
+    "check_arguments",
+    "check_values",
+    "describe",
+    "matches",
+    "static_hints",
+]
 
 # Classes from other libraries whose signatures declare no constraints: the ones we know are
 # refused later (torch's "Invalid learning rate"), declared here so the CLI answers at once.
@@ -86,9 +99,14 @@ def _satisfies(value: Any, constraint: Any) -> bool:
     """`value` against one annotated_types marker (Ge, Gt, Le, Lt, Interval, MinLen...)."""
     if isinstance(constraint, at.Interval):
         return all(_satisfies(value, c) for c in constraint)
-    checks = {at.Ge: lambda v, c: v >= c.ge, at.Gt: lambda v, c: v > c.gt, at.Le: lambda v, c: v <= c.le,
-              at.Lt: lambda v, c: v < c.lt, at.MinLen: lambda v, c: len(v) >= c.min_length,
-              at.MaxLen: lambda v, c: len(v) <= c.max_length}
+    checks = {
+        at.Ge: lambda v, c: v >= c.ge,
+        at.Gt: lambda v, c: v > c.gt,
+        at.Le: lambda v, c: v <= c.le,
+        at.Lt: lambda v, c: v < c.lt,
+        at.MinLen: lambda v, c: len(v) >= c.min_length,
+        at.MaxLen: lambda v, c: len(v) <= c.max_length,
+    }
     check = checks.get(type(constraint))
     try:
         return True if check is None else bool(check(value, constraint))
@@ -107,8 +125,14 @@ def describe(hint: Any) -> str:
         return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0]
     if origin is typing.Literal:
         return "one of " + ", ".join(str(a) for a in args)
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             type(None): "null", pathlib.Path: "a path"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+        pathlib.Path: "a path",
+    }
     if hint in names:
         return names[hint]
     if origin in (list, tuple) or hint in (list, tuple):
@@ -156,13 +180,38 @@ def check_arguments(target: Any, values: typing.Mapping[str, Any]) -> None:
 
 
 # ---- signatures read without importing ----------------------------------------------------
-_TYPING_NAMES = {name: getattr(typing, name) for name in (
-    "Any", "Optional", "Union", "Literal", "List", "Dict", "Tuple", "Sequence", "Mapping", "Iterable",
-    "Callable", "Annotated")}
-_NAMESPACE = {**_TYPING_NAMES, "int": int, "float": float, "str": str, "bool": bool, "None": None,
-              "list": list, "dict": dict, "tuple": tuple, "Path": pathlib.Path, "at": at,
-              **{name: getattr(at, name) for name in ("Ge", "Gt", "Le", "Lt", "Interval", "MinLen", "MaxLen")},
-              "Mapping_": collections.abc.Mapping}
+_TYPING_NAMES = {
+    name: getattr(typing, name)
+    for name in (
+        "Any",
+        "Optional",
+        "Union",
+        "Literal",
+        "List",
+        "Dict",
+        "Tuple",
+        "Sequence",
+        "Mapping",
+        "Iterable",
+        "Callable",
+        "Annotated",
+    )
+}
+_NAMESPACE = {
+    **_TYPING_NAMES,
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "None": None,
+    "list": list,
+    "dict": dict,
+    "tuple": tuple,
+    "Path": pathlib.Path,
+    "at": at,
+    **{name: getattr(at, name) for name in ("Ge", "Gt", "Le", "Lt", "Interval", "MinLen", "MaxLen")},
+    "Mapping_": collections.abc.Mapping,
+}
 
 
 def _source_file(module: str) -> Path | None:

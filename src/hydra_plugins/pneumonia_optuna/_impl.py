@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 log = logging.getLogger(__name__)
 
 PRUNER_ATTR = "pneumonia:pruner"  # the trial's system attribute holding the pruner's settings for its job
-JOB_KEY = "optuna"                # the config node of the job that gets storage, study and trial number
+JOB_KEY = "optuna"  # the config node of the job that gets storage, study and trial number
 
 
 class SweepError(Exception):
@@ -45,6 +45,7 @@ def fail(message: str) -> None:
 
 
 # --- the search space: Hydra's sweep syntax to Optuna distributions ---
+
 
 def distribution(override: Override) -> BaseDistribution | str:
     """One `key=<sweep>` as an Optuna distribution; a plain `key=value` as its string (fixed)."""
@@ -73,8 +74,9 @@ def distribution(override: Override) -> BaseDistribution | str:
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(value.start, value.end, log=log_scale)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)
-    raise SweepError(f"{override.input_line}: the Optuna sweeper takes choice(), range(), interval() "
-                     "and tag(log, interval()) sweeps")
+    raise SweepError(
+        f"{override.input_line}: the Optuna sweeper takes choice(), range(), interval() and tag(log, interval()) sweeps"
+    )
 
 
 def search_space(arguments: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
@@ -104,8 +106,10 @@ def grid_values(key: str, dist: BaseDistribution) -> list[Any]:
     if isinstance(dist, (IntDistribution, FloatDistribution)) and dist.step is not None and not dist.log:
         n = int(round((dist.high - dist.low) / dist.step)) + 1
         return [dist.low + i * dist.step for i in range(n)]
-    raise SweepError(f"hydra/sweeper/sampler=grid needs discrete parameters: {key} is an interval; "
-                     "give it as choice(...) or range(...)")
+    raise SweepError(
+        f"hydra/sweeper/sampler=grid needs discrete parameters: {key} is an interval; "
+        "give it as choice(...) or range(...)"
+    )
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_./:@+\-]+")
@@ -133,6 +137,7 @@ def override(key: str, value: Any) -> str:
 
 # --- samplers, pruners, storage ---
 
+
 def build(kind: str, settings: Any, **extra: Any) -> Any:
     """An Optuna sampler or pruner from its `_target_` and settings; a refusal is one line."""
     spec = dict(OmegaConf.to_container(settings, resolve=True)) if OmegaConf.is_config(settings) else dict(settings)
@@ -144,7 +149,9 @@ def build(kind: str, settings: Any, **extra: Any) -> Any:
     try:
         return cls(**spec, **extra)
     except Exception as err:  # noqa: BLE001  (TypeError, ValueError, ImportError of a missing extra package...)
-        raise SweepError(f"hydra.sweeper.{kind} ({target}): {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+        raise SweepError(
+            f"hydra.sweeper.{kind} ({target}): {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+        ) from None
 
 
 def check_pruner(spec: dict[str, Any]) -> None:
@@ -154,8 +161,11 @@ def check_pruner(spec: dict[str, Any]) -> None:
         raise SweepError(f"hydra.sweeper.pruner.reduction_factor={rf!r} must be an integer >= 2")
     low, high = spec.get("min_resource"), spec.get("max_resource")
     for key, value in (("min_resource", low), ("max_resource", high)):
-        if value is not None and value != "auto" and (isinstance(value, bool) or not isinstance(value, int)
-                                                       or value < 1):
+        if (
+            value is not None
+            and value != "auto"
+            and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+        ):
             raise SweepError(f"hydra.sweeper.pruner.{key}={value!r} must be an integer >= 1 or auto")
     if isinstance(low, int) and isinstance(high, int) and high < low:
         raise SweepError(f"hydra.sweeper.pruner.max_resource={high} is below min_resource={low}")
@@ -168,8 +178,10 @@ def storage_url(storage: str | None, sweep_dir: str) -> str:
         return f"sqlite:///{folder / 'optuna.db'}"
     url = str(storage)
     if not re.match(r"^(sqlite|postgresql|mysql|oracle|mssql)(\+\w+)?://", url):
-        raise SweepError(f"hydra.sweeper.storage={url!r} is not a database URL: sqlite:///path/optuna.db, "
-                         "postgresql://user@host/db or mysql://user@host/db (null: SQLite in the sweep folder)")
+        raise SweepError(
+            f"hydra.sweeper.storage={url!r} is not a database URL: sqlite:///path/optuna.db, "
+            "postgresql://user@host/db or mysql://user@host/db (null: SQLite in the sweep folder)"
+        )
     return url
 
 
@@ -178,8 +190,9 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
-def open_storage(url: str, heartbeat_interval: int | None, grace_period: int | None,
-                 max_retry: int) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int
+) -> optuna.storages.RDBStorage:
     from optuna.storages import RDBStorage
 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -193,12 +206,17 @@ def open_storage(url: str, heartbeat_interval: int | None, grace_period: int | N
                 kwargs: dict[str, Any] = {}
                 if heartbeat_interval:
                     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-                    kwargs = {"heartbeat_interval": int(heartbeat_interval), "grace_period": grace_period,
-                              "heartbeat_stale_trial_callback": retry}
+                    kwargs = {
+                        "heartbeat_interval": int(heartbeat_interval),
+                        "grace_period": grace_period,
+                        "heartbeat_stale_trial_callback": retry,
+                    }
                 return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except ImportError as err:
-            raise SweepError(f"hydra.sweeper.storage={redact(url)}: its database driver is not installed "
-                             f"({err}); for PostgreSQL: pip install 'psycopg[binary]'") from None
+            raise SweepError(
+                f"hydra.sweeper.storage={redact(url)}: its database driver is not installed "
+                f"({err}); for PostgreSQL: pip install 'psycopg[binary]'"
+            ) from None
         except Exception as err:  # noqa: BLE001  (sqlalchemy's errors: unreachable server, bad login, locked file)
             last = err
             time.sleep(0.3 * (attempt + 1))
@@ -250,9 +268,23 @@ class Heartbeat:
 
 
 class OptunaSweeperImpl:
-    def __init__(self, *, sampler: Any, pruner: Any, direction: str, storage: str | None, study_name: str,
-                 n_trials: int, total_trials: int | None, n_jobs: int, max_failure_rate: float, heartbeat_interval: int | None,
-                 grace_period: int | None, max_retry: int, params: DictConfig | None) -> None:
+    def __init__(
+        self,
+        *,
+        sampler: Any,
+        pruner: Any,
+        direction: str,
+        storage: str | None,
+        study_name: str,
+        n_trials: int,
+        total_trials: int | None,
+        n_jobs: int,
+        max_failure_rate: float,
+        heartbeat_interval: int | None,
+        grace_period: int | None,
+        max_retry: int,
+        params: DictConfig | None,
+    ) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.direction, self.storage, self.study_name = str(direction), storage, str(study_name)
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
@@ -264,7 +296,8 @@ class OptunaSweeperImpl:
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function)
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
         self.sweep_dir = str(config.hydra.sweep.dir)
 
     def check(self) -> None:
@@ -306,18 +339,34 @@ class OptunaSweeperImpl:
         url = storage_url(self.storage, self.sweep_dir)
         storage = open_storage(url, self.heartbeat_interval, self.grace_period, self.max_retry)
         try:
-            study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                        direction=self.direction, load_if_exists=True)
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=storage,
+                sampler=sampler,
+                pruner=pruner,
+                direction=self.direction,
+                load_if_exists=True,
+            )
         except Exception as err:  # noqa: BLE001  (sqlalchemy errors of a busy or broken database)
-            raise SweepError(f"study {self.study_name!r} in {redact(url)}: {str(err).strip().splitlines()[0]}") \
-                from None
+            raise SweepError(
+                f"study {self.study_name!r} in {redact(url)}: {str(err).strip().splitlines()[0]}"
+            ) from None
         if study.direction.name.lower() != self.direction:
-            raise SweepError(f"study {self.study_name!r} in {redact(url)} was created to "
-                             f"{study.direction.name.lower()}, not to {self.direction}: give another "
-                             "hydra.sweeper.study_name or the same monitor_mode")
+            raise SweepError(
+                f"study {self.study_name!r} in {redact(url)} was created to "
+                f"{study.direction.name.lower()}, not to {self.direction}: give another "
+                "hydra.sweeper.study_name or the same monitor_mode"
+            )
         study_id = storage.get_study_id_from_name(self.study_name)
-        log.info("Study %s in %s (%d trials already), sampler %s, pruner %s, direction %s", self.study_name,
-                 redact(url), len(study.trials), type(sampler).__name__, type(pruner).__name__, self.direction)
+        log.info(
+            "Study %s in %s (%d trials already), sampler %s, pruner %s, direction %s",
+            self.study_name,
+            redact(url),
+            len(study.trials),
+            type(sampler).__name__,
+            type(pruner).__name__,
+            self.direction,
+        )
         pass_on = JOB_KEY in self.config  # the task's config has the node the trial's identity goes to
 
         done = 0
@@ -330,8 +379,9 @@ class OptunaSweeperImpl:
                     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
                     size = min(size, self.total_trials - len(study.get_trials(deepcopy=False, states=counted)))
                     if size <= 0:
-                        log.info("The study holds hydra.sweeper.total_trials=%d trials: this worker stops",
-                                 self.total_trials)
+                        log.info(
+                            "The study holds hydra.sweeper.total_trials=%d trials: this worker stops", self.total_trials
+                        )
                         break
                 batch = [study.ask(space) for _ in range(size)]
             overrides = []
@@ -340,8 +390,11 @@ class OptunaSweeperImpl:
                 job = [override(k, v) for k, v in trial.params.items()]
                 job += [f"{k}={v}" for k, v in fixed.items()]
                 if pass_on:
-                    job += [override(f"{JOB_KEY}.storage", url), override(f"{JOB_KEY}.study", self.study_name),
-                            f"{JOB_KEY}.trial={trial.number}"]
+                    job += [
+                        override(f"{JOB_KEY}.storage", url),
+                        override(f"{JOB_KEY}.study", self.study_name),
+                        f"{JOB_KEY}.trial={trial.number}",
+                    ]
                 overrides.append(tuple(job))
             with Heartbeat(storage, [t._trial_id for t in batch], self.heartbeat_interval):
                 try:
@@ -353,9 +406,12 @@ class OptunaSweeperImpl:
                     # max_failure_rate may allow (a parameter combination the config refuses)
                     if not (isinstance(stop, SystemExit) and stop.code == 2 and self.max_failure_rate >= 1.0):
                         raise
-                    log.warning("Trials %s failed (the job's error is above); the sweep goes on "
-                                "(hydra.sweeper.max_failure_rate=%s)", [t.number for t in batch],
-                                self.max_failure_rate)
+                    log.warning(
+                        "Trials %s failed (the job's error is above); the sweep goes on "
+                        "(hydra.sweeper.max_failure_rate=%s)",
+                        [t.number for t in batch],
+                        self.max_failure_rate,
+                    )
                     self.job_idx += len(batch)
                     done += len(batch)
                     continue
@@ -382,8 +438,12 @@ class OptunaSweeperImpl:
                     continue
                 tell(study, trial, value)
             if failures / len(returns) > self.max_failure_rate:
-                log.error("%d of %d jobs failed (hydra.sweeper.max_failure_rate=%s)", failures, len(returns),
-                          self.max_failure_rate)
+                log.error(
+                    "%d of %d jobs failed (hydra.sweeper.max_failure_rate=%s)",
+                    failures,
+                    len(returns),
+                    self.max_failure_rate,
+                )
                 for ret in returns:
                     ret.return_value  # noqa: B018  (re-raises the job's own error)
             done += len(batch)
@@ -392,8 +452,12 @@ class OptunaSweeperImpl:
     def report(self, study: optuna.Study, url: str, study_id: int) -> dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-        results: dict[str, Any] = {"name": "optuna", "study_name": self.study_name, "storage": redact(url),
-                                   "trials": {k: v for k, v in counts.items() if v}}
+        results: dict[str, Any] = {
+            "name": "optuna",
+            "study_name": self.study_name,
+            "storage": redact(url),
+            "trials": {k: v for k, v in counts.items() if v},
+        }
         try:
             best = study.best_trial
         except ValueError:

@@ -48,8 +48,16 @@ class UploadJanitor:
         `req-*` folder excepted while it scores).
     """
 
-    def __init__(self, folder: str | Path, ttl_s: float, max_bytes: int, uploads: Any = None, *,
-                 clock: Callable[[], float] = time.time, interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        ttl_s: float,
+        max_bytes: int,
+        uploads: Any = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        interval_s: float = 5.0,
+    ) -> None:
         self.folder = Path(folder)
         self.ttl_s, self.max_bytes, self.interval_s = float(ttl_s), int(max_bytes), float(interval_s)
         self._uploads = uploads
@@ -94,8 +102,14 @@ class UploadJanitor:
         for path in removed:
             uploads.discard(str(path))
         if removed:
-            log.info("upload janitor: removed %d file(s) older than %g s and %d to keep %s under %.0f MB",
-                     n_expired, self.ttl_s, len(removed) - n_expired, self.folder, self.max_bytes / MB)
+            log.info(
+                "upload janitor: removed %d file(s) older than %g s and %d to keep %s under %.0f MB",
+                n_expired,
+                self.ttl_s,
+                len(removed) - n_expired,
+                self.folder,
+                self.max_bytes / MB,
+            )
         return removed
 
     def _inside(self, path: Path) -> bool:
@@ -150,8 +164,15 @@ class LoginLimiter:
     burst of concurrent attempts cannot slip past the count) and `success` forgets the
     client's failures."""
 
-    def __init__(self, max_failures: int = 5, window_s: float = 60.0, lockout_s: float = 300.0, *,
-                 clock: Callable[[], float] = time.monotonic, max_clients: int = 10000) -> None:
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window_s: float = 60.0,
+        lockout_s: float = 300.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 10000,
+    ) -> None:
         self.max_failures, self.window_s, self.lockout_s = int(max_failures), float(window_s), float(lockout_s)
         self.clock, self.max_clients = clock, int(max_clients)
         self._failures: dict[str, deque[float]] = {}
@@ -225,8 +246,11 @@ class LoginGuard:
         self._logged: dict[str, list[float]] = {}  # client -> [time of its last line, refusals since]
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if (scope.get("type") != "http" or scope.get("method") != "POST"
-                or not scope.get("path", "").rstrip("/").endswith("/login")):
+        if (
+            scope.get("type") != "http"
+            or scope.get("method") != "POST"
+            or not scope.get("path", "").rstrip("/").endswith("/login")
+        ):
             await self.app(scope, receive, send)
             return
         client = client_key((scope.get("client") or ("unknown",))[0])
@@ -235,9 +259,17 @@ class LoginGuard:
             seconds = math.ceil(wait)
             self._log_refusal(client, seconds)
             body = json.dumps({"detail": f"Too many failed logins from this address: try again in {seconds} s."})
-            await send({"type": "http.response.start", "status": 429,
-                        "headers": [(b"content-type", b"application/json"), (b"retry-after", str(seconds).encode()),
-                                    (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"retry-after", str(seconds).encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body.encode()})
             return
         status: list[int] = []
@@ -260,6 +292,11 @@ class LoginGuard:
         if len(self._logged) >= self.limiter.max_clients:
             self._logged.clear()
         self._logged[client] = [now, 0]
-        log.warning("login refused for %s: %d failed logins within %g s; locked out for %d s more%s", client,
-                    self.limiter.max_failures, self.limiter.window_s, seconds,
-                    f" ({int(folded)} more refused since the last line)" if folded else "")
+        log.warning(
+            "login refused for %s: %d failed logins within %g s; locked out for %d s more%s",
+            client,
+            self.limiter.max_failures,
+            self.limiter.window_s,
+            seconds,
+            f" ({int(folded)} more refused since the last line)" if folded else "",
+        )

@@ -65,8 +65,10 @@ def _outputs(service: Service, session: Session, threshold: float, work_dir: Pat
     """(gallery, table, csv file) of `session` at `threshold`."""
     results = session.results
     gallery = [(service.overlay(r, threshold), service.caption(r, threshold)) for r in results if r.ok]
-    rows = [[row["file"], _number(row["probability"]), row["prediction"], _number(row["threshold"]), row["error"]]
-            for row in service.table(results, threshold)]
+    rows = [
+        [row["file"], _number(row["probability"]), row["prediction"], _number(row["threshold"]), row["error"]]
+        for row in service.table(results, threshold)
+    ]
     csv_path = None
     if results:
         if session.csv_dir:  # the previous CSV: Gradio has its own copy by now
@@ -76,8 +78,9 @@ def _outputs(service: Service, session: Session, threshold: float, work_dir: Pat
     return gallery, rows or None, csv_path
 
 
-def on_upload(service: Service, work_dir: Path, files: Any, threshold: float, session: Session | None
-              ) -> tuple[Any, ...]:
+def on_upload(
+    service: Service, work_dir: Path, files: Any, threshold: float, session: Session | None
+) -> tuple[Any, ...]:
     """Score the uploaded files from this request's own copies (a `req-*` folder in
     `work_dir`, removed afterwards; the shared uploads are left to the janitor). Returns
     (files, session, gallery, table, csv, message): the upload box is emptied, the results
@@ -121,8 +124,9 @@ def on_threshold(service: Service, work_dir: Path, session: Session | None, thre
     return gallery, rows, csv_path, point
 
 
-def build_page(service: Service, work_dir: str | Path, *, keep_minutes: float = 60,
-               upload_ttl_s: float = 300) -> gr.Blocks:
+def build_page(
+    service: Service, work_dir: str | Path, *, keep_minutes: float = 60, upload_ttl_s: float = 300
+) -> gr.Blocks:
     """The page. `work_dir`: the private folder Gradio uploads into (GRADIO_TEMP_DIR), where
     the CSVs are written too. Gradio deletes what it caches for display after `keep_minutes`
     (`delete_cache`); the uploads go sooner, after `upload_ttl_s`, by the janitor that
@@ -136,29 +140,64 @@ def build_page(service: Service, work_dir: str | Path, *, keep_minutes: float = 
         gr.Markdown(NOTE, elem_id="note")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                files = gr.File(label=f"Chest X-rays: JPEG, PNG or DICOM (up to {limits.max_files} files of "
-                                      f"{limits.max_file_mb:g} MB)", file_count="multiple", elem_id="uploads")
-                message = gr.Markdown(f"Upload one or more images: each is scored and explained, and "
-                                      f"deleted from the server within {duration(upload_ttl_s)}.",
-                                      elem_id="message")
-                threshold = gr.Slider(0.0, 1.0, value=stored, step=0.001, elem_id="threshold",
-                                      label="Decision threshold: PNEUMONIA when P(pneumonia) \u2265 threshold")
+                files = gr.File(
+                    label=f"Chest X-rays: JPEG, PNG or DICOM (up to {limits.max_files} files of "
+                    f"{limits.max_file_mb:g} MB)",
+                    file_count="multiple",
+                    elem_id="uploads",
+                )
+                message = gr.Markdown(
+                    f"Upload one or more images: each is scored and explained, and "
+                    f"deleted from the server within {duration(upload_ttl_s)}.",
+                    elem_id="message",
+                )
+                threshold = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=stored,
+                    step=0.001,
+                    elem_id="threshold",
+                    label="Decision threshold: PNEUMONIA when P(pneumonia) \u2265 threshold",
+                )
                 reset = gr.Button(f"Back to the stored threshold ({stored:.3f})", size="sm", elem_id="reset")
                 point = gr.Markdown(service.describe_operating_point(stored), elem_id="operating-point")
                 with gr.Accordion("About this model", open=False):
                     gr.Markdown(service.describe_model(), elem_id="model")
             with gr.Column(scale=2):
-                table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="results",
-                                     label="Results", column_widths=["29%", "20%", "18%", "15%", "18%"])
+                table = gr.Dataframe(
+                    headers=HEADERS,
+                    interactive=False,
+                    wrap=True,
+                    elem_id="results",
+                    label="Results",
+                    column_widths=["29%", "20%", "18%", "15%", "18%"],
+                )
                 csv_file = gr.File(label="The table as CSV", interactive=False, elem_id="csv")
                 gr.Markdown("**Grad-CAM**: the regions behind each decision (click a picture to enlarge it)")
-                gallery = gr.Gallery(show_label=False, columns=2, fit_columns=False, format="jpeg",
-                                     object_fit="contain", height="auto", preview=False, elem_id="heatmaps")
+                gallery = gr.Gallery(
+                    show_label=False,
+                    columns=2,
+                    fit_columns=False,
+                    format="jpeg",
+                    object_fit="contain",
+                    height="auto",
+                    preview=False,
+                    elem_id="heatmaps",
+                )
         session = gr.State(None, time_to_live=keep, delete_callback=_forget)
 
-        files.upload(lambda f, t, s: on_upload(service, work_dir, f, t, s), [files, threshold, session],
-                     [files, session, gallery, table, csv_file, message], api_visibility="private")
-        threshold.change(lambda s, t: on_threshold(service, work_dir, s, t), [session, threshold],
-                         [gallery, table, csv_file, point], show_progress="hidden", api_visibility="private")
+        files.upload(
+            lambda f, t, s: on_upload(service, work_dir, f, t, s),
+            [files, threshold, session],
+            [files, session, gallery, table, csv_file, message],
+            api_visibility="private",
+        )
+        threshold.change(
+            lambda s, t: on_threshold(service, work_dir, s, t),
+            [session, threshold],
+            [gallery, table, csv_file, point],
+            show_progress="hidden",
+            api_visibility="private",
+        )
         reset.click(lambda: stored, None, threshold, api_visibility="private")
     return page

@@ -94,14 +94,25 @@ def check(cfg: DictConfig) -> dict[str, Any]:
         if value and not Path(value).is_file():
             raise ConfigError(f"app.{key}={value!r} is not a file")
     limits = Limits(app.max_files, app.max_file_mb, app.max_megapixels)
-    guards = {key: _positive(app, key, integer=key == "login_max_failures")
-              for key in ("upload_ttl_s", "upload_dir_max_mb", "login_max_failures", "login_lockout_s")}
+    guards = {
+        key: _positive(app, key, integer=key == "login_max_failures")
+        for key in ("upload_ttl_s", "upload_dir_max_mb", "login_max_failures", "login_lockout_s")
+    }
     if guards["upload_dir_max_mb"] < limits.max_files * limits.max_file_mb:
-        raise ConfigError(f"app.upload_dir_max_mb={guards['upload_dir_max_mb']!r} must hold one full upload: at least "
-                          f"app.max_files x app.max_file_mb = {limits.max_files * limits.max_file_mb:g}")
-    return {"host": host, "port": port, "auth": parse_auth(app.auth), "keep_minutes": float(keep),
-            "limits": limits, **guards,
-            "open_browser": bool(app.get("open_browser", False)), **{k: v or None for k, v in ssl.items()}}
+        raise ConfigError(
+            f"app.upload_dir_max_mb={guards['upload_dir_max_mb']!r} must hold one full upload: at least "
+            f"app.max_files x app.max_file_mb = {limits.max_files * limits.max_file_mb:g}"
+        )
+    return {
+        "host": host,
+        "port": port,
+        "auth": parse_auth(app.auth),
+        "keep_minutes": float(keep),
+        "limits": limits,
+        **guards,
+        "open_browser": bool(app.get("open_browser", False)),
+        **{k: v or None for k, v in ssl.items()},
+    }
 
 
 def prepare_environment(work_dir: str | Path) -> None:
@@ -114,6 +125,7 @@ def prepare_environment(work_dir: str | Path) -> None:
 
 def _stop_on_sigterm() -> None:
     """SIGTERM stops the server as Ctrl-C does, so the private folder is removed."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -147,18 +159,29 @@ def serve(cfg: DictConfig) -> None:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    service = Service.from_checkpoint(cfg.ckpt_path, settings["limits"], device=cfg.device,
-                                      precision=cfg.precision, batch_size=int(cfg.batch_size),
-                                      threshold=cfg.get("threshold"))
+    service = Service.from_checkpoint(
+        cfg.ckpt_path,
+        settings["limits"],
+        device=cfg.device,
+        precision=cfg.precision,
+        batch_size=int(cfg.batch_size),
+        threshold=cfg.get("threshold"),
+    )
     service.warm_up()
     host, auth = settings["host"], settings["auth"]
     if not is_loopback(host):
         if auth is None:
-            log.warning("app.host=%s: the page is reachable from other machines, without a password: set "
-                        "app.auth=user:password (or PNEUMONIA_APP_AUTH)", host)
+            log.warning(
+                "app.host=%s: the page is reachable from other machines, without a password: set "
+                "app.auth=user:password (or PNEUMONIA_APP_AUTH)",
+                host,
+            )
         if not settings["ssl_certfile"]:
-            log.warning("app.host=%s without app.ssl_certfile/app.ssl_keyfile: images%s cross the network "
-                        "unencrypted", host, " and the password" if auth else "")
+            log.warning(
+                "app.host=%s without app.ssl_certfile/app.ssl_keyfile: images%s cross the network unencrypted",
+                host,
+                " and the password" if auth else "",
+            )
     port = settings["port"] or free_port(host)
 
     work_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))  # 0700: this user only
@@ -170,27 +193,55 @@ def serve(cfg: DictConfig) -> None:
 
         from pneumonia.app.page import build_page
 
-        page = build_page(service, work_dir, keep_minutes=settings["keep_minutes"],
-                          upload_ttl_s=settings["upload_ttl_s"])
+        page = build_page(
+            service, work_dir, keep_minutes=settings["keep_minutes"], upload_ttl_s=settings["upload_ttl_s"]
+        )
         page.queue(default_concurrency_limit=1)  # one scoring at a time: the model uses every core
-        janitor = UploadJanitor(work_dir, settings["upload_ttl_s"], int(settings["upload_dir_max_mb"] * MB),
-                                lambda: page.upload_file_set, interval_s=min(5.0, settings["upload_ttl_s"])).start()
+        janitor = UploadJanitor(
+            work_dir,
+            settings["upload_ttl_s"],
+            int(settings["upload_dir_max_mb"] * MB),
+            lambda: page.upload_file_set,
+            interval_s=min(5.0, settings["upload_ttl_s"]),
+        ).start()
         limiter = LoginLimiter(settings["login_max_failures"], LOGIN_WINDOW_S, settings["login_lockout_s"])
         middleware = [Middleware(LoginGuard, limiter=limiter)] if auth else []
-        lockout = (f"After {limiter.max_failures} failed logins within a minute, logins from your address are "
-                   f"refused for {duration(limiter.lockout_s)}, the right password too.")  # the login page's note
+        lockout = (
+            f"After {limiter.max_failures} failed logins within a minute, logins from your address are "
+            f"refused for {duration(limiter.lockout_s)}, the right password too."
+        )  # the login page's note
         scheme = "https" if settings["ssl_certfile"] else "http"
         url_host = f"[{host}]" if ":" in host else host
-        print(f"Serving {cfg.ckpt_path} at {scheme}://{url_host}:{port}/ (threshold "
-              f"{service.stored_threshold:.4f}, precision {service.predictor.precision}"
-              f"{', password required' if auth else ''}); Ctrl-C stops it", flush=True)
-        log.info("uploads go to %s (each removed after %g s, the folder kept under %g MB and removed at exit)",
-                 work_dir, settings["upload_ttl_s"], settings["upload_dir_max_mb"])
-        page.launch(server_name=host, server_port=port, share=False, auth=auth, max_file_size=settings["limits"]
-                    .max_bytes, inbrowser=settings["open_browser"], ssr_mode=False, mcp_server=False,
-                    enable_monitoring=False, show_error=False, quiet=True, footer_links=[],
-                    ssl_certfile=settings["ssl_certfile"], ssl_keyfile=settings["ssl_keyfile"],
-                    auth_message=lockout if auth else None, app_kwargs={"middleware": middleware})
+        print(
+            f"Serving {cfg.ckpt_path} at {scheme}://{url_host}:{port}/ (threshold "
+            f"{service.stored_threshold:.4f}, precision {service.predictor.precision}"
+            f"{', password required' if auth else ''}); Ctrl-C stops it",
+            flush=True,
+        )
+        log.info(
+            "uploads go to %s (each removed after %g s, the folder kept under %g MB and removed at exit)",
+            work_dir,
+            settings["upload_ttl_s"],
+            settings["upload_dir_max_mb"],
+        )
+        page.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            auth=auth,
+            max_file_size=settings["limits"].max_bytes,
+            inbrowser=settings["open_browser"],
+            ssr_mode=False,
+            mcp_server=False,
+            enable_monitoring=False,
+            show_error=False,
+            quiet=True,
+            footer_links=[],
+            ssl_certfile=settings["ssl_certfile"],
+            ssl_keyfile=settings["ssl_keyfile"],
+            auth_message=lockout if auth else None,
+            app_kwargs={"middleware": middleware},
+        )
     except KeyboardInterrupt:
         pass
     finally:

@@ -50,13 +50,15 @@ if TYPE_CHECKING:
     from pneumonia.inference import Predictor
 
 MB = 1024 * 1024
-GONE = ("the upload was removed before its turn to be scored (the server keeps uploads app.upload_ttl_s "
-        "seconds and the upload folder under app.upload_dir_max_mb): upload it again")
+GONE = (
+    "the upload was removed before its turn to be scored (the server keeps uploads app.upload_ttl_s "
+    "seconds and the upload folder under app.upload_dir_max_mb): upload it again"
+)
 TABLE_COLUMNS = ("file", "probability", "prediction", "threshold", "error")
 
 NOTE = (
     "**For research and teaching, not diagnosis.** The model learned from one hospital's pediatric "
-    "chest X-rays (the Kaggle/Mendeley \"Chest X-Ray Images (Pneumonia)\" data: children aged 1 to 5 "
+    'chest X-rays (the Kaggle/Mendeley "Chest X-Ray Images (Pneumonia)" data: children aged 1 to 5 '
     "from one center in Guangzhou). The sensitivity and specificity shown are measured on its "
     "validation split, images of that same hospital held out from training: on other hospitals, "
     "machines, adults or other diseases the model can be much worse, and it does not know when it is. "
@@ -128,8 +130,7 @@ class OperatingPoint:
 
     def interval(self, which: str) -> tuple[float, float] | None:
         """Wilson 95% interval of `which` ("sensitivity" or "specificity")."""
-        rate, n = ((self.sensitivity, self.n_pneumonia) if which == "sensitivity"
-                   else (self.specificity, self.n_normal))
+        rate, n = (self.sensitivity, self.n_pneumonia) if which == "sensitivity" else (self.specificity, self.n_normal)
         if rate is None or not n:
             return None
         return wilson_interval(round(rate * n), n)
@@ -168,8 +169,11 @@ def validation_roc(recipe: dict[str, Any]) -> dict[str, list[float]] | None:
     if not all(math.isfinite(v) for v in columns[0]) or not all(0.0 <= v <= 1.0 for c in columns[1:] for v in c):
         return None
     rows = sorted(zip(*columns))
-    return {"thresholds": [r[0] for r in rows], "sensitivity": [r[1] for r in rows],
-            "specificity": [r[2] for r in rows]}
+    return {
+        "thresholds": [r[0] for r in rows],
+        "sensitivity": [r[1] for r in rows],
+        "specificity": [r[2] for r in rows],
+    }
 
 
 def roc_point(roc: dict[str, list[float]], threshold: float) -> tuple[float | None, float, float]:
@@ -238,20 +242,31 @@ class Service:
         self._model_lock = threading.Lock()  # Grad-CAM hooks the net: one batch through it at a time
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, limits: Limits | None = None, *, device: str = "auto",
-                        precision: str | None = None, batch_size: int = 32,
-                        threshold: float | None = None) -> Service:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        limits: Limits | None = None,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        batch_size: int = 32,
+        threshold: float | None = None,
+    ) -> Service:
         from pneumonia.inference import Predictor
 
-        return cls(Predictor.from_checkpoint(path, device=device, precision=precision, threshold=threshold), limits,
-                   batch_size=batch_size)
+        return cls(
+            Predictor.from_checkpoint(path, device=device, precision=precision, threshold=threshold),
+            limits,
+            batch_size=batch_size,
+        )
 
     # ---- uploads -------------------------------------------------------------------------
     def check_count(self, n: int) -> None:
         if n > self.limits.max_files:
             raise UploadRejected(
                 f"{n} files uploaded: this page scores at most {self.limits.max_files} at a time "
-                f"(app.max_files={self.limits.max_files}); upload them in smaller groups")
+                f"(app.max_files={self.limits.max_files}); upload them in smaller groups"
+            )
 
     def read(self, path: str | Path) -> np.ndarray:
         """The file as the model's (C, S, S) uint8 input, after the size and pixel checks;
@@ -260,12 +275,15 @@ class Service:
         if size == 0:
             raise UnreadableFile("empty file (0 bytes)")
         if size > self.limits.max_bytes:
-            raise UnreadableFile(f"file of {size / MB:.1f} MB: larger than the limit of "
-                                 f"{self.limits.max_file_mb:g} MB (app.max_file_mb)")
+            raise UnreadableFile(
+                f"file of {size / MB:.1f} MB: larger than the limit of {self.limits.max_file_mb:g} MB (app.max_file_mb)"
+            )
         pixels = image_pixels(path)
         if pixels > self.limits.max_megapixels * 1e6:
-            raise UnreadableFile(f"image of {pixels / 1e6:.0f} megapixels: larger than the limit of "
-                                 f"{self.limits.max_megapixels:g} megapixels (app.max_megapixels)")
+            raise UnreadableFile(
+                f"image of {pixels / 1e6:.0f} megapixels: larger than the limit of "
+                f"{self.limits.max_megapixels:g} megapixels (app.max_megapixels)"
+            )
         return self.predictor.preprocess.load(path)
 
     @staticmethod
@@ -293,8 +311,9 @@ class Service:
                 raise UnreadableFile(GONE) from None
         return dest
 
-    def score(self, paths: Sequence[str | Path], names: Sequence[str] | None = None, *,
-              private_dir: str | Path | None = None) -> list[Result]:
+    def score(
+        self, paths: Sequence[str | Path], names: Sequence[str] | None = None, *, private_dir: str | Path | None = None
+    ) -> list[Result]:
         """Read, score and explain every file; a file that cannot be read gets a reason
         instead (this never raises for a bad file, only `UploadRejected` for too many).
         `private_dir`: each file is first linked into `private_dir/<i>/` (`private_copy`) and
@@ -315,7 +334,7 @@ class Service:
         good = sorted(arrays)
         with self._model_lock:
             for start in range(0, len(good), self.batch_size):
-                chunk = good[start:start + self.batch_size]
+                chunk = good[start : start + self.batch_size]
                 images = np.stack([arrays[i] for i in chunk])
                 probs = self.predictor.predict_images(torch.from_numpy(images)).numpy()
                 cams = self.gradcams(images)
@@ -359,8 +378,7 @@ class Service:
         decided = result.decision(threshold)
         assert decided is not None and result.cams is not None and result.probability is not None  # a scored file
         cam = result.cams[decided].astype(np.float32)
-        drawn = overlay_image(result.image, cam, probability=result.probability, threshold=threshold,
-                              title=result.name)
+        drawn = overlay_image(result.image, cam, probability=result.probability, threshold=threshold, title=result.name)
         square = Image.new("RGB", (max(drawn.size),) * 2, "white")  # galleries show square thumbnails
         square.paste(drawn, ((square.width - drawn.width) // 2, (square.height - drawn.height) // 2))
         return square
@@ -379,9 +397,15 @@ class Service:
         rows = []
         for r in results:
             decision = r.decision(threshold)
-            rows.append({"file": r.name, "probability": r.probability,
-                         "prediction": "" if decision is None else CLASSES[decision],
-                         "threshold": threshold if r.ok else None, "error": r.error or ""})
+            rows.append(
+                {
+                    "file": r.name,
+                    "probability": r.probability,
+                    "prediction": "" if decision is None else CLASSES[decision],
+                    "threshold": threshold if r.ok else None,
+                    "error": r.error or "",
+                }
+            )
         return rows
 
     def write_csv(self, results: Sequence[Result], threshold: float, path: str | Path) -> Path:
@@ -390,10 +414,15 @@ class Service:
             writer = csv.writer(f)
             writer.writerow(TABLE_COLUMNS)
             for row in self.table(results, threshold):
-                writer.writerow([_cell(row["file"]),
-                                 "" if row["probability"] is None else f"{row['probability']:.6f}",
-                                 row["prediction"], "" if row["threshold"] is None else f"{row['threshold']:.6f}",
-                                 _cell(row["error"])])
+                writer.writerow(
+                    [
+                        _cell(row["file"]),
+                        "" if row["probability"] is None else f"{row['probability']:.6f}",
+                        row["prediction"],
+                        "" if row["threshold"] is None else f"{row['threshold']:.6f}",
+                        _cell(row["error"]),
+                    ]
+                )
         return path
 
     @staticmethod
@@ -402,8 +431,9 @@ class Service:
         bad = [r for r in results if not r.ok]
         text = f"Scored {len(results) - len(bad)} of {len(results)} file(s)."
         if bad:
-            text += (f" **{len(bad)} could not be read** (no score; the reason is also in the table):\n"
-                     + "\n".join(f"- {md_literal(r.name)}: {md_literal(r.error)}" for r in bad))
+            text += f" **{len(bad)} could not be read** (no score; the reason is also in the table):\n" + "\n".join(
+                f"- {md_literal(r.name)}: {md_literal(r.error)}" for r in bad
+            )
         return text
 
     # ---- the operating point -------------------------------------------------------------
@@ -419,8 +449,9 @@ class Service:
             used, sens, spec = roc_point(self.roc, threshold)
             return OperatingPoint(threshold, sens, spec, used, source="val_roc", **counts)
         if report and threshold == self.stored_threshold:
-            return OperatingPoint(threshold, report.get("recall"), report.get("specificity"), threshold,
-                                  source="val_report", **counts)
+            return OperatingPoint(
+                threshold, report.get("recall"), report.get("specificity"), threshold, source="val_report", **counts
+            )
         return OperatingPoint(threshold, **counts)
 
     def describe_operating_point(self, threshold: float) -> str:
@@ -428,23 +459,30 @@ class Service:
         op = self.operating_point(threshold)
         recipe = self.predictor.recipe
         method = recipe.get("threshold_method")
-        stored = (f"The stored threshold, {self.stored_threshold:.3f}, was chosen on the validation split"
-                  + (f" ({method})." if method else "."))
+        stored = f"The stored threshold, {self.stored_threshold:.3f}, was chosen on the validation split" + (
+            f" ({method})." if method else "."
+        )
         if not recipe.get("val_report"):
-            return (f"**At threshold {op.threshold:.3f}**: no validation numbers are stored in this checkpoint "
-                    f"(it was never calibrated: its threshold is {self.stored_threshold:.3f}, not chosen on "
-                    f"validation).")
+            return (
+                f"**At threshold {op.threshold:.3f}**: no validation numbers are stored in this checkpoint "
+                f"(it was never calibrated: its threshold is {self.stored_threshold:.3f}, not chosen on "
+                f"validation)."
+            )
         if op.sensitivity is None:
-            return (f"**At threshold {op.threshold:.3f}**: sensitivity and specificity were not measured. "
-                    f"This checkpoint stores validation numbers at its own threshold only "
-                    f"({self.stored_threshold:.3f}: {self._rates(self.operating_point(self.stored_threshold))}). "
-                    f"Numbers for every slider position need a checkpoint trained by a newer version of this "
-                    f"project, which stores the validation ROC. The images are re-decided at "
-                    f"{op.threshold:.3f} all the same.")
+            return (
+                f"**At threshold {op.threshold:.3f}**: sensitivity and specificity were not measured. "
+                f"This checkpoint stores validation numbers at its own threshold only "
+                f"({self.stored_threshold:.3f}: {self._rates(self.operating_point(self.stored_threshold))}). "
+                f"Numbers for every slider position need a checkpoint trained by a newer version of this "
+                f"project, which stores the validation ROC. The images are re-decided at "
+                f"{op.threshold:.3f} all the same."
+            )
         text = f"**At threshold {op.threshold:.3f}**, on the validation split: {self._rates(op)}."
         if op.source == "val_report":
-            text += (" Known at this threshold only: this checkpoint has no validation ROC, so the slider's "
-                     "other positions need a checkpoint trained by a newer version of this project.")
+            text += (
+                " Known at this threshold only: this checkpoint has no validation ROC, so the slider's "
+                "other positions need a checkpoint trained by a newer version of this project."
+            )
         elif op.roc_threshold is None:
             text += " (No validation image scores this high.)"
         elif abs(op.roc_threshold - op.threshold) > 5e-4:
@@ -470,16 +508,24 @@ class Service:
         p, recipe = self.predictor, self.predictor.recipe
         net = recipe.get("net") or {}
         report = recipe.get("val_report") or {}
-        lines = [f"- checkpoint: `{md_literal(Path(str(recipe.get('checkpoint', '?'))).name)}`"
-                 + (f" (epoch {recipe['epoch']})" if recipe.get("epoch") is not None else ""),
-                 f"- network: {md_literal(describe_net(net))}",
-                 f"- input: {p.preprocess.image_size} px, "
-                 + ("grayscale" if p.preprocess.channels == 1 else "RGB") + f"; precision {p.precision}",
-                 f"- threshold: {self.stored_threshold:.4f}"
-                 + (f" ({md_literal(recipe['threshold_method'])} on validation)" if recipe.get("threshold_method")
-                    else " (not calibrated)")]
+        lines = [
+            f"- checkpoint: `{md_literal(Path(str(recipe.get('checkpoint', '?'))).name)}`"
+            + (f" (epoch {recipe['epoch']})" if recipe.get("epoch") is not None else ""),
+            f"- network: {md_literal(describe_net(net))}",
+            f"- input: {p.preprocess.image_size} px, "
+            + ("grayscale" if p.preprocess.channels == 1 else "RGB")
+            + f"; precision {p.precision}",
+            f"- threshold: {self.stored_threshold:.4f}"
+            + (
+                f" ({md_literal(recipe['threshold_method'])} on validation)"
+                if recipe.get("threshold_method")
+                else " (not calibrated)"
+            ),
+        ]
         if report.get("n"):
             lines.append(f"- validation: {report['n']} images, AUROC {report.get('auroc', float('nan')):.4f}")
-        lines.append("- validation ROC stored: " + ("yes (the slider shows numbers at every threshold)"
-                                                   if self.roc else "no (trained by an older version)"))
+        lines.append(
+            "- validation ROC stored: "
+            + ("yes (the slider shows numbers at every threshold)" if self.roc else "no (trained by an older version)")
+        )
         return "\n".join(lines)

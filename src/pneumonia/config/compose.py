@@ -12,8 +12,9 @@ import pneumonia.config.resolvers  # noqa: F401  (resolvers used by conf/)
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
-def compose(config_name: str, overrides: list[str], output_dir: str | Path | None = None, *,
-            hydra_config: bool = False) -> DictConfig:
+def compose(
+    config_name: str, overrides: list[str], output_dir: str | Path | None = None, *, hydra_config: bool = False
+) -> DictConfig:
     """`conf/<config_name>.yaml` with `overrides`; `paths.output_dir` set to `output_dir`
     (Hydra sets it from the run folder when an entry point runs). `hydra_config=True` keeps
     the `hydra:` node (sweeper, launcher, run folders)."""

@@ -37,8 +37,12 @@ def cli_override(key: str, value: object) -> str:
     return word if word == f"{key}={value}" else "'" + word.replace("'", "'\\''") + "'"
 
 
-def check_command_line(config_name: str, script: str, argv: list[str] | None = None,
-                       check: Callable[[str, DictConfig], str | None] | None = None) -> None:
+def check_command_line(
+    config_name: str,
+    script: str,
+    argv: list[str] | None = None,
+    check: Callable[[str, DictConfig], str | None] | None = None,
+) -> None:
     """Compose `conf/<config_name>.yaml` with the command line's overrides before Hydra runs
     it, so that a typo in a group option (`model=resnet`), a key that does not exist
     (`optimiser.lr=1e-3`) or an override Hydra cannot parse is one `error:` line (exit 2)
@@ -89,12 +93,16 @@ def _composition_error(err: Exception, script: str) -> str:
     text = str(err)
     if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
         group, _, option = str(err.missing_cfg_file).rpartition("/")
-        return (f"{group}={option} is not an option of {group}/ (one of: {', '.join(sorted(err.options))}; "
-                f"python {script} --help lists them)")
+        return (
+            f"{group}={option} is not an option of {group}/ (one of: {', '.join(sorted(err.options))}; "
+            f"python {script} --help lists them)"
+        )
     if "is not in struct" in text or "Could not override" in text:
         key = text.split("'")[1] if "'" in text else "the key"
-        return (f"{key} is not a setting of {script} (python {script} --cfg job shows them all; "
-                f"to add a new one: +{key}=...)")
+        return (
+            f"{key} is not a setting of {script} (python {script} --cfg job shows them all; "
+            f"to add a new one: +{key}=...)"
+        )
     return _first_line(err)
 
 
@@ -117,8 +125,9 @@ def check_required(cfg: DictConfig, script: str, required: dict[str, str] | None
             raise SystemExit(2)
 
 
-def run(cfg: DictConfig, runner: Callable[[DictConfig], Any], script: str,
-        required: dict[str, str] | None = None) -> Any:
+def run(
+    cfg: DictConfig, runner: Callable[[DictConfig], Any], script: str, required: dict[str, str] | None = None
+) -> Any:
     """Check `required` keys, then call `runner(cfg)` and return what it returns; a `UserError`
     it raises is one `error:` line (exit 2)."""
     check_required(cfg, script, required)

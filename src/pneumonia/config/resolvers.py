@@ -15,7 +15,7 @@ def short_dirname(text: str) -> str:
     text = str(text).replace("/", "_")
     if len(text) <= MAX_DIRNAME:
         return text
-    return f"{text[:MAX_DIRNAME - 9]}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return f"{text[: MAX_DIRNAME - 9]}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def precision(accelerator: str = "auto") -> str:

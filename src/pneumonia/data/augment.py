@@ -43,8 +43,15 @@ class BatchAugment:
         contrast: float = 0.0,
         mixup: float = 0.0,
     ) -> None:
-        for name, value in dict(shear=shear, zoom=zoom, rotation=rotation, translate=translate,
-                                brightness=brightness, contrast=contrast, mixup=mixup).items():
+        for name, value in dict(
+            shear=shear,
+            zoom=zoom,
+            rotation=rotation,
+            translate=translate,
+            brightness=brightness,
+            contrast=contrast,
+            mixup=mixup,
+        ).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ConfigError(f"data.augment.{name}={value!r} must be a number >= 0")
         for name, value in dict(zoom=zoom, translate=translate, brightness=brightness, contrast=contrast).items():
@@ -61,8 +68,9 @@ class BatchAugment:
     def geometric(self) -> bool:
         return bool(self.shear or self.zoom or self.rotation or self.translate or self.hflip)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, *,
-                 non_blocking: bool = False) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, *, non_blocking: bool = False
+    ) -> torch.Tensor:
         """Augment `x` (N, C, H, W float in [0, 1]); parameters come from `generator`
         (a CPU generator, so a seed gives the same augmentation on any device). With
         `non_blocking` their copies to a GPU do not wait for it (the device-resident path:
@@ -81,8 +89,13 @@ class BatchAugment:
             cos, sin = torch.cos(rot), torch.sin(rot)
             # output -> input coordinates: rotation @ shear @ zoom (the order Keras composes)
             a = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-            s = torch.stack([torch.stack([torch.ones(n, dtype=torch.float64), -torch.sin(shear)], -1),
-                             torch.stack([torch.zeros(n, dtype=torch.float64), torch.cos(shear)], -1)], -2)
+            s = torch.stack(
+                [
+                    torch.stack([torch.ones(n, dtype=torch.float64), -torch.sin(shear)], -1),
+                    torch.stack([torch.zeros(n, dtype=torch.float64), torch.cos(shear)], -1),
+                ],
+                -2,
+            )
             z = torch.diag_embed(torch.stack([zx, zy], -1))
             m = a @ s @ z
             m[:, :, 0] = torch.where(flip[:, None], -m[:, :, 0], m[:, :, 0])
@@ -98,8 +111,14 @@ class BatchAugment:
             x = ((x - mean) * c + mean + b).clamp_(0, 1)
         return x
 
-    def mix(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None, *,
-            non_blocking: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        non_blocking: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixup of a batch (`mixup` = alpha > 0): (mixed images, soft targets in [0, 1]).
 
         Each image i is mixed with image perm(i) of the same batch, lam ~ Beta(alpha, alpha)
@@ -115,6 +134,7 @@ class BatchAugment:
         draws = np.random.default_rng(seed).beta(self.mixup, self.mixup, n)
         lam = torch.from_numpy(np.maximum(draws, 1 - draws)).to(x.device, torch.float32, non_blocking=non_blocking)
         perm = perm.to(x.device, non_blocking=non_blocking)
-        mixed = x * lam.view(n, *([1] * (x.ndim - 1))).to(x.dtype) \
-            + x[perm] * (1 - lam).view(n, *([1] * (x.ndim - 1))).to(x.dtype)
+        mixed = x * lam.view(n, *([1] * (x.ndim - 1))).to(x.dtype) + x[perm] * (1 - lam).view(
+            n, *([1] * (x.ndim - 1))
+        ).to(x.dtype)
         return mixed, targets * lam + targets[perm] * (1 - lam)

@@ -108,15 +108,21 @@ def decode_images(
             meta = _read_complete(folder, shape, paths)
             if meta is None:
                 meta = _build(folder, paths, preprocess, shape, threads)
-                log.info("Decoded %d images into %s (%s); %s", len(paths), folder,
-                         human(int(np.prod(shape))), summary_line(cache_dir))
+                log.info(
+                    "Decoded %d images into %s (%s); %s",
+                    len(paths),
+                    folder,
+                    human(int(np.prod(shape))),
+                    summary_line(cache_dir),
+                )
             else:
                 log.info("Loaded %d decoded images from cache %s", len(paths), folder)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     images = torch.from_numpy(_map(folder / "images.u8", shape))
-    return DecodedImages(images, tuple(paths), label_tensor, torch.tensor(meta["ok"], dtype=torch.bool),
-                         [tuple(b) for b in meta["bad"]])
+    return DecodedImages(
+        images, tuple(paths), label_tensor, torch.tensor(meta["ok"], dtype=torch.bool), [tuple(b) for b in meta["bad"]]
+    )
 
 
 def _map(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -140,9 +146,13 @@ def _read_complete(folder: Path, shape: tuple[int, ...], paths: tuple[str, ...])
         return None
     try:
         meta = json.loads(meta_file.read_text())
-        sound = (meta.get("format") == CACHE_FORMAT and tuple(meta["shape"]) == shape
-                 and data_file.stat().st_size == int(np.prod(shape)) and len(meta["ok"]) == shape[0]
-                 and len(meta["crc32"]) == _chunks(shape[0]))
+        sound = (
+            meta.get("format") == CACHE_FORMAT
+            and tuple(meta["shape"]) == shape
+            and data_file.stat().st_size == int(np.prod(shape))
+            and len(meta["ok"]) == shape[0]
+            and len(meta["crc32"]) == _chunks(shape[0])
+        )
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("Ignoring unreadable image cache %s (%s)", folder, err)
         sound = False
@@ -153,12 +163,18 @@ def _read_complete(folder: Path, shape: tuple[int, ...], paths: tuple[str, ...])
     changed = [c for c, (stored, now) in enumerate(zip(meta["crc32"], _checksums(data_file, shape))) if stored != now]
     if not changed:
         return meta
-    log.warning("Image cache %s failed its checksum (%d of %d chunk(s) changed on disk): rebuilding them", folder,
-                len(changed), len(meta["crc32"]))
+    log.warning(
+        "Image cache %s failed its checksum (%d of %d chunk(s) changed on disk): rebuilding them",
+        folder,
+        len(changed),
+        len(meta["crc32"]),
+    )
     row = {p: i for i, p in enumerate(paths)}
-    progress = {"done": [c for c in range(len(meta["crc32"])) if c not in changed],
-                "bad": [b for b in meta["bad"] if row.get(b[0], 0) // CHUNK not in changed],
-                "crc32": {str(c): v for c, v in enumerate(meta["crc32"]) if c not in changed}}
+    progress = {
+        "done": [c for c in range(len(meta["crc32"])) if c not in changed],
+        "bad": [b for b in meta["bad"] if row.get(b[0], 0) // CHUNK not in changed],
+        "crc32": {str(c): v for c, v in enumerate(meta["crc32"]) if c not in changed},
+    }
     record = json.dumps(progress)
     atomic_write(folder / "progress.json", lambda tmp: tmp.write_text(record))
     meta_file.unlink()
@@ -179,14 +195,16 @@ def _checksums(data_file: Path, shape: tuple[int, ...]) -> list[int]:
     with open(data_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         view = memoryview(mapped)
         try:
-            return [zlib.crc32(view[c * CHUNK * row_bytes:min((c + 1) * CHUNK, n) * row_bytes])
-                    for c in range(_chunks(n))]
+            return [
+                zlib.crc32(view[c * CHUNK * row_bytes : min((c + 1) * CHUNK, n) * row_bytes]) for c in range(_chunks(n))
+            ]
         finally:
             view.release()
 
 
-def _build(folder: Path, paths: tuple[str, ...], preprocess: Preprocess, shape: tuple[int, ...],
-           threads: int | None) -> dict:
+def _build(
+    folder: Path, paths: tuple[str, ...], preprocess: Preprocess, shape: tuple[int, ...], threads: int | None
+) -> dict:
     """Decode into `images.u8` chunk by chunk, recording progress; resume from a record."""
     from tqdm.auto import tqdm
 
@@ -212,15 +230,26 @@ def _build(folder: Path, paths: tuple[str, ...], preprocess: Preprocess, shape: 
         ok[list(rows)] = [paths[i] not in bad_paths for i in rows]
     todo = [c for c in range(_chunks(shape[0])) if c not in done]
     if done:
-        log.info("Resuming the image cache %s: %d of %d chunks were already decoded", folder, len(done),
-                 len(done) + len(todo))
+        log.info(
+            "Resuming the image cache %s: %d of %d chunks were already decoded",
+            folder,
+            len(done),
+            len(done) + len(todo),
+        )
     row_bytes = int(np.prod(shape[1:]))
     # each chunk is decoded into a buffer and written with one pwrite (no mapping while
     # building: the process' memory stays one chunk, not the dataset)
     buffer = np.zeros((CHUNK, *shape[1:]), dtype=np.uint8)
-    with tqdm(total=shape[0], initial=shape[0] - sum(min(CHUNK, shape[0] - c * CHUNK) for c in todo),
-              desc="decode", unit="img", disable=None if shape[0] > CHUNK else True) as bar, \
-            open(data_file, "r+b") as f:
+    with (
+        tqdm(
+            total=shape[0],
+            initial=shape[0] - sum(min(CHUNK, shape[0] - c * CHUNK) for c in todo),
+            desc="decode",
+            unit="img",
+            disable=None if shape[0] > CHUNK else True,
+        ) as bar,
+        open(data_file, "r+b") as f,
+    ):
         for chunk in todo:
             start, stop = chunk * CHUNK, min((chunk + 1) * CHUNK, shape[0])
             buffer[:] = 0
@@ -233,16 +262,28 @@ def _build(folder: Path, paths: tuple[str, ...], preprocess: Preprocess, shape: 
             record = json.dumps(progress)
             atomic_write(progress_file, lambda tmp: tmp.write_text(record))  # noqa: B023  (called at once)
             bar.update(stop - start)
-    meta = {"format": CACHE_FORMAT, "shape": list(shape), "ok": ok.tolist(), "bad": sorted(progress["bad"]),
-            "crc32": [progress["crc32"][str(c)] for c in range(_chunks(shape[0]))]}
+    meta = {
+        "format": CACHE_FORMAT,
+        "shape": list(shape),
+        "ok": ok.tolist(),
+        "bad": sorted(progress["bad"]),
+        "crc32": [progress["crc32"][str(c)] for c in range(_chunks(shape[0]))],
+    }
     text = json.dumps(meta)
     atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(text))
     progress_file.unlink(missing_ok=True)
     return meta
 
 
-def _decode_rows(paths: tuple[str, ...], preprocess: Preprocess, out: np.ndarray, ok: np.ndarray, rows: range,
-                 threads: int | None, offset: int = 0) -> list[tuple[str, str]]:
+def _decode_rows(
+    paths: tuple[str, ...],
+    preprocess: Preprocess,
+    out: np.ndarray,
+    ok: np.ndarray,
+    rows: range,
+    threads: int | None,
+    offset: int = 0,
+) -> list[tuple[str, str]]:
     """Decode `rows` of `paths` into `out[row - offset]`; returns the files that failed,
     with the reason."""
     bad: list[tuple[str, str]] = []
@@ -319,8 +360,10 @@ def summary_line(cache_dir: str | Path) -> str:
     """One line for the logs: how much the caches under `cache_dir` hold, and how to clear them."""
     found = entries(cache_dir)
     total = sum(e.bytes for e in found)
-    return (f"decoded-image caches in {Path(cache_dir).expanduser()}: {len(found)}, {human(total)} "
-            f"(python -m pneumonia.tools.cache lists and clears them)")
+    return (
+        f"decoded-image caches in {Path(cache_dir).expanduser()}: {len(found)}, {human(total)} "
+        f"(python -m pneumonia.tools.cache lists and clears them)"
+    )
 
 
 def remove_unless_busy(folder: Path) -> bool:

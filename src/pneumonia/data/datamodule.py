@@ -144,8 +144,9 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def _decode(self, files: SplitFiles) -> DecodedImages:
         h = self.hparams
-        decoded = decode_images(files.paths, files.labels, self.preprocess,
-                                cache_dir=self.cache_dir, threads=h.decode_threads)
+        decoded = decode_images(
+            files.paths, files.labels, self.preprocess, cache_dir=self.cache_dir, threads=h.decode_threads
+        )
         bad = sorted([*files.skipped, *decoded.bad])  # special files left out by the walk, then decode failures
         if bad:
             self._report_bad(files, bad)
@@ -183,12 +184,17 @@ class ChestXrayDataModule(L.LightningDataModule):
                 self._register("val", val, val.rows)
             else:
                 if val_files is not None:
-                    log.info("Ignoring %s: %d images < data.min_val_images=%d; validating on a "
-                             "patient-grouped split of train/", val_files.split_dir, len(val_files),
-                             h.min_val_images)
+                    log.info(
+                        "Ignoring %s: %d images < data.min_val_images=%d; validating on a "
+                        "patient-grouped split of train/",
+                        val_files.split_dir,
+                        len(val_files),
+                        h.min_val_images,
+                    )
                 rows = train.rows  # the files that decoded; the split is made among them
-                tr, va = grouped_split([train.paths[i] for i in rows.tolist()], train.labels[rows].tolist(),
-                                       h.val_fraction, h.split_seed)
+                tr, va = grouped_split(
+                    [train.paths[i] for i in rows.tolist()], train.labels[rows].tolist(), h.val_fraction, h.split_seed
+                )
                 self._register("train", train, rows[torch.from_numpy(tr)])
                 self._register("val", train, rows[torch.from_numpy(va)])
             log.info("Train %d images, validation %d images", len(self.splits["train"]), len(self.splits["val"]))
@@ -225,13 +231,19 @@ class ChestXrayDataModule(L.LightningDataModule):
         free = None
         if setting == "auto" and device.type == "cuda":
             free = torch.cuda.mem_get_info(device)[0]
-        pending = sum(t.numel() * t.element_size() for t in (data.images, data.labels, data.indices)
-                      if id(t) not in self._moved)
+        pending = sum(
+            t.numel() * t.element_size() for t in (data.images, data.labels, data.indices) if id(t) not in self._moved
+        )
         if not resident_on(setting, device, pending, free):
             return None
         self._resident[split] = data.to(device, self._moved)
-        log.info("data.device_resident=%s: the %s split's decoded images on %s (%.0f MB moved)", setting, split,
-                 device, pending / 2**20)
+        log.info(
+            "data.device_resident=%s: the %s split's decoded images on %s (%.0f MB moved)",
+            setting,
+            split,
+            device,
+            pending / 2**20,
+        )
         return self._resident[split]
 
     def _loader(self, split: str, train: bool, dataset: Any = None) -> DataLoader:
@@ -244,14 +256,25 @@ class ChestXrayDataModule(L.LightningDataModule):
             if resident is not None:
                 workers = 0  # batches are gathered on the device: loader processes cannot do that
         sampler = EpochBatchSampler(
-            len(dataset), h.batch_size if train else h.eval_batch_size,
-            shuffle=train, seed=h.seed, drop_last=train and h.drop_last, rank=rank, world_size=world,
+            len(dataset),
+            h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            seed=h.seed,
+            drop_last=train and h.drop_last,
+            rank=rank,
+            world_size=world,
         )
         if train:
             self._train_sampler = sampler
         # its own generator: creating an iterator must not draw from the global RNG
-        return DataLoader(dataset, batch_size=None, sampler=sampler, generator=torch.Generator(),
-                          num_workers=workers, persistent_workers=workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=sampler,
+            generator=torch.Generator(),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -274,9 +297,13 @@ class ChestXrayDataModule(L.LightningDataModule):
             start = time.perf_counter()
             images, labels = validation_images(self.splits["val"])
             self._stress = StressImages(images, labels, self.stress_settings)
-            log.info("Stress validation: %d images x %d perturbations (%s) built in %.1f s", len(images),
-                     len(self.stress_settings.perturbations), ", ".join(self.stress_settings.names),
-                     time.perf_counter() - start)
+            log.info(
+                "Stress validation: %d images x %d perturbations (%s) built in %.1f s",
+                len(images),
+                len(self.stress_settings.perturbations),
+                ", ".join(self.stress_settings.names),
+                time.perf_counter() - start,
+            )
         return self._stress
 
     def test_dataloader(self) -> DataLoader:

@@ -39,8 +39,9 @@ def _to_pil(path: str, max_pixels: int, setting: str) -> Image.Image:
     return img
 
 
-def load_image(path: str | Path, image_size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-               setting: str = "max_pixels") -> np.ndarray:
+def load_image(
+    path: str | Path, image_size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS, setting: str = "max_pixels"
+) -> np.ndarray:
     """One file as a (C, S, S) uint8 array, whatever its format, mode and size.
 
     16-bit and 32-bit integer images are scaled to 8 bits by their range (PIL's own

@@ -60,8 +60,12 @@ def _dicom_header(data: bytes) -> dict[str, Any]:
         return {"format": "DICOM", "mode": "DICOM (pydicom not installed)"}
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-        return {"format": "DICOM", "width": int(ds.Columns), "height": int(ds.Rows),
-                "mode": f"DICOM {ds.get('PhotometricInterpretation', '?')} {int(ds.get('BitsStored', 0))}-bit"}
+        return {
+            "format": "DICOM",
+            "width": int(ds.Columns),
+            "height": int(ds.Rows),
+            "mode": f"DICOM {ds.get('PhotometricInterpretation', '?')} {int(ds.get('BitsStored', 0))}-bit",
+        }
     except Exception as err:  # noqa: BLE001
         return {"format": "DICOM", "error": f"{type(err).__name__}: {str(err)[:120]}"}
 
@@ -83,10 +87,13 @@ def describe_files(paths: Sequence[str], labels: Sequence[int], *, threads: int 
         sel = [i for i, label in enumerate(labels) if label == index]
         ids = [patient_id(paths[i]) for i in sel]
         known = [p for p in ids if not p.startswith("file:")]
-        entry: dict[str, Any] = {"images": len(sel), "patients": len(set(ids)),
-                                 "patients_from_names": len(set(known)),
-                                 "unnamed_images": len(ids) - len(known),
-                                 "patients_with_several_images": sum(1 for c in Counter(ids).values() if c > 1)}
+        entry: dict[str, Any] = {
+            "images": len(sel),
+            "patients": len(set(ids)),
+            "patients_from_names": len(set(known)),
+            "unnamed_images": len(ids) - len(known),
+            "patients_with_several_images": sum(1 for c in Counter(ids).values() if c > 1),
+        }
         if index == 1:
             kinds = Counter(pneumonia_subtype(paths[i]) for i in sel)
             entry["subtypes"] = {**{k: kinds.get(k, 0) for k in SUBTYPE_KEYS}, "not_in_name": kinds.get(None, 0)}
@@ -101,7 +108,8 @@ def describe_files(paths: Sequence[str], labels: Sequence[int], *, threads: int 
         "classes": classes,
         "patients": len({patient_id(p) for p in paths}),
         "duplicates": {
-            "groups": len(groups), "extra_copies": sum(len(g) - 1 for g in groups),
+            "groups": len(groups),
+            "extra_copies": sum(len(g) - 1 for g in groups),
             "across_classes": sum(1 for g in groups if len({labels[i] for i in g}) > 1),
             "examples": [[Path(paths[i]).name for i in g] for g in groups[:5]],
         },
@@ -140,20 +148,24 @@ def describe_root(root: str | Path, splits: Sequence[str] = SPLITS) -> dict[str,
     if not found:
         raise DataLayoutError(f"data.root '{root}' holds none of the split folders {', '.join(splits)}")
     hashes: dict[str, set[str]] = {s: set(d.pop("_hashes")) for s, d in found.items()}
-    patients = {s: {patient_id(p) for p in f.paths if not patient_id(p).startswith("file:")}
-                for s, f in files_of.items()}
+    patients = {
+        s: {patient_id(p) for p in f.paths if not patient_id(p).startswith("file:")} for s, f in files_of.items()
+    }
     shared: dict[str, Any] = {}
     names = list(found)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            shared[f"{a}/{b}"] = {"identical_files": len(hashes[a] & hashes[b]),
-                                  "patients_in_both": len(patients[a] & patients[b])}
+        for b in names[i + 1 :]:
+            shared[f"{a}/{b}"] = {
+                "identical_files": len(hashes[a] & hashes[b]),
+                "patients_in_both": len(patients[a] & patients[b]),
+            }
     return {"root": str(Path(root).expanduser()), "splits": found, "shared": shared}
 
 
 # ---- sample grid --------------------------------------------------------------------------
-def sample_grid(root: str | Path, path: str | Path, *, split: str = "train", per_class: int = 6, seed: int = 0,
-                size: int = 160) -> Path:
+def sample_grid(
+    root: str | Path, path: str | Path, *, split: str = "train", per_class: int = 6, seed: int = 0, size: int = 160
+) -> Path:
     """A PNG grid: one row per class, `per_class` random images of `split` (decoded with the
     project's preset, gray, squashed to `size` px as the model sees them), file names below."""
     import random
@@ -168,8 +180,9 @@ def sample_grid(root: str | Path, path: str | Path, *, split: str = "train", per
     files = scan_split(find_data_root(root), split)
     rng = random.Random(seed)
     prep = Preprocess(size, 1)
-    fig, axes = plt.subplots(len(CLASSES), per_class, figsize=(1.9 * per_class, 2.2 * len(CLASSES)), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(CLASSES), per_class, figsize=(1.9 * per_class, 2.2 * len(CLASSES)), dpi=100, squeeze=False
+    )
     for row, name in enumerate(CLASSES):
         pool = [p for p, label in zip(files.paths, files.labels) if label == row]
         chosen = sorted(rng.sample(pool, min(per_class, len(pool))))
@@ -182,8 +195,17 @@ def sample_grid(root: str | Path, path: str | Path, *, split: str = "train", per
             except Exception:  # noqa: BLE001 - an unreadable sample leaves its cell empty
                 ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
             ax.set_title(Path(chosen[col]).stem[:28], fontsize=7)
-        axes[row][0].text(-0.08, 0.5, name, transform=axes[row][0].transAxes, rotation=90, ha="right",
-                          va="center", fontsize=11, weight="bold")
+        axes[row][0].text(
+            -0.08,
+            0.5,
+            name,
+            transform=axes[row][0].transAxes,
+            rotation=90,
+            ha="right",
+            va="center",
+            fontsize=11,
+            weight="bold",
+        )
     fig.suptitle(f"{split}/: {per_class} random images per class (seed {seed})", fontsize=10)
     fig.tight_layout()
     path = Path(path)
@@ -196,31 +218,45 @@ def sample_grid(root: str | Path, path: str | Path, *, split: str = "train", per
 # ---- text -------------------------------------------------------------------------------
 def format_overview(desc: dict[str, Any]) -> str:
     """The printed tables: counts per split and class, then duplicates, sharing and sizes."""
-    lines = [f"Data root: {desc['root']}", "",
-             f"{'split':<6} {'class':<10} {'images':>7} {'patients':>9} {'several':>8}  subtypes",
-             "-" * 70]
+    lines = [
+        f"Data root: {desc['root']}",
+        "",
+        f"{'split':<6} {'class':<10} {'images':>7} {'patients':>9} {'several':>8}  subtypes",
+        "-" * 70,
+    ]
     for split, d in desc["splits"].items():
         for name, c in d["classes"].items():
             sub = c.get("subtypes")
-            subtypes = (f"bacteria {sub['bacteria']}, virus {sub['virus']}, not in name {sub['not_in_name']}"
-                        if sub else "")
-            lines.append(f"{split:<6} {name:<10} {c['images']:>7} {c['patients']:>9} "
-                         f"{c['patients_with_several_images']:>8}  {subtypes}")
+            subtypes = (
+                f"bacteria {sub['bacteria']}, virus {sub['virus']}, not in name {sub['not_in_name']}" if sub else ""
+            )
+            lines.append(
+                f"{split:<6} {name:<10} {c['images']:>7} {c['patients']:>9} "
+                f"{c['patients_with_several_images']:>8}  {subtypes}"
+            )
         lines.append(f"{split:<6} {'all':<10} {d['images']:>7} {d['patients']:>9}")
-    lines += ["", "(patients: distinct ids from the file names, an unrecognised name counting as its own patient; "
-                  "several: patients with more than one image)", ""]
+    lines += [
+        "",
+        "(patients: distinct ids from the file names, an unrecognised name counting as its own patient; "
+        "several: patients with more than one image)",
+        "",
+    ]
     for split, d in desc["splits"].items():
         dup = d["duplicates"]
         w, h = d["width"], d["height"]
-        size = (f"width {w['min']}-{w['max']} (median {w['median']}), height {h['min']}-{h['max']} "
-                f"(median {h['median']})" if w and h else "sizes unknown")
+        size = (
+            f"width {w['min']}-{w['max']} (median {w['median']}), height {h['min']}-{h['max']} (median {h['median']})"
+            if w and h
+            else "sizes unknown"
+        )
         modes = ", ".join(f"{k} {v}" for k, v in d["modes"].items())
         formats = ", ".join(f"{k} {v}" for k, v in d["formats"].items())
-        lines.append(f"{split}: {dup['groups']} group(s) of byte-identical files ({dup['extra_copies']} extra "
-                     f"copies{', ' + str(dup['across_classes']) + ' across classes' if dup['across_classes'] else ''}); "
-                     f"{size}; modes: {modes}; formats: {formats}; {d['megabytes']} MB"
-                     + (f"; {len(d['unreadable'])} unreadable" if d["unreadable"] else ""))
+        lines.append(
+            f"{split}: {dup['groups']} group(s) of byte-identical files ({dup['extra_copies']} extra "
+            f"copies{', ' + str(dup['across_classes']) + ' across classes' if dup['across_classes'] else ''}); "
+            f"{size}; modes: {modes}; formats: {formats}; {d['megabytes']} MB"
+            + (f"; {len(d['unreadable'])} unreadable" if d["unreadable"] else "")
+        )
     for pair, s in desc.get("shared", {}).items():
-        lines.append(f"{pair}: {s['identical_files']} identical file(s), {s['patients_in_both']} patient id(s) "
-                     f"in both")
+        lines.append(f"{pair}: {s['identical_files']} identical file(s), {s['patients_in_both']} patient id(s) in both")
     return "\n".join(lines)

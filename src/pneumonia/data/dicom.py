@@ -74,8 +74,7 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return head[_PREAMBLE_SIZE:] == _MAGIC
 
 
-def read_dicom(path: str | os.PathLike, max_pixels: int | None = None, setting: str = "max_pixels"
-               ) -> np.ndarray:
+def read_dicom(path: str | os.PathLike, max_pixels: int | None = None, setting: str = "max_pixels") -> np.ndarray:
     """Return the first frame of the DICOM file `path` as a ``uint8`` (H, W) grayscale
     image: modality LUT, then VOI LUT/window if any, then min..max scaling to 0..255,
     then inversion for MONOCHROME1 (see the module docstring). Colour images become the
@@ -90,9 +89,7 @@ def read_dicom(path: str | os.PathLike, max_pixels: int | None = None, setting: 
 
     ds = read_header(path)
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-        raise DicomError(
-            f"'{path}' has no pixel data (a DICOM without an image, e.g. a structured report)"
-        )
+        raise DicomError(f"'{path}' has no pixel data (a DICOM without an image, e.g. a structured report)")
     _check_decoder(ds, path)
     width, height, frames = dicom_size(ds, path)
     if max_pixels is not None:
@@ -106,9 +103,7 @@ def read_dicom(path: str | os.PathLike, max_pixels: int | None = None, setting: 
         # index=0 decodes only the first frame; shape (rows, cols) or (rows, cols, samples)
         arr = pixel_array(ds, index=0)
     except Exception as err:  # pydicom raises RuntimeError, ValueError, AttributeError...
-        raise DicomError(
-            f"'{path}' has pixel data that cannot be decoded ({_one_line(err)})"
-        ) from None
+        raise DicomError(f"'{path}' has pixel data that cannot be decoded ({_one_line(err)})") from None
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
@@ -174,11 +169,13 @@ def dicom_size(ds, path) -> tuple[int, int, int]:
         raise DicomError(f"'{path}' has compressed pixel data that cannot be parsed ({_first_line(err)})") from None
     real = codestream_size(first)
     if real is None:
-        raise DicomError(f"'{path}': the size of its compressed frame ({syntax.name}) cannot be read from its "
-                         f"header: not decoded")
+        raise DicomError(
+            f"'{path}': the size of its compressed frame ({syntax.name}) cannot be read from its header: not decoded"
+        )
     if real != (width, height):
-        raise DicomError(f"'{path}': its compressed frame is {real[0]}x{real[1]} but Rows/Columns say "
-                         f"{width}x{height}: not decoded")
+        raise DicomError(
+            f"'{path}': its compressed frame is {real[0]}x{real[1]} but Rows/Columns say {width}x{height}: not decoded"
+        )
     return width, height, frames
 
 

@@ -44,21 +44,28 @@ def fetch(force: bool = False) -> Path:
     try:
         import kagglehub
     except ImportError:
-        raise DownloadError("downloading the data needs kagglehub: pip install -e '.[data]' "
-                            "(or download it by hand, see README 'Data')") from None
+        raise DownloadError(
+            "downloading the data needs kagglehub: pip install -e '.[data]' (or download it by hand, see README 'Data')"
+        ) from None
     log.warning("Fetching %s (%s) with kagglehub into %s", DATASET, SIZE, _cache_folder())
     try:
         path = Path(kagglehub.dataset_download(DATASET, force_download=force))
     except OSError as err:
         if err.errno == errno.ENOSPC:
-            raise DownloadError(f"the disk is full under {_cache_folder()}: free {SIZE} there or set "
-                                f"KAGGLEHUB_CACHE to a folder on a larger disk, then run again") from None
-        raise DownloadError(f"could not download {DATASET}: {_first_line(err)} (no network? download it on "
-                            f"another machine and set data.root=..., see README 'Data')") from None
+            raise DownloadError(
+                f"the disk is full under {_cache_folder()}: free {SIZE} there or set "
+                f"KAGGLEHUB_CACHE to a folder on a larger disk, then run again"
+            ) from None
+        raise DownloadError(
+            f"could not download {DATASET}: {_first_line(err)} (no network? download it on "
+            f"another machine and set data.root=..., see README 'Data')"
+        ) from None
     except Exception as err:  # kagglehub/requests raise their own types for network and HTTP errors
-        raise DownloadError(f"could not download {DATASET}: {type(err).__name__}: {_first_line(err)} "
-                            f"(no network? download it on another machine and set data.root=..., "
-                            f"see README 'Data')") from None
+        raise DownloadError(
+            f"could not download {DATASET}: {type(err).__name__}: {_first_line(err)} "
+            f"(no network? download it on another machine and set data.root=..., "
+            f"see README 'Data')"
+        ) from None
     root = find_data_root(path)
     check_kaggle_counts(root)
     return root
@@ -94,9 +101,16 @@ def _first_line(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog='python -m pneumonia.data.download', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--link", default="data/chest_xray",
-                    help="where to put a link to the split folders (default: data/chest_xray, train.py's default data.root)")
+    ap = argparse.ArgumentParser(
+        prog="python -m pneumonia.data.download",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--link",
+        default="data/chest_xray",
+        help="where to put a link to the split folders (default: data/chest_xray, train.py's default data.root)",
+    )
     ap.add_argument("--force", action="store_true", help="download again even when kagglehub has it cached")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -106,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{where} -> {target}\nNow: python train.py" + ("" if args.link == "data/chest_xray"
-                                                           else f" data.root={args.link}"))
+    print(
+        f"{where} -> {target}\nNow: python train.py"
+        + ("" if args.link == "data/chest_xray" else f" data.root={args.link}")
+    )
     return 0
 
 

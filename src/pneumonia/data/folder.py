@@ -175,13 +175,22 @@ class ImageWalk:
         """One log line each for folder links not followed and files found twice."""
         if self.links_not_followed:
             path, first = self.links_not_followed[0]
-            log.warning("Not entering %d folder(s) a second time (links back into a folder already walked, or "
-                        "above it; each folder is read once), e.g. '%s' -> '%s'", len(self.links_not_followed),
-                        path, first)
+            log.warning(
+                "Not entering %d folder(s) a second time (links back into a folder already walked, or "
+                "above it; each folder is read once), e.g. '%s' -> '%s'",
+                len(self.links_not_followed),
+                path,
+                first,
+            )
         if self.duplicates:
             path, first = self.duplicates[0]
-            log.warning("Left out %d second name(s) of files already listed (each file is read once), "
-                        "e.g. '%s' (same file as '%s')", len(self.duplicates), path, first)
+            log.warning(
+                "Left out %d second name(s) of files already listed (each file is read once), "
+                "e.g. '%s' (same file as '%s')",
+                len(self.duplicates),
+                path,
+                first,
+            )
 
 
 def walk_images(folder: str | Path) -> list[str]:
@@ -201,8 +210,10 @@ def scan_split(root: str | Path, split: str, *, required: bool = True) -> SplitF
     """Image files of `root/split`; None if the split is absent and not `required`."""
     root = Path(root).expanduser()
     if root.exists() and not root.is_dir():
-        raise DataLayoutError(f"data.root '{root}' is a file, not a folder: expected a folder with train/ val/ "
-                              f"test/ subfolders (see README, 'Data')")
+        raise DataLayoutError(
+            f"data.root '{root}' is a file, not a folder: expected a folder with train/ val/ "
+            f"test/ subfolders (see README, 'Data')"
+        )
     if not root.is_dir():
         raise DataLayoutError(
             f"data.root '{root}' does not exist: expected a folder with train/ val/ test/ "

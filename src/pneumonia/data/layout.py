@@ -22,8 +22,11 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 MAX_DEPTH = 4  # kagglehub: <cache>/datasets/<owner>/<name>/versions/<n>/chest_xray/chest_xray
 # the Kaggle release (paultimothymooney/chest-xray-pneumonia, version 2): images per split and class
-KAGGLE_COUNTS = {"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "val": {"NORMAL": 8, "PNEUMONIA": 8},
-                 "test": {"NORMAL": 234, "PNEUMONIA": 390}}
+KAGGLE_COUNTS = {
+    "train": {"NORMAL": 1341, "PNEUMONIA": 3875},
+    "val": {"NORMAL": 8, "PNEUMONIA": 8},
+    "test": {"NORMAL": 234, "PNEUMONIA": 390},
+}
 
 
 def is_split_set(folder: Path) -> bool:
@@ -80,25 +83,34 @@ def find_data_root(root: str | Path) -> Path:
     if different:
         raise DataLayoutError(
             f"data.root '{root}' holds {len(found)} different sets of split folders: "
-            f"{', '.join(str(c) for c in [first, *different])}; point data.root at the one to use")
-    log.info("%s: the nested %s hold the same images as %s; using %s", root,
-             ", ".join(str(c) for c in rest), first, first)
+            f"{', '.join(str(c) for c in [first, *different])}; point data.root at the one to use"
+        )
+    log.info(
+        "%s: the nested %s hold the same images as %s; using %s", root, ", ".join(str(c) for c in rest), first, first
+    )
     return first
 
 
 def count_images(root: Path) -> dict[str, dict[str, int]]:
-    return {split: {cls: len(walk_images(root / split / cls)) if (root / split / cls).is_dir() else 0
-                    for cls in CLASSES} for split in SPLITS}
+    return {
+        split: {cls: len(walk_images(root / split / cls)) if (root / split / cls).is_dir() else 0 for cls in CLASSES}
+        for split in SPLITS
+    }
 
 
 def check_kaggle_counts(root: Path) -> None:
     """A downloaded Kaggle release must have every image: a partial download is an error,
     never a smaller dataset."""
     counts = count_images(root)
-    missing = [f"{split}/{cls} has {counts[split][cls]} of {n}" for split, per_class in KAGGLE_COUNTS.items()
-               for cls, n in per_class.items() if counts[split][cls] != n]
+    missing = [
+        f"{split}/{cls} has {counts[split][cls]} of {n}"
+        for split, per_class in KAGGLE_COUNTS.items()
+        for cls, n in per_class.items()
+        if counts[split][cls] != n
+    ]
     if missing:
         raise DataLayoutError(
             f"the download in '{root}' is not the complete Kaggle release ({'; '.join(missing)}): it was "
             f"interrupted or the upstream layout changed; run `python -m pneumonia.data.download --force` "
-            f"to fetch it again")
+            f"to fetch it again"
+        )

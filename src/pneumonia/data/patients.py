@@ -55,7 +55,8 @@ def grouped_split(
     for cls in sorted(set(labels)):
         # a patient belongs to the class most of their images have
         patients = sorted(
-            pid for pid, idx in by_patient.items()
+            pid
+            for pid, idx in by_patient.items()
             if max(set(labels[i] for i in idx), key=[labels[i] for i in idx].count) == cls
         )
         rng.shuffle(patients)

@@ -25,8 +25,16 @@ from PIL import Image
 
 from pneumonia.errors import ConfigError, UserError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "TooManyPixels", "check_max_pixels", "check_pixels", "header_size",
-           "not_regular", "open_image", "require_regular_file"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "TooManyPixels",
+    "check_max_pixels",
+    "check_pixels",
+    "header_size",
+    "not_regular",
+    "open_image",
+    "require_regular_file",
+]
 
 # 50 MP: a 7071 x 7071 image; chest X-rays are at most about 4300 x 4300 (18 MP)
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -35,8 +43,12 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # max_pixels check, which refuses such an image before it is decoded, so the warning is noise
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_SPECIAL = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 class TooManyPixels(UserError):
@@ -46,9 +58,11 @@ class TooManyPixels(UserError):
 def check_max_pixels(value: object, key: str = "data.max_pixels") -> int:
     """`value` as the pixel limit, or a `ConfigError` naming `key`. There is always a limit."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r} must be an integer >= 1 (pixels per image, read from the header "
-                          f"before decoding; default {DEFAULT_MAX_PIXELS}); give a larger number to allow "
-                          f"larger images")
+        raise ConfigError(
+            f"{key}={value!r} must be an integer >= 1 (pixels per image, read from the header "
+            f"before decoding; default {DEFAULT_MAX_PIXELS}); give a larger number to allow "
+            f"larger images"
+        )
     return value
 
 

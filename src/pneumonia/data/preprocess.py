@@ -103,8 +103,11 @@ class Preprocess:
 
     def describe(self) -> dict[str, Any]:
         """What a consumer without this package needs to reproduce the preset."""
-        described = {**self.decode_description(), "normalize": self.normalize,
-                     "normalization": NORMALIZATION_TEXT[self.normalize]}
+        described = {
+            **self.decode_description(),
+            "normalize": self.normalize,
+            "normalization": NORMALIZATION_TEXT[self.normalize],
+        }
         if self.normalize != "none":
             described["scale"] = "uint8 / 255 -> float32 in [0, 1], then `normalization`"
         return described

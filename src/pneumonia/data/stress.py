@@ -46,30 +46,39 @@ from pneumonia.errors import ConfigError
 if TYPE_CHECKING:
     from pneumonia.data.sampler import IndexedImages
 
-__all__ = ["DEFAULT_PERTURBATIONS", "KINDS", "PERTURBATION_SETS", "SHORTCUT_PERTURBATIONS", "StressImages",
-           "StressSettings", "perturb", "stress_images", "validation_images"]
+__all__ = [
+    "DEFAULT_PERTURBATIONS",
+    "KINDS",
+    "PERTURBATION_SETS",
+    "SHORTCUT_PERTURBATIONS",
+    "StressImages",
+    "StressSettings",
+    "perturb",
+    "stress_images",
+    "validation_images",
+]
 
 # name: strength. The kind of a perturbation is its name up to the first "_".
 DEFAULT_PERTURBATIONS: dict[str, float] = {
-    "gamma_low": 0.7,       # x ** 0.7: brighter mid-tones
-    "gamma_high": 1.4,      # x ** 1.4: darker mid-tones
-    "contrast_low": 0.7,    # (x - mean) * 0.7 + mean
+    "gamma_low": 0.7,  # x ** 0.7: brighter mid-tones
+    "gamma_high": 1.4,  # x ** 1.4: darker mid-tones
+    "contrast_low": 0.7,  # (x - mean) * 0.7 + mean
     "contrast_high": 1.3,
-    "blur": 1.0,            # Gaussian blur, sigma in pixels of data.image_size
-    "noise": 0.03,          # additive Gaussian noise, std on the 0-1 scale
-    "jpeg": 30,             # JPEG re-compression at this quality (PIL)
-    "resolution": 0.5,      # down-sampled to this fraction of the size, then back up
-    "crop": 0.9,            # a crop of this fraction of the side at a seeded random place, resized back
+    "blur": 1.0,  # Gaussian blur, sigma in pixels of data.image_size
+    "noise": 0.03,  # additive Gaussian noise, std on the 0-1 scale
+    "jpeg": 30,  # JPEG re-compression at this quality (PIL)
+    "resolution": 0.5,  # down-sampled to this fraction of the size, then back up
+    "crop": 0.9,  # a crop of this fraction of the side at a seeded random place, resized back
 }
 # Another hospital's images and the shortcuts a model could learn (off in data.stress by
 # default; `python -m pneumonia.tools.stress --set shortcut|all`).
 SHORTCUT_PERTURBATIONS: dict[str, float] = {
-    "composed": 1.0,        # gamma 1.3, blur 0.8, noise 0.02, JPEG 40 and resolution 0.6 at once (scaled by the strength)
-    "marker": 0.12,         # a white "R" or "L" at a seeded corner, this fraction of the side high
-    "border": 0.15,         # black bands covering this fraction of the side (top+bottom or left+right, seeded)
-    "fov": 0.8,             # the image shrunk to this fraction of the side, centred on black: a wider field of view
-    "apex": 0.15,           # the top fraction cut off (the lung apex), the rest stretched back
-    "costophrenic": 0.15,   # the bottom fraction cut off (the costophrenic angles), the rest stretched back
+    "composed": 1.0,  # gamma 1.3, blur 0.8, noise 0.02, JPEG 40 and resolution 0.6 at once (scaled by the strength)
+    "marker": 0.12,  # a white "R" or "L" at a seeded corner, this fraction of the side high
+    "border": 0.15,  # black bands covering this fraction of the side (top+bottom or left+right, seeded)
+    "fov": 0.8,  # the image shrunk to this fraction of the side, centred on black: a wider field of view
+    "apex": 0.15,  # the top fraction cut off (the lung apex), the rest stretched back
+    "costophrenic": 0.15,  # the bottom fraction cut off (the costophrenic angles), the rest stretched back
 }
 PERTURBATION_SETS: dict[str, dict[str, float]] = {
     "standard": DEFAULT_PERTURBATIONS,
@@ -96,7 +105,7 @@ def _blur(images: torch.Tensor, sigma: float, rng: np.random.Generator) -> torch
     n, c, h, w = images.shape
     radius = max(1, min(math.ceil(3 * sigma), min(h, w) - 1))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-t**2 / (2 * sigma**2))
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
     kernel /= kernel.sum()
     x = images.float().reshape(n * c, 1, h, w)
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
@@ -174,7 +183,7 @@ def _glyph(letter: str) -> torch.Tensor:
         ImageDraw.Draw(canvas).text((8, 4), letter, fill=255, font=font)
         arr = (np.asarray(canvas) >= 128).astype(np.float32)  # solid ink, as a burnt-in marker is
         rows, cols = np.nonzero(arr.any(1))[0], np.nonzero(arr.any(0))[0]
-        _GLYPHS[letter] = torch.from_numpy(arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].copy())
+        _GLYPHS[letter] = torch.from_numpy(arr[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy())
     return _GLYPHS[letter]
 
 
@@ -189,13 +198,18 @@ def _marker(images: torch.Tensor, height: float, rng: np.random.Generator) -> to
     for i in range(n):
         glyph = _glyph("RL"[letters[i]])
         tw = max(2, min(w - 2 * margin, round(th * glyph.shape[1] / glyph.shape[0])))
-        mask = F.interpolate(glyph[None, None], size=(min(th, h - 2 * margin), tw), mode="bilinear",
-                             align_corners=False)[0, 0].ge(0.5).float()
+        mask = (
+            F.interpolate(glyph[None, None], size=(min(th, h - 2 * margin), tw), mode="bilinear", align_corners=False)[
+                0, 0
+            ]
+            .ge(0.5)
+            .float()
+        )
         mh, mw = mask.shape
         top = margin if corners[i] < 2 else h - margin - mh
         left = margin if corners[i] % 2 == 0 else w - margin - mw
-        region = out[i, :, top:top + mh, left:left + mw].float()
-        out[i, :, top:top + mh, left:left + mw] = _u8(region * (1 - mask) + 255 * mask)
+        region = out[i, :, top : top + mh, left : left + mw].float()
+        out[i, :, top : top + mh, left : left + mw] = _u8(region * (1 - mask) + 255 * mask)
     return out
 
 
@@ -210,10 +224,10 @@ def _border(images: torch.Tensor, fraction: float, rng: np.random.Generator) -> 
         band = max(1, round(fraction * side / 2))
         if vertical[i]:
             out[i, :, :, :band] = 0
-            out[i, :, :, w - band:] = 0
+            out[i, :, :, w - band :] = 0
         else:
             out[i, :, :band] = 0
-            out[i, :, h - band:] = 0
+            out[i, :, h - band :] = 0
     return out
 
 
@@ -225,7 +239,7 @@ def _fov(images: torch.Tensor, scale: float, rng: np.random.Generator) -> torch.
     small = F.interpolate(images.float(), size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
     out = torch.zeros_like(images)
     top, left = (h - sh) // 2, (w - sw) // 2
-    out[:, :, top:top + sh, left:left + sw] = _u8(small)
+    out[:, :, top : top + sh, left : left + sw] = _u8(small)
     return out
 
 
@@ -262,14 +276,20 @@ KINDS: dict[str, Kind] = {
     "jpeg": Kind(_jpeg, lambda v: 1 <= v <= 100, "an integer in [1, 100]: the JPEG quality", integer=True),
     "resolution": Kind(_resolution, lambda v: 0 < v < 1, "a number in (0, 1): the down-sampling factor"),
     "crop": Kind(_crop, lambda v: 0 < v <= 1, "a number in (0, 1]: the crop's side as a fraction of the image"),
-    "composed": Kind(_composed, lambda v: 0 < v <= 2,
-                     "a number in (0, 2]: the scale of the composed gamma, blur, resolution, noise and JPEG"),
-    "marker": Kind(_marker, lambda v: 0 < v <= 0.5, "a number in (0, 0.5]: the letter's height as a fraction of the side"),
+    "composed": Kind(
+        _composed,
+        lambda v: 0 < v <= 2,
+        "a number in (0, 2]: the scale of the composed gamma, blur, resolution, noise and JPEG",
+    ),
+    "marker": Kind(
+        _marker, lambda v: 0 < v <= 0.5, "a number in (0, 0.5]: the letter's height as a fraction of the side"
+    ),
     "border": Kind(_border, lambda v: 0 < v < 1, "a number in (0, 1): the black bands' share of the side"),
     "fov": Kind(_fov, lambda v: 0 < v < 1, "a number in (0, 1): the image's side within the wider field of view"),
     "apex": Kind(_apex, lambda v: 0 < v <= 0.5, "a number in (0, 0.5]: the share of the rows cut off at the top"),
-    "costophrenic": Kind(_costophrenic, lambda v: 0 < v <= 0.5,
-                         "a number in (0, 0.5]: the share of the rows cut off at the bottom"),
+    "costophrenic": Kind(
+        _costophrenic, lambda v: 0 < v <= 0.5, "a number in (0, 0.5]: the share of the rows cut off at the bottom"
+    ),
 }
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -295,8 +315,11 @@ def perturb(images: torch.Tensor, name: str, strength: float, seed: int = 0, chu
         raise ValueError(f"perturb wants uint8 (N, C, S, S) images, got {images.dtype} {tuple(images.shape)}")
     # in chunks: the float copies of a large validation split stay small; one generator
     # for all chunks, so the result does not depend on the chunk size's split of the draws
-    return torch.cat([kind.apply(images[i:i + chunk].contiguous(), strength, rng)
-                      for i in range(0, len(images), chunk)]) if len(images) else images.clone()
+    return (
+        torch.cat([kind.apply(images[i : i + chunk].contiguous(), strength, rng) for i in range(0, len(images), chunk)])
+        if len(images)
+        else images.clone()
+    )
 
 
 @dataclass(frozen=True)
@@ -338,13 +361,17 @@ class StressSettings:
         for name, value in given.items():
             where = f"{key}.perturbations.{name}"
             if not isinstance(name, str) or not _NAME.match(name) or kind_of(name) not in KINDS:
-                raise ConfigError(f"{where}: a perturbation's name starts with its kind, one of "
-                                  f"{', '.join(KINDS)} (e.g. gamma_low)")
+                raise ConfigError(
+                    f"{where}: a perturbation's name starts with its kind, one of {', '.join(KINDS)} (e.g. gamma_low)"
+                )
             if value is None:
                 continue  # null drops a perturbation
             kind = KINDS[kind_of(name)]
-            wrong_type = isinstance(value, bool) or not isinstance(value, (int, float)) \
+            wrong_type = (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
                 or (kind.integer and not float(value).is_integer())
+            )
             if wrong_type or not math.isfinite(value) or not kind.valid(value):
                 raise ConfigError(f"{where}={value!r} must be {kind.rule} (or null: left out)")
             perturbations.append((name, int(value) if kind.integer else float(value)))

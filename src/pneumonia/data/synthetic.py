@@ -66,9 +66,12 @@ def make_chest_xray_tree(root: Path, counts: dict[str, tuple[int, int]] | None =
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(prog='python -m pneumonia.data.synthetic', description="Write a small synthetic chest-X-ray-like ImageFolder tree "
-                                             "(train/, val/, test/ with NORMAL/ and PNEUMONIA/) to try the "
-                                             "pipeline without the real data.")
+    ap = argparse.ArgumentParser(
+        prog="python -m pneumonia.data.synthetic",
+        description="Write a small synthetic chest-X-ray-like ImageFolder tree "
+        "(train/, val/, test/ with NORMAL/ and PNEUMONIA/) to try the "
+        "pipeline without the real data.",
+    )
     ap.add_argument("root", type=Path, help="folder to create (must not exist or be empty)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

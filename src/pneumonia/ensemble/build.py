@@ -40,15 +40,29 @@ MODULE_KEYS = ("optimizer", "scheduler", "pos_weight", "channels_last")  # the m
 
 def ensemble_spec(members: Sequence[Member], combine: str) -> dict[str, Any]:
     """The `Ensemble` net spec: the members' specs and stored temperatures."""
-    return {"_target_": ENSEMBLE_TARGET, "members": [m.net for m in members],
-            "temperatures": [m.temperature for m in members], "combine": combine}
+    return {
+        "_target_": ENSEMBLE_TARGET,
+        "members": [m.net for m in members],
+        "temperatures": [m.temperature for m in members],
+        "combine": combine,
+    }
 
 
-def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_path: str | Path | None = None,
-                   combine: str = "prob", data_root: str | None = None, cache_dir: str | None = None,
-                   threshold: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None,
-                   intervals: dict[str, Any] | None = None, precision: str | None = None,
-                   accelerator: str = "auto", monitor: str | None = None) -> dict[str, Any]:
+def build_ensemble(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    ckpt_path: str | Path | None = None,
+    combine: str = "prob",
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    threshold: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    intervals: dict[str, Any] | None = None,
+    precision: str | None = None,
+    accelerator: str = "auto",
+    monitor: str | None = None,
+) -> dict[str, Any]:
     """Build the ensemble of the checkpoints `paths` into `ckpt_path` (default
     `<out_dir>/checkpoints/best.ckpt`), calibrated on validation; write val_metrics.json,
     ensemble.json and train_summary.json into `out_dir`. `threshold`, `calibration` and
@@ -79,8 +93,12 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
     # the ensemble fits its own temperature when the members' recipe did; ece_bins and the
     # bootstrap settings only shape the report: the first member's where not given
     cal = {**members[0].recipe["calibration"], **(calibration or {})}
-    cal["temperature"] = common_setting(members, "calibration", "; choose with --temperature yes|no",
-                                        {**{"ece_bins": cal["ece_bins"]}, **(calibration or {})})["temperature"]
+    cal["temperature"] = common_setting(
+        members,
+        "calibration",
+        "; choose with --temperature yes|no",
+        {**{"ece_bins": cal["ece_bins"]}, **(calibration or {})},
+    )["temperature"]
     boot = {**members[0].recipe["intervals"], **(intervals or {})}
     check_settings(cal, boot)
     stored = {m.calibration.get("precision") for m in members}
@@ -97,8 +115,9 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
         try:
             cast(Any, module.net).members[i].load_state_dict(ckpt_format.net_state(m.ckpt))  # the Ensemble
         except RuntimeError as err:
-            raise EnsembleError(f"'{m.path}': the weights do not fit the network it names "
-                                f"({str(err).strip().splitlines()[0]})") from None
+            raise EnsembleError(
+                f"'{m.path}': the weights do not fit the network it names ({str(err).strip().splitlines()[0]})"
+            ) from None
 
     described = [m.describe() for m in members]  # reads each member's train_summary.json once
 
@@ -119,17 +138,31 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
         for m in members:
             n = (m.calibration.get("val_report") or {}).get("n")
             if n is not None and int(n) != n_val:
-                raise EnsembleError(f"the validation split of '{datamodule.hparams.root}' has {n_val} images, but "
-                                    f"'{m.path}' was calibrated on {n} images: the data changed since training (or "
-                                    "--data-root points at other data)")
+                raise EnsembleError(
+                    f"the validation split of '{datamodule.hparams.root}' has {n_val} images, but "
+                    f"'{m.path}' was calibrated on {n} images: the data changed since training (or "
+                    "--data-root points at other data)"
+                )
         ckpt_format.new_checkpoint(
-            ckpt_path, state_dict=module.state_dict(), module_settings=settings, data_settings=data,
-            ensemble={"combine": combine, "members": described})
-        trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,  # type: ignore[arg-type]  # a precision string the config checks; Lightning types it as Literals
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            use_distributed_sampler=False)
-        _, val_report = calibrate_threshold(trainer, datamodule, str(ckpt_path), threshold, out_dir,
-                                            calibration=cal, interval_settings=boot)
+            ckpt_path,
+            state_dict=module.state_dict(),
+            module_settings=settings,
+            data_settings=data,
+            ensemble={"combine": combine, "members": described},
+        )
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            precision=precision,  # type: ignore[arg-type]  # a precision string the config checks; Lightning types it as Literals
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+        )
+        _, val_report = calibrate_threshold(
+            trainer, datamodule, str(ckpt_path), threshold, out_dir, calibration=cal, interval_settings=boot
+        )
     except BaseException:
         ckpt_path.unlink(missing_ok=True)  # never leave an uncalibrated ensemble behind
         if created and not any(f.is_file() for f in out_dir.rglob("*")):
@@ -138,19 +171,27 @@ def build_ensemble(paths: Sequence[str | Path], out_dir: str | Path, *, ckpt_pat
 
     keep = SUMMARY_KEYS
     summary = {
-        "checkpoint": str(ckpt_path), "combine": combine, "threshold_method": threshold["method"],
-        "precision": str(trainer.precision), "temperature_fitted": bool(cal["temperature"]),
-        "members": described, "val": {k: val_report[k] for k in keep if k in val_report},
+        "checkpoint": str(ckpt_path),
+        "combine": combine,
+        "threshold_method": threshold["method"],
+        "precision": str(trainer.precision),
+        "temperature_fitted": bool(cal["temperature"]),
+        "members": described,
+        "val": {k: val_report[k] for k in keep if k in val_report},
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     (out_dir / "ensemble.json").write_text(json.dumps(summary, indent=2))
     minutes = [d["train_minutes"] for d in described]
     key = monitor.split("/", 1)[-1]
-    train_summary = {"best_checkpoint": str(ckpt_path), "monitor": monitor,
-                     "best_score": val_report.get(key) if monitor.startswith("val/") else None,
-                     "epochs": None, "members": len(members),
-                     "train_minutes": round(sum(minutes), 2) if None not in minutes else None,
-                     "val": {k: val_report[k] for k in (*METRIC_NAMES, "threshold") if k in val_report}}
+    train_summary = {
+        "best_checkpoint": str(ckpt_path),
+        "monitor": monitor,
+        "best_score": val_report.get(key) if monitor.startswith("val/") else None,
+        "epochs": None,
+        "members": len(members),
+        "train_minutes": round(sum(minutes), 2) if None not in minutes else None,
+        "val": {k: val_report[k] for k in (*METRIC_NAMES, "threshold") if k in val_report},
+    }
     (out_dir / "train_summary.json").write_text(json.dumps(train_summary, indent=2))
     return summary
 
@@ -160,14 +201,20 @@ def members_table(summary: dict[str, Any]) -> str:
     rows: list[tuple[str, ...]] = [("member", "seed", "AUROC", "accuracy", "F1", "threshold")]
     for i, m in enumerate(summary["members"]):
         v = m["val"]
-        rows.append((f"{i}: {_short(m['checkpoint'])}", str(m["seed"]), *(_fmt(v.get(k)) for k in
-                                                                           ("auroc", "accuracy", "f1", "threshold"))))
+        rows.append(
+            (
+                f"{i}: {_short(m['checkpoint'])}",
+                str(m["seed"]),
+                *(_fmt(v.get(k)) for k in ("auroc", "accuracy", "f1", "threshold")),
+            )
+        )
     v = summary["val"]
-    rows.append((f"ensemble ({summary['combine']})", "", *(_fmt(v.get(k)) for k in ("auroc", "accuracy", "f1",
-                                                                                     "threshold"))))
+    rows.append(
+        (f"ensemble ({summary['combine']})", "", *(_fmt(v.get(k)) for k in ("auroc", "accuracy", "f1", "threshold")))
+    )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    return (f"Validation ({v.get('n')} images), {summary['threshold_method']} thresholds:\n" + "\n".join(lines))
+    return f"Validation ({v.get('n')} images), {summary['threshold_method']} thresholds:\n" + "\n".join(lines)
 
 
 def _fmt(value: Any) -> str:
@@ -177,7 +224,7 @@ def _fmt(value: Any) -> str:
 def _short(path: str, width: int = 60) -> str:
     p = Path(path)
     text = str(p.parent.parent.name if p.parent.name == "checkpoints" else p)
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
 def eval_command(ckpt: str | Path) -> str:

@@ -69,12 +69,16 @@ class Member:
         report = self.calibration.get("val_report") or {}
         keep = SUMMARY_KEYS
         summary = self.train_summary()
-        return {"checkpoint": str(self.path), "seed": ckpt_format.module_settings(self.ckpt).get("seed"),
-                "epoch": ckpt_format.saved_epoch(self.ckpt), "temperature": self.temperature,
-                "threshold_method": self.calibration.get("threshold_method"),
-                "precision": self.calibration.get("precision"),
-                "val": {k: report[k] for k in keep if k in report},
-                "train_minutes": summary.get("train_minutes")}
+        return {
+            "checkpoint": str(self.path),
+            "seed": ckpt_format.module_settings(self.ckpt).get("seed"),
+            "epoch": ckpt_format.saved_epoch(self.ckpt),
+            "temperature": self.temperature,
+            "threshold_method": self.calibration.get("threshold_method"),
+            "precision": self.calibration.get("precision"),
+            "val": {k: report[k] for k in keep if k in report},
+            "train_minutes": summary.get("train_minutes"),
+        }
 
     def train_summary(self) -> dict[str, Any]:
         file = self.run_dir / "train_summary.json" if self.run_dir else None
@@ -97,15 +101,21 @@ def find_members(sources: Sequence[str | Path]) -> list[Path]:
         elif (path / BEST).is_file():
             found.append(path / BEST)
         else:
-            jobs = sorted((d for d in path.iterdir()
-                           if d.is_dir() and ((d / ".hydra").is_dir() or (d / "checkpoints").is_dir())), key=_job_order)
+            jobs = sorted(
+                (d for d in path.iterdir() if d.is_dir() and ((d / ".hydra").is_dir() or (d / "checkpoints").is_dir())),
+                key=_job_order,
+            )
             if not jobs:
-                raise EnsembleError(f"'{path}' holds no {BEST} and no job folders with one (a run folder, a multirun "
-                                    "folder or a .ckpt file was expected)")
+                raise EnsembleError(
+                    f"'{path}' holds no {BEST} and no job folders with one (a run folder, a multirun "
+                    "folder or a .ckpt file was expected)"
+                )
             missing = [d.name for d in jobs if not (d / BEST).is_file()]
             if missing:
-                raise EnsembleError(f"job folder(s) {', '.join(missing)} in '{path}' have no {BEST} (unfinished or "
-                                    "failed): name the finished jobs' folders instead")
+                raise EnsembleError(
+                    f"job folder(s) {', '.join(missing)} in '{path}' have no {BEST} (unfinished or "
+                    "failed): name the finished jobs' folders instead"
+                )
             found.extend(d / BEST for d in jobs)
     seen: dict[str, Path] = {}
     for p in found:
@@ -114,8 +124,10 @@ def find_members(sources: Sequence[str | Path]) -> list[Path]:
             raise EnsembleError(f"'{p}' is named twice (it would count double in the average)")
         seen[key] = p
     if len(found) < 2:
-        raise EnsembleError(f"an ensemble needs at least 2 members; {len(found)} found in: "
-                            f"{', '.join(str(s) for s in sources) or '(nothing given)'}")
+        raise EnsembleError(
+            f"an ensemble needs at least 2 members; {len(found)} found in: "
+            f"{', '.join(str(s) for s in sources) or '(nothing given)'}"
+        )
     return found
 
 
@@ -127,11 +139,15 @@ def _job_order(job: Path) -> tuple[int, str]:
 def load_member(path: Path) -> Member:
     ckpt = ckpt_format.load_checkpoint(path)
     if not ckpt_format.calibration(ckpt):
-        raise EnsembleError(f"'{path}' has no threshold chosen on validation: its training has not finished (or "
-                            "stopped before calibration); only finished runs can be members")
+        raise EnsembleError(
+            f"'{path}' has no threshold chosen on validation: its training has not finished (or "
+            "stopped before calibration); only finished runs can be members"
+        )
     if str(ckpt_format.module_settings(ckpt)["net"].get("_target_", "")).rsplit(".", 1)[-1] == "Ensemble":
-        raise EnsembleError(f"'{path}' is itself an ensemble: give its members instead (experiment=best_ensemble "
-                            "keeps them in <run>/members; an ensemble of ensembles would weigh members unevenly)")
+        raise EnsembleError(
+            f"'{path}' is itself an ensemble: give its members instead (experiment=best_ensemble "
+            "keeps them in <run>/members; an ensemble of ensembles would weigh members unevenly)"
+        )
     return Member(path, ckpt, _recipe(path, ckpt))
 
 
@@ -152,8 +168,7 @@ def _recipe(path: Path, ckpt: dict[str, Any]) -> dict[str, dict[str, Any]]:
     recipe: dict[str, dict[str, Any]] = {}
     for group, defaults in RECIPE_DEFAULTS.items():
         given: dict[str, Any] = config[group] if isinstance(config.get(group), dict) else {}
-        recipe[group] = {k: given[k] if k in given and not _interpolation(given[k]) else v
-                         for k, v in defaults.items()}
+        recipe[group] = {k: given[k] if k in given and not _interpolation(given[k]) else v for k, v in defaults.items()}
     if not config:  # a bare checkpoint: what calibration stored
         recipe["threshold"]["method"] = calibration.get("threshold_method") or "youden"
         if recipe["threshold"]["method"] == "fixed":
@@ -176,11 +191,15 @@ def check_agreement(members: Sequence[Member]) -> None:
         for m in members[1:]:
             got = _setting(m, key)
             if got != want:
-                why = ("one preprocessing feeds every member" if key in INPUT_KEYS else
-                       "their validation splits differ, so one member's training images would be in the split the "
-                       "ensemble's threshold is chosen on")
-                raise EnsembleError(f"members disagree on data.{key}: {want!r} in '{first.path}', "
-                                    f"{got!r} in '{m.path}' ({why})")
+                why = (
+                    "one preprocessing feeds every member"
+                    if key in INPUT_KEYS
+                    else "their validation splits differ, so one member's training images would be in the split the "
+                    "ensemble's threshold is chosen on"
+                )
+                raise EnsembleError(
+                    f"members disagree on data.{key}: {want!r} in '{first.path}', {got!r} in '{m.path}' ({why})"
+                )
 
 
 def _setting(member: Member, key: str) -> Any:
@@ -190,8 +209,9 @@ def _setting(member: Member, key: str) -> Any:
     return value
 
 
-def common_setting(members: Sequence[Member], group: str, what: str, given: dict[str, Any] | None = None
-                   ) -> dict[str, Any]:
+def common_setting(
+    members: Sequence[Member], group: str, what: str, given: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The recipe group (`threshold`, `calibration`, `intervals`) every member shares, with
     the keys in `given` taken from there; one line naming the key and two members where
     they differ on a key not given (`what` says how to choose)."""
@@ -200,6 +220,8 @@ def common_setting(members: Sequence[Member], group: str, what: str, given: dict
     for m in members[1:]:
         for key, value in first.items():
             if key not in given and m.recipe[group].get(key) != value:
-                raise EnsembleError(f"members disagree on {group}.{key}: {value!r} in '{members[0].path}', "
-                                    f"{m.recipe[group].get(key)!r} in '{m.path}'{what}")
+                raise EnsembleError(
+                    f"members disagree on {group}.{key}: {value!r} in '{members[0].path}', "
+                    f"{m.recipe[group].get(key)!r} in '{m.path}'{what}"
+                )
     return {**first, **given}

@@ -35,10 +35,15 @@ def check_ensemble_config(cfg: DictConfig) -> tuple[list[int], str]:
 
     seeds = cfg.ensemble.get("seeds")
     seeds = list(seeds) if OmegaConf.is_list(seeds) or isinstance(seeds, list) else seeds
-    if not isinstance(seeds, list) or len(seeds) < 2 or any(isinstance(s, bool) or not isinstance(s, int)
-                                                           for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"ensemble.seeds={seeds!r} must be a list of 2 or more different integers, "
-                          "e.g. ensemble.seeds=[1,2,3]")
+    if (
+        not isinstance(seeds, list)
+        or len(seeds) < 2
+        or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(
+            f"ensemble.seeds={seeds!r} must be a list of 2 or more different integers, e.g. ensemble.seeds=[1,2,3]"
+        )
     combine = cfg.ensemble.get("combine", "prob")
     if combine not in COMBINES:
         raise ConfigError(f"ensemble.combine={combine!r} must be one of: {', '.join(COMBINES)}")
@@ -46,8 +51,10 @@ def check_ensemble_config(cfg: DictConfig) -> tuple[list[int], str]:
         raise ConfigError("ckpt_path= resumes one run; an ensemble run resumes with resume=<its run folder>")
     strategy = str(cfg.trainer.get("strategy", "auto"))
     if "ddp" in strategy or int(cfg.trainer.get("num_nodes", 1) or 1) > 1:
-        raise ConfigError(f"trainer.strategy={strategy}: an ensemble trains its members one after another on one "
-                          "device; drop trainer=ddp")
+        raise ConfigError(
+            f"trainer.strategy={strategy}: an ensemble trains its members one after another on one "
+            "device; drop trainer=ddp"
+        )
     return [int(s) for s in seeds], str(combine)
 
 
@@ -105,17 +112,27 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if resuming:
         target.unlink(missing_ok=True)  # derived from the members: built again
     summary = build_ensemble(
-        paths, run_dir, combine=combine,
+        paths,
+        run_dir,
+        combine=combine,
         threshold=to_dict(cfg.threshold, resolve=True),
         calibration=to_dict(cfg.calibration, resolve=True) if cfg.get("calibration") else None,
         intervals=to_dict(cfg.intervals, resolve=True) if cfg.get("intervals") else None,
-        accelerator=str(cfg.trainer.get("accelerator", "auto")), monitor=str(cfg.monitor))
+        accelerator=str(cfg.trainer.get("accelerator", "auto")),
+        monitor=str(cfg.monitor),
+    )
     log.info("%s", members_table(summary))
     val_metrics = json.loads((run_dir / "val_metrics.json").read_text())
     report = val_metrics["at_threshold"]
     score = report.get(str(cfg.monitor).split("/", 1)[-1])
-    log.info("Ensemble of %d members (%s): %s: %s\nNext: %s", len(seeds), combine,
-             f"{cfg.monitor} = {score:.4f}" if score is not None else "built", target, eval_command(target))
+    log.info(
+        "Ensemble of %d members (%s): %s: %s\nNext: %s",
+        len(seeds),
+        combine,
+        f"{cfg.monitor} = {score:.4f}" if score is not None else "built",
+        target,
+        eval_command(target),
+    )
     return score, report
 
 

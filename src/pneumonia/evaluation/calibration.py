@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS = st.CALIBRATION_DEFAULTS, st.INTERVAL_DEFAULTS
 
 
-def check_settings(calibration: dict[str, Any] | None, interval_settings: dict[str, Any] | None,
-                   threshold_settings: dict[str, Any] | None = None) -> None:
+def check_settings(
+    calibration: dict[str, Any] | None,
+    interval_settings: dict[str, Any] | None,
+    threshold_settings: dict[str, Any] | None = None,
+) -> None:
     """`ConfigError` now, before training, for a wrong `calibration.*` or `intervals.*` (and
     `threshold.*` when given: `threshold.check_threshold_settings`, which `calibrate_threshold`
     runs too)."""
@@ -32,14 +35,18 @@ def check_settings(calibration: dict[str, Any] | None, interval_settings: dict[s
     boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
     if not isinstance(cal["temperature"], bool):
         raise ConfigError(f"calibration.temperature={cal['temperature']!r} must be true or false")
-    for key, value, low in (("calibration.ece_bins", cal["ece_bins"], 1), ("intervals.resamples", boot["resamples"], 0),
-                            ("intervals.seed", boot["seed"], 0)):
+    for key, value, low in (
+        ("calibration.ece_bins", cal["ece_bins"], 1),
+        ("intervals.resamples", boot["resamples"], 0),
+        ("intervals.seed", boot["seed"], 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{key}={value!r} must be an integer >= {low}")
 
 
-def predict_logits(trainer: L.Trainer, module: L.LightningModule, datamodule: ChestXrayDataModule,
-                   split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def predict_logits(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: ChestXrayDataModule, split: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probabilities, labels, indices, logits) of `split`, through the module's own device path."""
     datamodule.predict_split = split
     batches = trainer.predict(module, datamodule=datamodule)

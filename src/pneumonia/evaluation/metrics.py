@@ -43,8 +43,9 @@ def classification_metrics(prefix: str = "", threshold: float = 0.5) -> MetricCo
         "auroc": BinaryAUROC(),
     }
     assert tuple(metrics) == METRIC_NAMES  # one list of names, kept in step with this collection
-    return MetricCollection({**metrics, "confmat": BinaryConfusionMatrix(threshold=threshold)},
-                            prefix=prefix, compute_groups=False)
+    return MetricCollection(
+        {**metrics, "confmat": BinaryConfusionMatrix(threshold=threshold)}, prefix=prefix, compute_groups=False
+    )
 
 
 def set_threshold(metrics: MetricCollection, threshold: float) -> None:

@@ -71,9 +71,11 @@ def read_predictions(source: str | Path) -> tuple[str, list[Prediction]]:
         header = tuple(next(reader, ()))
         schema = SCHEMAS.get(header)
         if schema is None:
-            raise PredictionsError(f"'{csv_path}' has the columns {', '.join(header) or '(none)'}: not a "
-                                   f"{FILE_NAME} of eval.py ({', '.join(EVAL_COLUMNS)}) or predict.py "
-                                   f"({', '.join(PREDICT_COLUMNS)})")
+            raise PredictionsError(
+                f"'{csv_path}' has the columns {', '.join(header) or '(none)'}: not a "
+                f"{FILE_NAME} of eval.py ({', '.join(EVAL_COLUMNS)}) or predict.py "
+                f"({', '.join(PREDICT_COLUMNS)})"
+            )
         rows = []
         for n, values in enumerate(reader, start=2):
             if len(values) != len(header):
@@ -84,11 +86,13 @@ def read_predictions(source: str | Path) -> tuple[str, list[Prediction]]:
                 probability = float(r["probability"])
                 threshold = float(r["threshold"]) if r.get("threshold") else None
             except ValueError:
-                raise PredictionsError(f"{where}: probability={r['probability']!r} "
-                                       f"or threshold={r.get('threshold')!r} is not a number") from None
+                raise PredictionsError(
+                    f"{where}: probability={r['probability']!r} or threshold={r.get('threshold')!r} is not a number"
+                ) from None
             label = _class_index(r["label"], "label", where) if r["label"] != "" else None
-            rows.append(Prediction(r["path"], probability, _class_index(r["prediction"], "prediction", where),
-                                   label, threshold))
+            rows.append(
+                Prediction(r["path"], probability, _class_index(r["prediction"], "prediction", where), label, threshold)
+            )
     if not rows:
         raise PredictionsError(f"'{csv_path}' has no predictions")
     return schema, rows

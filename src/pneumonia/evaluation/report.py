@@ -34,14 +34,21 @@ def git_state(start: str | Path | None = None) -> dict[str, Any]:
     read-only `git rev-parse` and `git status`."""
     repo = Path(start) if start else Path(__file__).resolve().parents[3]
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
-        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0
-                else None}
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return {
+            "commit": commit.stdout.strip(),
+            "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None,
+        }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
@@ -54,8 +61,7 @@ def _template() -> Any:
     import jinja2
 
     text = resources.files("pneumonia.evaluation").joinpath("templates").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True)
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
     env.filters["ci"] = fmt_ci
     env.filters["pct"] = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"
@@ -72,7 +78,7 @@ def _cell(node: Any) -> str:
     if isinstance(node, list) and len(node) > MAX_LIST:
         return f"{len(node)} values (not shown)"
     text = json.dumps(node, default=str) if isinstance(node, (dict, list)) else str(node)
-    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "\u2026"
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "\u2026"
 
 
 def _flat(prefix: str, node: Any, out: list[tuple[str, str]]) -> None:
@@ -106,21 +112,41 @@ def recipe_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def render_report(path: str | Path, *, rep: dict[str, Any], run: dict[str, Any], predictor_summary: dict[str, Any],
-                  dataset: dict[str, Any] | None, figures_dir: str | Path, shift: dict[str, Any] | None = None) -> Path:
+def render_report(
+    path: str | Path,
+    *,
+    rep: dict[str, Any],
+    run: dict[str, Any],
+    predictor_summary: dict[str, Any],
+    dataset: dict[str, Any] | None,
+    figures_dir: str | Path,
+    shift: dict[str, Any] | None = None,
+) -> Path:
     """Write `report.html` to `path` from metrics.json's `rep`, the run's facts (`run`:
     checkpoint, data root, precision, ...), the Predictor's summary, the dataset overview of
     the scored split, the comparison with the validation split (`shift`, evaluation/shift.py;
     None: not made) and the PNG figures found in `figures_dir`."""
     figures_dir = Path(figures_dir)
-    figures = {name: {"uri": png_data_uri(figures_dir / name), "caption": caption}
-               for name, caption in FIGURES.items() if (figures_dir / name).is_file()}
+    figures = {
+        name: {"uri": png_data_uri(figures_dir / name), "caption": caption}
+        for name, caption in FIGURES.items()
+        if (figures_dir / name).is_file()
+    }
     val = (predictor_summary.get("recipe") or {}).get("val_report")
-    metrics = [{"name": m, "value": rep.get(m), "ci": (rep.get("ci95") or {}).get(m),
-                "val": val.get(m) if val else None} for m in METRIC_NAMES]
+    metrics = [
+        {"name": m, "value": rep.get(m), "ci": (rep.get("ci95") or {}).get(m), "val": val.get(m) if val else None}
+        for m in METRIC_NAMES
+    ]
     html = _template().render(
-        rep=rep, run=run, metrics=metrics, val=val, figures=figures, dataset=dataset, shift=shift,
-        recipe=recipe_rows(predictor_summary), summary=predictor_summary,
+        rep=rep,
+        run=run,
+        metrics=metrics,
+        val=val,
+        figures=figures,
+        dataset=dataset,
+        shift=shift,
+        recipe=recipe_rows(predictor_summary),
+        summary=predictor_summary,
         generated=datetime.datetime.now().isoformat(timespec="seconds"),
     )
     path = Path(path)
@@ -128,8 +154,18 @@ def render_report(path: str | Path, *, rep: dict[str, Any], run: dict[str, Any],
     return path
 
 
-def run_facts(*, checkpoint: str, data_root: str, split: str, precision: str, threshold: float,
-              threshold_source: str, temperature: float, temperature_source: str, out_dir: str) -> dict[str, Any]:
+def run_facts(
+    *,
+    checkpoint: str,
+    data_root: str,
+    split: str,
+    precision: str,
+    threshold: float,
+    threshold_source: str,
+    temperature: float,
+    temperature_source: str,
+    out_dir: str,
+) -> dict[str, Any]:
     """The run box of the report: what was scored, with what, from which code."""
     import platform
 
@@ -137,8 +173,18 @@ def run_facts(*, checkpoint: str, data_root: str, split: str, precision: str, th
 
     import pneumonia
 
-    return {"checkpoint": checkpoint, "data_root": data_root, "split": split, "precision": precision,
-            "threshold": threshold, "threshold_source": threshold_source, "temperature": temperature,
-            "temperature_source": temperature_source,
-            "out_dir": out_dir, "package_version": getattr(pneumonia, "__version__", "?"),
-            "torch": torch.__version__, "python": platform.python_version(), **git_state()}
+    return {
+        "checkpoint": checkpoint,
+        "data_root": data_root,
+        "split": split,
+        "precision": precision,
+        "threshold": threshold,
+        "threshold_source": threshold_source,
+        "temperature": temperature,
+        "temperature_source": temperature_source,
+        "out_dir": out_dir,
+        "package_version": getattr(pneumonia, "__version__", "?"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        **git_state(),
+    }

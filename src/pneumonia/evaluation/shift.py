@@ -34,17 +34,33 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ALPHA", "MIN_EFFECT", "compare", "image_reference", "image_statistics", "kolmogorov_sf",
-           "ks_2samp", "merge_statistics", "scoring_caveat", "scores_from_roc", "shift_figure", "warning_line", "write_shift"]
+__all__ = [
+    "ALPHA",
+    "MIN_EFFECT",
+    "compare",
+    "image_reference",
+    "image_statistics",
+    "kolmogorov_sf",
+    "ks_2samp",
+    "merge_statistics",
+    "scoring_caveat",
+    "scores_from_roc",
+    "shift_figure",
+    "warning_line",
+    "write_shift",
+]
 
 FORMAT_VERSION = 1
-ALPHA = 0.01        # p-value below which a difference counts as real
-MIN_EFFECT = 0.2    # KS statistic D above which it counts as large enough to matter
-BINS = 32           # intensity histogram bins over 0-255
-DARK = 16           # pixel values below this count as near-black
-MAX_VALUES = 2000   # per-image values kept in a reference (rank-spaced beyond)
-IMAGE_QUANTITIES = {"mean": "mean intensity per image", "std": "intensity std per image",
-                    "dark": "share of near-black pixels per image"}
+ALPHA = 0.01  # p-value below which a difference counts as real
+MIN_EFFECT = 0.2  # KS statistic D above which it counts as large enough to matter
+BINS = 32  # intensity histogram bins over 0-255
+DARK = 16  # pixel values below this count as near-black
+MAX_VALUES = 2000  # per-image values kept in a reference (rank-spaced beyond)
+IMAGE_QUANTITIES = {
+    "mean": "mean intensity per image",
+    "std": "intensity std per image",
+    "dark": "share of near-black pixels per image",
+}
 
 
 # ---- the two-sample test ------------------------------------------------------------------
@@ -73,8 +89,11 @@ def _ecdf_gap(a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray) -> f
     return float(np.max(np.abs(fa - fb)))
 
 
-def ks_2samp(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
-             weights_a: Sequence[float] | np.ndarray | None = None) -> tuple[float, float]:
+def ks_2samp(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    weights_a: Sequence[float] | np.ndarray | None = None,
+) -> tuple[float, float]:
     """Two-sided two-sample Kolmogorov-Smirnov test: (D, p). D is the largest gap between the
     empirical distribution functions; p is asymptotic, the Kolmogorov distribution at
     (sqrt(ne) + 0.12 + 0.11 / sqrt(ne)) * D with ne = n_a n_b / (n_a + n_b) (Stephens' small-
@@ -106,11 +125,18 @@ def image_statistics(images: Any) -> dict[str, np.ndarray]:
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"image_statistics wants uint8 (N, C, S, S) images, got {x.dtype} {x.shape}")
     flat = x.reshape(len(x), -1)
-    hist = np.bincount((flat.ravel() // (256 // BINS)).astype(np.int64), minlength=BINS)[:BINS] if flat.size \
+    hist = (
+        np.bincount((flat.ravel() // (256 // BINS)).astype(np.int64), minlength=BINS)[:BINS]
+        if flat.size
         else np.zeros(BINS, dtype=np.int64)
+    )
     f = flat.astype(np.float32)
-    return {"mean": f.mean(1) if len(f) else np.zeros(0), "std": f.std(1) if len(f) else np.zeros(0),
-            "dark": (flat < DARK).mean(1) if len(f) else np.zeros(0), "histogram": hist}
+    return {
+        "mean": f.mean(1) if len(f) else np.zeros(0),
+        "std": f.std(1) if len(f) else np.zeros(0),
+        "dark": (flat < DARK).mean(1) if len(f) else np.zeros(0),
+        "histogram": hist,
+    }
 
 
 def merge_statistics(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -138,9 +164,15 @@ def image_reference(images: Any) -> dict[str, Any]:
     validation images: plain lists and numbers only (checkpoints load with weights_only)."""
     stats = image_statistics(images)
     hist = stats["histogram"].astype(np.float64)
-    return {"format": FORMAT_VERSION, "source": "validation split", "n_images": int(len(stats["mean"])),
-            **{k: _spaced(stats[k]) for k in IMAGE_QUANTITIES},
-            "histogram": [round(float(v), 6) for v in hist / max(hist.sum(), 1.0)], "bins": BINS, "dark_below": DARK}
+    return {
+        "format": FORMAT_VERSION,
+        "source": "validation split",
+        "n_images": int(len(stats["mean"])),
+        **{k: _spaced(stats[k]) for k in IMAGE_QUANTITIES},
+        "histogram": [round(float(v), 6) for v in hist / max(hist.sum(), 1.0)],
+        "bins": BINS,
+        "dark_below": DARK,
+    }
 
 
 def scores_from_roc(val_roc: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -158,26 +190,45 @@ def scores_from_roc(val_roc: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     if not len(t) or not (len(t) == len(sens) == len(spec)) or n_pos + n_neg <= 0:
         return None
-    pos_ge = np.round(sens * n_pos)            # pneumonia images scoring >= each threshold
-    neg_ge = np.round((1 - spec) * n_neg)      # normal images scoring >= each threshold
+    pos_ge = np.round(sens * n_pos)  # pneumonia images scoring >= each threshold
+    neg_ge = np.round((1 - spec) * n_neg)  # normal images scoring >= each threshold
     pos = pos_ge - np.append(pos_ge[1:], 0)
     neg = neg_ge - np.append(neg_ge[1:], 0)
     # below the lowest stored threshold (a rank-spaced ROC): put the rest at the lowest value
     pos[0] += n_pos - pos_ge[0]
     neg[0] += n_neg - neg_ge[0]
     pos, neg = np.clip(pos, 0, None), np.clip(neg, 0, None)
-    return {"values": t.tolist(), "counts": (pos + neg).tolist(), "counts_normal": neg.tolist(),
-            "counts_pneumonia": pos.tolist()}
+    return {
+        "values": t.tolist(),
+        "counts": (pos + neg).tolist(),
+        "counts_normal": neg.tolist(),
+        "counts_pneumonia": pos.tolist(),
+    }
 
 
-def _test(name: str, label: str, ref: np.ndarray, cur: np.ndarray, weights: np.ndarray | None = None,
-          alpha: float = ALPHA, min_effect: float = MIN_EFFECT) -> dict[str, Any]:
+def _test(
+    name: str,
+    label: str,
+    ref: np.ndarray,
+    cur: np.ndarray,
+    weights: np.ndarray | None = None,
+    alpha: float = ALPHA,
+    min_effect: float = MIN_EFFECT,
+) -> dict[str, Any]:
     d, p = ks_2samp(ref, cur, weights)
     n_ref = int(round(float(np.sum(weights)))) if weights is not None else len(ref)
     ref_w = np.ones_like(ref) if weights is None else np.asarray(weights, dtype=np.float64)
-    return {"name": name, "what": label, "statistic": round(d, 4), "p_value": p, "n_reference": n_ref,
-            "n": int(len(cur)), "reference_median": _weighted_median(ref, ref_w), "median": float(np.median(cur)),
-            "shifted": bool(p < alpha and d > min_effect)}
+    return {
+        "name": name,
+        "what": label,
+        "statistic": round(d, 4),
+        "p_value": p,
+        "n_reference": n_ref,
+        "n": int(len(cur)),
+        "reference_median": _weighted_median(ref, ref_w),
+        "median": float(np.median(cur)),
+        "shifted": bool(p < alpha and d > min_effect),
+    }
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -186,9 +237,16 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
 
 
-def compare(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None,
-            image_ref: Mapping[str, Any] | None, labels: Any | None = None, alpha: float = ALPHA,
-            min_effect: float = MIN_EFFECT) -> dict[str, Any]:
+def compare(
+    probs: Any,
+    images: Any | None,
+    *,
+    val_roc: Mapping[str, Any] | None,
+    image_ref: Mapping[str, Any] | None,
+    labels: Any | None = None,
+    alpha: float = ALPHA,
+    min_effect: float = MIN_EFFECT,
+) -> dict[str, Any]:
     """A folder's scores (`probs`, (N,)) and decoded uint8 images (or their `image_statistics`;
     None: scores only) against
     the checkpoint's reference. Returns {"available", "tests": [...], "shifted", "warning",
@@ -196,22 +254,37 @@ def compare(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None
     n_reference, n, medians, shifted. With `labels` (eval), also the scores of each class
     against that class on validation (information, not part of the warning)."""
     probs = np.asarray(probs.numpy() if hasattr(probs, "numpy") else probs, dtype=np.float64).ravel()
-    result: dict[str, Any] = {"alpha": alpha, "min_effect": min_effect, "tests": [], "by_class": [],
-                              "test": "two-sample Kolmogorov-Smirnov, asymptotic p-value",
-                              "reference": "the checkpoint's validation split", "n": int(len(probs))}
+    result: dict[str, Any] = {
+        "alpha": alpha,
+        "min_effect": min_effect,
+        "tests": [],
+        "by_class": [],
+        "test": "two-sample Kolmogorov-Smirnov, asymptotic p-value",
+        "reference": "the checkpoint's validation split",
+        "n": int(len(probs)),
+    }
     scores = scores_from_roc(val_roc)
     if scores is not None and len(probs):
         values = np.asarray(scores["values"])
-        result["tests"].append(_test("scores", "P(pneumonia)", values, probs, np.asarray(scores["counts"]),
-                                     alpha, min_effect))
+        result["tests"].append(
+            _test("scores", "P(pneumonia)", values, probs, np.asarray(scores["counts"]), alpha, min_effect)
+        )
         if labels is not None:
             y = np.asarray(labels.numpy() if hasattr(labels, "numpy") else labels).ravel()
             for cls, key in ((0, "counts_normal"), (1, "counts_pneumonia")):
                 w = np.asarray(scores[key])
                 if (y == cls).any() and w.sum() > 0:
-                    result["by_class"].append(_test("scores_" + ("normal" if cls == 0 else "pneumonia"),
-                                                    f"P(pneumonia) of {'NORMAL' if cls == 0 else 'PNEUMONIA'} images",
-                                                    values, probs[y == cls], w, alpha, min_effect))
+                    result["by_class"].append(
+                        _test(
+                            "scores_" + ("normal" if cls == 0 else "pneumonia"),
+                            f"P(pneumonia) of {'NORMAL' if cls == 0 else 'PNEUMONIA'} images",
+                            values,
+                            probs[y == cls],
+                            w,
+                            alpha,
+                            min_effect,
+                        )
+                    )
     unreadable = image_ref is not None and not _usable(image_ref)
     if unreadable:
         image_ref = None
@@ -228,14 +301,18 @@ def compare(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None
     result["available"] = bool(result["tests"])
     result["images_compared"] = current is not None
     if not result["available"]:
-        result["note"] = ("no reference in this checkpoint (it was never calibrated)" if scores is None
-                          else "no images to compare")
+        result["note"] = (
+            "no reference in this checkpoint (it was never calibrated)" if scores is None else "no images to compare"
+        )
     elif current is None:
-        result["note"] = ("scores only: the image statistics stored in this checkpoint are not readable"
-                          if unreadable else
-                          "scores only: this checkpoint stores no image statistics (calibrated before they were "
-                          "stored; python -m pneumonia.tools.calibrate CKPT adds them)" if not image_ref
-                          else "scores only")
+        result["note"] = (
+            "scores only: the image statistics stored in this checkpoint are not readable"
+            if unreadable
+            else "scores only: this checkpoint stores no image statistics (calibrated before they were "
+            "stored; python -m pneumonia.tools.calibrate CKPT adds them)"
+            if not image_ref
+            else "scores only"
+        )
     shifted = [t for t in result["tests"] if t["shifted"]]
     result["shifted"] = bool(shifted)
     result["warning"] = warning_line(shifted, len(probs), alpha, min_effect) if shifted else None
@@ -248,28 +325,39 @@ def _usable(image_ref: Any) -> bool:
         return False
     for key in IMAGE_QUANTITIES:
         values = image_ref.get(key)
-        if not isinstance(values, (list, tuple)) or not values \
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                           for v in values):
+        if (
+            not isinstance(values, (list, tuple))
+            or not values
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        ):
             return False
     hist = image_ref.get("histogram")
     return isinstance(hist, (list, tuple)) and all(isinstance(v, (int, float)) for v in hist)
 
 
-def warning_line(shifted: Sequence[Mapping[str, Any]], n: int, alpha: float = ALPHA,
-                 min_effect: float = MIN_EFFECT) -> str:
+def warning_line(
+    shifted: Sequence[Mapping[str, Any]], n: int, alpha: float = ALPHA, min_effect: float = MIN_EFFECT
+) -> str:
     """One plain line naming what differs from the training hospital."""
     parts = [f"{t['what']} (KS D={t['statistic']:.2f}, p={t['p_value']:.1e})" for t in shifted]
     only_scores = all(t["name"] == "scores" for t in shifted)
-    why = (" (possibly only a different share of pneumonia)" if only_scores else "")
-    return (f"warning: these {n} images do not look like the training hospital's: {'; '.join(parts)} differ from "
-            f"the validation split{why} (p < {alpha:g} and D > {min_effect:g}); the stored threshold and the "
-            f"validation metrics may not hold here")
+    why = " (possibly only a different share of pneumonia)" if only_scores else ""
+    return (
+        f"warning: these {n} images do not look like the training hospital's: {'; '.join(parts)} differ from "
+        f"the validation split{why} (p < {alpha:g} and D > {min_effect:g}); the stored threshold and the "
+        f"validation metrics may not hold here"
+    )
 
 
 # ---- the figure ---------------------------------------------------------------------------
-def shift_figure(probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None,
-                 image_ref: Mapping[str, Any] | None, result: Mapping[str, Any]) -> Any:
+def shift_figure(
+    probs: Any,
+    images: Any | None,
+    *,
+    val_roc: Mapping[str, Any] | None,
+    image_ref: Mapping[str, Any] | None,
+    result: Mapping[str, Any],
+) -> Any:
     """Empirical distribution functions of the scores and of the per-image statistics, the
     folder against the validation split, and the pooled intensity histograms, for the same
     inputs as `compare` gave `result` (a matplotlib Figure)."""
@@ -324,9 +412,16 @@ def _ecdf(ax: Any, values: np.ndarray, weights: np.ndarray | None, label: str) -
     ax.step(np.asarray(values)[order], cum, where="post", label=label)
 
 
-def write_shift(out_dir: Any, probs: Any, images: Any | None, *, val_roc: Mapping[str, Any] | None,
-                image_ref: Mapping[str, Any] | None, labels: Any | None = None,
-                caveat: str | None = None) -> dict[str, Any]:
+def write_shift(
+    out_dir: Any,
+    probs: Any,
+    images: Any | None,
+    *,
+    val_roc: Mapping[str, Any] | None,
+    image_ref: Mapping[str, Any] | None,
+    labels: Any | None = None,
+    caveat: str | None = None,
+) -> dict[str, Any]:
     """`compare`, then shift.json and (when there is something to compare) shift.png in
     `out_dir`; returns the result (with "figure": the PNG's name or None, and `caveat`: why
     the scores may differ from validation's for another reason, e.g. TTA turned off)."""

@@ -119,9 +119,17 @@ def weighted_auroc(weights: np.ndarray, scores: Any, labels: Any) -> np.ndarray:
         return np.where((n_pos > 0) & (n_neg > 0), num / (n_pos * n_neg), np.nan)
 
 
-def bootstrap_metrics(probs: Any, labels: Any, threshold: float, groups: Sequence[Any] | None = None, *,
-                      n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, metrics: Sequence[str] = METRICS,
-                      decisions: Any | None = None) -> dict[str, np.ndarray]:
+def bootstrap_metrics(
+    probs: Any,
+    labels: Any,
+    threshold: float,
+    groups: Sequence[Any] | None = None,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    metrics: Sequence[str] = METRICS,
+    decisions: Any | None = None,
+) -> dict[str, np.ndarray]:
     """Each metric of `metrics` on `n_resamples` bootstrap resamples (arrays of length B),
     resampling the `groups` (patients) when given, else the items. Vectorised: a resample
     is a row of integer weights, counts are matrix products and AUROC comes from ranks, so
@@ -157,12 +165,19 @@ def percentile_interval(samples: Any, level: float = 0.95) -> list[float] | None
     return [float(lo), float(hi)]
 
 
-def bootstrap_ci(probs: Any, labels: Any, threshold: float, groups: Sequence[Any] | None = None, *,
-                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = 0.95,
-                 metrics: Sequence[str] = METRICS) -> dict[str, list[float] | None]:
+def bootstrap_ci(
+    probs: Any,
+    labels: Any,
+    threshold: float,
+    groups: Sequence[Any] | None = None,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+    metrics: Sequence[str] = METRICS,
+) -> dict[str, list[float] | None]:
     """{metric: [lo, hi]}: percentile bootstrap intervals (see `bootstrap_metrics`)."""
-    samples = bootstrap_metrics(probs, labels, threshold, groups, n_resamples=n_resamples, seed=seed,
-                                metrics=metrics)
+    samples = bootstrap_metrics(probs, labels, threshold, groups, n_resamples=n_resamples, seed=seed, metrics=metrics)
     return {m: percentile_interval(samples[m], level) for m in metrics}
 
 
@@ -172,8 +187,9 @@ def delong_covariance(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]
     by DeLong's method in the fast midrank form of Sun & Xu (2014): O(k n log n).
     `scores` is (k, n) or (n,); needs at least 2 positives and 2 negatives."""
     labels = _arr(labels, np.int64).astype(bool)
-    scores = np.atleast_2d(np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores,
-                                      dtype=np.float64))
+    scores = np.atleast_2d(
+        np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores, dtype=np.float64)
+    )
     m, n = int(labels.sum()), int((~labels).sum())
     if m < 2 or n < 2:
         raise ValueError(f"DeLong needs at least 2 positives and 2 negatives (got {m} and {n})")
@@ -202,8 +218,15 @@ def delong_test(scores_a: Any, scores_b: Any, labels: Any, level: float = 0.95) 
     else:
         z = diff / se
         p = 2 * (1 - NormalDist().cdf(abs(z)))
-    return {"auroc_a": float(aucs[0]), "auroc_b": float(aucs[1]), "difference": diff, "se": se, "z": z,
-            "p_value": p, "ci95": [diff - z_crit * se, diff + z_crit * se]}
+    return {
+        "auroc_a": float(aucs[0]),
+        "auroc_b": float(aucs[1]),
+        "difference": diff,
+        "se": se,
+        "z": z,
+        "p_value": p,
+        "ci95": [diff - z_crit * se, diff + z_crit * se],
+    }
 
 
 def mcnemar_test(b: int, c: int, exact_below: int = EXACT_MCNEMAR_BELOW) -> dict[str, Any]:
@@ -216,17 +239,31 @@ def mcnemar_test(b: int, c: int, exact_below: int = EXACT_MCNEMAR_BELOW) -> dict
     if n == 0:
         return {"b": b, "c": c, "method": "exact binomial", "statistic": None, "p_value": 1.0}
     if n < exact_below:
-        tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2.0 ** n
+        tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2.0**n
         return {"b": b, "c": c, "method": "exact binomial", "statistic": None, "p_value": min(1.0, 2 * tail)}
     stat = max(abs(b - c) - 1, 0) ** 2 / n
     # chi-square with 1 d.f.: P(X > s) = P(|Z| > sqrt(s)) = erfc(sqrt(s / 2))
-    return {"b": b, "c": c, "method": "chi-square, continuity-corrected", "statistic": stat,
-            "p_value": math.erfc(math.sqrt(stat / 2))}
+    return {
+        "b": b,
+        "c": c,
+        "method": "chi-square, continuity-corrected",
+        "statistic": stat,
+        "p_value": math.erfc(math.sqrt(stat / 2)),
+    }
 
 
-def paired_bootstrap_differences(probs_a: Any, probs_b: Any, labels: Any, decisions_a: Any, decisions_b: Any,
-                                 groups: Sequence[Any] | None = None, *, n_resamples: int = DEFAULT_RESAMPLES,
-                                 seed: int = 0, level: float = 0.95) -> dict[str, dict[str, Any]]:
+def paired_bootstrap_differences(
+    probs_a: Any,
+    probs_b: Any,
+    labels: Any,
+    decisions_a: Any,
+    decisions_b: Any,
+    groups: Sequence[Any] | None = None,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
     """{metric: {"a", "b", "difference" (B - A), "ci95"}} for two models' probabilities and
     0/1 decisions on the same items: the same resamples (of the `groups`, patients, when
     given) for both, so the interval is that of the paired difference."""
@@ -234,8 +271,15 @@ def paired_bootstrap_differences(probs_a: Any, probs_b: Any, labels: Any, decisi
     b = bootstrap_metrics(probs_b, labels, 0.5, groups, n_resamples=n_resamples, seed=seed, decisions=decisions_b)
     point_a = point_metrics(probs_a, labels, 0.5, decisions=decisions_a)
     point_b = point_metrics(probs_b, labels, 0.5, decisions=decisions_b)
-    return {m: {"a": point_a[m], "b": point_b[m], "difference": _sub(point_b[m], point_a[m]),
-                "ci95": percentile_interval(b[m] - a[m], level)} for m in METRICS}
+    return {
+        m: {
+            "a": point_a[m],
+            "b": point_b[m],
+            "difference": _sub(point_b[m], point_a[m]),
+            "ci95": percentile_interval(b[m] - a[m], level),
+        }
+        for m in METRICS
+    }
 
 
 def point_metrics(probs: Any, labels: Any, threshold: float, decisions: Any | None = None) -> dict[str, float | None]:

@@ -23,8 +23,9 @@ def fmt_ci(ci: Any, digits: int = 4) -> str:
 def metric_rows(rep: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(name, value, 95% interval) for each key of `REPORT_KEYS` in `rep`."""
     ci = rep.get("ci95") or {}
-    return [(key, fmt(rep[key]), fmt_ci(ci.get(key)) if key in METRIC_NAMES else "") for key in REPORT_KEYS
-            if key in rep]
+    return [
+        (key, fmt(rep[key]), fmt_ci(ci.get(key)) if key in METRIC_NAMES else "") for key in REPORT_KEYS if key in rep
+    ]
 
 
 def format_table(rep: dict[str, Any]) -> str:
@@ -49,11 +50,15 @@ def _footer(rep: dict[str, Any]) -> list[str]:
     lines = []
     boot = rep.get("bootstrap")
     if boot and boot.get("resamples"):
-        lines.append(f"95% CI: {boot['method']}, {boot['resamples']} resamples of the {boot['units']} "
-                     f"{boot['unit']}s (seed {boot['seed']})")
+        lines.append(
+            f"95% CI: {boot['method']}, {boot['resamples']} resamples of the {boot['units']} "
+            f"{boot['unit']}s (seed {boot['seed']})"
+        )
         for metric, z in (boot.get("zero_width") or {}).items():
-            lines.append(f"{metric} is {z['value']:.0f} on all {z['n']} images it counts, so every resample gives "
-                         f"the same: exact (Clopper-Pearson) 95% CI {fmt_ci(z['exact_ci95'])}")
+            lines.append(
+                f"{metric} is {z['value']:.0f} on all {z['n']} images it counts, so every resample gives "
+                f"the same: exact (Clopper-Pearson) 95% CI {fmt_ci(z['exact_ci95'])}"
+            )
     cal = rep.get("calibration")
     if cal:
         text = f"ECE ({cal['bins']} equal-width bins) {fmt(cal.get('ece'))}, Brier {fmt(cal.get('brier'))}"

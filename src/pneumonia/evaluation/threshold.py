@@ -52,8 +52,14 @@ from pneumonia.evaluation import statistics as st
 EMPIRICAL = ("max_f1", "youden", "sensitivity")
 METHODS = ("fixed", *EMPIRICAL, "youden_bootstrap", "binormal", "kernel", "platt", "midpoint")
 # the `threshold:` block of conf/train.yaml, as calibration reads it
-DEFAULTS: dict[str, Any] = {"method": "youden", "value": 0.5, "target_sensitivity": 0.95,
-                            "bootstrap_resamples": 200, "bootstrap_seed": 0, "kernel_bandwidth": None}
+DEFAULTS: dict[str, Any] = {
+    "method": "youden",
+    "value": 0.5,
+    "target_sensitivity": 0.95,
+    "bootstrap_resamples": 200,
+    "bootstrap_seed": 0,
+    "kernel_bandwidth": None,
+}
 _GRID = 256  # kernel: points of the coarse grid of candidate logits; a finer one of 65 around its best
 
 
@@ -66,8 +72,13 @@ def check_threshold_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
 
     def number(key: str, low: float, high: float, low_open: bool = False) -> None:
         v = s[key]
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) \
-            and (low < v if low_open else low <= v) and v <= high
+        ok = (
+            not isinstance(v, bool)
+            and isinstance(v, (int, float))
+            and math.isfinite(v)
+            and (low < v if low_open else low <= v)
+            and v <= high
+        )
         if not ok:
             raise ConfigError(f"threshold.{key}={v!r} must be a number in {'(' if low_open else '['}{low}, {high}]")
 
@@ -86,15 +97,28 @@ def check_threshold_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
 def rule_options(settings: dict[str, Any] | None) -> dict[str, Any]:
     """`choose_threshold`'s keyword arguments from the (checked) `threshold:` settings."""
     s = check_threshold_settings(settings)
-    return {"method": s["method"], "value": float(s["value"]), "target_sensitivity": float(s["target_sensitivity"]),
-            "resamples": int(s["bootstrap_resamples"]), "seed": int(s["bootstrap_seed"]),
-            "bandwidth": None if s["kernel_bandwidth"] is None else float(s["kernel_bandwidth"])}
+    return {
+        "method": s["method"],
+        "value": float(s["value"]),
+        "target_sensitivity": float(s["target_sensitivity"]),
+        "resamples": int(s["bootstrap_resamples"]),
+        "seed": int(s["bootstrap_seed"]),
+        "bandwidth": None if s["kernel_bandwidth"] is None else float(s["kernel_bandwidth"]),
+    }
 
 
-def choose_threshold(probs: Any, labels: Any, method: str = "youden", value: float = 0.5,
-                     target_sensitivity: float = 0.95, *, logits: Any | None = None,
-                     resamples: int = DEFAULTS["bootstrap_resamples"], seed: int = DEFAULTS["bootstrap_seed"],
-                     bandwidth: float | None = None) -> float:
+def choose_threshold(
+    probs: Any,
+    labels: Any,
+    method: str = "youden",
+    value: float = 0.5,
+    target_sensitivity: float = 0.95,
+    *,
+    logits: Any | None = None,
+    resamples: int = DEFAULTS["bootstrap_resamples"],
+    seed: int = DEFAULTS["bootstrap_seed"],
+    bandwidth: float | None = None,
+) -> float:
     """Threshold on P(pneumonia) by `method` (see the module's docstring): `fixed` (=
     `value`), `max_f1`, `youden`, `sensitivity` (recall >= `target_sensitivity`),
     `youden_bootstrap` (`resamples`, `seed`), `binormal`, `kernel` (`bandwidth` in logits,
@@ -124,8 +148,9 @@ def choose_threshold(probs: Any, labels: Any, method: str = "youden", value: flo
 
 
 # ---- the empirical ROC, for many resamples at once --------------------------------------
-def empirical_thresholds(scores: Any, labels: Any, weights: np.ndarray, method: str = "youden",
-                         target_sensitivity: float = 0.95) -> np.ndarray:
+def empirical_thresholds(
+    scores: Any, labels: Any, weights: np.ndarray, method: str = "youden", target_sensitivity: float = 0.95
+) -> np.ndarray:
     """The `youden`, `max_f1` or `sensitivity` threshold of each row of integer `weights`
     (B, n) over the items (an item of weight k counts k times; a bootstrap resample), in
     O(B n) after one sort: each row's candidates are the distinct scores it holds, and the
@@ -180,8 +205,9 @@ def bootstrap_weights(n: int, resamples: int, seed: int, groups: np.ndarray | No
     return resample_weights(codes, n_groups, int(resamples), np.random.default_rng(int(seed)))
 
 
-def youden_bootstrap(probs: Any, labels: Any, resamples: int = DEFAULTS["bootstrap_resamples"],
-                     seed: int = DEFAULTS["bootstrap_seed"]) -> float:
+def youden_bootstrap(
+    probs: Any, labels: Any, resamples: int = DEFAULTS["bootstrap_resamples"], seed: int = DEFAULTS["bootstrap_seed"]
+) -> float:
     """The median of the Youden thresholds of `resamples` seeded bootstrap resamples of the
     images (resamples missing a class left out)."""
     p, y = _arr(probs), _arr(labels).astype(np.int64)
@@ -206,10 +232,10 @@ def binormal_cut(logits: Any, labels: Any) -> float | None:
         return _phi((t - m0) / s0) - _phi((t - m1) / s1)
 
     # log densities equal: (t - m0)^2 / s0^2 + 2 log s0 = (t - m1)^2 / s1^2 + 2 log s1
-    a = 1 / s0 ** 2 - 1 / s1 ** 2
-    b = -2 * (m0 / s0 ** 2 - m1 / s1 ** 2)
-    c = m0 ** 2 / s0 ** 2 - m1 ** 2 / s1 ** 2 + 2 * math.log(s0 / s1)
-    if abs(a) < 1e-12 * (1 / s0 ** 2 + 1 / s1 ** 2):
+    a = 1 / s0**2 - 1 / s1**2
+    b = -2 * (m0 / s0**2 - m1 / s1**2)
+    c = m0**2 / s0**2 - m1**2 / s1**2 + 2 * math.log(s0 / s1)
+    if abs(a) < 1e-12 * (1 / s0**2 + 1 / s1**2):
         roots = [-c / b] if b else []
     else:
         disc = b * b - 4 * a * c
@@ -240,11 +266,16 @@ def kernel_cut(logits: Any, labels: Any, bandwidth: float | None = None) -> floa
 
     def j(t: np.ndarray) -> np.ndarray:
         rows = max(1, 4_000_000 // len(z))  # grid points per chunk: about 32 MB at a time
+
         def row_means(a: np.ndarray) -> np.ndarray:  # the mean sigmoid of each grid point's row
             return st.sigmoid(a).reshape(a.shape).mean(1)
 
-        return np.concatenate([row_means((c[:, None] - z0[None, :]) / k0) - row_means((c[:, None] - z1[None, :]) / k1)
-                               for c in np.array_split(t, max(1, -(-len(t) // rows)))])
+        return np.concatenate(
+            [
+                row_means((c[:, None] - z0[None, :]) / k0) - row_means((c[:, None] - z1[None, :]) / k1)
+                for c in np.array_split(t, max(1, -(-len(t) // rows)))
+            ]
+        )
 
     grid = np.linspace(z.min(), z.max(), _GRID)
     step = grid[1] - grid[0] if len(grid) > 1 else 1.0
@@ -269,7 +300,7 @@ def platt_cut(logits: Any, labels: Any, iterations: int = 100) -> float | None:
     ridge = np.array([1e-4, 0.0])
 
     def loss(theta: np.ndarray) -> float:
-        return float(w @ np.logaddexp(0.0, -sign * (x @ theta)) + 0.5 * ridge @ theta ** 2)
+        return float(w @ np.logaddexp(0.0, -sign * (x @ theta)) + 0.5 * ridge @ theta**2)
 
     theta = np.array([1.0, 0.0])
     current = loss(theta)
@@ -324,5 +355,10 @@ def roc_points(probs: torch.Tensor, labels: torch.Tensor, max_points: int = 2000
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     sens = (pred & pos).sum(1).double() / max(n_pos, 1)
     spec = (~pred & ~pos).sum(1).double() / max(n_neg, 1)
-    return {"thresholds": thresholds.tolist(), "sensitivity": sens.tolist(), "specificity": spec.tolist(),
-            "n_pneumonia": n_pos, "n_normal": n_neg}
+    return {
+        "thresholds": thresholds.tolist(),
+        "sensitivity": sens.tolist(),
+        "specificity": spec.tolist(),
+        "n_pneumonia": n_pos,
+        "n_normal": n_neg,
+    }

@@ -56,18 +56,29 @@ RULES: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 
 # ---- the machinery, on arrays -------------------------------------------------------------------
-def rule_threshold(rule: tuple[str, str, dict[str, Any]], probs: np.ndarray, labels: np.ndarray,
-                   logits: np.ndarray | None = None) -> float:
+def rule_threshold(
+    rule: tuple[str, str, dict[str, Any]], probs: np.ndarray, labels: np.ndarray, logits: np.ndarray | None = None
+) -> float:
     """One rule's threshold on (probs, labels), with `DEFAULTS` for the options it does not set."""
     _, method, options = rule
-    opts = {"value": DEFAULTS["value"], "target_sensitivity": DEFAULTS["target_sensitivity"],
-            "resamples": DEFAULTS["bootstrap_resamples"], "seed": DEFAULTS["bootstrap_seed"],
-            "bandwidth": DEFAULTS["kernel_bandwidth"], **options}
+    opts = {
+        "value": DEFAULTS["value"],
+        "target_sensitivity": DEFAULTS["target_sensitivity"],
+        "resamples": DEFAULTS["bootstrap_resamples"],
+        "seed": DEFAULTS["bootstrap_seed"],
+        "bandwidth": DEFAULTS["kernel_bandwidth"],
+        **options,
+    }
     return choose_threshold(probs, labels, method, logits=logits, **opts)
 
 
-def weighted_thresholds(rule: tuple[str, str, dict[str, Any]], probs: np.ndarray, labels: np.ndarray,
-                        logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def weighted_thresholds(
+    rule: tuple[str, str, dict[str, Any]],
+    probs: np.ndarray,
+    labels: np.ndarray,
+    logits: np.ndarray,
+    weights: np.ndarray,
+) -> np.ndarray:
     """The rule's threshold for each row of integer `weights` (B, n) (a bootstrap resample, or
     0/1 for a half): vectorised for the empirical-ROC rules, one call per row for the others.
     NaN for a row missing a class."""
@@ -76,8 +87,9 @@ def weighted_thresholds(rule: tuple[str, str, dict[str, Any]], probs: np.ndarray
     if method == "fixed":
         return np.full(len(weights), float(options.get("value", DEFAULTS["value"])))
     if method in EMPIRICAL:
-        return empirical_thresholds(probs, labels, weights, method,
-                                    options.get("target_sensitivity", DEFAULTS["target_sensitivity"]))
+        return empirical_thresholds(
+            probs, labels, weights, method, options.get("target_sensitivity", DEFAULTS["target_sensitivity"])
+        )
     out = np.full(len(weights), np.nan)
     for b, w in enumerate(weights):
         idx = np.repeat(np.arange(len(labels)), w.astype(np.int64))
@@ -86,19 +98,28 @@ def weighted_thresholds(rule: tuple[str, str, dict[str, Any]], probs: np.ndarray
     return out
 
 
-def decision_rates(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray,
-                   mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def decision_rates(
+    probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, mask: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Accuracy, balanced accuracy, sensitivity and specificity of each threshold (T,) on the
     items of each row of `mask` (T, n) (all items when None); NaN for a NaN threshold."""
     t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     m = np.ones((len(t), len(labels)), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     pred = probs[None, :] >= t[:, None]
     pos = labels.astype(bool)[None, :]
-    rates = confusion_rates(tp=(pred & pos & m).sum(1), fp=(pred & ~pos & m).sum(1), fn=(~pred & pos & m).sum(1),
-                            tn=(~pred & ~pos & m).sum(1))
+    rates = confusion_rates(
+        tp=(pred & pos & m).sum(1),
+        fp=(pred & ~pos & m).sum(1),
+        fn=(~pred & pos & m).sum(1),
+        tn=(~pred & ~pos & m).sum(1),
+    )
     sens, spec = rates["recall"], rates["specificity"]
-    out = {"accuracy": rates["accuracy"], "balanced_accuracy": (sens + spec) / 2, "sensitivity": sens,
-           "specificity": spec}
+    out = {
+        "accuracy": rates["accuracy"],
+        "balanced_accuracy": (sens + spec) / 2,
+        "sensitivity": sens,
+        "specificity": spec,
+    }
     return {k: np.where(np.isnan(t), np.nan, v.astype(np.float64)) for k, v in out.items()}
 
 
@@ -127,13 +148,25 @@ def _summary(x: np.ndarray) -> dict[str, float | None]:
     if not len(x):
         return {"mean": None, "std": None, "p05": None, "p95": None}
     p05, p95 = np.quantile(x, [0.05, 0.95])
-    return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
-            "p05": float(p05), "p95": float(p95)}
+    return {
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+        "p05": float(p05),
+        "p95": float(p95),
+    }
 
 
-def study_scores(probs: Any, labels: Any, logits: Any | None = None, groups: Sequence[Any] | None = None, *,
-                 rules: Sequence[tuple[str, str, dict[str, Any]]] = RULES, splits: int = 300,
-                 resamples: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+def study_scores(
+    probs: Any,
+    labels: Any,
+    logits: Any | None = None,
+    groups: Sequence[Any] | None = None,
+    *,
+    rules: Sequence[tuple[str, str, dict[str, Any]]] = RULES,
+    splits: int = 300,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """{rule name: its study} on one set of validation scores (see the module's docstring):
     `threshold`, `logit`, `validation` (its rates on all of it), `bootstrap` (`threshold` and
     `logit` and `balanced_accuracy` summaries over the resamples), `split_half` (summaries of
@@ -153,28 +186,44 @@ def study_scores(probs: Any, labels: Any, logits: Any | None = None, groups: Seq
         t = rule_threshold(rule, p, y, z)
         val = {k: float(v[0]) for k, v in decision_rates(p, y, np.array([t])).items()}
         zt = float(logit(t)[0])
-        margin = {"specificity": float(((z[y == 0] + SHIFT) < zt).mean()),
-                  "sensitivity": float(((z[y == 1] - SHIFT) >= zt).mean())}
+        margin = {
+            "specificity": float(((z[y == 0] + SHIFT) < zt).mean()),
+            "sensitivity": float(((z[y == 1] - SHIFT) >= zt).mean()),
+        }
         boot_t = weighted_thresholds(rule, p, y, z, boot_w)
         boot_rates = decision_rates(p, y, boot_t)
         half_t = weighted_thresholds(rule, p, y, z, halves.astype(np.float64))
         held_out = decision_rates(p, y, half_t, ~halves)
         out[rule[0]] = {
-            "method": rule[1], "options": dict(rule[2]), "threshold": t, "logit": zt, "validation": val,
+            "method": rule[1],
+            "options": dict(rule[2]),
+            "threshold": t,
+            "logit": zt,
+            "validation": val,
             "margin": margin,
-            "bootstrap": {"threshold": _summary(boot_t), "logit": _summary(logit(boot_t)),
-                          "balanced_accuracy": _summary(boot_rates["balanced_accuracy"]),
-                          "resamples": int(resamples)},
-            "split_half": {**{k: _summary(v) for k, v in held_out.items()}, "splits": int(splits),
-                           "threshold": _summary(half_t)},
+            "bootstrap": {
+                "threshold": _summary(boot_t),
+                "logit": _summary(logit(boot_t)),
+                "balanced_accuracy": _summary(boot_rates["balanced_accuracy"]),
+                "resamples": int(resamples),
+            },
+            "split_half": {
+                **{k: _summary(v) for k, v in held_out.items()},
+                "splits": int(splits),
+                "threshold": _summary(half_t),
+            },
             "seconds": round(time.perf_counter() - start, 3),
             "_split_half_balanced_accuracy": held_out["balanced_accuracy"],  # per split, for pairwise comparisons
         }
     base = out[rules[0][0]]["_split_half_balanced_accuracy"]
     for r in out.values():
         diff = r.pop("_split_half_balanced_accuracy") - base
-        r["split_half"]["vs_first_rule"] = {"rule": rules[0][0], "mean_difference": float(np.nanmean(diff)),
-                                           "better": float(np.mean(diff > 0)), "worse": float(np.mean(diff < 0))}
+        r["split_half"]["vs_first_rule"] = {
+            "rule": rules[0][0],
+            "mean_difference": float(np.nanmean(diff)),
+            "better": float(np.mean(diff > 0)),
+            "worse": float(np.mean(diff < 0)),
+        }
     return out
 
 
@@ -185,24 +234,31 @@ def across_checkpoints(studies: Sequence[dict[str, dict[str, Any]]]) -> dict[str
 
     names = list(studies[0])
     # each checkpoint's ranking of the rules by held-out balanced accuracy (1 = best; ties share)
-    ranks = [dict(zip(names, midranks([-s[n]["split_half"]["balanced_accuracy"]["mean"] for n in names])))
-             for s in studies]
+    ranks = [
+        dict(zip(names, midranks([-s[n]["split_half"]["balanced_accuracy"]["mean"] for n in names]))) for s in studies
+    ]
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         rows = [s[name] for s in studies]
 
         def stat(values: list[float]) -> dict[str, float]:
             v = np.asarray(values, dtype=np.float64)
-            return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                    "min": float(v.min()), "max": float(v.max())}
+            return {
+                "mean": float(v.mean()),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "min": float(v.min()),
+                "max": float(v.max()),
+            }
 
         out[name] = {
             "threshold": stat([r["threshold"] for r in rows]),
             "logit": stat([r["logit"] for r in rows]),
             "bootstrap_logit_std": stat([r["bootstrap"]["logit"]["std"] or 0.0 for r in rows]),
             "validation_balanced_accuracy": stat([r["validation"]["balanced_accuracy"] for r in rows]),
-            **{f"split_half_{k}": stat([r["split_half"][k]["mean"] for r in rows])
-               for k in ("accuracy", "balanced_accuracy", "specificity", "sensitivity")},
+            **{
+                f"split_half_{k}": stat([r["split_half"][k]["mean"] for r in rows])
+                for k in ("accuracy", "balanced_accuracy", "specificity", "sensitivity")
+            },
             "split_half_balanced_accuracy_rank": stat([r[name] for r in ranks]),
             "split_half_balanced_accuracy_std": stat([r["split_half"]["balanced_accuracy"]["std"] for r in rows]),
             "margin_specificity": stat([r["margin"]["specificity"] for r in rows]),
@@ -219,9 +275,11 @@ def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
 
 
 def checkpoint_table(study: dict[str, dict[str, Any]]) -> str:
-    head = ("| rule | threshold (logit) | bootstrap: logit sd, 5-95% threshold | bootstrap bal. acc. 5-95% "
-            "| split-half accuracy | split-half bal. acc. | split-half specificity | better / worse than "
-            f"{next(iter(study))} | spec. / sens. at ±{SHIFT:g} logit |\n|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| rule | threshold (logit) | bootstrap: logit sd, 5-95% threshold | bootstrap bal. acc. 5-95% "
+        "| split-half accuracy | split-half bal. acc. | split-half specificity | better / worse than "
+        f"{next(iter(study))} | spec. / sens. at ±{SHIFT:g} logit |\n|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for name, r in study.items():
         b, h, vs = r["bootstrap"], r["split_half"], r["split_half"]["vs_first_rule"]
@@ -233,14 +291,17 @@ def checkpoint_table(study: dict[str, dict[str, Any]]) -> str:
             f"| {_pm(h['balanced_accuracy']['mean'], h['balanced_accuracy']['std'])} "
             f"| {_pm(h['specificity']['mean'], h['specificity']['std'])} "
             f"| {vs['better']:.0%} / {vs['worse']:.0%} "
-            f"| {r['margin']['specificity']:.3f} / {r['margin']['sensitivity']:.3f} |")
+            f"| {r['margin']['specificity']:.3f} / {r['margin']['sensitivity']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def summary_table(summary: dict[str, dict[str, Any]], n: int) -> str:
-    head = (f"| rule | threshold over {n} checkpoints: mean ± sd [min, max] | logit sd across checkpoints "
-            "| bootstrap logit sd (mean) | split-half accuracy | split-half bal. acc. | its rank (mean) "
-            f"| split-half specificity | spec. / sens. at ±{SHIFT:g} logit |\n|---|---|---|---|---|---|---|---|---|")
+    head = (
+        f"| rule | threshold over {n} checkpoints: mean ± sd [min, max] | logit sd across checkpoints "
+        "| bootstrap logit sd (mean) | split-half accuracy | split-half bal. acc. | its rank (mean) "
+        f"| split-half specificity | spec. / sens. at ±{SHIFT:g} logit |\n|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for name, r in summary.items():
         t = r["threshold"]
@@ -251,26 +312,45 @@ def summary_table(summary: dict[str, dict[str, Any]], n: int) -> str:
             f"| {_pm(r['split_half_balanced_accuracy']['mean'], r['split_half_balanced_accuracy']['std'])} "
             f"| {r['split_half_balanced_accuracy_rank']['mean']:.1f} "
             f"| {_pm(r['split_half_specificity']['mean'], r['split_half_specificity']['std'])} "
-            f"| {r['margin_specificity']['mean']:.3f} / {r['margin_sensitivity']['mean']:.3f} |")
+            f"| {r['margin_specificity']['mean']:.3f} / {r['margin_sensitivity']['mean']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def markdown_report(result: dict[str, Any]) -> str:
     s = result["settings"]
     n = len(result["checkpoints"])
-    parts = [f"# Threshold study on validation ({n} checkpoint{'s' * (n > 1)}, {s['splits']} split-halves, "
-             f"{s['resamples']} bootstrap resamples of patients, seed {s['seed']})", ""]
+    parts = [
+        f"# Threshold study on validation ({n} checkpoint{'s' * (n > 1)}, {s['splits']} split-halves, "
+        f"{s['resamples']} bootstrap resamples of patients, seed {s['seed']})",
+        "",
+    ]
     if len(result["checkpoints"]) > 1:
-        parts += ["## Across checkpoints", "",
-                  "Thresholds: mean ± sd over the checkpoints; split-half columns: the mean over the checkpoints "
-                  "of each one's mean over its splits, ± the sd of those means across checkpoints.", "",
-                  summary_table(result["across_checkpoints"], len(result["checkpoints"])), ""]
+        parts += [
+            "## Across checkpoints",
+            "",
+            "Thresholds: mean ± sd over the checkpoints; split-half columns: the mean over the checkpoints "
+            "of each one's mean over its splits, ± the sd of those means across checkpoints.",
+            "",
+            summary_table(result["across_checkpoints"], len(result["checkpoints"])),
+            "",
+        ]
     for c in result["checkpoints"]:
-        parts += [f"## {c['checkpoint']}", "",
-                  f"seed {c['seed']}, {c['n']} validation images ({c['n_normal']} normal) of {c['patients']} patients, "
-                  f"AUROC {c['auroc']:.4f}, precision {c['precision']}; stored threshold {c['stored_threshold']:.4f} "
-                  f"({c['stored_method']})" + (f", temperature {c['stored_temperature']:.3f} (not applied here)"
-                                                if c.get("stored_temperature") not in (None, 1.0) else "") + ".", "",
-                  checkpoint_table(c["rules"]), ""]
+        parts += [
+            f"## {c['checkpoint']}",
+            "",
+            f"seed {c['seed']}, {c['n']} validation images ({c['n_normal']} normal) of {c['patients']} patients, "
+            f"AUROC {c['auroc']:.4f}, precision {c['precision']}; stored threshold {c['stored_threshold']:.4f} "
+            f"({c['stored_method']})"
+            + (
+                f", temperature {c['stored_temperature']:.3f} (not applied here)"
+                if c.get("stored_temperature") not in (None, 1.0)
+                else ""
+            )
+            + ".",
+            "",
+            checkpoint_table(c["rules"]),
+            "",
+        ]
     parts.append(f"{result['seconds']:.1f} s for the statistics ({result['scoring_seconds']:.1f} s scoring).")
     return "\n".join(parts) + "\n"

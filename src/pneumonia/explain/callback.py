@@ -30,12 +30,16 @@ class GradCamImages(L.Callback):
         labels = data.labels[data.indices]
         per_class = [data.indices[labels == c][: (self.num_images + 1 - c) // 2] for c in (0, 1)]
         rows = [t for pair in zip(*per_class) for t in pair]
-        rows += [t for group in per_class for t in group[len(rows) // 2:]]  # a class with fewer images
+        rows += [t for group in per_class for t in group[len(rows) // 2 :]]  # a class with fewer images
         return torch.stack(rows[: self.num_images]) if rows else torch.empty(0, dtype=torch.long)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (not self.num_images or trainer.sanity_checking or not trainer.is_global_zero
-                or trainer.current_epoch % self.every_n_epochs):
+        if (
+            not self.num_images
+            or trainer.sanity_checking
+            or not trainer.is_global_zero
+            or trainer.current_epoch % self.every_n_epochs
+        ):
             return
         tensorboards = tensorboard_loggers(trainer.loggers)
         datamodule: Any = getattr(trainer, "datamodule", None)
@@ -53,9 +57,16 @@ class GradCamImages(L.Callback):
         x = datamodule.preprocess.to_input(images.to(pl_module.device))
         threshold = float(cast(torch.Tensor, pl_module.threshold))  # a PneumoniaClassifier's buffer
         maps, probs = gradcam(cast(torch.nn.Module, pl_module.net), x, threshold=threshold)
-        items = [{"image": images[i].numpy(), "cam": maps[i].cpu().numpy(), "probability": float(probs[i]),
-                  "prediction": int(probs[i] >= threshold), "label": int(data.labels[self._chosen[i]])}
-                 for i in range(len(images))]
+        items = [
+            {
+                "image": images[i].numpy(),
+                "cam": maps[i].cpu().numpy(),
+                "probability": float(probs[i]),
+                "prediction": int(probs[i] >= threshold),
+                "label": int(data.labels[self._chosen[i]]),
+            }
+            for i in range(len(images))
+        ]
         for tb in tensorboards:
             fig = gallery_figure(items, columns=4)
             tb.experiment.add_figure("val/gradcam", fig, global_step=trainer.current_epoch, close=True)

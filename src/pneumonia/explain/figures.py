@@ -67,8 +67,7 @@ def _resized_cam(cam: Any, shape: tuple[int, int]) -> np.ndarray:
     if c.ndim != 2:
         raise ValueError(f"cam must be (h, w) or (1, h, w); got shape {tuple(c.shape)}")
     if tuple(c.shape) != tuple(shape):
-        c = torch.nn.functional.interpolate(c[None, None], size=shape, mode="bilinear",
-                                            align_corners=False)[0, 0]
+        c = torch.nn.functional.interpolate(c[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
     return torch.nan_to_num(c).clamp(0.0, 1.0).numpy()
 
 
@@ -99,12 +98,21 @@ def caption(probability: float, threshold: float, *, explain: str = "predicted",
     while digits < 6 and round(float(probability), digits) == round(float(threshold), digits):
         digits += 1
     what = f"no region pushed towards {evidence}" if empty else f"evidence for {evidence}"
-    return (f"P(pneumonia) = {float(probability):.{digits}f}, threshold {float(threshold):.{digits}f} "
-            f"\u2192 {predicted} (map: {what})")
+    return (
+        f"P(pneumonia) = {float(probability):.{digits}f}, threshold {float(threshold):.{digits}f} "
+        f"\u2192 {predicted} (map: {what})"
+    )
 
 
-def overlay_figure(image: Any, cam: Any | None, *, probability: float, threshold: float,
-                   title: str | None = None, explain: str = "predicted") -> plt.Figure:
+def overlay_figure(
+    image: Any,
+    cam: Any | None,
+    *,
+    probability: float,
+    threshold: float,
+    title: str | None = None,
+    explain: str = "predicted",
+) -> plt.Figure:
     """The X-ray in gray with its Grad-CAM heatmap over it and the decision as caption.
 
     image: (H, W), (C, H, W) or (H, W, C) uint8 or float array/tensor; cam: a map in [0, 1] of
@@ -115,14 +123,23 @@ def overlay_figure(image: Any, cam: Any | None, *, probability: float, threshold
     _draw(ax, image, cam)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.text(0.5, 0.03, caption(probability, threshold, explain=explain), ha="center", va="bottom",
-             fontsize=7.5, wrap=True)
+    fig.text(
+        0.5, 0.03, caption(probability, threshold, explain=explain), ha="center", va="bottom", fontsize=7.5, wrap=True
+    )
     fig.subplots_adjust(left=0.03, right=0.97, top=0.92 if title else 0.97, bottom=0.1)
     return fig
 
 
-def overlay_image(image: Any, cam: Any | None, *, probability: float, threshold: float,
-                  title: str | None = None, explain: str = "predicted", size: int = 400) -> Image.Image:
+def overlay_image(
+    image: Any,
+    cam: Any | None,
+    *,
+    probability: float,
+    threshold: float,
+    title: str | None = None,
+    explain: str = "predicted",
+    size: int = 400,
+) -> Image.Image:
     """The same picture as `overlay_figure`, drawn with PIL: a (size) x (size + 40) RGB image.
 
     `predict.py explain=true` writes one per image; matplotlib takes ~70 ms a figure, this
@@ -158,13 +175,22 @@ def _font(px: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), px)
 
 
-def save_overlay(path: str | Path, image: Any, cam: Any | None, *, probability: float, threshold: float,
-                 title: str | None = None, explain: str = "predicted") -> Path:
+def save_overlay(
+    path: str | Path,
+    image: Any,
+    cam: Any | None,
+    *,
+    probability: float,
+    threshold: float,
+    title: str | None = None,
+    explain: str = "predicted",
+) -> Path:
     """`overlay_image` written as a 400x440 PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    overlay_image(image, cam, probability=probability, threshold=threshold, title=title,
-                  explain=explain).save(path, format="PNG", compress_level=3)  # zlib's default 6: 2x the time
+    overlay_image(image, cam, probability=probability, threshold=threshold, title=title, explain=explain).save(
+        path, format="PNG", compress_level=3
+    )  # zlib's default 6: 2x the time
     return path
 
 
@@ -189,12 +215,13 @@ def gallery_figure(items: Sequence[Mapping[str, Any]], *, columns: int = 4) -> p
         raise ValueError(f"columns={columns} must be >= 1")
     columns = min(columns, len(items))
     rows = math.ceil(len(items) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.8 * rows), dpi=100, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(2.4 * columns, 2.8 * rows), dpi=100, squeeze=False, layout="constrained"
+    )
     engine = fig.get_layout_engine()
     assert isinstance(engine, ConstrainedLayoutEngine)  # layout="constrained"
     engine.set(rect=(0, 0, 1, 1 - 0.12 / rows))  # constrained layout clips the top titles
-    for ax in axes.flat[len(items):]:
+    for ax in axes.flat[len(items) :]:
         ax.axis("off")
     for ax, item in zip(axes.flat, items):
         _draw(ax, item["image"], item.get("cam"))
@@ -215,8 +242,7 @@ def gallery_figure(items: Sequence[Mapping[str, Any]], *, columns: int = 4) -> p
     return fig
 
 
-def save_gallery(path: str | Path, items: Sequence[Mapping[str, Any]], *, columns: int = 4,
-                 dpi: int = 100) -> Path:
+def save_gallery(path: str | Path, items: Sequence[Mapping[str, Any]], *, columns: int = 4, dpi: int = 100) -> Path:
     """`gallery_figure` written as a PNG (240*columns x 280*rows px at the default dpi)."""
     return _save(gallery_figure(items, columns=columns), path, dpi)
 

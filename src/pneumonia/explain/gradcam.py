@@ -47,8 +47,9 @@ def _features(net: nn.Module) -> nn.Sequential:
         features = getattr(candidate, "features", None)
         if isinstance(features, nn.Sequential) and len(features) > 0:
             return features
-    raise TypeError(f"{type(net).__name__} has no `features` conv blocks (nor a `.net` with them); "
-                    "pass `layer=` explicitly")
+    raise TypeError(
+        f"{type(net).__name__} has no `features` conv blocks (nor a `.net` with them); pass `layer=` explicitly"
+    )
 
 
 def default_layer(net: nn.Module) -> nn.Module:
@@ -103,8 +104,9 @@ def gradcam(
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
     ensemble = find_ensemble(net)
     if ensemble is not None:
-        return _ensemble_gradcam(net, ensemble, x, layer=layer, explain=explain, threshold=threshold,
-                                 decisions=decisions)
+        return _ensemble_gradcam(
+            net, ensemble, x, layer=layer, explain=explain, threshold=threshold, decisions=decisions
+        )
     layer = default_layer(net) if layer is None else layer
     param = next(net.parameters(), None)
     if param is not None:  # the net's device and float dtype (uint8 input is not scaled: pass [0, 1] floats)
@@ -149,9 +151,16 @@ def gradcam(
     return maps, probs
 
 
-def _ensemble_gradcam(net: nn.Module, ensemble: nn.Module, x: torch.Tensor, *, layer: nn.Module | Sequence[nn.Module]
-                      | None, explain: Explain, threshold: float, decisions: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def _ensemble_gradcam(
+    net: nn.Module,
+    ensemble: nn.Module,
+    x: torch.Tensor,
+    *,
+    layer: nn.Module | Sequence[nn.Module] | None,
+    explain: Explain,
+    threshold: float,
+    decisions: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean of the members' maps for the ensemble's decisions, and the ensemble's
     probabilities (`net`: the ensemble or what wraps it, e.g. with its temperature)."""
     members = list(cast(nn.ModuleList, ensemble.members))
@@ -174,8 +183,12 @@ def _ensemble_gradcam(net: nn.Module, ensemble: nn.Module, x: torch.Tensor, *, l
             module.training = training
     if explain == "predicted" and decisions is None:
         decisions = (probs >= threshold).long()
-    maps = torch.stack([gradcam(member, x, layer=member_layer, explain=explain, decisions=decisions)[0]
-                        for member, member_layer in zip(members, layers)]).mean(dim=0)
+    maps = torch.stack(
+        [
+            gradcam(member, x, layer=member_layer, explain=explain, decisions=decisions)[0]
+            for member, member_layer in zip(members, layers)
+        ]
+    ).mean(dim=0)
     peak = maps.amax(dim=(1, 2), keepdim=True)
     maps = (maps / torch.where(peak > 0, peak, torch.ones_like(peak))).clamp_(0.0, 1.0)
     return maps, probs

@@ -24,8 +24,13 @@ def render_model_card(meta: dict[str, Any]) -> str:
     import jinja2
 
     text = resources.files("pneumonia.export").joinpath("templates").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
-                             lstrip_blocks=True, autoescape=False)
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
     env.filters["fmt"] = fmt
     env.filters["shape"] = _shape
     env.filters["describe_net"] = describe_net

@@ -27,8 +27,18 @@ from pneumonia.inference import Predictor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXAMPLE_BATCH", "INPUT_NAME", "OUTPUT_NAME", "PARITY_TOLERANCE", "Logits", "build_sidecar", "export_net",
-           "git_commit", "load_exported", "verify"]
+__all__ = [
+    "EXAMPLE_BATCH",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "PARITY_TOLERANCE",
+    "Logits",
+    "build_sidecar",
+    "export_net",
+    "git_commit",
+    "load_exported",
+    "verify",
+]
 
 INPUT_NAME, OUTPUT_NAME = "image", "logit"
 EXAMPLE_BATCH = 2  # the batch size traced; 0 and 1 are specialised by torch.export, so not those
@@ -80,30 +90,43 @@ def export_net(predictor: Predictor, path: Path, fmt: str, *, opset: int = 20) -
     return {**info, "model_file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int, predictor: Predictor
-                 ) -> dict[str, Any]:
+def _export_onnx(
+    module: nn.Module, example: torch.Tensor, path: Path, opset: int, predictor: Predictor
+) -> dict[str, Any]:
     require_export_extra("format=onnx", *ONNX_MODULES)
     import onnx
 
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # their INFO lines (one per pass) would fill export.log
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=({0: _batch_dim()},),
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-                                    verbose=False, optimize=True)
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            dynamic_shapes=({0: _batch_dim()},),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            verbose=False,
+            optimize=True,
+        )
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"torch.onnx.export (dynamo) failed at opset {opset}: {first[:300]}") from err
     assert program is not None  # dynamo=True returns an ONNXProgram
     model = program.model_proto
-    model.doc_string = ("Pneumonia classifier: input 'image' float32 (batch, C, S, S) in [0, 1], output 'logit' "
-                        "(batch,); sigmoid(logit) = P(PNEUMONIA). See model.json.")
+    model.doc_string = (
+        "Pneumonia classifier: input 'image' float32 (batch, C, S, S) in [0, 1], output 'logit' "
+        "(batch,); sigmoid(logit) = P(PNEUMONIA). See model.json."
+    )
     summary = predictor.summary()
-    for key, value in (("pneumonia.threshold", f"{predictor.threshold:.9g}"),
-                       ("pneumonia.classes", ",".join(summary["classes"])),
-                       ("pneumonia.positive_class", summary["positive_class"]),
-                       ("pneumonia.image_size", str(predictor.preprocess.image_size)),
-                       ("pneumonia.channels", str(predictor.preprocess.channels))):
+    for key, value in (
+        ("pneumonia.threshold", f"{predictor.threshold:.9g}"),
+        ("pneumonia.classes", ",".join(summary["classes"])),
+        ("pneumonia.positive_class", summary["positive_class"]),
+        ("pneumonia.image_size", str(predictor.preprocess.image_size)),
+        ("pneumonia.channels", str(predictor.preprocess.channels)),
+    ):
         model.metadata_props.add(key=key, value=value)
     onnx.save_model(model, str(path))
     try:
@@ -112,8 +135,13 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: in
         raise ExportError(f"onnx.checker rejects the exported model: {str(err).splitlines()[0][:300]}") from err
     saved = onnx.load(str(path), load_external_data=False)
     opsets = {o.domain or "ai.onnx": o.version for o in saved.opset_import}
-    return {"opset": opsets.get("ai.onnx"), "opset_imports": opsets, "ir_version": saved.ir_version,
-            "input": _onnx_value(saved.graph.input[0]), "output": _onnx_value(saved.graph.output[0])}
+    return {
+        "opset": opsets.get("ai.onnx"),
+        "opset_imports": opsets,
+        "ir_version": saved.ir_version,
+        "input": _onnx_value(saved.graph.input[0]),
+        "output": _onnx_value(saved.graph.output[0]),
+    }
 
 
 def _onnx_value(value: Any) -> dict[str, Any]:
@@ -133,9 +161,11 @@ def _export_pt2(module: nn.Module, example: torch.Tensor, path: Path) -> dict[st
     torch.export.save(program, str(path))
     signature = program.graph_signature
     c, s = example.shape[1], example.shape[2]
-    return {"opset": None,
-            "input": {"name": signature.user_inputs[0], "dtype": "float32", "shape": ["batch", c, s, s]},
-            "output": {"name": signature.user_outputs[0], "dtype": "float32", "shape": ["batch"]}}
+    return {
+        "opset": None,
+        "input": {"name": signature.user_inputs[0], "dtype": "float32", "shape": ["batch", c, s, s]},
+        "output": {"name": signature.user_outputs[0], "dtype": "float32", "shape": ["batch"]},
+    }
 
 
 def load_exported(path: Path, fmt: str) -> Any:
@@ -157,8 +187,9 @@ def load_exported(path: Path, fmt: str) -> Any:
     return run
 
 
-def verify(predictor: Predictor, path: Path, fmt: str, *, batch_sizes: tuple[int, ...] = (1, 3, 5),
-           seed: int = 0) -> dict[str, Any]:
+def verify(
+    predictor: Predictor, path: Path, fmt: str, *, batch_sizes: tuple[int, ...] = (1, 3, 5), seed: int = 0
+) -> dict[str, Any]:
     """Probabilities of the exported file against the Predictor (eager, fp32) on synthetic
     uint8 images, at batch sizes other than the traced one; raises past PARITY_TOLERANCE."""
     run = load_exported(path, fmt)
@@ -170,16 +201,27 @@ def verify(predictor: Predictor, path: Path, fmt: str, *, batch_sizes: tuple[int
         eager = predictor.predict_images(torch.from_numpy(images)).numpy()
         exported = sigmoid(run(np.ascontiguousarray(images, dtype=np.float32) / np.float32(255)))
         worst = max(worst, float(np.abs(eager - exported).max()))
-        agree += int((predictor.decide(torch.from_numpy(eager)).numpy()
-                      == predictor.decide(torch.from_numpy(exported)).numpy()).sum())
+        agree += int(
+            (
+                predictor.decide(torch.from_numpy(eager)).numpy()
+                == predictor.decide(torch.from_numpy(exported)).numpy()
+            ).sum()
+        )
         total += n
     if worst > PARITY_TOLERANCE:
-        raise ExportError(f"the exported {fmt} model differs from PyTorch eager by {worst:.2e} in probability "
-                          f"(tolerance {PARITY_TOLERANCE:g}): not written as a usable export")
-    return {"against": "PyTorch eager, fp32 (Predictor, 32-true)", "inputs": "synthetic uint8 images",
-            "batch_sizes": list(batch_sizes), "traced_batch_size": EXAMPLE_BATCH,
-            "max_abs_probability_difference": worst, "tolerance": PARITY_TOLERANCE,
-            "decisions_agree": f"{agree}/{total}"}
+        raise ExportError(
+            f"the exported {fmt} model differs from PyTorch eager by {worst:.2e} in probability "
+            f"(tolerance {PARITY_TOLERANCE:g}): not written as a usable export"
+        )
+    return {
+        "against": "PyTorch eager, fp32 (Predictor, 32-true)",
+        "inputs": "synthetic uint8 images",
+        "batch_sizes": list(batch_sizes),
+        "traced_batch_size": EXAMPLE_BATCH,
+        "max_abs_probability_difference": worst,
+        "tolerance": PARITY_TOLERANCE,
+        "decisions_agree": f"{agree}/{total}",
+    }
 
 
 def git_commit(where: Path | None = None) -> dict[str, Any]:
@@ -193,8 +235,9 @@ def git_commit(where: Path | None = None) -> dict[str, Any]:
 
     def git(*args: str) -> str | None:
         try:
-            res = subprocess.run(["git", "--no-optional-locks", "-C", str(where), *args], capture_output=True,
-                                 text=True, timeout=10)
+            res = subprocess.run(
+                ["git", "--no-optional-locks", "-C", str(where), *args], capture_output=True, text=True, timeout=10
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return res.stdout.strip() if res.returncode == 0 else None
@@ -220,8 +263,12 @@ def preprocess_steps(channels: int, image_size: int, normalize: str = "none") ->
         f"img.resize(({image_size}, {image_size}), Image.BILINEAR): Pillow's bilinear, which filters when "
         "downscaling (OpenCV INTER_LINEAR or torch interpolate without antialias give other pixels)",
         f"uint8 array (H, W{'' if channels == 1 else ', 3'}) -> (1, {channels}, {image_size}, {image_size}) "
-        "float32 / 255, NCHW" + (", no mean/std normalisation" if normalize == "none" else
-                                 f"; the graph applies the recipe's normalisation ({normalize}) itself"),
+        "float32 / 255, NCHW"
+        + (
+            ", no mean/std normalisation"
+            if normalize == "none"
+            else f"; the graph applies the recipe's normalisation ({normalize}) itself"
+        ),
     ]
 
 
@@ -233,15 +280,25 @@ def _tta_of(predictor: Predictor) -> dict[str, Any]:
     found = next((m for m in predictor.net.modules() if isinstance(m, TTA)), None)
     if found is None:
         return {"enabled": False, "variants": 1}
-    return {"enabled": True, "variants": len(found.variants), "scales": list(found.scales),
-            "shifts": list(found.shifts),
-            "note": "inside the model: each image is scored on every variant (zoom about the centre, shifts "
-                    "left/right/up/down by a fraction of the image size), one forward pass of the network each, and "
-                    "the output is the logit of their mean probability"}
+    return {
+        "enabled": True,
+        "variants": len(found.variants),
+        "scales": list(found.scales),
+        "shifts": list(found.shifts),
+        "note": "inside the model: each image is scored on every variant (zoom about the centre, shifts "
+        "left/right/up/down by a fraction of the image size), one forward pass of the network each, and "
+        "the output is the logit of their mean probability",
+    }
 
 
-def build_sidecar(predictor: Predictor, fmt: str, info: dict[str, Any], *, verification: dict[str, Any] | None,
-                  threshold_precision: str | None) -> dict[str, Any]:
+def build_sidecar(
+    predictor: Predictor,
+    fmt: str,
+    info: dict[str, Any],
+    *,
+    verification: dict[str, Any] | None,
+    threshold_precision: str | None,
+) -> dict[str, Any]:
     """model.json (format_version 1; see `pneumonia.export.sidecar`)."""
     import datetime
 
@@ -269,15 +326,23 @@ def build_sidecar(predictor: Predictor, fmt: str, info: dict[str, Any], *, verif
         "sha256": info["sha256"],
         "bytes": info["bytes"],
         "opset": info.get("opset"),
-        "input": {**info["input"], "layout": "NCHW", "range": [0.0, 1.0],
-                  "batch": "dynamic (any size >= 1)"},
-        "output": {**info["output"],
-                   "meaning": "one logit per image; sigmoid(logit) = P(PNEUMONIA)" + (
-                       f" (the network's logit already divided by the temperature {temperature:g} fitted on "
-                       f"validation)" if temperature != 1.0 else "") + (
-                       f"; with test-time augmentation, the logit of the mean probability over {tta['variants']} "
-                       f"variants of the image" if tta["enabled"] else ""),
-                   "batch": "dynamic, the input's"},
+        "input": {**info["input"], "layout": "NCHW", "range": [0.0, 1.0], "batch": "dynamic (any size >= 1)"},
+        "output": {
+            **info["output"],
+            "meaning": "one logit per image; sigmoid(logit) = P(PNEUMONIA)"
+            + (
+                f" (the network's logit already divided by the temperature {temperature:g} fitted on validation)"
+                if temperature != 1.0
+                else ""
+            )
+            + (
+                f"; with test-time augmentation, the logit of the mean probability over {tta['variants']} "
+                f"variants of the image"
+                if tta["enabled"]
+                else ""
+            ),
+            "batch": "dynamic, the input's",
+        },
         "tta": tta,
         "preprocess": {**prep.describe(), "steps": preprocess_steps(prep.channels, prep.image_size, prep.normalize)},
         "classes": summary["classes"],
@@ -291,12 +356,17 @@ def build_sidecar(predictor: Predictor, fmt: str, info: dict[str, Any], *, verif
         "precision": "fp32",
         "validation": validation,
         "validation_note": "metrics of the patient-grouped validation split at the stored threshold, as stored in the "
-                           "checkpoint; not test numbers; ci95: patient-bootstrap 95% intervals where the checkpoint "
-                           "has them",
+        "checkpoint; not test numbers; ci95: patient-bootstrap 95% intervals where the checkpoint "
+        "has them",
         "validation_roc": validation_roc,
         "recipe": recipe,
         "verification": verification,
-        "provenance": {"package": "pneumonia", "package_version": pneumonia.__version__, **git_commit(),
-                       **versions, "numpy": np.__version__,
-                       "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "provenance": {
+            "package": "pneumonia",
+            "package_version": pneumonia.__version__,
+            **git_commit(),
+            **versions,
+            "numpy": np.__version__,
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
     }

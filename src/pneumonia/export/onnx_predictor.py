@@ -60,8 +60,15 @@ class OnnxPredictor:
     backend = "onnx"
     device = "cpu (onnxruntime)"
 
-    def __init__(self, model_path: str | Path, meta: dict[str, Any], *, threshold: float | None = None,
-                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        meta: dict[str, Any],
+        *,
+        threshold: float | None = None,
+        threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         require_export_extra("backend=onnx", "onnxruntime")
         import onnxruntime as ort
 
@@ -78,36 +85,55 @@ class OnnxPredictor:
         self.input_name = meta["input"]["name"]
         self.output_name = meta["output"]["name"]
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options(threads),
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(self.model_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            )
         except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ExportError(f"'{self.model_path}' cannot be loaded by onnxruntime ({first[:200]})") from None
         names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
         if names != ([self.input_name], [self.output_name]):
-            raise ExportError(f"'{self.model_path}' has inputs/outputs {names}, but its model.json says "
-                              f"{[self.input_name]}/{[self.output_name]}: the files do not belong together")
+            raise ExportError(
+                f"'{self.model_path}' has inputs/outputs {names}, but its model.json says "
+                f"{[self.input_name]}/{[self.output_name]}: the files do not belong together"
+            )
         # the graph's input size is fixed at export (only the batch is free): model.json must agree
         shape = list(self.session.get_inputs()[0].shape)
-        for key, value, dim in (("channels", self.channels, 1), ("image_size", self.image_size, 2),
-                                ("image_size", self.image_size, 3)):
+        for key, value, dim in (
+            ("channels", self.channels, 1),
+            ("image_size", self.image_size, 2),
+            ("image_size", self.image_size, 3),
+        ):
             if len(shape) != 4 or (isinstance(shape[dim], int) and shape[dim] != value):
-                raise ExportError(f"model.json's preprocess.{key}={value} does not fit '{self.model_path}', whose "
-                                  f"input is {shape}: the files do not belong together (export again)")
+                raise ExportError(
+                    f"model.json's preprocess.{key}={value} does not fit '{self.model_path}', whose "
+                    f"input is {shape}: the files do not belong together (export again)"
+                )
 
     @classmethod
-    def from_model(cls, model_path: str | Path, *, threshold: float | None = None, threads: int | None = None,
-                   check_hash: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> OnnxPredictor:
+    def from_model(
+        cls,
+        model_path: str | Path,
+        *,
+        threshold: float | None = None,
+        threads: int | None = None,
+        check_hash: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> OnnxPredictor:
         """`model_path` (a `model.onnx`) with the `model.json` beside it."""
         model_path = Path(model_path).expanduser()
         meta = read_sidecar(model_path)
         if meta.get("format") != "onnx":
-            raise ExportError(f"model={model_path}: backend=onnx needs a model.onnx, and its model.json describes "
-                              f"a {meta.get('format')!r} model")
+            raise ExportError(
+                f"model={model_path}: backend=onnx needs a model.onnx, and its model.json describes "
+                f"a {meta.get('format')!r} model"
+            )
         if check_hash and meta.get("sha256") and sha256_file(model_path) != meta["sha256"]:
-            raise ExportError(f"'{model_path}' is not the model its model.json describes (sha256 differs): a "
-                              f"damaged or altered file, or files of two exports mixed; keep the files of one export "
-                              f"together, or export again")
+            raise ExportError(
+                f"'{model_path}' is not the model its model.json describes (sha256 differs): a "
+                f"damaged or altered file, or files of two exports mixed; keep the files of one export "
+                f"together, or export again"
+            )
         return cls(model_path, meta, threshold=threshold, threads=threads, max_pixels=max_pixels)
 
     # ---- the preprocessing of model.json ------------------------------------------------
@@ -137,8 +163,10 @@ class OnnxPredictor:
     def predict_files(self, paths: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
         """P(pneumonia) for each file (an unreadable file raises)."""
         paths = list(paths)
-        probs = [self.predict_images(np.stack([self.load(p) for p in paths[i:i + batch_size]]))
-                 for i in range(0, len(paths), batch_size)]
+        probs = [
+            self.predict_images(np.stack([self.load(p) for p in paths[i : i + batch_size]]))
+            for i in range(0, len(paths), batch_size)
+        ]
         return np.concatenate(probs) if probs else np.empty(0, np.float32)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
@@ -146,10 +174,16 @@ class OnnxPredictor:
         return (np.asarray(probs, dtype=np.float32) >= np.float32(self.threshold)).astype(np.int64)
 
     def summary(self) -> dict[str, Any]:
-        return {"classes": list(self.classes), "positive_class": self.meta.get("positive_class", self.classes[-1]),
-                "threshold": self.threshold, "precision": self.precision, "backend": self.backend,
-                "model": str(self.model_path), "preprocess": self.meta["preprocess"],
-                "recipe": self.meta.get("recipe", {})}
+        return {
+            "classes": list(self.classes),
+            "positive_class": self.meta.get("positive_class", self.classes[-1]),
+            "threshold": self.threshold,
+            "precision": self.precision,
+            "backend": self.backend,
+            "model": str(self.model_path),
+            "preprocess": self.meta["preprocess"],
+            "recipe": self.meta.get("recipe", {}),
+        }
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

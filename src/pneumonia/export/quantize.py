@@ -49,8 +49,10 @@ def validation_images(predictor: Predictor, data_root: str | None = None) -> tup
 
 
 def _batches(images: np.ndarray, size: int) -> list[np.ndarray]:
-    return [np.ascontiguousarray(images[i:i + size], dtype=np.float32) / np.float32(255)
-            for i in range(0, len(images), size)]
+    return [
+        np.ascontiguousarray(images[i : i + size], dtype=np.float32) / np.float32(255)
+        for i in range(0, len(images), size)
+    ]
 
 
 def _probabilities(path: Path, images: np.ndarray, input_name: str, output_name: str) -> np.ndarray:
@@ -61,12 +63,25 @@ def _probabilities(path: Path, images: np.ndarray, input_name: str, output_name:
     return sigmoid(np.concatenate(out))
 
 
-def quantize_int8(predictor: Predictor, fp32_path: str | Path, out_path: str | Path, *, input_name: str,
-                  output_name: str, data_root: str | None = None, calibration_images: int = 256) -> dict[str, Any]:
+def quantize_int8(
+    predictor: Predictor,
+    fp32_path: str | Path,
+    out_path: str | Path,
+    *,
+    input_name: str,
+    output_name: str,
+    data_root: str | None = None,
+    calibration_images: int = 256,
+) -> dict[str, Any]:
     """Write the int8 model to `out_path`; returns model.json's `quantization` record (its
     `threshold` is the one to serve: the stored one, or the one chosen again)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from pneumonia.evaluation.statistics import auroc
@@ -88,13 +103,22 @@ def quantize_int8(predictor: Predictor, fp32_path: str | Path, out_path: str | P
     prepared = out_path.with_name(out_path.stem + ".prep.onnx")
     try:
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
-        quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
     except Exception as err:  # onnxruntime raises many types for a graph it cannot quantize
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"quantize=int8: onnxruntime could not quantize the model ({first[:200]}); use the "
-                          f"fp32 export (quantize=null)") from None
+        raise ExportError(
+            f"quantize=int8: onnxruntime could not quantize the model ({first[:200]}); use the "
+            f"fp32 export (quantize=null)"
+        ) from None
     finally:
         prepared.unlink(missing_ok=True)
     fp32 = _probabilities(fp32_path, images, input_name, output_name)
@@ -111,18 +135,36 @@ def quantize_int8(predictor: Predictor, fp32_path: str | Path, out_path: str | P
     auroc_fp32 = float(auroc(fp32, labels)) if both_classes else None
     auroc_int8 = float(auroc(int8, labels)) if both_classes else None
     change = None if auroc_fp32 is None or auroc_int8 is None else auroc_int8 - auroc_fp32
-    parity = {"images": int(len(images)), "split": "validation", "auroc_fp32": auroc_fp32, "auroc_int8": auroc_int8,
-              "auroc_change": change, "max_abs_probability_difference": float(np.max(np.abs(fp32 - int8))),
-              "agreement_at_stored_threshold": agree, "threshold": served, "threshold_rechosen": rechosen,
-              "agreement": agree_served, "bounds": {"max_auroc_change": MAX_AUROC_CHANGE,
-                                                    "min_agreement": MIN_AGREEMENT}}
+    parity = {
+        "images": int(len(images)),
+        "split": "validation",
+        "auroc_fp32": auroc_fp32,
+        "auroc_int8": auroc_int8,
+        "auroc_change": change,
+        "max_abs_probability_difference": float(np.max(np.abs(fp32 - int8))),
+        "agreement_at_stored_threshold": agree,
+        "threshold": served,
+        "threshold_rechosen": rechosen,
+        "agreement": agree_served,
+        "bounds": {"max_auroc_change": MAX_AUROC_CHANGE, "min_agreement": MIN_AGREEMENT},
+    }
     if (change is not None and abs(change) > MAX_AUROC_CHANGE) or agree_served < MIN_AGREEMENT:
         out_path.unlink(missing_ok=True)
-        raise ExportError(f"quantize=int8: the int8 model is outside its bounds on {len(images)} validation images "
-                          f"(AUROC change {change if change is None else f'{change:+.4f}'}, limit "
-                          f"±{MAX_AUROC_CHANGE}; decisions agreeing with fp32 {agree_served:.2%}, at least "
-                          f"{MIN_AGREEMENT:.0%}): use the fp32 export (quantize=null)")
-    return {"mode": "int8", "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "weights": "int8, per channel", "activations": "uint8, per tensor", "calibration_method": "MinMax",
-            "calibration_images": int(len(calibration)), "calibration_split": "validation",
-            "fp32_model_file": fp32_path.name, "parity": parity}
+        raise ExportError(
+            f"quantize=int8: the int8 model is outside its bounds on {len(images)} validation images "
+            f"(AUROC change {change if change is None else f'{change:+.4f}'}, limit "
+            f"±{MAX_AUROC_CHANGE}; decisions agreeing with fp32 {agree_served:.2%}, at least "
+            f"{MIN_AGREEMENT:.0%}): use the fp32 export (quantize=null)"
+        )
+    return {
+        "mode": "int8",
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "weights": "int8, per channel",
+        "activations": "uint8, per tensor",
+        "calibration_method": "MinMax",
+        "calibration_images": int(len(calibration)),
+        "calibration_split": "validation",
+        "fp32_model_file": fp32_path.name,
+        "parity": parity,
+    }

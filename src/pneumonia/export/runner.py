@@ -23,8 +23,9 @@ MIN_OPSET = 18  # the dynamo exporter's lowest opset
 def _check(cfg: DictConfig) -> None:
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} must be one of: {', '.join(FORMATS)}")
-    if cfg.format == "onnx" and (isinstance(cfg.opset, bool) or not isinstance(cfg.opset, int)
-                                 or cfg.opset < MIN_OPSET):
+    if cfg.format == "onnx" and (
+        isinstance(cfg.opset, bool) or not isinstance(cfg.opset, int) or cfg.opset < MIN_OPSET
+    ):
         raise ConfigError(f"opset={cfg.opset!r} must be an integer >= {MIN_OPSET} (the dynamo exporter's lowest)")
     if not isinstance(cfg.verify, bool):
         raise ConfigError(f"verify={cfg.verify!r} must be true or false")
@@ -72,11 +73,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     from pneumonia.inference import Predictor
 
     threshold = cfg.get("threshold")  # null: the stored one (an uncalibrated checkpoint is refused)
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", precision="32-true", tta=cfg.get("tta"),
-                                          threshold=threshold)
+    predictor = Predictor.from_checkpoint(
+        cfg.ckpt_path, device="cpu", precision="32-true", tta=cfg.get("tta"), threshold=threshold
+    )
     # the precision the stored threshold was chosen under (fp32 export scores differ slightly from bf16 ones)
-    threshold_precision = (Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", threshold=threshold).precision
-                           if predictor.recipe.get("calibrated") and threshold is None else None)
+    threshold_precision = (
+        Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", threshold=threshold).precision
+        if predictor.recipe.get("calibrated") and threshold is None
+        else None
+    )
     if threshold is not None:
         log.warning("threshold=%s: model.json carries this threshold, not the one chosen on validation", threshold)
     model_path = out_dir / FORMATS[cfg.format]
@@ -90,13 +95,20 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
             fp32_path = model_path.with_name("model.fp32.onnx")
             model_path.replace(fp32_path)
-            quantization = quantize_int8(predictor, fp32_path, model_path, input_name=info["input"]["name"],
-                                         output_name=info["output"]["name"], data_root=cfg.get("data_root"),
-                                         calibration_images=int(cfg.get("calibration_images", 256)))
+            quantization = quantize_int8(
+                predictor,
+                fp32_path,
+                model_path,
+                input_name=info["input"]["name"],
+                output_name=info["output"]["name"],
+                data_root=cfg.get("data_root"),
+                calibration_images=int(cfg.get("calibration_images", 256)),
+            )
             quantization["fp32_sha256"] = info["sha256"]
             info = {**info, "sha256": sha256_file(model_path), "bytes": model_path.stat().st_size}
-        meta = exporter.build_sidecar(predictor, cfg.format, info, verification=verification,
-                                      threshold_precision=threshold_precision)
+        meta = exporter.build_sidecar(
+            predictor, cfg.format, info, verification=verification, threshold_precision=threshold_precision
+        )
         if quantization is not None:
             meta["quantization"] = quantization
             if quantization["parity"]["threshold_rechosen"]:
@@ -105,25 +117,38 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         (out_dir / "MODEL_CARD.md").write_text(render_model_card(meta))
     except OSError as err:
         raise ExportError(f"cannot write into the output folder '{out_dir}' ({err.strerror or err})") from None
-    check = (f"; checked against PyTorch eager at batch sizes {verification['batch_sizes']}: max |Δp| "
-             f"{verification['max_abs_probability_difference']:.1e}" if verification else "")
+    check = (
+        f"; checked against PyTorch eager at batch sizes {verification['batch_sizes']}: max |Δp| "
+        f"{verification['max_abs_probability_difference']:.1e}"
+        if verification
+        else ""
+    )
     if quantization is not None:
         parity = quantization["parity"]
         change = parity["auroc_change"]
-        check += (f"; int8 against fp32 on {parity['images']} validation images: AUROC change "
-                  f"{'n/a' if change is None else f'{change:+.4f}'}, decisions agreeing {parity['agreement']:.1%}"
-                  + (f" (threshold chosen again: {parity['threshold']:.4f})" if parity["threshold_rechosen"] else ""))
-    print(f"Exported {cfg.ckpt_path} as {cfg.format}{' int8' if quantization else ''} ({info['bytes'] / 1e6:.1f} MB{check})\n"
-          f"Written to {out_dir}: {model_path.name}, {SIDECAR_NAME}, MODEL_CARD.md")
+        check += (
+            f"; int8 against fp32 on {parity['images']} validation images: AUROC change "
+            f"{'n/a' if change is None else f'{change:+.4f}'}, decisions agreeing {parity['agreement']:.1%}"
+            + (f" (threshold chosen again: {parity['threshold']:.4f})" if parity["threshold_rechosen"] else "")
+        )
+    print(
+        f"Exported {cfg.ckpt_path} as {cfg.format}{' int8' if quantization else ''} ({info['bytes'] / 1e6:.1f} MB{check})\n"
+        f"Written to {out_dir}: {model_path.name}, {SIDECAR_NAME}, MODEL_CARD.md"
+    )
     if cfg.get("register"):
         from pneumonia.tracking.registry import register_export
 
         done = register_export(out_dir, cfg.register, cfg.ckpt_path, settings, alias=cfg.get("alias"))
         meta["registered"] = done
         (out_dir / "registered.json").write_text(json.dumps(done, indent=2) + "\n")
-        run = (f"linked to the training run {done['training_run_id']}" if done["training_run_id"]
-               else f"in a run of its own ({done['run_id']}): no training run of this checkpoint in the store")
+        run = (
+            f"linked to the training run {done['training_run_id']}"
+            if done["training_run_id"]
+            else f"in a run of its own ({done['run_id']}): no training run of this checkpoint in the store"
+        )
         alias = f", alias @{done['alias']}" if done["alias"] else ""
-        print(f"Registered as {done['uri']}{alias} in {settings.tracking_uri}, {run}\n"
-              f"Next: python -m pneumonia.tools.registry list {done['name']}")
+        print(
+            f"Registered as {done['uri']}{alias} in {settings.tracking_uri}, {run}\n"
+            f"Next: python -m pneumonia.tools.registry list {done['name']}"
+        )
     return meta

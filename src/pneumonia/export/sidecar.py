@@ -26,8 +26,16 @@ from typing import Any
 
 from pneumonia.errors import UserError
 
-__all__ = ["FORMATS", "FORMAT_VERSION", "INSTALL_EXPORT", "ONNX_MODULES", "SIDECAR_NAME", "ExportError", "read_sidecar",
-           "require_export_extra"]
+__all__ = [
+    "FORMATS",
+    "FORMAT_VERSION",
+    "INSTALL_EXPORT",
+    "ONNX_MODULES",
+    "SIDECAR_NAME",
+    "ExportError",
+    "read_sidecar",
+    "require_export_extra",
+]
 
 FORMAT_VERSION = 1
 SIDECAR_NAME = "model.json"
@@ -56,12 +64,15 @@ def read_sidecar(model_path: str | Path, *, expected_format: str | None = None) 
     format_version, and names this model file's format."""
     model_path = Path(model_path).expanduser()
     if not model_path.is_file():
-        raise ExportError(f"model '{model_path}' does not exist" if not model_path.exists()
-                          else f"model '{model_path}' is not a file")
+        raise ExportError(
+            f"model '{model_path}' does not exist" if not model_path.exists() else f"model '{model_path}' is not a file"
+        )
     path = model_path.parent / SIDECAR_NAME
     if not path.is_file():
-        raise ExportError(f"'{model_path}' has no {SIDECAR_NAME} beside it: keep the folder export.py wrote "
-                          f"(the model file, {SIDECAR_NAME}, MODEL_CARD.md) together")
+        raise ExportError(
+            f"'{model_path}' has no {SIDECAR_NAME} beside it: keep the folder export.py wrote "
+            f"(the model file, {SIDECAR_NAME}, MODEL_CARD.md) together"
+        )
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -69,9 +80,11 @@ def read_sidecar(model_path: str | Path, *, expected_format: str | None = None) 
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise ExportError(f"'{path}' is not a model.json written by export.py (no format_version)")
     if meta["format_version"] != FORMAT_VERSION:
-        raise ExportError(f"'{path}' has format_version {meta['format_version']!r}; this version of pneumonia "
-                          f"reads format_version {FORMAT_VERSION} (export the checkpoint again, or use the "
-                          f"pneumonia version named in its provenance)")
+        raise ExportError(
+            f"'{path}' has format_version {meta['format_version']!r}; this version of pneumonia "
+            f"reads format_version {FORMAT_VERSION} (export the checkpoint again, or use the "
+            f"pneumonia version named in its provenance)"
+        )
     if expected_format is not None and meta.get("format") != expected_format:
         raise ExportError(f"'{path}' describes a {meta.get('format')!r} model, not {expected_format!r}")
     missing = [k for k in ("input", "output", "preprocess", "classes", "threshold") if k not in meta]
@@ -87,8 +100,17 @@ def read_sidecar(model_path: str | Path, *, expected_format: str | None = None) 
 MIN_IMAGE_SIZE = 8  # data.preprocess.Preprocess's lowest; the model's own input size is checked on load
 MAX_IMAGE_SIZE = 4096  # 16.8 MP per image, well under the 50 MP pixel limit
 NORMALIZE = ("none", "standardize", "equalize")  # data.preprocess.NORMALIZE (tests keep them equal)
-THRESHOLD_METHODS = ("fixed", "max_f1", "youden", "sensitivity", "youden_bootstrap", "binormal", "kernel", "platt",
-                     "midpoint")  # evaluation.threshold.METHODS (tests keep them equal)
+THRESHOLD_METHODS = (
+    "fixed",
+    "max_f1",
+    "youden",
+    "sensitivity",
+    "youden_bootstrap",
+    "binormal",
+    "kernel",
+    "platt",
+    "midpoint",
+)  # evaluation.threshold.METHODS (tests keep them equal)
 
 
 def _number(value: Any) -> bool:
@@ -102,6 +124,7 @@ def _int(value: Any) -> bool:
 def schema_problem(meta: dict[str, Any]) -> str | None:
     """The first key of `meta` (a model.json) whose type, range or value is wrong, as
     "key=value must be ..."; None when every checked key is right."""
+
     def bad(key: str, value: Any, rule: str) -> str:
         return f"{key}={value!r} must be {rule}"
 
@@ -133,8 +156,12 @@ def schema_problem(meta: dict[str, Any]) -> str | None:
         if shape[2] != size:
             return bad("preprocess.image_size", size, f"the model input's, {shape[2]} (input.shape {shape})")
     classes = meta["classes"]
-    if not isinstance(classes, list) or len(classes) != 2 or not all(isinstance(c, str) and c for c in classes) \
-            or classes[0] == classes[1]:
+    if (
+        not isinstance(classes, list)
+        or len(classes) != 2
+        or not all(isinstance(c, str) and c for c in classes)
+        or classes[0] == classes[1]
+    ):
         return bad("classes", classes, "two different class names, negative first")
     if "positive_class" in meta and meta["positive_class"] not in classes:
         return bad("positive_class", meta["positive_class"], f"one of the classes {classes}")

@@ -50,15 +50,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint as a dict; a `CheckpointError` for anything that is not one of ours."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"ckpt_path '{path}' does not exist" if not path.exists()
-                              else f"ckpt_path '{path}' is not a file")
+        raise CheckpointError(
+            f"ckpt_path '{path}' does not exist" if not path.exists() else f"ckpt_path '{path}' is not a file"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if first.startswith("Weights only load failed"):  # torch's hint to load unsafely is no advice here
             first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain types"
-        raise CheckpointError(f"ckpt_path='{path}' is not a readable checkpoint of this project ({first[:200]})") from None
+        raise CheckpointError(
+            f"ckpt_path='{path}' is not a readable checkpoint of this project ({first[:200]})"
+        ) from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         raise CheckpointError(f"ckpt_path='{path}' is not a checkpoint written by this project's train.py")
     _check_settings(path, ckpt)
@@ -84,8 +87,9 @@ def _check_settings(path: Path, ckpt: dict[str, Any]) -> None:
         if channels not in (1, 3) or isinstance(channels, bool):
             missing.append(f"valid channels (datamodule_hyper_parameters 'channels': {channels!r}, not 1 or 3)")
     if missing:
-        raise CheckpointError(f"ckpt_path='{path}' lacks {'; '.join(missing)}: not a complete checkpoint of this "
-                              f"project's train.py")
+        raise CheckpointError(
+            f"ckpt_path='{path}' lacks {'; '.join(missing)}: not a complete checkpoint of this project's train.py"
+        )
 
 
 def _check_digest(path: Path, ckpt: dict[str, Any]) -> None:
@@ -98,8 +102,10 @@ def _check_digest(path: Path, ckpt: dict[str, Any]) -> None:
             log.warning("%s has no weights checksum (written by an older version): it loads unchecked", path)
         return
     if weights_digest(ckpt["state_dict"]) != stored:
-        raise CheckpointError(f"ckpt_path='{path}' is damaged: its weights differ from the checksum stored when it "
-                              f"was written (a corrupted or altered file); use an intact copy")
+        raise CheckpointError(
+            f"ckpt_path='{path}' is damaged: its weights differ from the checksum stored when it "
+            f"was written (a corrupted or altered file); use an intact copy"
+        )
 
 
 def module_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +125,7 @@ def module_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def net_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The network's weights alone (the `net.` entries of the module's state dict)."""
-    return {k[len(NET_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
+    return {k[len(NET_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
 
 
 def saved_epoch(ckpt: dict[str, Any]) -> int | None:
@@ -154,10 +160,17 @@ def is_calibrated(ckpt: dict[str, Any]) -> bool:
     return bool(ckpt.get(CALIBRATION))
 
 
-def store_calibration(path: str | Path, threshold_value: float, *, method: str, val_report: dict[str, Any],
-                      precision: str, temperature_value: float | None = None,
-                      val_roc: dict[str, Any] | None = None,
-                      shift_reference: dict[str, Any] | None = None) -> dict[str, Any]:
+def store_calibration(
+    path: str | Path,
+    threshold_value: float,
+    *,
+    method: str,
+    val_report: dict[str, Any],
+    precision: str,
+    temperature_value: float | None = None,
+    val_roc: dict[str, Any] | None = None,
+    shift_reference: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write the validation-chosen threshold, its method and validation metrics, the
     precision they were measured under and the fitted temperature (None: none fitted) into
     the checkpoint at `path` (atomically)."""
@@ -185,15 +198,24 @@ def ensemble_info(ckpt: dict[str, Any]) -> dict[str, Any]:
     return dict(ckpt.get(ENSEMBLE) or {})
 
 
-def new_checkpoint(path: str | Path, *, state_dict: dict[str, torch.Tensor], module_settings: dict[str, Any],
-                   data_settings: dict[str, Any], ensemble: dict[str, Any] | None = None) -> dict[str, Any]:
+def new_checkpoint(
+    path: str | Path,
+    *,
+    state_dict: dict[str, torch.Tensor],
+    module_settings: dict[str, Any],
+    data_settings: dict[str, Any],
+    ensemble: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write a checkpoint assembled from parts (atomically): the LightningModule's
     `state_dict` (`net.*` and the `threshold` buffer), its arguments and the DataModule's,
     plus `ensemble` (see above). Not yet calibrated: `store_calibration` adds that."""
     if not any(k.startswith(NET_PREFIX) for k in state_dict) or "net" not in module_settings:
         raise CheckpointError("a checkpoint needs the network's weights (net.*) and its spec (net)")
-    ckpt: dict[str, Any] = {"state_dict": dict(state_dict), "hyper_parameters": dict(module_settings),
-                            "datamodule_hyper_parameters": dict(data_settings)}
+    ckpt: dict[str, Any] = {
+        "state_dict": dict(state_dict),
+        "hyper_parameters": dict(module_settings),
+        "datamodule_hyper_parameters": dict(data_settings),
+    }
     if ensemble is not None:
         ckpt[ENSEMBLE] = dict(ensemble)
     atomic_torch_save(seal(ckpt), path)

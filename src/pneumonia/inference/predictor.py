@@ -93,8 +93,11 @@ class TemperatureScaled(nn.Module):
 
 def check_temperature(temperature: Any) -> float:
     """`temperature` as a float; a `ConfigError` unless it is a positive finite number."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not 0.0 < float(temperature) < float("inf"):
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0.0 < float(temperature) < float("inf")
+    ):
         raise ConfigError(f"temperature={temperature!r} must be a positive number (1 = no temperature scaling)")
     return float(temperature)
 
@@ -107,11 +110,23 @@ def with_temperature(net: nn.Module, temperature: float) -> nn.Module:
 class Predictor:
     """A network ready to score: eval mode, preprocessing, threshold, temperature, precision."""
 
-    def __init__(self, net: nn.Module, preprocess: Preprocess, threshold: float = 0.5, *, temperature: float = 1.0,
-                 precision: str = "32-true", device: str | torch.device = "cpu", channels_last: bool = True,
-                 classes: Sequence[str] = CLASSES, recipe: dict[str, Any] | None = None,
-                 module_settings: dict[str, Any] | None = None, data_settings: dict[str, Any] | None = None,
-                 module_state: dict[str, torch.Tensor] | None = None, tta: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        preprocess: Preprocess,
+        threshold: float = 0.5,
+        *,
+        temperature: float = 1.0,
+        precision: str = "32-true",
+        device: str | torch.device = "cpu",
+        channels_last: bool = True,
+        classes: Sequence[str] = CLASSES,
+        recipe: dict[str, Any] | None = None,
+        module_settings: dict[str, Any] | None = None,
+        data_settings: dict[str, Any] | None = None,
+        module_state: dict[str, torch.Tensor] | None = None,
+        tta: bool = False,
+    ) -> None:
         if precision not in _AUTOCAST and precision not in _FULL:
             raise ConfigError(f"precision={precision!r} is not one of {', '.join([*_FULL[:1], *_AUTOCAST])}")
         self.device = resolve_device(device)
@@ -133,10 +148,18 @@ class Predictor:
 
     # ---- from a checkpoint ---------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str | None = None,
-                        threshold: float | None = None, temperature: float | None = None,
-                        accelerator: str = "auto", tta: bool | None = None,
-                        require_calibration: bool = True) -> Predictor:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        precision: str | None = None,
+        threshold: float | None = None,
+        temperature: float | None = None,
+        accelerator: str = "auto",
+        tta: bool | None = None,
+        require_calibration: bool = True,
+    ) -> Predictor:
         """Load `path` (with `weights_only=True`). `precision`/`threshold`/`temperature`/`tta`
         override the stored ones (`temperature=1.0`: the raw logits; `tta=None`: the
         recipe's `data.tta`); `accelerator` is what `precision: auto` is resolved for when
@@ -147,7 +170,8 @@ class Predictor:
         if require_calibration and threshold is None and not ckpt_format.is_calibrated(ckpt):
             raise ckpt_format.CheckpointError(
                 f"'{path}' is not calibrated (no validation-chosen threshold: calibration after training never "
-                f"ran): run python -m {RECALIBRATE} {path}, or give threshold=<value in [0, 1]>")
+                f"ran): run python -m {RECALIBRATE} {path}, or give threshold=<value in [0, 1]>"
+            )
         module_hp = ckpt_format.module_settings(ckpt)
         data_hp = ckpt_format.data_settings(ckpt)
         try:
@@ -157,14 +181,16 @@ class Predictor:
             if isinstance(err, UserError):
                 raise
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ckpt_format.CheckpointError(f"'{path}': its network spec (hyper_parameters 'net') cannot be built "
-                                              f"({first[:200]})") from None
+            raise ckpt_format.CheckpointError(
+                f"'{path}': its network spec (hyper_parameters 'net') cannot be built ({first[:200]})"
+            ) from None
         try:
             net.load_state_dict(ckpt_format.net_state(ckpt))
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
-            raise ckpt_format.CheckpointError(f"'{path}': the weights do not fit the network it names ({first})") \
-                from None
+            raise ckpt_format.CheckpointError(
+                f"'{path}': the weights do not fit the network it names ({first})"
+            ) from None
         calibration = ckpt_format.calibration(ckpt)
         chosen = ckpt_format.threshold(ckpt) if threshold is None else cast(float, threshold_override(threshold))
         stored_temperature = ckpt_format.temperature(ckpt)
@@ -172,9 +198,14 @@ class Predictor:
         stored_tta = bool(data_hp.get("tta", False))
         use_tta = stored_tta if tta is None else check_tta(tta)
         if use_tta != stored_tta and threshold is None and calibration:
-            log.warning("tta=%s: the stored threshold %.4f was chosen on validation with TTA %s; scores %s TTA sit "
-                        "a little differently (give threshold= to use another)", str(use_tta).lower(), chosen,
-                        "on" if stored_tta else "off", "with" if use_tta else "without")
+            log.warning(
+                "tta=%s: the stored threshold %.4f was chosen on validation with TTA %s; scores %s TTA sit "
+                "a little differently (give threshold= to use another)",
+                str(use_tta).lower(),
+                chosen,
+                "on" if stored_tta else "off",
+                "with" if use_tta else "without",
+            )
         recipe = {
             "checkpoint": str(path),
             "epoch": ckpt_format.saved_epoch(ckpt),
@@ -195,12 +226,23 @@ class Predictor:
             "normalize": data_hp.get("normalize", "none"),
         }
         return cls(
-            net, Preprocess(int(data_hp["image_size"]), int(data_hp["channels"]), data_hp.get("normalize", "none"),
-                            data_hp.get("max_pixels", DEFAULT_MAX_PIXELS)),
-            chosen, temperature=temp, tta=use_tta,
+            net,
+            Preprocess(
+                int(data_hp["image_size"]),
+                int(data_hp["channels"]),
+                data_hp.get("normalize", "none"),
+                data_hp.get("max_pixels", DEFAULT_MAX_PIXELS),
+            ),
+            chosen,
+            temperature=temp,
+            tta=use_tta,
             precision=resolve_precision(precision, calibration.get("precision"), accelerator),
-            device=device, channels_last=bool(module_hp.get("channels_last", True)), recipe=recipe,
-            module_settings=module_hp, data_settings=data_hp, module_state=ckpt_format.module_state(ckpt),
+            device=device,
+            channels_last=bool(module_hp.get("channels_last", True)),
+            recipe=recipe,
+            module_settings=module_hp,
+            data_settings=data_hp,
+            module_state=ckpt_format.module_state(ckpt),
         )
 
     # ---- scoring -------------------------------------------------------------------------
@@ -230,8 +272,10 @@ class Predictor:
 
     def predict_files(self, paths: Sequence[str | Path], batch_size: int = 64) -> torch.Tensor:
         """P(pneumonia) for each file (an unreadable file raises; `predict.py` skips and reports)."""
-        probs = [self.predict_images(torch.stack([torch.from_numpy(self.preprocess.load(p)) for p in chunk]))
-                 for chunk in _chunks(list(paths), batch_size)]
+        probs = [
+            self.predict_images(torch.stack([torch.from_numpy(self.preprocess.load(p)) for p in chunk]))
+            for chunk in _chunks(list(paths), batch_size)
+        ]
         return torch.cat(probs) if probs else torch.empty(0)
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
@@ -256,10 +300,18 @@ class Predictor:
 
     def summary(self) -> dict[str, Any]:
         """Plain-type description: classes, threshold, precision, preprocessing and recipe."""
-        return {"classes": list(self.classes), "positive_class": self.classes[1], "threshold": self.threshold,
-                "temperature": self.temperature, "tta": self.tta, "precision": self.precision, "preprocess": self.preprocess.describe(), "recipe": self.recipe}
+        return {
+            "classes": list(self.classes),
+            "positive_class": self.classes[1],
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "tta": self.tta,
+            "precision": self.precision,
+            "preprocess": self.preprocess.describe(),
+            "recipe": self.recipe,
+        }
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

@@ -33,8 +33,9 @@ def build_net(spec: dict[str, Any]) -> nn.Module:
     """The network a `model` config (or a checkpoint's `net`) describes."""
     target = str(spec.get("_target_", ""))
     if target not in NETS:
-        raise CheckpointError(f"model._target_={target!r} is not a model of this project "
-                              f"(one of: {', '.join(sorted(NETS))})")
+        raise CheckpointError(
+            f"model._target_={target!r} is not a model of this project (one of: {', '.join(sorted(NETS))})"
+        )
     kwargs = {k: v for k, v in spec.items() if not str(k).startswith("_")}
     return NETS[target](**kwargs)
 
@@ -48,11 +49,14 @@ def describe_net(net: dict[str, Any]) -> str:
     target = str(net.get("_target_", "n/a")).rsplit(".", 1)[-1]
     if target == "Ensemble":
         members = net.get("members") or []
-        return (f"an ensemble of {len(members)} networks, {net.get('combine', 'prob')} averaging: "
-                + "; ".join(describe_net(m) for m in members))
+        return f"an ensemble of {len(members)} networks, {net.get('combine', 'prob')} averaging: " + "; ".join(
+            describe_net(m) for m in members
+        )
     if target == "TorchvisionNet":
         weights = net.get("weights")
         start = f"from torchvision's {weights} ImageNet weights" if weights else "trained from scratch"
         return f"torchvision {net.get('arch', 'n/a')}, {net.get('in_channels', 'n/a')} input channel(s), {start}"
-    return (f"{target}: depth {net.get('depth', 'n/a')}, batch norm {'yes' if net.get('batch_norm') else 'no'}, "
-            f"dense {net.get('dense_units', 'n/a')}")
+    return (
+        f"{target}: depth {net.get('depth', 'n/a')}, batch norm {'yes' if net.get('batch_norm') else 'no'}, "
+        f"dense {net.get('dense_units', 'n/a')}"
+    )

@@ -59,12 +59,16 @@ class PneumoniaClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         if not isinstance(compile, bool) and compile not in COMPILE_MODES:
-            raise ConfigError(f"module.compile={compile!r} must be true, false or a torch.compile mode: "
-                              f"{', '.join(COMPILE_MODES)}")
+            raise ConfigError(
+                f"module.compile={compile!r} must be true, false or a torch.compile mode: {', '.join(COMPILE_MODES)}"
+            )
         if not isinstance(defer_sync, bool) and defer_sync != "auto":
             raise ConfigError(f"module.defer_sync={defer_sync!r} must be true, false or auto")
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-                or not 0.0 <= label_smoothing < 1.0:
+        if (
+            isinstance(label_smoothing, bool)
+            or not isinstance(label_smoothing, (int, float))
+            or not 0.0 <= label_smoothing < 1.0
+        ):
             raise ConfigError(f"module.label_smoothing={label_smoothing!r} must be a number in [0, 1)")
         self.save_hyperparameters(logger=False)
         self.net = build_net(net)
@@ -114,8 +118,9 @@ class PneumoniaClassifier(L.LightningModule):
     def _step(self, phase: str, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch[0], batch[1]
         logits = self(x).float()
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, self.targets(phase, batch),
-                                                              pos_weight=self.pos_weight)
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            logits, self.targets(phase, batch), pos_weight=self.pos_weight
+        )
         probs = torch.sigmoid(logits.detach())
         if phase in self._pending and self.defers_sync:
             # torchmetrics' update checks its inputs on the host (a sync per call): keep them

@@ -44,8 +44,10 @@ class CustomCNN(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"model.{key}={value!r} must be an integer")
         if not 1 <= depth <= len(widths):
-            raise ConfigError(f"model.depth={depth} needs 1..{len(widths)}: model.widths={widths} has one entry "
-                              f"per block (give more, e.g. model.widths=[{','.join(map(str, ORIGINAL_WIDTHS))}])")
+            raise ConfigError(
+                f"model.depth={depth} needs 1..{len(widths)}: model.widths={widths} has one entry "
+                f"per block (give more, e.g. model.widths=[{','.join(map(str, ORIGINAL_WIDTHS))}])"
+            )
         if in_channels not in (1, 3):
             raise ConfigError(f"model.in_channels={in_channels} must be 1 (grayscale) or 3 (RGB)")
         if dense_units < 1:
@@ -62,9 +64,7 @@ class CustomCNN(nn.Module):
         for index in range(1, depth + 1):
             width = widths[index - 1]
             dilated = index in dilated_blocks
-            blocks.append(
-                _conv_block(channels, width, dilated=dilated, batch_norm=batch_norm)
-            )
+            blocks.append(_conv_block(channels, width, dilated=dilated, batch_norm=batch_norm))
             channels = width
             size = (size - 2 if dilated else size) // 2  # the unpadded conv loses 2 px, then pool
             if size < 1:
@@ -87,8 +87,7 @@ class CustomCNN(nn.Module):
 
 
 def _conv_block(in_ch: int, out_ch: int, *, dilated: bool, batch_norm: bool) -> nn.Sequential:
-    first = nn.Conv2d(in_ch, out_ch, 3, padding=2 if dilated else 1, dilation=2 if dilated else 1,
-                      bias=not batch_norm)
+    first = nn.Conv2d(in_ch, out_ch, 3, padding=2 if dilated else 1, dilation=2 if dilated else 1, bias=not batch_norm)
     second = nn.Conv2d(out_ch, out_ch, 3, padding=0 if dilated else 1, bias=not batch_norm)
     layers: list[nn.Module] = []
     for conv in (first, second):

@@ -41,8 +41,9 @@ class Ensemble(nn.Module):
     # loads (it imports this module, so this one does not import it back)
     build_member: Callable[[dict[str, Any]], nn.Module]
 
-    def __init__(self, members: Sequence[dict[str, Any]], temperatures: Sequence[float] | None = None,
-                 combine: str = "prob") -> None:
+    def __init__(
+        self, members: Sequence[dict[str, Any]], temperatures: Sequence[float] | None = None, combine: str = "prob"
+    ) -> None:
         super().__init__()
         if isinstance(members, (str, bytes, dict)) or not isinstance(members, Sequence) or not members:
             raise ConfigError("model.members must be a non-empty list of network specs")
@@ -71,8 +72,9 @@ class Ensemble(nn.Module):
             return z.mean(dim=0)
         # logit(mean_i sigmoid(z_i)) = logsumexp_i log sigmoid(z_i) - logsumexp_i log sigmoid(-z_i)
         # (the 1/M of both means cancels); float32 throughout, finite for any finite z
-        return torch.logsumexp(nn.functional.logsigmoid(z), dim=0) - torch.logsumexp(nn.functional.logsigmoid(-z),
-                                                                                     dim=0)
+        return torch.logsumexp(nn.functional.logsigmoid(z), dim=0) - torch.logsumexp(
+            nn.functional.logsigmoid(-z), dim=0
+        )
 
     def extra_repr(self) -> str:
         return f"combine={self.combine!r}, temperatures={list(self.temperatures)}"

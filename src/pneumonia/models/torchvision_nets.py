@@ -42,8 +42,18 @@ from torch.nn import functional as F
 
 from pneumonia.errors import ConfigError
 
-__all__ = ["ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "MIN_IMAGE_SIZE", "GradCamSiLU", "TorchvisionNet", "gray_conv",
-           "fetch_weights", "resolve_weights", "weights_from_checkpoint"]
+__all__ = [
+    "ARCHS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MIN_IMAGE_SIZE",
+    "GradCamSiLU",
+    "TorchvisionNet",
+    "gray_conv",
+    "fetch_weights",
+    "resolve_weights",
+    "weights_from_checkpoint",
+]
 
 ARCHS = ("resnet18", "densenet121", "efficientnet_b0")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -85,9 +95,18 @@ def gray_conv(conv: nn.Conv2d) -> nn.Conv2d:
     if conv.in_channels != 3 or conv.groups != 1:
         raise ValueError(f"gray_conv needs an RGB conv with groups=1, got {conv}")
     # torch types a Conv2d's kernel_size, stride, padding and dilation as tuple[int, ...]
-    gray = nn.Conv2d(1, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,  # type: ignore[arg-type]
-                     dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,  # type: ignore[arg-type]
-                     device=conv.weight.device, dtype=conv.weight.dtype)
+    gray = nn.Conv2d(
+        1,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]  # torch types Conv2d's attributes as tuple[int, ...]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        dilation=conv.dilation,  # type: ignore[arg-type]
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     with torch.no_grad():
         gray.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
         if conv.bias is not None:
@@ -108,12 +127,14 @@ def resolve_weights(arch: str, weights: Any) -> Any:
     if isinstance(weights, str):
         name = weights.strip()
         if name.startswith(enum.__name__ + "."):  # "ResNet18_Weights.IMAGENET1K_V1" also works
-            name = name[len(enum.__name__) + 1:]
+            name = name[len(enum.__name__) + 1 :]
         match = {n.upper(): n for n in names}.get(name.upper())
         if match is not None:
             return enum[match]
-    raise ConfigError(f"model.weights={weights!r} is not a torchvision weight of {arch}: use null "
-                      f"(random init, train from scratch) or one of {', '.join(names)}")
+    raise ConfigError(
+        f"model.weights={weights!r} is not a torchvision weight of {arch}: use null "
+        f"(random init, train from scratch) or one of {', '.join(names)}"
+    )
 
 
 def _download_error(err: BaseException, arch: str, weights: Any, requested: str | None) -> ConfigError:
@@ -123,9 +144,11 @@ def _download_error(err: BaseException, arch: str, weights: Any, requested: str 
     reason = text.splitlines()[0][:200] if text else type(err).__name__
     filename = os.path.basename(urlparse(weights.url).path)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-    return ConfigError(f"model.weights={requested or weights.name}: could not download torchvision's {arch} weights "
-                       f"({reason}); use model.weights=null to train from scratch, "
-                       f"or put {filename} (from {weights.url}) in {folder}")
+    return ConfigError(
+        f"model.weights={requested or weights.name}: could not download torchvision's {arch} weights "
+        f"({reason}); use model.weights=null to train from scratch, "
+        f"or put {filename} (from {weights.url}) in {folder}"
+    )
 
 
 _LOAD_ERRORS = (OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # URLError, timeouts, bad hash/file
@@ -189,9 +212,11 @@ class TorchvisionNet(nn.Module):
         super().__init__()
         if unknown:  # e.g. debug=tiny's model.depth, meant for the custom CNN
             keys = ", ".join(f"model.{k}" for k in sorted(unknown))
-            raise ConfigError(f"{keys} {'is not a setting' if len(unknown) == 1 else 'are not settings'} of "
-                              f"model.arch={arch} (its settings: arch, in_channels, image_size, weights, dropout); "
-                              "drop the override or option that sets them (debug=tiny sets the custom CNN's)")
+            raise ConfigError(
+                f"{keys} {'is not a setting' if len(unknown) == 1 else 'are not settings'} of "
+                f"model.arch={arch} (its settings: arch, in_channels, image_size, weights, dropout); "
+                "drop the override or option that sets them (debug=tiny sets the custom CNN's)"
+            )
         if arch not in ARCHS:
             raise ConfigError(f"model.arch={arch!r} must be one of {', '.join(ARCHS)}")
         if isinstance(in_channels, bool) or in_channels not in (1, 3):
@@ -199,8 +224,10 @@ class TorchvisionNet(nn.Module):
         if isinstance(image_size, bool) or not isinstance(image_size, int):
             raise ConfigError(f"model.image_size={image_size!r} must be an integer")
         if image_size < MIN_IMAGE_SIZE:
-            raise ConfigError(f"data.image_size={image_size} is too small for model.arch={arch}: "
-                              f"it needs at least {MIN_IMAGE_SIZE} px")
+            raise ConfigError(
+                f"data.image_size={image_size} is too small for model.arch={arch}: "
+                f"it needs at least {MIN_IMAGE_SIZE} px"
+            )
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout!r} must be in [0, 1)")
         if weights is not None and not isinstance(weights, str):

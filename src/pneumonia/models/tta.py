@@ -32,8 +32,12 @@ DEFAULT_SHIFTS = (0.0, 0.03)
 
 
 def _numbers(key: str, values: Sequence[float], low: float, high: float) -> tuple[float, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values or any(
-            isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high for v in values):
+    if (
+        isinstance(values, (str, bytes))
+        or not isinstance(values, Sequence)
+        or not values
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high for v in values)
+    ):
         raise ConfigError(f"{key}={values!r} must be a non-empty list of numbers in [{low}, {high}]")
     return tuple(float(v) for v in values)
 
@@ -45,15 +49,15 @@ class TTA(nn.Module):
     variants' probabilities, computed stably in float32 (log-sum-exp), so sigmoid(output) is
     exactly that mean. The network stays reachable as `.net`."""
 
-    def __init__(self, net: nn.Module, scales: Sequence[float] = DEFAULT_SCALES,
-                 shifts: Sequence[float] = DEFAULT_SHIFTS) -> None:
+    def __init__(
+        self, net: nn.Module, scales: Sequence[float] = DEFAULT_SCALES, shifts: Sequence[float] = DEFAULT_SHIFTS
+    ) -> None:
         super().__init__()
         self.net = net
         self.scales = _numbers("tta scales", scales, 0.5, 2.0)
         self.shifts = _numbers("tta shifts", shifts, 0.0, 0.25)
         variants = {(s, 0.0, 0.0) for s in self.scales}
-        variants |= {(1.0, sx * d, sy * d) for d in self.shifts if d
-                     for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1))}
+        variants |= {(1.0, sx * d, sy * d) for d in self.shifts if d for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1))}
         variants.discard((1.0, 0.0, 0.0))
         self.variants: tuple[tuple[float, float, float], ...] = (*sorted(variants), (1.0, 0.0, 0.0))
 
@@ -65,8 +69,9 @@ class TTA(nn.Module):
     def _variant(self, x: torch.Tensor, scale: float, dx: float, dy: float) -> torch.Tensor:
         # output -> input coordinates in [-1, 1]: a zoom by `scale` about the centre, then a
         # shift of the content by (dx, dy) of the image size
-        theta = torch.tensor([[1 / scale, 0.0, -2 * dx], [0.0, 1 / scale, -2 * dy]], dtype=torch.float32,
-                             device=x.device)
+        theta = torch.tensor(
+            [[1 / scale, 0.0, -2 * dx], [0.0, 1 / scale, -2 * dy]], dtype=torch.float32, device=x.device
+        )
         grid = F.affine_grid(theta[None], [1, *x.shape[1:]], align_corners=False)
         grid = grid.to(x.dtype if x.is_floating_point() else torch.float32).expand(x.shape[0], -1, -1, -1)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

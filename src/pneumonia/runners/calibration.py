@@ -31,9 +31,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def calibrate_threshold(trainer: L.Trainer, datamodule: ChestXrayDataModule, ckpt_path: str,
-                        settings: dict[str, Any], out_dir: Path, calibration: dict[str, Any] | None = None,
-                        interval_settings: dict[str, Any] | None = None) -> tuple[L.LightningModule, dict[str, Any]]:
+def calibrate_threshold(
+    trainer: L.Trainer,
+    datamodule: ChestXrayDataModule,
+    ckpt_path: str,
+    settings: dict[str, Any],
+    out_dir: Path,
+    calibration: dict[str, Any] | None = None,
+    interval_settings: dict[str, Any] | None = None,
+) -> tuple[L.LightningModule, dict[str, Any]]:
     """Fit the temperature (when `calibration["temperature"]`), then choose the threshold on
     validation for `ckpt_path`, write both into that file and `val_metrics.json` (the metrics
     at the chosen threshold with bootstrap intervals by patient, the point estimates at 0.5,
@@ -43,8 +49,11 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: ChestXrayDataModule, ckp
     cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
     rule = rule_options(settings)  # a wrong threshold.* fails here, before any scoring
-    raw = Predictor.from_checkpoint(ckpt_path, temperature=1.0,  # fit on the raw logits, whatever is stored
-                                     require_calibration=False)
+    raw = Predictor.from_checkpoint(
+        ckpt_path,
+        temperature=1.0,  # fit on the raw logits, whatever is stored
+        require_calibration=False,
+    )
     probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(), datamodule, "val")
     temperature = None
     scaled_logits = logits.double()
@@ -58,30 +67,61 @@ def calibrate_threshold(trainer: L.Trainer, datamodule: ChestXrayDataModule, ckp
     paths = [datamodule.paths["val"][i] for i in indices.tolist()]
     at_half = report(probs, labels, 0.5)
     chosen: dict[str, Any] = report(probs, labels, threshold)
-    chosen["ci95"], meta = intervals(probs, labels, threshold, paths, resamples=int(boot["resamples"]),
-                                     seed=int(boot["seed"]))
-    calib = calibration_summary(probs.numpy(), labels.numpy(), bins=int(cal["ece_bins"]),
-                                temperature=temperature or 1.0,
-                                probs_before=raw_probs.numpy() if temperature else None)
+    chosen["ci95"], meta = intervals(
+        probs, labels, threshold, paths, resamples=int(boot["resamples"]), seed=int(boot["seed"])
+    )
+    calib = calibration_summary(
+        probs.numpy(),
+        labels.numpy(),
+        bins=int(cal["ece_bins"]),
+        temperature=temperature or 1.0,
+        probs_before=raw_probs.numpy() if temperature else None,
+    )
     calib["nll"] = st.binary_nll(logits.double().numpy() / (temperature or 1.0), labels.numpy())
     if temperature:
         calib["before_temperature"]["nll"] = st.binary_nll(logits.double().numpy(), labels.numpy())
     chosen["calibration"] = calib
     # the precision the threshold was chosen under: eval.py and predict.py score with it by default
-    store_calibration(ckpt_path, threshold, method=rule["method"], val_report=chosen,
-                      precision=str(trainer.precision), temperature_value=temperature,
-                      val_roc=roc_points(probs, labels), shift_reference=_shift_reference(datamodule))
+    store_calibration(
+        ckpt_path,
+        threshold,
+        method=rule["method"],
+        val_report=chosen,
+        precision=str(trainer.precision),
+        temperature_value=temperature,
+        val_roc=roc_points(probs, labels),
+        shift_reference=_shift_reference(datamodule),
+    )
     module = Predictor.from_checkpoint(ckpt_path).lightning_module()  # with the stored threshold and temperature
-    summary = {"checkpoint": str(ckpt_path), "epoch": raw.recipe["epoch"],
-               "threshold_method": rule["method"], "at_threshold": chosen, "at_0.5": at_half,
-               "calibration": calib, "bootstrap": meta}
+    summary = {
+        "checkpoint": str(ckpt_path),
+        "epoch": raw.recipe["epoch"],
+        "threshold_method": rule["method"],
+        "at_threshold": chosen,
+        "at_0.5": at_half,
+        "calibration": calib,
+        "bootstrap": meta,
+    }
     (out_dir / "val_metrics.json").write_text(json.dumps(summary, indent=2))
-    log.info("Validation threshold (%s) = %.4f: accuracy %.4f, F1 %.4f, AUROC %.4f", rule["method"], threshold,
-             chosen["accuracy"], chosen["f1"], chosen["auroc"])
+    log.info(
+        "Validation threshold (%s) = %.4f: accuracy %.4f, F1 %.4f, AUROC %.4f",
+        rule["method"],
+        threshold,
+        chosen["accuracy"],
+        chosen["f1"],
+        chosen["auroc"],
+    )
     if temperature:
         before = calib["before_temperature"]
-        log.info("Temperature %.3f fitted on validation: ECE %.4f -> %.4f, Brier %.4f -> %.4f (%d bins)", temperature,
-                 before["ece"], calib["ece"], before["brier"], calib["brier"], calib["bins"])
+        log.info(
+            "Temperature %.3f fitted on validation: ECE %.4f -> %.4f, Brier %.4f -> %.4f (%d bins)",
+            temperature,
+            before["ece"],
+            calib["ece"],
+            before["brier"],
+            calib["brier"],
+            calib["bins"],
+        )
     return module, chosen
 
 
@@ -111,9 +151,12 @@ def run_settings(ckpt_path: Path) -> dict[str, Any]:
     cfg = to_dict(OmegaConf.load(config), resolve=False) if config.is_file() else {}
     trainer = cfg.get("trainer") or {}
     precision = trainer.get("precision")
-    return {"threshold": cfg.get("threshold") or {}, "calibration": cfg.get("calibration"),
-            "intervals": cfg.get("intervals"),
-            "precision": precision if isinstance(precision, str) and "${" not in precision else None}
+    return {
+        "threshold": cfg.get("threshold") or {},
+        "calibration": cfg.get("calibration"),
+        "intervals": cfg.get("intervals"),
+        "precision": precision if isinstance(precision, str) and "${" not in precision else None,
+    }
 
 
 def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelerator: str = "auto") -> dict[str, Any]:
@@ -134,10 +177,23 @@ def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelera
     settings["bad_image_report"] = None
     datamodule = ChestXrayDataModule(**settings)
     datamodule.check_layout(("fit",))
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=run["precision"] or auto_precision(accelerator),  # type: ignore[arg-type]  # a precision string the config checks; Lightning types it as Literals
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=run["precision"] or auto_precision(accelerator),  # type: ignore[arg-type]  # a precision string the config checks; Lightning types it as Literals
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     out_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    _, val_report = calibrate_threshold(trainer, datamodule, str(ckpt_path), run["threshold"], out_dir,
-                                        calibration=run["calibration"], interval_settings=run["intervals"])
+    _, val_report = calibrate_threshold(
+        trainer,
+        datamodule,
+        str(ckpt_path),
+        run["threshold"],
+        out_dir,
+        calibration=run["calibration"],
+        interval_settings=run["intervals"],
+    )
     return val_report

@@ -44,8 +44,9 @@ class FiniteLossGuard(L.Callback):
         self._bad: torch.Tensor | None = None  # deferred: any non-finite loss since the last check
         self._first_batch = 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -71,17 +72,21 @@ class FiniteLossGuard(L.Callback):
     def _check(self, trainer: L.Trainer, batch_idx: int | None = None) -> None:
         bad, self._bad = self._bad, None
         if bad is not None and bool(bad):
-            span = f"from batch {self._first_batch} on" if batch_idx is None else \
-                f"in batches {self._first_batch} to {batch_idx}"
+            span = (
+                f"from batch {self._first_batch} on"
+                if batch_idx is None
+                else f"in batches {self._first_batch} to {batch_idx}"
+            )
             self._raise(trainer, f"at epoch {trainer.current_epoch}, {span}")
 
     def _raise(self, trainer: L.Trainer, where: str) -> None:
-        saved = [Path(d) / "last.ckpt" for d in (getattr(c, "dirpath", None) for c in trainer.checkpoint_callbacks) if d]
+        saved = [
+            Path(d) / "last.ckpt" for d in (getattr(c, "dirpath", None) for c in trainer.checkpoint_callbacks) if d
+        ]
         ckpt = next((p for p in saved if p.is_file()), None)
         last_good = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
         raise NonFiniteLossError(
-            f"non-finite training loss {where}; {last_good}. Try a lower optimizer.lr or "
-            f"trainer.gradient_clip_val=1.0"
+            f"non-finite training loss {where}; {last_good}. Try a lower optimizer.lr or trainer.gradient_clip_val=1.0"
         )
 
 
@@ -168,21 +173,35 @@ class StochasticWeightAveraging(_LightningSWA):
 
     PRE_SWA_NAME = "best_pre_swa.ckpt"
 
-    def __init__(self, swa_lrs: float | list[float], swa_epoch_start: int | float = 0.7, annealing_epochs: int = 1,
-                 annealing_strategy: str = "cos", device: str | None = None, keep_pre_swa: bool = True) -> None:
+    def __init__(
+        self,
+        swa_lrs: float | list[float],
+        swa_epoch_start: int | float = 0.7,
+        annealing_epochs: int = 1,
+        annealing_strategy: str = "cos",
+        device: str | None = None,
+        keep_pre_swa: bool = True,
+    ) -> None:
         key = "callbacks.swa"
         several = isinstance(swa_lrs, Sequence) and not isinstance(swa_lrs, str)  # a list (or ListConfig)
         lrs: list[Any] = list(cast(Sequence[Any], swa_lrs)) if several else [swa_lrs]
-        if not lrs or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")
-                          for v in lrs):
-            raise ConfigError(f"{key}.swa_lrs={swa_lrs!r} must be a positive number (or a list of them, one per "
-                              f"parameter group)")
+        if not lrs or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf") for v in lrs
+        ):
+            raise ConfigError(
+                f"{key}.swa_lrs={swa_lrs!r} must be a positive number (or a list of them, one per parameter group)"
+            )
         lrs = [float(v) for v in lrs]
-        if isinstance(swa_epoch_start, bool) or not isinstance(swa_epoch_start, (int, float)) \
-                or (isinstance(swa_epoch_start, int) and swa_epoch_start < 1) \
-                or (isinstance(swa_epoch_start, float) and not 0.0 < swa_epoch_start <= 1.0):
-            raise ConfigError(f"{key}.swa_epoch_start={swa_epoch_start!r} must be an epoch (an integer >= 1) or a "
-                              f"fraction of trainer.max_epochs (a number in (0, 1])")
+        if (
+            isinstance(swa_epoch_start, bool)
+            or not isinstance(swa_epoch_start, (int, float))
+            or (isinstance(swa_epoch_start, int) and swa_epoch_start < 1)
+            or (isinstance(swa_epoch_start, float) and not 0.0 < swa_epoch_start <= 1.0)
+        ):
+            raise ConfigError(
+                f"{key}.swa_epoch_start={swa_epoch_start!r} must be an epoch (an integer >= 1) or a "
+                f"fraction of trainer.max_epochs (a number in (0, 1])"
+            )
         if isinstance(annealing_epochs, bool) or not isinstance(annealing_epochs, int) or annealing_epochs < 0:
             raise ConfigError(f"{key}.annealing_epochs={annealing_epochs!r} must be an integer >= 0")
         if annealing_strategy not in ("cos", "linear"):
@@ -191,13 +210,18 @@ class StochasticWeightAveraging(_LightningSWA):
             try:
                 torch.device(device)
             except (RuntimeError, TypeError):
-                raise ConfigError(f"{key}.device={device!r} must be null (the model's device) or a device such as "
-                                  f"cpu or cuda") from None
+                raise ConfigError(
+                    f"{key}.device={device!r} must be null (the model's device) or a device such as cpu or cuda"
+                ) from None
         if not isinstance(keep_pre_swa, bool):
             raise ConfigError(f"{key}.keep_pre_swa={keep_pre_swa!r} must be true or false")
-        super().__init__(swa_lrs=lrs if several else lrs[0],
-                         swa_epoch_start=swa_epoch_start, annealing_epochs=annealing_epochs,
-                         annealing_strategy=cast(Literal["cos", "linear"], annealing_strategy), device=device)
+        super().__init__(
+            swa_lrs=lrs if several else lrs[0],
+            swa_epoch_start=swa_epoch_start,
+            annealing_epochs=annealing_epochs,
+            annealing_strategy=cast(Literal["cos", "linear"], annealing_strategy),
+            device=device,
+        )
         self.keep_pre_swa = keep_pre_swa
         self._pre_swa_kept = False
         self._saving_epoch: int | None = None  # set while on_train_end saves the averaged weights
@@ -212,13 +236,17 @@ class StochasticWeightAveraging(_LightningSWA):
             raise ConfigError(f"callbacks.swa needs a fixed trainer.max_epochs (>= 1), not {trainer.max_epochs}")
         super().on_fit_start(trainer, pl_module)
         if self.swa_start > self.swa_end:
-            raise ConfigError(f"callbacks.swa.swa_epoch_start={self._swa_epoch_start} starts after the last epoch "
-                              f"(trainer.max_epochs={self._max_epochs})")
+            raise ConfigError(
+                f"callbacks.swa.swa_epoch_start={self._swa_epoch_start} starts after the last epoch "
+                f"(trainer.max_epochs={self._max_epochs})"
+            )
 
     @staticmethod
     def _best_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
-        return next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor
-                     and c.dirpath), None)
+        return next(
+            (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor and c.dirpath),
+            None,
+        )
 
     def _keep_pre_swa(self, trainer: L.Trainer) -> None:
         """Copy the best single-epoch checkpoint to best_pre_swa.ckpt (once, rank 0)."""
@@ -229,13 +257,19 @@ class StochasticWeightAveraging(_LightningSWA):
         assert cb.dirpath is not None  # _best_checkpoint: one with a dirpath
         if trainer.is_global_zero and Path(cb.best_model_path).is_file():
             source = Path(cb.best_model_path)  # copied under a temporary name, then renamed (a full disk: one line)
-            atomic_write(Path(cb.dirpath) / self.PRE_SWA_NAME, lambda tmp: shutil.copy2(source, tmp),
-                         needed=source.stat().st_size)
+            atomic_write(
+                Path(cb.dirpath) / self.PRE_SWA_NAME,
+                lambda tmp: shutil.copy2(source, tmp),
+                needed=source.stat().st_size,
+            )
 
     def _add_last_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Average in the weights at the end of the last epoch (Lightning stops one short)."""
-        if self._average_model is not None and self.n_averaged is not None \
-                and self._latest_update_epoch < trainer.current_epoch:
+        if (
+            self._average_model is not None
+            and self.n_averaged is not None
+            and self._latest_update_epoch < trainer.current_epoch
+        ):
             self.update_parameters(self._average_model, pl_module, self.n_averaged, self._avg_fn)
             self._latest_update_epoch = trainer.current_epoch
 
@@ -255,8 +289,12 @@ class StochasticWeightAveraging(_LightningSWA):
         if trainer.fast_dev_run:  # type: ignore[attr-defined]  # set on the Trainer by Lightning's connectors, not declared
             return
         if not finished:
-            log.warning("callbacks.swa: the run ended at epoch %d, before the weight averaging finished (epoch %d): "
-                        "best.ckpt holds the best single epoch, not averaged weights", last + 1, self.swa_end + 1)
+            log.warning(
+                "callbacks.swa: the run ended at epoch %d, before the weight averaging finished (epoch %d): "
+                "best.ckpt holds the best single epoch, not averaged weights",
+                last + 1,
+                self.swa_end + 1,
+            )
             return
         cb = self._best_checkpoint(trainer)
         if cb is None:
@@ -278,8 +316,12 @@ class StochasticWeightAveraging(_LightningSWA):
         finally:
             self._saving_epoch = None
         averaged = f"the weights after epochs {self.swa_start}-{self.swa_end + 1}" + (
-            " (0: the initial weights)" if self.swa_start == 0 else "")
-        scored = (f"{cb.monitor} = {float(score):.4f} after the batch-norm update" if score is not None
-                  else "not validated during training (no batch norm): calibration scores it")
+            " (0: the initial weights)" if self.swa_start == 0 else ""
+        )
+        scored = (
+            f"{cb.monitor} = {float(score):.4f} after the batch-norm update"
+            if score is not None
+            else "not validated during training (no batch norm): calibration scores it"
+        )
         kept = f"; the best single epoch is kept as {Path(cb.dirpath) / self.PRE_SWA_NAME}" if self.keep_pre_swa else ""
         log.info("callbacks.swa: %s now holds the average of %s (%s)%s", path, averaged, scored, kept)

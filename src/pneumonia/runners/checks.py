@@ -63,8 +63,10 @@ def check_monitor(key: str, value: object, stress: tuple[str, ...] = ()) -> None
     known = monitored_metrics()
     prefixes = tuple(s for s in stress if s.endswith("/"))  # quick checks: any val_stress/ name, checked later
     if value not in known and value not in stress and not (prefixes and str(value).startswith(prefixes)):
-        raise ConfigError(f"{key}={value!r} is not a logged metric: one of {', '.join(known)}"
-                          + (", or a val_stress/ metric" if stress else ""))
+        raise ConfigError(
+            f"{key}={value!r} is not a logged metric: one of {', '.join(known)}"
+            + (", or a val_stress/ metric" if stress else "")
+        )
 
 
 def stress_metrics(cfg: DictConfig) -> tuple[str, ...]:
@@ -96,16 +98,20 @@ def check_optuna(cfg: DictConfig) -> None:
     node = cfg.get("optuna") or {}
     storage, study, trial = node.get("storage"), node.get("study"), node.get("trial")
     if storage is not None and (not isinstance(storage, str) or not re.match(r"^\w+(\+\w+)?://", storage)):
-        raise ConfigError(f"optuna.storage={storage!r} must be a database URL (sqlite:///..., postgresql://...) or null")
+        raise ConfigError(
+            f"optuna.storage={storage!r} must be a database URL (sqlite:///..., postgresql://...) or null"
+        )
     if study is not None and (not isinstance(study, str) or not study.strip()):
         raise ConfigError(f"optuna.study={study!r} must be the study's name or null")
     if trial is not None and (isinstance(trial, bool) or not isinstance(trial, int) or trial < 0):
         raise ConfigError(f"optuna.trial={trial!r} must be a trial number (an integer >= 0) or null")
     given = [k for k, v in (("storage", storage), ("study", study), ("trial", trial)) if v is not None]
     if given and len(given) < 3:
-        raise ConfigError(f"{', '.join('optuna.' + k for k in given)} set without the other optuna.* keys: the "
-                          "Optuna sweeper sets optuna.storage, optuna.study and optuna.trial together (all null "
-                          "outside a search)")
+        raise ConfigError(
+            f"{', '.join('optuna.' + k for k in given)} set without the other optuna.* keys: the "
+            "Optuna sweeper sets optuna.storage, optuna.study and optuna.trial together (all null "
+            "outside a search)"
+        )
 
 
 def check_train_settings(cfg: DictConfig, *, quick: bool = False) -> None:
@@ -123,20 +129,26 @@ def check_train_settings(cfg: DictConfig, *, quick: bool = False) -> None:
     epochs = _int(cfg, "trainer.max_epochs", -1)
     callbacks = cfg.get("callbacks") or {}
     if epochs == 0 or (epochs == -1 and not callbacks.get("early_stopping")):
-        raise ConfigError(f"trainer.max_epochs={epochs} must be >= 1 (-1, no limit, only with "
-                          "callbacks.early_stopping to end the run)")
+        raise ConfigError(
+            f"trainer.max_epochs={epochs} must be >= 1 (-1, no limit, only with "
+            "callbacks.early_stopping to end the run)"
+        )
     stress = ("val_stress/",) if quick and (cfg.data.get("stress") or {}).get("enabled") else stress_metrics(cfg)
     check_monitor("monitor", cfg.monitor, stress)
     if cfg.trainer.get("fast_dev_run") and _sweeper_optimises():
-        raise ConfigError("debug=fdr (trainer.fast_dev_run) scores nothing, so the hparams_search sweeper has "
-                          "nothing to optimise: use debug=tiny (or debug=limit) in a search")
+        raise ConfigError(
+            "debug=fdr (trainer.fast_dev_run) scores nothing, so the hparams_search sweeper has "
+            "nothing to optimise: use debug=tiny (or debug=limit) in a search"
+        )
     check_optuna(cfg)
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"monitor_mode={cfg.monitor_mode!r} must be 'min' or 'max'")
     for name, callback in callbacks.items():
         if callback is not None and not OmegaConf.is_dict(callback):
-            raise ConfigError(f"callbacks.{name}={callback!r} must be the callback's settings or null (off); "
-                              f"the options are in conf/callbacks/")
+            raise ConfigError(
+                f"callbacks.{name}={callback!r} must be the callback's settings or null (off); "
+                f"the options are in conf/callbacks/"
+            )
         if callback and callback.get("monitor") is not None:
             check_monitor(f"callbacks.{name}.monitor", callback.monitor, stress)
     if (cfg.get("scheduler") or {}).get("monitor") is not None:
@@ -212,8 +224,10 @@ def check_eval_config(cfg: DictConfig) -> None:
     if cfg.data.get("download") is not None:
         _bool(cfg, "data.download")
     threshold_override(cfg.get("threshold"))
-    check_settings({"ece_bins": cfg.get("ece_bins", CALIBRATION_DEFAULTS["ece_bins"])},
-                   to_dict(cfg.intervals) if cfg.get("intervals") else None)
+    check_settings(
+        {"ece_bins": cfg.get("ece_bins", CALIBRATION_DEFAULTS["ece_bins"])},
+        to_dict(cfg.intervals) if cfg.get("intervals") else None,
+    )
 
 
 def check_optimization(cfg: DictConfig) -> None:
@@ -247,8 +261,10 @@ def check_trainer(cfg: DictConfig, *, quick: bool = False) -> None:
     `quick=True`: without importing torch (a GPU that is visible but unusable is found later)."""
     accelerator = str(cfg.trainer.get("accelerator"))
     if accelerator in ("gpu", "cuda") and (no_gpu_visible() or (not quick and not cuda_available())):
-        raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no usable CUDA GPU "
-                              "(torch.cuda.is_available() is False); use trainer.accelerator=cpu, or auto")
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: this machine has no usable CUDA GPU "
+            "(torch.cuda.is_available() is False); use trainer.accelerator=cpu, or auto"
+        )
     for key in TRAINER_AT_LEAST_ONE:
         if cfg.trainer.get(key) is not None:
             _int(cfg, f"trainer.{key}", 1)

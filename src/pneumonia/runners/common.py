@@ -20,6 +20,7 @@ from pneumonia.hardware import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
+
 class _NoAdverts(logging.Filter):
     """Lightning's "💡 Tip: try installing litlogger/litmodels" lines, printed at every Trainer."""
 
@@ -64,18 +65,27 @@ def configure_torch(threads: int | None) -> None:
 
 
 def warn_slow_precision(trainer: L.Trainer) -> None:
-    if isinstance(trainer.accelerator, CPUAccelerator) and "bf16" in str(trainer.precision) \
-            and not cpu_has_native_bf16():
-        log.warning("trainer.precision=%s on a CPU without native bf16 (AVX512-BF16/AMX) is ~10x slower "
-                    "than 32-true here; see README 'Performance'", trainer.precision)
+    if (
+        isinstance(trainer.accelerator, CPUAccelerator)
+        and "bf16" in str(trainer.precision)
+        and not cpu_has_native_bf16()
+    ):
+        log.warning(
+            "trainer.precision=%s on a CPU without native bf16 (AVX512-BF16/AMX) is ~10x slower "
+            "than 32-true here; see README 'Performance'",
+            trainer.precision,
+        )
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     """The configured callbacks, less those the Trainer settings leave nothing to do for:
     Lightning refuses a progress bar callback beside `trainer.enable_progress_bar=false`, and a
     learning-rate monitor needs a logger to write into."""
-    callbacks = [instantiate_setting(f"callbacks.{name}", c) for name, c in (cfg.get("callbacks") or {}).items()
-                 if c and "_target_" in c]
+    callbacks = [
+        instantiate_setting(f"callbacks.{name}", c)
+        for name, c in (cfg.get("callbacks") or {}).items()
+        if c and "_target_" in c
+    ]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not has_logger:
@@ -84,7 +94,11 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate_setting(f"logger.{name}", c) for name, c in (cfg.get("logger") or {}).items() if c and "_target_" in c]
+    return [
+        instantiate_setting(f"logger.{name}", c)
+        for name, c in (cfg.get("logger") or {}).items()
+        if c and "_target_" in c
+    ]
 
 
 def build_trainer(trainer: DictConfig, **kwargs: Any) -> L.Trainer:

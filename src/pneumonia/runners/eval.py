@@ -48,10 +48,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_eval_config(cfg)
     configure_torch(cfg.get("threads"))
     out_dir = make_output_dir(cfg.paths.output_dir)
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, threshold=cfg.get("threshold"),
-                                          temperature=cfg.get("temperature"), tta=cfg.get("tta"),
-                                          precision=cfg.trainer.get("precision"),
-                                          accelerator=str(cfg.trainer.get("accelerator", "auto")))
+    predictor = Predictor.from_checkpoint(
+        cfg.ckpt_path,
+        threshold=cfg.get("threshold"),
+        temperature=cfg.get("temperature"),
+        tta=cfg.get("tta"),
+        precision=cfg.trainer.get("precision"),
+        accelerator=str(cfg.trainer.get("accelerator", "auto")),
+    )
     intervals_cfg = {"resamples": st.DEFAULT_RESAMPLES, "seed": 0, **dict(cfg.get("intervals") or {})}
     ece_bins = cfg.get("ece_bins", st.DEFAULT_BINS)
     overrides = dict(cfg.get("data") or {})
@@ -74,9 +78,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     paths = [all_paths[i] for i in out["indices"].tolist()]
     rep = report(probs, labels, threshold)
     start = time.perf_counter()
-    rep.update(evaluation_summary(probs.numpy(), labels.numpy(), threshold, paths,
-                                  resamples=int(intervals_cfg["resamples"]), seed=int(intervals_cfg["seed"]),
-                                  bins=ece_bins, temperature=predictor.temperature))
+    rep.update(
+        evaluation_summary(
+            probs.numpy(),
+            labels.numpy(),
+            threshold,
+            paths,
+            resamples=int(intervals_cfg["resamples"]),
+            seed=int(intervals_cfg["seed"]),
+            bins=ece_bins,
+            temperature=predictor.temperature,
+        )
+    )
     (out_dir / "metrics.json").write_text(json.dumps(rep, indent=2))
 
     with (out_dir / "predictions.csv").open("w", newline="") as f:
@@ -107,22 +120,38 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         t_source = "fitted on validation after training, stored in the checkpoint"
     else:
         t_source = "none stored in the checkpoint; train with calibration.temperature=true to fit one"
-    write_report(out_dir, rep, predictor, dataset, data_root=str(datamodule.data_root),
-                 precision=str(trainer.precision), threshold_source=source, temperature_source=t_source, shift=shift)
+    write_report(
+        out_dir,
+        rep,
+        predictor,
+        dataset,
+        data_root=str(datamodule.data_root),
+        precision=str(trainer.precision),
+        threshold_source=source,
+        temperature_source=t_source,
+        shift=shift,
+    )
     log.info("Statistics, figures and report in %.1f s", time.perf_counter() - start)
     tracked = track_evaluation(cfg, out_dir, rep)
-    print(f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}, "
-          f"precision {trainer.precision}, TTA {'on' if predictor.tta else 'off'}, "
-          f"input normalisation {predictor.preprocess.normalize}\n"
-          f"{format_table(rep)}\nWritten to {out_dir} (report.html: everything in one page)"
-          + (f"\nLogged to the MLflow run {tracked} of the checkpoint" if tracked else ""))
+    print(
+        f"\nTest split of {datamodule.hparams.root} ({rep['n']} images), checkpoint {cfg.ckpt_path}, "
+        f"precision {trainer.precision}, TTA {'on' if predictor.tta else 'off'}, "
+        f"input normalisation {predictor.preprocess.normalize}\n"
+        f"{format_table(rep)}\nWritten to {out_dir} (report.html: everything in one page)"
+        + (f"\nLogged to the MLflow run {tracked} of the checkpoint" if tracked else "")
+    )
     if shift.get("warning"):
         print(shift["warning"])
     return rep
 
 
-def shift_check(out_dir: Path, predictor: Predictor, probs: torch.Tensor, images: torch.Tensor | None,
-                labels: torch.Tensor | None = None) -> dict[str, Any]:
+def shift_check(
+    out_dir: Path,
+    predictor: Predictor,
+    probs: torch.Tensor,
+    images: torch.Tensor | None,
+    labels: torch.Tensor | None = None,
+) -> dict[str, Any]:
     """The scored images against the checkpoint's validation split (evaluation/shift.py):
     shift.json and shift.png in `out_dir`; the result (its "warning": one line, or None)."""
     from pneumonia.evaluation.shift import scoring_caveat, write_shift
@@ -130,10 +159,21 @@ def shift_check(out_dir: Path, predictor: Predictor, probs: torch.Tensor, images
 
     path = predictor.recipe.get("checkpoint")
     image_ref = shift_reference(load_checkpoint(path)) if path else None
-    caveat = scoring_caveat(tta=predictor.tta, stored_tta=bool(predictor.recipe.get("tta")),
-                            temperature=predictor.temperature, stored_temperature=predictor.recipe["temperature"])
-    return write_shift(out_dir, probs, images, val_roc=predictor.recipe.get("val_roc"), image_ref=image_ref,
-                       labels=labels, caveat=caveat)
+    caveat = scoring_caveat(
+        tta=predictor.tta,
+        stored_tta=bool(predictor.recipe.get("tta")),
+        temperature=predictor.temperature,
+        stored_temperature=predictor.recipe["temperature"],
+    )
+    return write_shift(
+        out_dir,
+        probs,
+        images,
+        val_roc=predictor.recipe.get("val_roc"),
+        image_ref=image_ref,
+        labels=labels,
+        caveat=caveat,
+    )
 
 
 def track_evaluation(cfg: DictConfig, out_dir: Path, rep: dict[str, Any]) -> str | None:
@@ -151,21 +191,51 @@ def track_evaluation(cfg: DictConfig, out_dir: Path, rep: dict[str, Any]) -> str
     return log_evaluation(cfg.ckpt_path, settings, out_dir, rep, REPORT_KEYS)
 
 
-def write_report(out_dir: Path, rep: dict[str, Any], predictor: Predictor, dataset: dict[str, Any] | None, *,
-                 data_root: str, precision: str, threshold_source: str, temperature_source: str,
-                 shift: dict[str, Any] | None = None) -> Path:
+def write_report(
+    out_dir: Path,
+    rep: dict[str, Any],
+    predictor: Predictor,
+    dataset: dict[str, Any] | None,
+    *,
+    data_root: str,
+    precision: str,
+    threshold_source: str,
+    temperature_source: str,
+    shift: dict[str, Any] | None = None,
+) -> Path:
     """report.html: everything above in one self-contained page (evaluation/report.py)."""
     from pneumonia.evaluation.report import render_report, run_facts
 
-    run = run_facts(checkpoint=str(predictor.recipe.get("checkpoint")), data_root=data_root, split="test",
-                    precision=precision, threshold=rep["threshold"], threshold_source=threshold_source,
-                    temperature=predictor.temperature, temperature_source=temperature_source, out_dir=str(out_dir))
-    return render_report(out_dir / "report.html", rep=rep, run=run, predictor_summary=predictor.summary(),
-                         dataset=dataset, figures_dir=out_dir, shift=shift)
+    run = run_facts(
+        checkpoint=str(predictor.recipe.get("checkpoint")),
+        data_root=data_root,
+        split="test",
+        precision=precision,
+        threshold=rep["threshold"],
+        threshold_source=threshold_source,
+        temperature=predictor.temperature,
+        temperature_source=temperature_source,
+        out_dir=str(out_dir),
+    )
+    return render_report(
+        out_dir / "report.html",
+        rep=rep,
+        run=run,
+        predictor_summary=predictor.summary(),
+        dataset=dataset,
+        figures_dir=out_dir,
+        shift=shift,
+    )
 
 
-def write_figures(out_dir: Path, probs: torch.Tensor, labels: torch.Tensor, rep: dict[str, Any],
-                  loggers: list[Any], temperature: float = 1.0) -> None:
+def write_figures(
+    out_dir: Path,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    rep: dict[str, Any],
+    loggers: list[Any],
+    temperature: float = 1.0,
+) -> None:
     """Confusion matrix, ROC and PR curves (with the operating points) and the reliability
     diagram as PNGs and to TensorBoard, with the metrics and their table (text tab)."""
     import matplotlib.pyplot as plt
@@ -200,8 +270,9 @@ def write_figures(out_dir: Path, probs: torch.Tensor, labels: torch.Tensor, rep:
         tb.experiment.flush()
 
 
-def errors_gallery(path: Path, datamodule: ChestXrayDataModule, out: dict[str, torch.Tensor], threshold: float,
-                   size: int) -> Path | None:
+def errors_gallery(
+    path: Path, datamodule: ChestXrayDataModule, out: dict[str, torch.Tensor], threshold: float, size: int
+) -> Path | None:
     """The most confident mistakes: up to `size // 2` false positives (highest probability
     among NORMAL images) and false negatives (lowest among PNEUMONIA), as one grid."""
     probs, labels, indices = out["probs"], out["labels"], out["indices"]
@@ -216,8 +287,14 @@ def errors_gallery(path: Path, datamodule: ChestXrayDataModule, out: dict[str, t
     from pneumonia.explain.figures import save_gallery
 
     data, paths = datamodule.splits["test"], datamodule.paths["test"]
-    items = [{"image": data.images[int(indices[i])].numpy(), "probability": float(probs[i]),
-              "prediction": int(probs[i] >= threshold), "label": int(labels[i]),
-              "title": ("FP " if labels[i] == 0 else "FN ") + Path(paths[int(indices[i])]).name[:28]}
-             for i in chosen.tolist()]
+    items = [
+        {
+            "image": data.images[int(indices[i])].numpy(),
+            "probability": float(probs[i]),
+            "prediction": int(probs[i] >= threshold),
+            "label": int(labels[i]),
+            "title": ("FP " if labels[i] == 0 else "FN ") + Path(paths[int(indices[i])]).name[:28],
+        }
+        for i in chosen.tolist()
+    ]
     return save_gallery(path, items)

@@ -57,15 +57,18 @@ class TorchScorer:
         try:
             import torch
         except ImportError:
-            raise ConfigError("backend=torch needs torch, which is not installed here: score an export.py model "
-                              "with backend=onnx model_path=<export>/model.onnx instead") from None
+            raise ConfigError(
+                "backend=torch needs torch, which is not installed here: score an export.py model "
+                "with backend=onnx model_path=<export>/model.onnx instead"
+            ) from None
 
         from pneumonia.inference import Predictor
 
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
-        self.predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, precision=cfg.precision,
-                                                   threshold=cfg.threshold, tta=cfg.get("tta"))
+        self.predictor = Predictor.from_checkpoint(
+            cfg.ckpt_path, device=cfg.device, precision=cfg.precision, threshold=cfg.threshold, tta=cfg.get("tta")
+        )
         self.threshold, self.precision = self.predictor.threshold, self.predictor.precision
         self.tta = self.predictor.tta
         self.device, self.source = self.predictor.device, str(cfg.ckpt_path)
@@ -88,8 +91,9 @@ class TorchScorer:
 
         return self.predictor.decide(torch.from_numpy(probs)).numpy()
 
-    def gradcam(self, images: np.ndarray, decisions: np.ndarray, explain: Literal["predicted", "pneumonia"]
-                ) -> np.ndarray:
+    def gradcam(
+        self, images: np.ndarray, decisions: np.ndarray, explain: Literal["predicted", "pneumonia"]
+    ) -> np.ndarray:
         """Grad-CAM maps (N, h, w) of the batch, under the scoring precision."""
         import torch
 
@@ -98,8 +102,9 @@ class TorchScorer:
         p = self.predictor
         x = p.preprocess.to_input(torch.from_numpy(images))
         with p.autocast():  # the scoring precision: bf16 maps cost less than fp32 ones
-            maps, _ = gradcam(p.net, x.to(p.device), explain=explain, threshold=p.threshold,
-                              decisions=torch.from_numpy(decisions))
+            maps, _ = gradcam(
+                p.net, x.to(p.device), explain=explain, threshold=p.threshold, decisions=torch.from_numpy(decisions)
+            )
         return maps.float().cpu().numpy()
 
 
@@ -108,19 +113,25 @@ def open_scorer(cfg: DictConfig) -> TorchScorer | OnnxPredictor:
     if cfg.backend == "onnx":
         from pneumonia.export.onnx_predictor import OnnxPredictor
 
-        return OnnxPredictor.from_model(cfg.model_path, threshold=cfg.threshold, threads=cfg.get("threads"),
-                                        max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+        return OnnxPredictor.from_model(
+            cfg.model_path,
+            threshold=cfg.threshold,
+            threads=cfg.get("threads"),
+            max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS),
+        )
     return TorchScorer(cfg)
 
 
-def decoded_batches(paths: list[str], preprocess: Loader, batch_size: int, threads: int | None
-                    ) -> Iterator[tuple[list[str], list[np.ndarray], list[tuple[str, str]]]]:
+def decoded_batches(
+    paths: list[str], preprocess: Loader, batch_size: int, threads: int | None
+) -> Iterator[tuple[list[str], list[np.ndarray], list[tuple[str, str]]]]:
     """(paths, uint8 arrays, bad files) per batch, each batch decoded by a thread pool (PIL
     and pydicom release the GIL); `preprocess` is anything with `load(path)`: the
     `Preprocess` preset, a `TorchScorer` or an `OnnxPredictor`. Decoding does not overlap
     scoring: a 224 px JPEG decodes to 112 px in ~0.2 ms against ~1.2 ms for its forward
     pass (2 cores, benchmarks/predict.py), so overlapping would gain little and compete
     with torch's threads for the cores."""
+
     def load(path: str) -> tuple[str, np.ndarray | None, str | None]:
         try:
             return path, preprocess.load(path), None
@@ -129,7 +140,7 @@ def decoded_batches(paths: list[str], preprocess: Loader, batch_size: int, threa
 
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), batch_size):
-            chunk = list(pool.map(load, paths[start:start + batch_size]))
+            chunk = list(pool.map(load, paths[start : start + batch_size]))
             ok = cast("list[tuple[str, np.ndarray]]", [(p, a) for p, a, e in chunk if e is None])  # decoded
             yield [p for p, _ in ok], [a for _, a in ok], [(p, e) for p, _, e in chunk if e is not None]
 
@@ -139,25 +150,33 @@ def _check(cfg: DictConfig) -> None:
         raise ConfigError(f"backend={cfg.backend!r} must be one of: {', '.join(BACKENDS)}")
     if cfg.backend == "onnx":
         if not cfg.model_path:
-            raise ConfigError("backend=onnx needs model_path=, e.g. model_path=outputs/export/<time>/model.onnx "
-                              "(written by export.py)")
+            raise ConfigError(
+                "backend=onnx needs model_path=, e.g. model_path=outputs/export/<time>/model.onnx "
+                "(written by export.py)"
+            )
         if cfg.get("tta") is not None:
             value = str(cfg.tta).lower() if isinstance(cfg.tta, bool) else repr(cfg.tta)
-            raise ConfigError(f"tta={value} is for backend=torch: an ONNX model scores as it was exported (its "
-                              f"model.json 'tta'); export the checkpoint again with export.py tta={value}")
+            raise ConfigError(
+                f"tta={value} is for backend=torch: an ONNX model scores as it was exported (its "
+                f"model.json 'tta'); export the checkpoint again with export.py tta={value}"
+            )
         for key in ("explain", "gallery"):
             if cfg[key]:
-                raise ConfigError(f"{key}=true (Grad-CAM and its drawings) needs gradients and torch: use "
-                                  f"backend=torch with ckpt_path=; backend=onnx only scores")
+                raise ConfigError(
+                    f"{key}=true (Grad-CAM and its drawings) needs gradients and torch: use "
+                    f"backend=torch with ckpt_path=; backend=onnx only scores"
+                )
         if cfg.precision not in (None, "32-true", "32"):
             raise ConfigError(f"precision={cfg.precision!r}: backend=onnx scores in fp32 only (leave precision unset)")
         if str(cfg.device) not in ("auto", "cpu"):
-            raise ConfigError(f"device={cfg.device}: backend=onnx runs on the CPU (onnxruntime); use device=cpu or "
-                              f"backend=torch")
+            raise ConfigError(
+                f"device={cfg.device}: backend=onnx runs on the CPU (onnxruntime); use device=cpu or backend=torch"
+            )
     else:
         if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
-            raise ConfigError("ckpt_path is required with backend=torch, e.g. "
-                              "ckpt_path=outputs/train/<run>/checkpoints/best.ckpt")
+            raise ConfigError(
+                "ckpt_path is required with backend=torch, e.g. ckpt_path=outputs/train/<run>/checkpoints/best.ckpt"
+            )
         if cfg.get("model_path"):
             raise ConfigError("model_path= is for backend=onnx; add backend=onnx, or give ckpt_path= alone")
     for key in ("batch_size", "gallery_size", "print_rows"):
@@ -195,8 +214,9 @@ def from_registry(cfg: DictConfig) -> DictConfig:
 
     parse_model_uri(cfg.model_uri)
     if cfg.get("model_path"):
-        raise ConfigError("give either model_uri= (a registered model) or model_path= (an export folder's file), "
-                          "not both")
+        raise ConfigError(
+            "give either model_uri= (a registered model) or model_path= (an export folder's file), not both"
+        )
     if not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path"):
         raise ConfigError("model_uri= scores a registered export (backend=onnx): leave ckpt_path= out")
     if cfg.backend != "onnx" and cfg.backend != "torch":
@@ -208,9 +228,11 @@ def from_registry(cfg: DictConfig) -> DictConfig:
     sidecar = folder / "model.json"
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     if meta.get("format") != "onnx":
-        raise ConfigError(f"model_uri={cfg.model_uri} (version {version.version}) is a "
-                          f"{meta.get('format') or 'non-export'} model: predict.py scores registered ONNX exports "
-                          f"(export.py format=onnx register=...)")
+        raise ConfigError(
+            f"model_uri={cfg.model_uri} (version {version.version}) is a "
+            f"{meta.get('format') or 'non-export'} model: predict.py scores registered ONNX exports "
+            f"(export.py format=onnx register=...)"
+        )
     log.info("model_uri=%s: version %s (%s), downloaded to %s", cfg.model_uri, version.version, version.source, folder)
     cfg = cfg.copy()
     with open_dict(cfg):
@@ -235,9 +257,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     found = find_inputs(inputs)
     paths = found.files
     out_dir = make_output_dir(cfg.paths.output_dir)
-    log.info("Predicting %d file(s) with %s (%s backend, threshold %.4f, precision %s, %s, TTA %s)", len(paths),
-             predictor.source, predictor.backend, predictor.threshold, predictor.precision, predictor.device,
-             "on" if predictor.tta else "off")
+    log.info(
+        "Predicting %d file(s) with %s (%s backend, threshold %.4f, precision %s, %s, TTA %s)",
+        len(paths),
+        predictor.source,
+        predictor.backend,
+        predictor.threshold,
+        predictor.precision,
+        predictor.device,
+        "on" if predictor.tta else "off",
+    )
 
     heatmap_dir = out_dir / "heatmaps"
     if cfg.explain:
@@ -263,8 +292,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         bad.extend(found.skipped)
         with bad_path.open("a") as tsv:
             tsv.writelines(f"{p}\t{why}\n" for p, why in found.skipped)
-    with csv_path.open("w", newline="") as f, tqdm(total=len(paths), unit="img", desc="predict",
-                                                    disable=None if len(paths) > 2 * cfg.batch_size else True) as bar:
+    with (
+        csv_path.open("w", newline="") as f,
+        tqdm(
+            total=len(paths), unit="img", desc="predict", disable=None if len(paths) > 2 * cfg.batch_size else True
+        ) as bar,
+    ):
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         f.flush()
@@ -273,8 +306,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 if cfg.on_bad_image == "error":
                     path, why = batch_bad[0]
                     what = why if path in why else f"cannot read '{path}': {why}"
-                    raise DataLayoutError(f"{what}; the {len(rows)} rows predicted before it are in {csv_path} "
-                                          f"(on_bad_image=skip goes on without it)")
+                    raise DataLayoutError(
+                        f"{what}; the {len(rows)} rows predicted before it are in {csv_path} "
+                        f"(on_bad_image=skip goes on without it)"
+                    )
                 bad.extend(batch_bad)
                 with bad_path.open("a") as tsv:
                     tsv.writelines(f"{p}\t{why}\n" for p, why in batch_bad)
@@ -284,23 +319,45 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 probs = predictor.predict_images(images)
                 decisions = predictor.decide(probs)
                 # _check: explain is for backend=torch only
-                maps = cast(TorchScorer, predictor).gradcam(images, decisions, cfg.explain_target) if cfg.explain else None
+                maps = (
+                    cast(TorchScorer, predictor).gradcam(images, decisions, cfg.explain_target) if cfg.explain else None
+                )
                 for i, path in enumerate(batch_paths):
                     prob, decision, label = float(probs[i]), int(decisions[i]), label_from_path(path)
-                    row: dict[str, Any] = {"path": path, "probability": prob, "prediction": CLASSES[decision],
-                           "threshold": predictor.threshold, "label": CLASSES[label] if label is not None else ""}
+                    row: dict[str, Any] = {
+                        "path": path,
+                        "probability": prob,
+                        "prediction": CLASSES[decision],
+                        "threshold": predictor.threshold,
+                        "label": CLASSES[label] if label is not None else "",
+                    }
                     rows.append(row)
                     writer.writerow(predict_row(path, prob, row["prediction"], predictor.threshold, row["label"]))
                     if maps is not None:
                         assert writers is not None  # made when explain is on
-                        pending.append(writers.submit(
-                            save_overlay, heatmap_dir / _safe_name(len(rows), path), arrays[i], maps[i],
-                            probability=prob, threshold=predictor.threshold, title=Path(path).name,
-                            explain=cfg.explain_target))
+                        pending.append(
+                            writers.submit(
+                                save_overlay,
+                                heatmap_dir / _safe_name(len(rows), path),
+                                arrays[i],
+                                maps[i],
+                                probability=prob,
+                                threshold=predictor.threshold,
+                                title=Path(path).name,
+                                explain=cfg.explain_target,
+                            )
+                        )
                     if cfg.gallery and len(gallery) < cfg.gallery_size:
-                        gallery.append({"image": arrays[i], "probability": prob, "prediction": decision,
-                                        "label": label, "title": Path(path).name,
-                                        "cam": maps[i] if maps is not None else None})
+                        gallery.append(
+                            {
+                                "image": arrays[i],
+                                "probability": prob,
+                                "prediction": decision,
+                                "label": label,
+                                "title": Path(path).name,
+                                "cam": maps[i] if maps is not None else None,
+                            }
+                        )
                 f.flush()  # rows are on disk before the next batch is decoded
             if len(pending) > 4 * cfg.batch_size:  # bounded: memory stays flat on long lists
                 keep = len(pending) - 2 * cfg.batch_size
@@ -316,8 +373,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if bad:
         log.warning("Skipped %d unreadable file(s), listed in %s", len(bad), bad_path)
     if not rows:
-        raise DataLayoutError(f"none of the {len(paths) + len(found.skipped)} input file(s) could be read; "
-                              f"reasons in {bad_path}")
+        raise DataLayoutError(
+            f"none of the {len(paths) + len(found.skipped)} input file(s) could be read; reasons in {bad_path}"
+        )
     if cfg.gallery:
         from pneumonia.explain.figures import save_gallery
 
@@ -332,47 +390,82 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def shift_check(out_dir: Path, predictor: TorchScorer | OnnxPredictor, rows: list[dict[str, Any]],
-                stats: dict[str, Any]) -> dict[str, Any]:
+def shift_check(
+    out_dir: Path, predictor: TorchScorer | OnnxPredictor, rows: list[dict[str, Any]], stats: dict[str, Any]
+) -> dict[str, Any]:
     """The predicted images against the checkpoint's validation split (evaluation/shift.py):
     shift.json and shift.png in `out_dir`; returns its summary for summary.json (the KS tests,
     "shifted", "warning"). Not compared with backend=onnx (model.json carries no reference)."""
     from pneumonia.evaluation.shift import scoring_caveat, write_shift
 
     if not isinstance(predictor, TorchScorer):
-        return {"available": False, "shifted": False, "warning": None,
-                "note": "not compared with backend=onnx (the reference is in the checkpoint)"}
+        return {
+            "available": False,
+            "shifted": False,
+            "warning": None,
+            "note": "not compared with backend=onnx (the reference is in the checkpoint)",
+        }
     from pneumonia.inference.checkpoint import load_checkpoint, shift_reference
 
     recipe = predictor.predictor.recipe
     image_ref = shift_reference(load_checkpoint(recipe["checkpoint"])) if recipe.get("checkpoint") else None
-    caveat = scoring_caveat(tta=predictor.predictor.tta, stored_tta=bool(recipe.get("tta")),
-                            temperature=predictor.predictor.temperature, stored_temperature=recipe["temperature"])
-    result = write_shift(out_dir, np.array([r["probability"] for r in rows]), stats, val_roc=recipe.get("val_roc"),
-                         image_ref=image_ref, caveat=caveat)
-    keep = ("available", "shifted", "warning", "tests", "alpha", "min_effect", "test", "reference", "note", "caveat",
-            "figure")
+    caveat = scoring_caveat(
+        tta=predictor.predictor.tta,
+        stored_tta=bool(recipe.get("tta")),
+        temperature=predictor.predictor.temperature,
+        stored_temperature=recipe["temperature"],
+    )
+    result = write_shift(
+        out_dir,
+        np.array([r["probability"] for r in rows]),
+        stats,
+        val_roc=recipe.get("val_roc"),
+        image_ref=image_ref,
+        caveat=caveat,
+    )
+    keep = (
+        "available",
+        "shifted",
+        "warning",
+        "tests",
+        "alpha",
+        "min_effect",
+        "test",
+        "reference",
+        "note",
+        "caveat",
+        "figure",
+    )
     return {k: result[k] for k in keep if k in result}
 
 
-def summarize(rows: list[dict[str, Any]], bad: list[tuple[str, str]], predictor: TorchScorer | OnnxPredictor
-              ) -> dict[str, Any]:
+def summarize(
+    rows: list[dict[str, Any]], bad: list[tuple[str, str]], predictor: TorchScorer | OnnxPredictor
+) -> dict[str, Any]:
     """Counts per predicted class and, for files under NORMAL/PNEUMONIA folders, the metrics of
     the decisions in predictions.csv (numpy, the same for both backends; null where a class
     is missing)."""
     from pneumonia.evaluation.statistics import point_metrics
 
     summary: dict[str, Any] = {
-        "n": len(rows), "skipped": len(bad), "threshold": predictor.threshold, "precision": predictor.precision,
-        "backend": predictor.backend, "predicted": {c: sum(r["prediction"] == c for r in rows) for c in CLASSES},
+        "n": len(rows),
+        "skipped": len(bad),
+        "threshold": predictor.threshold,
+        "precision": predictor.precision,
+        "backend": predictor.backend,
+        "predicted": {c: sum(r["prediction"] == c for r in rows) for c in CLASSES},
     }
     labelled = [r for r in rows if r["label"]]
     if labelled:
         labels = np.array([CLASSES.index(r["label"]) for r in labelled])
         decided = np.array([CLASSES.index(r["prediction"]) for r in labelled])
         metrics = point_metrics([r["probability"] for r in labelled], labels, predictor.threshold, decisions=decided)
-        counts = {"tn": int(((decided == 0) & (labels == 0)).sum()), "fp": int(((decided == 1) & (labels == 0)).sum()),
-                  "fn": int(((decided == 0) & (labels == 1)).sum()), "tp": int(((decided == 1) & (labels == 1)).sum())}
+        counts = {
+            "tn": int(((decided == 0) & (labels == 0)).sum()),
+            "fp": int(((decided == 1) & (labels == 0)).sum()),
+            "fn": int(((decided == 0) & (labels == 1)).sum()),
+            "tp": int(((decided == 1) & (labels == 1)).sum()),
+        }
         summary["labelled"] = {**metrics, **counts, "threshold": predictor.threshold, "n": len(labelled)}
     return summary
 
@@ -382,11 +475,15 @@ def _progress_bar() -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:
+
         class tqdm:  # type: ignore[no-redef]  # noqa: N801  (tqdm's name)
             def __init__(self, *args: Any, **kwargs: Any) -> None: ...
-            def __enter__(self) -> tqdm: return self
+            def __enter__(self) -> tqdm:
+                return self
+
             def __exit__(self, *exc: Any) -> None: ...
             def update(self, n: int = 1) -> None: ...
+
     return tqdm
 
 
@@ -394,7 +491,7 @@ def format_rows(rows: list[dict[str, Any]], limit: int) -> str:
     width = min(60, max(len(r["path"]) for r in rows))
     lines = [f"{'path':<{width}}  {'P(pneumonia)':>12}  {'prediction':<10}  label", "-" * (width + 38)]
     for r in rows[:limit]:
-        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
+        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3) :]
         lines.append(f"{path:<{width}}  {r['probability']:>12.4f}  {r['prediction']:<10}  {r['label']}")
     if len(rows) > limit:
         lines.append(f"... and {len(rows) - limit} more rows in predictions.csv")
@@ -403,14 +500,19 @@ def format_rows(rows: list[dict[str, Any]], limit: int) -> str:
 
 def format_summary(summary: dict[str, Any], out_dir: Path) -> str:
     counts = ", ".join(f"{n} {c}" for c, n in summary["predicted"].items())
-    text = [f"\n{summary['n']} image(s) predicted at threshold {summary['threshold']:.4f}: {counts}"
-            + (f"; {summary['skipped']} unreadable file(s) skipped (bad_images.tsv)" if summary["skipped"] else "")]
+    text = [
+        f"\n{summary['n']} image(s) predicted at threshold {summary['threshold']:.4f}: {counts}"
+        + (f"; {summary['skipped']} unreadable file(s) skipped (bad_images.tsv)" if summary["skipped"] else "")
+    ]
     rep = summary.get("labelled")
     if rep:
+
         def fmt(key: str) -> str:
             return "n/a (one class)" if rep[key] is None else f"{rep[key]:.4f}"
 
-        text.append(f"{rep['n']} of them under NORMAL/PNEUMONIA folders: accuracy {fmt('accuracy')}, "
-                    f"recall {fmt('recall')}, specificity {fmt('specificity')}, AUROC {fmt('auroc')}")
+        text.append(
+            f"{rep['n']} of them under NORMAL/PNEUMONIA folders: accuracy {fmt('accuracy')}, "
+            f"recall {fmt('recall')}, specificity {fmt('specificity')}, AUROC {fmt('auroc')}"
+        )
     text.append(f"Written to {out_dir}")
     return "\n".join(text)

@@ -63,8 +63,9 @@ def _check_serve(cfg: DictConfig) -> None:
     from pneumonia.runners import checks
 
     if bool(cfg.get("ckpt_path")) == bool(cfg.get("model_path")):
-        raise ConfigError("serve.py needs ckpt_path=<best.ckpt> (torch) or model_path=<export>/model.onnx (onnx), "
-                          "exactly one of them")
+        raise ConfigError(
+            "serve.py needs ckpt_path=<best.ckpt> (torch) or model_path=<export>/model.onnx (onnx), exactly one of them"
+        )
     checks.threshold_override(cfg.get("threshold"))
     checks._optional_int(cfg, "threads", 1)
 

@@ -24,15 +24,26 @@ from pneumonia.runners.calibration import calibrate_threshold
 from pneumonia.evaluation.metrics import METRIC_NAMES
 from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
-from pneumonia.inference.checkpoint import (data_settings, is_calibrated, load_checkpoint, module_settings,
-                                            trained_epochs)
+from pneumonia.inference.checkpoint import (
+    data_settings,
+    is_calibrated,
+    load_checkpoint,
+    module_settings,
+    trained_epochs,
+)
 from pneumonia.io import disk_full
 from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import Interruption, StochasticWeightAveraging, TrainingClock
 from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
-from pneumonia.runners.common import (build_callbacks, build_loggers, build_trainer, configure_torch,
-                                      ddp_ranks_run_this_job, warn_slow_precision)
+from pneumonia.runners.common import (
+    build_callbacks,
+    build_loggers,
+    build_trainer,
+    configure_torch,
+    ddp_ranks_run_this_job,
+    warn_slow_precision,
+)
 from pneumonia.runners.trial import TrialReporter, trial_reporter
 from pneumonia.tracking.mlflow_run import finish_training_run, start_training_run
 
@@ -60,8 +71,18 @@ def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule) -> PneumoniaC
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """Scalar settings for TensorBoard's HPARAMS tab (lists as strings, paths left out)."""
-    keep = ("seed", "monitor", "model", "data", "optimizer", "scheduler", "trainer", "module", "threshold",
-            "calibration")
+    keep = (
+        "seed",
+        "monitor",
+        "model",
+        "data",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "module",
+        "threshold",
+        "calibration",
+    )
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -88,21 +109,32 @@ def check_same_recipe(cfg: DictConfig, ckpt: dict[str, Any], key: str) -> None:
     differing keys and the first run's overrides instead."""
     stored_net, stored_data = module_settings(ckpt).get("net") or {}, data_settings(ckpt)
     net = to_dict(cfg.model, resolve=True)
-    differ = [f"model.{k}={net.get(k)!r} (the checkpoint: {v!r})" for k, v in stored_net.items()
-              if not str(k).startswith("_") and net.get(k) != v]
-    differ += [f"data.{k}={cfg.data.get(k)!r} (the checkpoint: {stored_data[k]!r})"
-               for k in ("image_size", "channels") if k in stored_data and cfg.data.get(k) != stored_data[k]]
+    differ = [
+        f"model.{k}={net.get(k)!r} (the checkpoint: {v!r})"
+        for k, v in stored_net.items()
+        if not str(k).startswith("_") and net.get(k) != v
+    ]
+    differ += [
+        f"data.{k}={cfg.data.get(k)!r} (the checkpoint: {stored_data[k]!r})"
+        for k in ("image_size", "channels")
+        if k in stored_data and cfg.data.get(k) != stored_data[k]
+    ]
     if differ:
         run = Path(str(cfg.get(key))).parent.parent if key == "ckpt_path" else Path(str(cfg.get(key)))
         first = run / ".hydra" / "overrides.yaml"
         hint = ""
         if first.is_file():
-            overrides = [str(o) for o in (OmegaConf.load(first) or [])
-                         if not str(o).startswith(("resume=", "ckpt_path=", "hydra."))]
+            overrides = [
+                str(o)
+                for o in (OmegaConf.load(first) or [])
+                if not str(o).startswith(("resume=", "ckpt_path=", "hydra."))
+            ]
             hint = f"; the first run's overrides were: {' '.join(overrides) or '(none)'}"
-        raise ConfigError(f"{key}={cfg.get(key)}: this config builds another network than the checkpoint's: "
-                          f"{'; '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}. Resume with the same "
-                          f"overrides as the first run{hint}")
+        raise ConfigError(
+            f"{key}={cfg.get(key)}: this config builds another network than the checkpoint's: "
+            f"{'; '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}. Resume with the same "
+            f"overrides as the first run{hint}"
+        )
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
@@ -121,9 +153,11 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
         max_epochs = cfg.trainer.max_epochs
         if max_epochs != -1 and done > max_epochs:  # Lightning would refuse it after decoding
             key = "resume" if cfg.get("resume") else "ckpt_path"
-            raise ConfigError(f"trainer.max_epochs={max_epochs} is below the {done} epochs the checkpoint of "
-                              f"{key}={cfg.get(key)} already trained (max_epochs counts them): give "
-                              f"trainer.max_epochs={done + 1} or more to train on")
+            raise ConfigError(
+                f"trainer.max_epochs={max_epochs} is below the {done} epochs the checkpoint of "
+                f"{key}={cfg.get(key)} already trained (max_epochs counts them): give "
+                f"trainer.max_epochs={done + 1} or more to train on"
+            )
         log.info("Resuming from %s (%d epochs done)", path, done)
     return path
 
@@ -137,8 +171,12 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     except KeyboardInterrupt:  # outside Lightning's loops (they turn it into SystemExit): before training
         import sys
 
-        print("interrupted by SIGINT before training started (while checking or decoding): nothing to resume; run "
-              "the command again", file=sys.stderr, flush=True)
+        print(
+            "interrupted by SIGINT before training started (while checking or decoding): nothing to resume; run "
+            "the command again",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(Interruption.EXIT["SIGINT"]) from None
     except OSError as err:  # a full disk outside the checkpoint writes (logs, summaries): one line too
         full = disk_full(err, err.filename or cfg.paths.output_dir, folder=not err.filename)
@@ -152,9 +190,11 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     pretrained = weights_from_checkpoint if cfg.get("resume") or cfg.get("ckpt_path") else contextlib.nullcontext
     with pretrained():
         datamodule: ChestXrayDataModule = check_train_config(cfg)
-    check_settings(to_dict(cfg.calibration) if cfg.get("calibration") else None,
-                   to_dict(cfg.intervals) if cfg.get("intervals") else None,
-                   threshold_settings=to_dict(cfg.threshold) if cfg.get("threshold") else None)
+    check_settings(
+        to_dict(cfg.calibration) if cfg.get("calibration") else None,
+        to_dict(cfg.intervals) if cfg.get("intervals") else None,
+        threshold_settings=to_dict(cfg.threshold) if cfg.get("threshold") else None,
+    )
     resume_from = resume_checkpoint(cfg)
     reporter = trial_reporter(cfg)  # a job of hparams_search=optuna: its trial, for pruning
     configure_torch(cfg.get("threads"))
@@ -165,7 +205,12 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     # loggers, callbacks and the Trainer before decoding too: their settings fail in seconds
     loggers = build_loggers(cfg)
     clock, interruption = TrainingClock(), Interruption()
-    callbacks = [*build_callbacks(cfg, has_logger=bool(loggers)), clock, interruption, *([reporter] if reporter else [])]
+    callbacks = [
+        *build_callbacks(cfg, has_logger=bool(loggers)),
+        clock,
+        interruption,
+        *([reporter] if reporter else []),
+    ]
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     warn_slow_precision(trainer)
     if reporter is not None and trainer.is_global_zero and rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # DDP: ranks may not be set yet
@@ -196,9 +241,17 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             return best_score, val_report  # rank 0 alone calibrates and writes the summaries
     if best_path and not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's connectors, not declared
         # a plain one-device Trainer: after DDP, collective ops on rank 0 alone would hang
-        solo = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
-                         logger=loggers or False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, use_distributed_sampler=False, callbacks=[interruption])
+        solo = L.Trainer(
+            accelerator=cfg.trainer.accelerator,
+            devices=1,
+            precision=cfg.trainer.precision,
+            logger=loggers or False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            callbacks=[interruption],
+        )
         try:  # a signal here: Lightning's SystemExit (predict/test) or a KeyboardInterrupt outside them
             val_report = after_training(cfg, solo, datamodule, best_path, out_dir, loggers, trainer.current_epoch)
         except (SystemExit, KeyboardInterrupt) as err:
@@ -210,29 +263,53 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         if best_score is None and cfg.monitor.startswith("val/"):  # the same split, scored after training
             best_score = val_report.get(cfg.monitor.split("/", 1)[-1])
 
-    summary = {"best_checkpoint": best_path, "monitor": cfg.monitor, "best_score": best_score,
-               "epochs": trainer.current_epoch,
-               # all sessions of a resumed run (TrainingClock), and this process alone
-               "train_minutes": round(clock.seconds / 60, 2), "train_seconds": round(clock.seconds, 1),
-               "session_train_seconds": round(clock.session_seconds, 1), "val": val_report}
+    summary = {
+        "best_checkpoint": best_path,
+        "monitor": cfg.monitor,
+        "best_score": best_score,
+        "epochs": trainer.current_epoch,
+        # all sessions of a resumed run (TrainingClock), and this process alone
+        "train_minutes": round(clock.seconds / 60, 2),
+        "train_seconds": round(clock.seconds, 1),
+        "session_train_seconds": round(clock.session_seconds, 1),
+        "val": val_report,
+    }
     if reporter is not None:  # sweep_summary lists a pruned job as "pruned at epoch E"
         summary.update(trial=reporter.number, pruned_at_epoch=reporter.pruned_epoch)
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     if not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's Trainer, undeclared
-        finish_training_run(loggers, out_dir, best_path, val_report, METRIC_NAMES,
-                            log_checkpoint=bool((cfg.get("mlflow") or {}).get("log_checkpoint", True)))
+        finish_training_run(
+            loggers,
+            out_dir,
+            best_path,
+            val_report,
+            METRIC_NAMES,
+            log_checkpoint=bool((cfg.get("mlflow") or {}).get("log_checkpoint", True)),
+        )
     log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))
     return best_score, val_report
 
 
-def after_training(cfg: DictConfig, solo: L.Trainer, datamodule: ChestXrayDataModule, best_path: str, out_dir: Path,
-                   loggers: list[Any], epoch: int) -> dict[str, Any]:
+def after_training(
+    cfg: DictConfig,
+    solo: L.Trainer,
+    datamodule: ChestXrayDataModule,
+    best_path: str,
+    out_dir: Path,
+    loggers: list[Any],
+    epoch: int,
+) -> dict[str, Any]:
     """Choose and store best.ckpt's threshold on validation, log it, score test/ when asked;
     the validation report."""
     best_module, val_report = calibrate_threshold(
-        solo, datamodule, best_path, to_dict(cfg.threshold), out_dir,
+        solo,
+        datamodule,
+        best_path,
+        to_dict(cfg.threshold),
+        out_dir,
         calibration=to_dict(cfg.calibration) if cfg.get("calibration") else None,
-        interval_settings=to_dict(cfg.intervals) if cfg.get("intervals") else None)
+        interval_settings=to_dict(cfg.intervals) if cfg.get("intervals") else None,
+    )
     hp_metrics = {f"hp/val_{k}": val_report[k] for k in (*METRIC_NAMES, "threshold")}
     for tb in tensorboard_loggers(loggers):
         tb.log_hyperparams(flat_hparams(cfg), metrics=hp_metrics)
@@ -242,8 +319,9 @@ def after_training(cfg: DictConfig, solo: L.Trainer, datamodule: ChestXrayDataMo
     return val_report
 
 
-def stop_interrupted(is_global_zero: bool, interruption: Interruption, out_dir: Path,
-                     after_training: str | None = None) -> None:
+def stop_interrupted(
+    is_global_zero: bool, interruption: Interruption, out_dir: Path, after_training: str | None = None
+) -> None:
     """One line on where a signal stopped the run and how to go on, then exit 143 (SIGTERM) or
     130 (SIGINT). last.ckpt stays the one of the last finished epoch: a checkpoint from the
     middle of an epoch would not resume exactly like an uninterrupted run. `after_training`:
@@ -258,16 +336,22 @@ def stop_interrupted(is_global_zero: bool, interruption: Interruption, out_dir: 
     if is_global_zero:
         last = out_dir / "checkpoints" / "last.ckpt"
         if after_training and not is_calibrated(load_checkpoint(after_training)):
-            line = (f"interrupted by {interruption.signal} while choosing the threshold on validation (training is "
-                    f"done); calibrate with: python -m {RECALIBRATE} {shlex.quote(str(after_training))}")
+            line = (
+                f"interrupted by {interruption.signal} while choosing the threshold on validation (training is "
+                f"done); calibrate with: python -m {RECALIBRATE} {shlex.quote(str(after_training))}"
+            )
         elif after_training:
-            line = (f"interrupted by {interruption.signal} while scoring test/ (training and calibration are done); "
-                    f"score it with: python eval.py {cli_override('ckpt_path', after_training)}")
+            line = (
+                f"interrupted by {interruption.signal} while scoring test/ (training and calibration are done); "
+                f"score it with: python eval.py {cli_override('ckpt_path', after_training)}"
+            )
         else:
             line = f"interrupted at epoch {interruption.epoch + 1}, step {interruption.step} by {interruption.signal}"
             if last.is_file():
-                line += (f"; resume with: python train.py {cli_override('resume', out_dir)} "
-                         f"(goes on after epoch {trained_epochs(load_checkpoint(last))}, from {last.name})")
+                line += (
+                    f"; resume with: python train.py {cli_override('resume', out_dir)} "
+                    f"(goes on after epoch {trained_epochs(load_checkpoint(last))}, from {last.name})"
+                )
             else:
                 line += ", before the first epoch ended: no checkpoint to resume from; start the run again"
         print(line, file=sys.stderr, flush=True)
@@ -275,8 +359,14 @@ def stop_interrupted(is_global_zero: bool, interruption: Interruption, out_dir: 
     raise SystemExit(Interruption.EXIT[interruption.signal])
 
 
-def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_path: str, out_dir: Path,
-           val_report: dict[str, Any] | None = None) -> str:
+def ending(
+    trainer: L.Trainer,
+    cfg: DictConfig,
+    best_score: float | None,
+    best_path: str,
+    out_dir: Path,
+    val_report: dict[str, Any] | None = None,
+) -> str:
     """How the run ended, what it left where, and the command to run next (three lines)."""
     if trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's connectors, not declared
         return "fast_dev_run: one batch of each step ran; no checkpoint is kept and no threshold chosen"
@@ -286,44 +376,60 @@ def ending(trainer: L.Trainer, cfg: DictConfig, best_score: float | None, best_p
     # holds the averaged weights (runners.callbacks.StochasticWeightAveraging)
     assert trainer.max_epochs is not None  # Lightning's fit loop always has one (-1: no limit)
     averaged = trainer.current_epoch > trainer.max_epochs and any(
-        isinstance(c, StochasticWeightAveraging) for c in trainer.callbacks)  # type: ignore[attr-defined]  # (as fast_dev_run)
+        isinstance(c, StochasticWeightAveraging)
+        for c in trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's Trainer, undeclared
+    )
     pruned = next((c.pruned_epoch for c in trainer.callbacks if isinstance(c, TrialReporter)), None)  # type: ignore[attr-defined]
     if trainer.interrupted:
         how = f"Interrupted after {trainer.current_epoch} epochs"
     elif pruned is not None:
         how = f"Pruned after epoch {pruned} by the Optuna study's pruner (hydra.sweeper.pruner)"
     elif trainer.should_stop and trainer.current_epoch < trainer.max_epochs and stopper is not None:
-        how = (f"Stopped early after {trainer.current_epoch} epochs: {stopper.monitor} did not improve for "
-               f"{stopper.patience} epochs (callbacks.early_stopping.patience)")
+        how = (
+            f"Stopped early after {trainer.current_epoch} epochs: {stopper.monitor} did not improve for "
+            f"{stopper.patience} epochs (callbacks.early_stopping.patience)"
+        )
     elif trainer.should_stop and trainer.current_epoch < trainer.max_epochs:
         how = f"Stopped after {trainer.current_epoch} epochs by a callback (see the log above)"
     elif averaged:
-        how = (f"Trained {trainer.max_epochs} epochs (trainer.max_epochs={trainer.max_epochs}) and one more pass "
-               "over the training images for the batch-norm statistics of callbacks.swa's averaged weights")
+        how = (
+            f"Trained {trainer.max_epochs} epochs (trainer.max_epochs={trainer.max_epochs}) and one more pass "
+            "over the training images for the batch-norm statistics of callbacks.swa's averaged weights"
+        )
     else:
         how = f"Trained {trainer.current_epoch} epochs (trainer.max_epochs={trainer.max_epochs})"
     if not best_path:
-        return (f"{how}; no checkpoint was written (trainer.max_epochs={trainer.max_epochs}?); outputs in {out_dir}")
+        return f"{how}; no checkpoint was written (trainer.max_epochs={trainer.max_epochs}?); outputs in {out_dir}"
     best_epoch = trained_epochs(load_checkpoint(best_path))
     limit = cfg.trainer.get("limit_val_batches")
     limited = limit is not None and not (isinstance(limit, float) and limit == 1.0)
-    note = (f" (on the validation batches that trainer.limit_val_batches={cfg.trainer.limit_val_batches} "
-            "kept; val_metrics.json scores the whole validation split)" if limited else "")
+    note = (
+        f" (on the validation batches that trainer.limit_val_batches={cfg.trainer.limit_val_batches} "
+        "kept; val_metrics.json scores the whole validation split)"
+        if limited
+        else ""
+    )
     threshold = (val_report or {}).get("threshold")
     chosen = f" (threshold {threshold:.4f}, chosen on validation)" if threshold is not None else ""
     logs = [name for name in ("tensorboard", "csv") if (out_dir / name).is_dir()]
-    where = f"Outputs in {out_dir}: checkpoints/best.ckpt{chosen}, val_metrics.json" + \
-        "".join(f", {name}/" for name in logs)
+    where = f"Outputs in {out_dir}: checkpoints/best.ckpt{chosen}, val_metrics.json" + "".join(
+        f", {name}/" for name in logs
+    )
     tracked = out_dir / "mlflow_run.json"
     if tracked.is_file():
         run = json.loads(tracked.read_text())
         where += f"; MLflow run {run['run_id']} (mlflow ui --backend-store-uri {run['tracking_uri']})"
-    nxt = (f"Next: python train.py {cli_override('resume', out_dir)} (goes on from {last.name})"
-           if trainer.interrupted else f"Next: python eval.py {cli_override('ckpt_path', best_path)}")
+    nxt = (
+        f"Next: python train.py {cli_override('resume', out_dir)} (goes on from {last.name})"
+        if trainer.interrupted
+        else f"Next: python eval.py {cli_override('ckpt_path', best_path)}"
+    )
     value = "n/a" if best_score is None else f"{best_score:.4f}"
     at = "of the averaged weights" if averaged else f"at epoch {best_epoch}"
     key = cfg.monitor.split("/", 1)[-1]
     if cfg.data.get("tta") and cfg.monitor.startswith("val/") and (val_report or {}).get(key) is not None:
-        note += (f" (validation during training scores without TTA; val_metrics.json scores the same checkpoint "
-                 f"with the recipe's TTA: {key} {(val_report or {})[key]:.4f})")
+        note += (
+            f" (validation during training scores without TTA; val_metrics.json scores the same checkpoint "
+            f"with the recipe's TTA: {key} {(val_report or {})[key]:.4f})"
+        )
     return f"{how}; best {cfg.monitor} = {value} {at}{note}\n{where}\n{nxt}"

@@ -52,8 +52,12 @@ def open_trial(storage: str, study: str, number: int) -> Any:
 
     where = f"optuna.trial={number} of optuna.study={study}"
     try:
-        rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}}
-                                         if storage.startswith("sqlite") else {"pool_pre_ping": True})
+        rdb = optuna.storages.RDBStorage(
+            storage,
+            engine_kwargs={"connect_args": {"timeout": 60}}
+            if storage.startswith("sqlite")
+            else {"pool_pre_ping": True},
+        )
     except ImportError as err:
         raise ConfigError(f"optuna.storage: its database driver is not installed ({err})") from None
     except Exception as err:  # noqa: BLE001  (sqlalchemy: unreachable server, bad URL, no such file)
@@ -85,8 +89,9 @@ class TrialReporter(L.Callback):
         self.trial = open_trial(self.storage, self.study, self.number)
         state = self.trial.study._storage.get_trial(self.trial._trial_id).state
         if state != TrialState.RUNNING:
-            log.warning("optuna.trial=%d is %s already: this run reports nothing to it", self.number,
-                        state.name.lower())
+            log.warning(
+                "optuna.trial=%d is %s already: this run reports nothing to it", self.number, state.name.lower()
+            )
             self.trial = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -108,16 +113,24 @@ class TrialReporter(L.Callback):
                     log.warning("optuna.trial=%d was finished by another process: no more reports", self.number)
                     self.trial = None
                 except Exception as err:  # noqa: BLE001  (a pruner setting Optuna accepted but cannot use)
-                    raise ConfigError(f"the study's pruner ({type(self.trial.study.pruner).__name__}) failed at "
-                                      f"epoch {epoch}: {type(err).__name__}: {_first_line(err)}") from None
+                    raise ConfigError(
+                        f"the study's pruner ({type(self.trial.study.pruner).__name__}) failed at "
+                        f"epoch {epoch}: {type(err).__name__}: {_first_line(err)}"
+                    ) from None
         if trainer.world_size > 1:
             prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
             self.pruned_epoch = epoch
             trainer.should_stop = True
-            log.info("Pruned: %s = %.4f at epoch %d is below the study's pruner's bar (optuna.trial=%d)",
-                     self.monitor, float(trainer.callback_metrics[self.monitor]) if self.monitor in
-                     trainer.callback_metrics else float("nan"), epoch, self.number)
+            log.info(
+                "Pruned: %s = %.4f at epoch %d is below the study's pruner's bar (optuna.trial=%d)",
+                self.monitor,
+                float(trainer.callback_metrics[self.monitor])
+                if self.monitor in trainer.callback_metrics
+                else float("nan"),
+                epoch,
+                self.number,
+            )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.trial is not None and self.pruned_epoch is not None:

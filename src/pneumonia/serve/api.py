@@ -42,9 +42,11 @@ from pneumonia.serve.settings import MB, ServeSettings
 
 log = logging.getLogger(__name__)
 
-INTENDED_USE = ("Research and teaching, not diagnosis: trained on one hospital's pediatric chest X-rays "
-                "(Kaggle/Mendeley 'Chest X-Ray Images (Pneumonia)'); on other hospitals, machines, adults or "
-                "diseases it can be much worse, and it does not know when it is.")
+INTENDED_USE = (
+    "Research and teaching, not diagnosis: trained on one hospital's pediatric chest X-rays "
+    "(Kaggle/Mendeley 'Chest X-Ray Images (Pneumonia)'); on other hospitals, machines, adults or "
+    "diseases it can be much worse, and it does not know when it is."
+)
 
 
 @dataclass
@@ -72,13 +74,20 @@ def model_id(scorer: Any) -> dict[str, Any]:
     export's sha256 and format version (onnx)."""
     if getattr(scorer, "backend", "") == "onnx":
         meta = scorer.meta
-        return {"backend": "onnx", "sha256": meta.get("sha256"), "format_version": meta.get("format_version"),
-                "file": os.path.basename(str(scorer.model_path))}
+        return {
+            "backend": "onnx",
+            "sha256": meta.get("sha256"),
+            "format_version": meta.get("format_version"),
+            "file": os.path.basename(str(scorer.model_path)),
+        }
     from pneumonia.integrity import weights_digest
 
     predictor = scorer.predictor
-    return {"backend": "torch", "weights_digest": weights_digest(predictor._module_state),
-            "file": os.path.basename(str(predictor.recipe.get("checkpoint", "")))}
+    return {
+        "backend": "torch",
+        "weights_digest": weights_digest(predictor._module_state),
+        "file": os.path.basename(str(predictor.recipe.get("checkpoint", ""))),
+    }
 
 
 def describe(scorer: Any) -> dict[str, Any]:
@@ -87,7 +96,7 @@ def describe(scorer: Any) -> dict[str, Any]:
         summary = scorer.summary()
         recipe = summary.get("recipe") or {}
         validation = scorer.meta.get("validation") or {}
-        method = (scorer.meta.get("threshold_method") or recipe.get("threshold_method"))
+        method = scorer.meta.get("threshold_method") or recipe.get("threshold_method")
         prep = summary["preprocess"]
         precision = "int8 (QDQ)" if (scorer.meta.get("quantization") or {}).get("mode") == "int8" else "32-true"
     else:
@@ -98,11 +107,18 @@ def describe(scorer: Any) -> dict[str, Any]:
         prep = summary["preprocess"]
         precision = p.precision
     keep = ("net", "image_size", "channels", "epoch", "seed", "tta", "normalize", "temperature", "calibrated")
-    return {"classes": list(CLASSES), "positive_class": CLASSES[1], "threshold": float(scorer.threshold),
-            "threshold_method": method, "precision": precision, "preprocess": prep,
-            "recipe": {k: recipe[k] for k in keep if k in recipe},
-            "validation": {k: validation[k] for k in ("n", "auroc", "recall", "specificity") if k in validation},
-            "model": model_id(scorer), "intended_use": INTENDED_USE}
+    return {
+        "classes": list(CLASSES),
+        "positive_class": CLASSES[1],
+        "threshold": float(scorer.threshold),
+        "threshold_method": method,
+        "precision": precision,
+        "preprocess": prep,
+        "recipe": {k: recipe[k] for k in keep if k in recipe},
+        "validation": {k: validation[k] for k in ("n", "auroc", "recall", "specificity") if k in validation},
+        "model": model_id(scorer),
+        "intended_use": INTENDED_USE,
+    }
 
 
 def open_model(cfg: DictConfig, max_pixels: int) -> Any:
@@ -111,11 +127,19 @@ def open_model(cfg: DictConfig, max_pixels: int) -> Any:
     from pneumonia.serve.settings import check_model_source
 
     backend = check_model_source(cfg)
-    node = OmegaConf.create({"backend": backend, "ckpt_path": cfg.get("ckpt_path"),
-                             "model_path": cfg.get("model_path"), "threshold": cfg.get("threshold"),
-                             "precision": cfg.get("precision"), "tta": cfg.get("tta"),
-                             "device": cfg.get("device", "cpu"), "threads": cfg.get("threads"),
-                             "max_pixels": int(max_pixels)})
+    node = OmegaConf.create(
+        {
+            "backend": backend,
+            "ckpt_path": cfg.get("ckpt_path"),
+            "model_path": cfg.get("model_path"),
+            "threshold": cfg.get("threshold"),
+            "precision": cfg.get("precision"),
+            "tta": cfg.get("tta"),
+            "device": cfg.get("device", "cpu"),
+            "threads": cfg.get("threads"),
+            "max_pixels": int(max_pixels),
+        }
+    )
     return open_scorer(node)
 
 
@@ -124,8 +148,9 @@ class PneumoniaAPI(ls.LitAPI):
     scores a batch (`predict`), answers JSON (`encode_response`)."""
 
     def __init__(self, cfg: DictConfig, settings: ServeSettings) -> None:
-        super().__init__(max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout,
-                         api_path="/predict")
+        super().__init__(
+            max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout, api_path="/predict"
+        )
         self.cfg: dict[str, Any] = to_dict(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         self.cfg.pop("hydra", None)
         self.cfg.get("serve", {}).pop("api_key", None)  # the workers need no key
@@ -157,8 +182,9 @@ class PneumoniaAPI(ls.LitAPI):
 
     def _parse(self, request: Any) -> tuple[str, bool, bytes]:
         if not isinstance(request, dict):
-            raise _Refused(400, "the body must be a JSON object {\"image\": \"<base64>\"} or a multipart upload "
-                                "with a 'file' field")
+            raise _Refused(
+                400, 'the body must be a JSON object {"image": "<base64>"} or a multipart upload with a \'file\' field'
+            )
         unknown = sorted(set(request) - {"image", "filename", "gradcam"})
         if unknown:
             raise _Refused(400, f"unknown field(s) {unknown}: the body takes image, filename, gradcam")
@@ -167,21 +193,22 @@ class PneumoniaAPI(ls.LitAPI):
             raise _Refused(400, "the body needs \"image\": the file's bytes in base64 (or a multipart 'file')")
         filename = request.get("filename") or "upload"
         if not isinstance(filename, str):
-            raise _Refused(400, "\"filename\" must be a string")
+            raise _Refused(400, '"filename" must be a string')
         gradcam = request.get("gradcam", False)
         if not isinstance(gradcam, bool):
-            raise _Refused(400, "\"gradcam\" must be true or false")
+            raise _Refused(400, '"gradcam" must be true or false')
         if gradcam and not self.settings.gradcam:
             raise _Refused(400, "Grad-CAM is turned off on this server (serve.gradcam=false)")
         if gradcam and getattr(self.scorer, "backend", "") == "onnx":
-            raise _Refused(400, "Grad-CAM needs the torch backend (serve.py ckpt_path=...); this server scores an "
-                                "ONNX export")
+            raise _Refused(
+                400, "Grad-CAM needs the torch backend (serve.py ckpt_path=...); this server scores an ONNX export"
+            )
         if len(image) > (self.settings.max_bytes * 4) // 3 + 8:
             raise _Refused(413, self._too_large(len(image) * 3 // 4))
         try:
             data = base64.b64decode(image, validate=True)
         except (binascii.Error, ValueError):
-            raise _Refused(400, "\"image\" is not valid base64") from None
+            raise _Refused(400, '"image" is not valid base64') from None
         if not data:
             raise _Refused(400, "empty file (0 bytes)")
         if len(data) > self.settings.max_bytes:
@@ -189,8 +216,9 @@ class PneumoniaAPI(ls.LitAPI):
         return os.path.basename(filename)[:200], gradcam, data
 
     def _too_large(self, size: int) -> str:
-        return (f"file of {size / MB:.1f} MB: larger than the limit of {self.settings.max_file_mb:g} MB "
-                f"(serve.max_file_mb)")
+        return (
+            f"file of {size / MB:.1f} MB: larger than the limit of {self.settings.max_file_mb:g} MB (serve.max_file_mb)"
+        )
 
     def _decode(self, data: bytes, filename: str) -> np.ndarray:
         folder = tempfile.mkdtemp(dir=self.tmp)
@@ -223,8 +251,12 @@ class PneumoniaAPI(ls.LitAPI):
             decisions = self.scorer.decide(probs)
             ms = (time.perf_counter() - start) * 1000
             for it, prob, decision in zip(good, probs, decisions):
-                it.out = {"probability": float(prob), "decision": CLASSES[int(decision)],
-                          "predict_ms": round(ms, 3), "batch_size": len(good)}
+                it.out = {
+                    "probability": float(prob),
+                    "decision": CLASSES[int(decision)],
+                    "predict_ms": round(ms, 3),
+                    "batch_size": len(good),
+                }
             explain = [i for i, it in enumerate(good) if it.gradcam]
             if explain:
                 self._gradcams([good[i] for i in explain], images[explain], decisions[explain])
@@ -235,8 +267,9 @@ class PneumoniaAPI(ls.LitAPI):
 
         maps = self.scorer.gradcam(images, np.asarray(decisions), "predicted")
         for it, image, cam in zip(items, images, maps):
-            drawn = overlay_image(image, cam, probability=it.out["probability"], threshold=self.scorer.threshold,
-                                  title=it.filename)
+            drawn = overlay_image(
+                image, cam, probability=it.out["probability"], threshold=self.scorer.threshold, title=it.filename
+            )
             buffer = io.BytesIO()
             drawn.save(buffer, format="PNG")
             it.out["gradcam_png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -249,11 +282,19 @@ class PneumoniaAPI(ls.LitAPI):
 
         if item.problem is not None:
             return JSONResponse({"error": item.problem.error}, status_code=item.problem.status)
-        return {**{k: v for k, v in item.out.items() if k not in ("predict_ms", "batch_size")},
-                "threshold": float(self.scorer.threshold), "threshold_method": self.info["threshold_method"],
-                "positive_class": CLASSES[1], "filename": item.filename, "model": self.info["model"],
-                "timing_ms": {"decode": round(item.decode_ms, 3), "predict": item.out["predict_ms"],
-                              "batch_size": item.out["batch_size"]}}
+        return {
+            **{k: v for k, v in item.out.items() if k not in ("predict_ms", "batch_size")},
+            "threshold": float(self.scorer.threshold),
+            "threshold_method": self.info["threshold_method"],
+            "positive_class": CLASSES[1],
+            "filename": item.filename,
+            "model": self.info["model"],
+            "timing_ms": {
+                "decode": round(item.decode_ms, 3),
+                "predict": item.out["predict_ms"],
+                "batch_size": item.out["batch_size"],
+            },
+        }
 
 
 class _Refused(Exception):

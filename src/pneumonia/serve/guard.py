@@ -46,8 +46,12 @@ class RequestGuard:
         path = scope.get("path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if path not in OPEN_PATHS and not self.settings.key_matches(headers.get("x-api-key")):
-            await _answer(send, 401, "missing or wrong API key: send it in the X-API-Key header",
-                          [(b"www-authenticate", b"X-API-Key")])
+            await _answer(
+                send,
+                401,
+                "missing or wrong API key: send it in the X-API-Key header",
+                [(b"www-authenticate", b"X-API-Key")],
+            )
             return
         if path != self.predict_path or scope.get("method") != "POST":
             await self.app(scope, receive, send)
@@ -62,8 +66,9 @@ class RequestGuard:
         if "gradcam" in query and "gradcam" not in payload:
             payload["gradcam"] = query["gradcam"][-1].lower() in ("1", "true", "yes")
         data = json.dumps(payload).encode()
-        new_headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"content-type",
-                                                                                        b"content-length")]
+        new_headers = [
+            (k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"content-type", b"content-length")
+        ]
         new_headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
         sent = False
 
@@ -77,8 +82,10 @@ class RequestGuard:
         await self.app({**scope, "headers": new_headers}, replay, send)
 
     def _too_large(self) -> Refusal:
-        return Refusal(413, f"request body larger than the limit for a file of {self.settings.max_file_mb:g} MB "
-                            f"(serve.max_file_mb)")
+        return Refusal(
+            413,
+            f"request body larger than the limit for a file of {self.settings.max_file_mb:g} MB (serve.max_file_mb)",
+        )
 
     async def _read(self, headers: dict[str, str], receive: Callable[[], Awaitable[dict]]) -> bytes:
         declared = headers.get("content-length")
@@ -102,15 +109,19 @@ class RequestGuard:
         if kind == "multipart/form-data":
             return await self._form(scope, body)
         if not body:
-            raise Refusal(400, "empty body: send a multipart 'file' or a JSON object {\"image\": \"<base64>\"}")
+            raise Refusal(400, 'empty body: send a multipart \'file\' or a JSON object {"image": "<base64>"}')
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, ValueError):
-            raise Refusal(400, "the body is neither JSON nor a multipart upload: send a multipart 'file' "
-                               "(Content-Type: multipart/form-data) or {\"image\": \"<base64>\"}") from None
+            raise Refusal(
+                400,
+                "the body is neither JSON nor a multipart upload: send a multipart 'file' "
+                '(Content-Type: multipart/form-data) or {"image": "<base64>"}',
+            ) from None
         if not isinstance(payload, dict):
-            raise Refusal(400, "the JSON body must be an object {\"image\": \"<base64>\", \"filename\": ..., "
-                               "\"gradcam\": false}")
+            raise Refusal(
+                400, 'the JSON body must be an object {"image": "<base64>", "filename": ..., "gradcam": false}'
+            )
         return payload
 
     async def _form(self, scope: dict, body: bytes) -> dict[str, Any]:
@@ -133,10 +144,15 @@ class RequestGuard:
                 raise Refusal(400, "the multipart upload needs a 'file' field holding the image or DICOM file")
             data = await upload.read()
             if len(data) > self.settings.max_bytes:
-                raise Refusal(413, f"file of {len(data) / MB:.1f} MB: larger than the limit of "
-                                   f"{self.settings.max_file_mb:g} MB (serve.max_file_mb)")
-            payload: dict[str, Any] = {"image": base64.b64encode(data).decode("ascii"),
-                                       "filename": upload.filename or "upload"}
+                raise Refusal(
+                    413,
+                    f"file of {len(data) / MB:.1f} MB: larger than the limit of "
+                    f"{self.settings.max_file_mb:g} MB (serve.max_file_mb)",
+                )
+            payload: dict[str, Any] = {
+                "image": base64.b64encode(data).decode("ascii"),
+                "filename": upload.filename or "upload",
+            }
             if "gradcam" in form:
                 payload["gradcam"] = str(form["gradcam"]).lower() in ("1", "true", "yes")
             return payload
@@ -146,7 +162,11 @@ class RequestGuard:
 
 async def _answer(send: Callable, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *extra]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

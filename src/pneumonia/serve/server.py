@@ -59,12 +59,23 @@ def build(cfg: DictConfig) -> tuple[Any, ServeSettings]:
     gc.collect()
     device = str(cfg.get("device") or "cpu")
     accelerator = "cuda" if backend == "torch" and device.startswith("cuda") else "cpu"
-    info["server"] = {"max_batch_size": settings.max_batch_size, "batch_timeout": settings.batch_timeout,
-                      "workers": settings.workers, "max_file_mb": settings.max_file_mb,
-                      "max_megapixels": settings.max_megapixels, "gradcam": settings.gradcam and backend == "torch"}
-    server = ls.LitServer(PneumoniaAPI(cfg, settings), accelerator=accelerator, devices=1,
-                          workers_per_device=settings.workers, timeout=settings.timeout, model_metadata=info,
-                          middlewares=[(RequestGuard, {"settings": settings})])
+    info["server"] = {
+        "max_batch_size": settings.max_batch_size,
+        "batch_timeout": settings.batch_timeout,
+        "workers": settings.workers,
+        "max_file_mb": settings.max_file_mb,
+        "max_megapixels": settings.max_megapixels,
+        "gradcam": settings.gradcam and backend == "torch",
+    }
+    server = ls.LitServer(
+        PneumoniaAPI(cfg, settings),
+        accelerator=accelerator,
+        devices=1,
+        workers_per_device=settings.workers,
+        timeout=settings.timeout,
+        model_metadata=info,
+        middlewares=[(RequestGuard, {"settings": settings})],
+    )
     return server, settings
 
 
@@ -72,9 +83,20 @@ def serve(cfg: DictConfig) -> None:
     server, settings = build(cfg)
     port = settings.port or free_port(settings.host)
     if not is_loopback(settings.host) and settings.api_key is None:
-        log.warning("serve.host=%s: the API is reachable from other machines without a key; set serve.api_key "
-                    "(or PNEUMONIA_SERVE_API_KEY), and put TLS in front of it", settings.host)
-    print(f"Serving on http://{settings.host}:{port}/predict (API docs: /docs, /info, /health); Ctrl-C stops it",
-          flush=True)
-    server.run(host=settings.host, port=port, num_api_servers=1, log_level=settings.log_level,
-               generate_client_file=False, api_server_worker_type="thread")
+        log.warning(
+            "serve.host=%s: the API is reachable from other machines without a key; set serve.api_key "
+            "(or PNEUMONIA_SERVE_API_KEY), and put TLS in front of it",
+            settings.host,
+        )
+    print(
+        f"Serving on http://{settings.host}:{port}/predict (API docs: /docs, /info, /health); Ctrl-C stops it",
+        flush=True,
+    )
+    server.run(
+        host=settings.host,
+        port=port,
+        num_api_servers=1,
+        log_level=settings.log_level,
+        generate_client_file=False,
+        api_server_worker_type="thread",
+    )

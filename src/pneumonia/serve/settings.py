@@ -75,6 +75,7 @@ def check_model_source(cfg: Any) -> str:
     """'torch' for ckpt_path=, 'onnx' for model_path=; exactly one of them."""
     ckpt, model = cfg.get("ckpt_path"), cfg.get("model_path")
     if bool(ckpt) == bool(model):
-        raise ConfigError("serve.py needs ckpt_path=<best.ckpt> (torch) or model_path=<export>/model.onnx (onnx), "
-                          "exactly one of them")
+        raise ConfigError(
+            "serve.py needs ckpt_path=<best.ckpt> (torch) or model_path=<export>/model.onnx (onnx), exactly one of them"
+        )
     return "torch" if ckpt else "onnx"

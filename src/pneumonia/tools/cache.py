@@ -24,11 +24,17 @@ from pneumonia.data.cache import CacheEntry, default_cache_dir, entries, human, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pneumonia.tools.cache", description=__doc__.split("\n\n")[0])
-    parser.add_argument("cache_dir", nargs="?", default=None,
-                        help=f"the data.cache_dir to look in (default: {default_cache_dir()})")
+    parser.add_argument(
+        "cache_dir", nargs="?", default=None, help=f"the data.cache_dir to look in (default: {default_cache_dir()})"
+    )
     parser.add_argument("--clear", action="store_true", help="delete the caches (they are rebuilt when needed)")
-    parser.add_argument("--older-than", type=float, default=None, metavar="DAYS",
-                        help="with --clear: only caches not used for DAYS days")
+    parser.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="with --clear: only caches not used for DAYS days",
+    )
     args = parser.parse_args(argv)
     cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
     if args.older_than is not None and (args.older_than < 0 or not args.clear):
@@ -48,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         busy: list[CacheEntry] = []
         for e in (e for e in found if cutoff is None or e.last_used < cutoff):
             (gone if remove_unless_busy(e.folder) else busy).append(e)
-        print(f"Deleted {len(gone)} of {len(found)} caches in {cache_dir}: {human(sum(e.bytes for e in gone))} freed"
-              + (f"; kept {len(busy)} that a running command is writing" if busy else ""))
+        print(
+            f"Deleted {len(gone)} of {len(found)} caches in {cache_dir}: {human(sum(e.bytes for e in gone))} freed"
+            + (f"; kept {len(busy)} that a running command is writing" if busy else "")
+        )
         return 0
     print(f"{'cache':<40} {'size':>9} {'images':>7} {'decoded to':>14} {'last used':>10}")
     for e in found:
@@ -57,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         used = "today" if days < 1 else f"{days:.0f} days"
         images = str(e.images) if e.complete else "partial"
         print(f"{e.folder.name:<40} {human(e.bytes):>9} {images:>7} {e.image_size:>14} {used:>10}")
-    print(f"{len(found)} caches, {human(sum(e.bytes for e in found))} in {cache_dir}; "
-          f"clear with: python -m pneumonia.tools.cache --clear [--older-than DAYS]")
+    print(
+        f"{len(found)} caches, {human(sum(e.bytes for e in found))} in {cache_dir}; "
+        f"clear with: python -m pneumonia.tools.cache --clear [--older-than DAYS]"
+    )
     return 0
 
 

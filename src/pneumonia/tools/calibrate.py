@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pneumonia.tools.calibrate",
         description="Choose a checkpoint's decision threshold on its validation split and store it in the "
-                    "checkpoint (what train.py does after training; for a checkpoint whose calibration never ran).")
+        "checkpoint (what train.py does after training; for a checkpoint whose calibration never ran).",
+    )
     parser.add_argument("checkpoint", help="a checkpoint of train.py, e.g. outputs/train/<run>/checkpoints/best.ckpt")
     parser.add_argument("--data-root", default=None, help="the data root, when not the one stored in the checkpoint")
     parser.add_argument("--accelerator", default="auto", help="auto (a GPU when there is one) | cpu | gpu")

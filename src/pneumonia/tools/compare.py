@@ -47,8 +47,10 @@ def read_predictions(folder: str | Path) -> dict[str, dict[str, Any]]:
         raise CompareError(str(err)) from None
     unlabelled = [r.path for r in rows if r.label is None]
     if unlabelled:
-        raise CompareError(f"'{folder}' has {len(unlabelled)} image(s) without a label, e.g. '{unlabelled[0]}': "
-                           f"compare needs the truth (predict.py reads it from a NORMAL/ or PNEUMONIA/ folder)")
+        raise CompareError(
+            f"'{folder}' has {len(unlabelled)} image(s) without a label, e.g. '{unlabelled[0]}': "
+            f"compare needs the truth (predict.py reads it from a NORMAL/ or PNEUMONIA/ folder)"
+        )
     return {r.path: {"label": r.label, "probability": r.probability, "prediction": r.prediction} for r in rows}
 
 
@@ -58,8 +60,9 @@ def _tail(path: str) -> str:
     return "/".join(parts[-2:])
 
 
-def pair(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], name_a: str = "A",
-         name_b: str = "B") -> tuple[list[str], str]:
+def pair(
+    a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], name_a: str = "A", name_b: str = "B"
+) -> tuple[list[str], str]:
     """The paths of `a` in a common order with the keys to find them in `b`, and how they
     were matched: by full path, else by class folder and file name (the same images under
     two data roots). A `CompareError` when the image sets differ."""
@@ -70,13 +73,16 @@ def pair(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], name_a: str
         return sorted(a), "class folder and file name"
     only_a, only_b = set(a) - set(b), set(b) - set(a)
     example = sorted(only_a or only_b)[0]
-    raise CompareError(f"{name_a} and {name_b} were scored on different images ({len(a)} and {len(b)} images; "
-                       f"{len(only_a)} only in {name_a}, {len(only_b)} only in {name_b}, e.g. '{example}'): "
-                       f"compare needs both evaluations on the same images")
+    raise CompareError(
+        f"{name_a} and {name_b} were scored on different images ({len(a)} and {len(b)} images; "
+        f"{len(only_a)} only in {name_a}, {len(only_b)} only in {name_b}, e.g. '{example}'): "
+        f"compare needs both evaluations on the same images"
+    )
 
 
-def compare(folder_a: str | Path, folder_b: str | Path, *, resamples: int = st.DEFAULT_RESAMPLES,
-            seed: int = 0) -> dict[str, Any]:
+def compare(
+    folder_a: str | Path, folder_b: str | Path, *, resamples: int = st.DEFAULT_RESAMPLES, seed: int = 0
+) -> dict[str, Any]:
     """McNemar, DeLong and paired-bootstrap differences of B against A (see the module)."""
     a, b = read_predictions(folder_a), read_predictions(folder_b)
     paths, matched = pair(a, b)
@@ -89,8 +95,9 @@ def compare(folder_a: str | Path, folder_b: str | Path, *, resamples: int = st.D
     labels = np.array([r["label"] for r in rows_a])
     differ = [p for p, ra, rb in zip(paths, rows_a, rows_b) if ra["label"] != rb["label"]]
     if differ:
-        raise CompareError(f"A and B disagree on the label of {len(differ)} image(s), e.g. '{differ[0]}': "
-                           f"not the same data")
+        raise CompareError(
+            f"A and B disagree on the label of {len(differ)} image(s), e.g. '{differ[0]}': not the same data"
+        )
     prob_a = np.array([r["probability"] for r in rows_a])
     prob_b = np.array([r["probability"] for r in rows_b])
     dec_a = np.array([r["prediction"] for r in rows_a])
@@ -98,19 +105,33 @@ def compare(folder_a: str | Path, folder_b: str | Path, *, resamples: int = st.D
     right_a, right_b = dec_a == labels, dec_b == labels
     groups, known = patient_groups(paths)
     out: dict[str, Any] = {
-        "a": str(folder_a), "b": str(folder_b), "images": len(paths), "matched_by": matched,
-        "positives": int(labels.sum()), "negatives": int((1 - labels).sum()),
-        "mcnemar": {**st.mcnemar_test(int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())),
-                    "both_right": int((right_a & right_b).sum()), "both_wrong": int((~right_a & ~right_b).sum())},
+        "a": str(folder_a),
+        "b": str(folder_b),
+        "images": len(paths),
+        "matched_by": matched,
+        "positives": int(labels.sum()),
+        "negatives": int((1 - labels).sum()),
+        "mcnemar": {
+            **st.mcnemar_test(int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())),
+            "both_right": int((right_a & right_b).sum()),
+            "both_wrong": int((~right_a & ~right_b).sum()),
+        },
     }
     try:
         out["delong"] = st.delong_test(prob_a, prob_b, labels)
     except ValueError as err:
         out["delong"] = {"error": str(err)}
-    out["metrics"] = st.paired_bootstrap_differences(prob_a, prob_b, labels, dec_a, dec_b, groups,
-                                                     n_resamples=resamples, seed=seed)
-    out["bootstrap"] = {"method": "paired percentile bootstrap", "level": 0.95, "resamples": resamples, "seed": seed,
-                        "unit": "patient" if known else "image", "units": len(set(groups))}
+    out["metrics"] = st.paired_bootstrap_differences(
+        prob_a, prob_b, labels, dec_a, dec_b, groups, n_resamples=resamples, seed=seed
+    )
+    out["bootstrap"] = {
+        "method": "paired percentile bootstrap",
+        "level": 0.95,
+        "resamples": resamples,
+        "seed": seed,
+        "unit": "patient" if known else "image",
+        "units": len(set(groups)),
+    }
     return out
 
 
@@ -122,33 +143,47 @@ def _f(x: Any, digits: int = 4, signed: bool = False) -> str:
 
 def format_comparison(res: dict[str, Any]) -> str:
     boot, mc, dl = res["bootstrap"], res["mcnemar"], res["delong"]
-    lines = [f"A: {res['a']}", f"B: {res['b']}",
-             f"{res['images']} images paired by {res['matched_by']} ({res['positives']} PNEUMONIA, "
-             f"{res['negatives']} NORMAL); each model at its own threshold", "",
-             f"{'metric':<12} {'A':>8} {'B':>8} {'B - A':>9}   95% CI of B - A", "-" * 62]
+    lines = [
+        f"A: {res['a']}",
+        f"B: {res['b']}",
+        f"{res['images']} images paired by {res['matched_by']} ({res['positives']} PNEUMONIA, "
+        f"{res['negatives']} NORMAL); each model at its own threshold",
+        "",
+        f"{'metric':<12} {'A':>8} {'B':>8} {'B - A':>9}   95% CI of B - A",
+        "-" * 62,
+    ]
     for m in METRIC_NAMES:
         r = res["metrics"][m]
         ci = f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]" if r["ci95"] else ""
         lines.append(f"{m:<12} {_f(r['a']):>8} {_f(r['b']):>8} {_f(r['difference'], signed=True):>9}   {ci}")
-    lines.append(f"(intervals: {boot['method']}, {boot['resamples']} resamples of the {boot['units']} "
-                 f"{boot['unit']}s, seed {boot['seed']})")
-    lines += ["", f"McNemar on the decisions: only A right {mc['b']}, only B right {mc['c']} (both right "
-                  f"{mc['both_right']}, both wrong {mc['both_wrong']}); {mc['method']}"
-                  + (f", statistic {mc['statistic']:.3f}" if mc["statistic"] is not None else "")
-                  + f": p = {mc['p_value']:.4g}"]
+    lines.append(
+        f"(intervals: {boot['method']}, {boot['resamples']} resamples of the {boot['units']} "
+        f"{boot['unit']}s, seed {boot['seed']})"
+    )
+    lines += [
+        "",
+        f"McNemar on the decisions: only A right {mc['b']}, only B right {mc['c']} (both right "
+        f"{mc['both_right']}, both wrong {mc['both_wrong']}); {mc['method']}"
+        + (f", statistic {mc['statistic']:.3f}" if mc["statistic"] is not None else "")
+        + f": p = {mc['p_value']:.4g}",
+    ]
     if "error" in dl:
         lines.append(f"DeLong: not computed ({dl['error']})")
     else:
-        lines.append(f"DeLong on AUROC: A {dl['auroc_a']:.4f}, B {dl['auroc_b']:.4f}, B - A {dl['difference']:+.4f} "
-                     f"(SE {dl['se']:.4f}, 95% CI [{dl['ci95'][0]:+.4f}, {dl['ci95'][1]:+.4f}]), z = {_f(dl['z'], 3)}, "
-                     f"p = {dl['p_value']:.4g}")
+        lines.append(
+            f"DeLong on AUROC: A {dl['auroc_a']:.4f}, B {dl['auroc_b']:.4f}, B - A {dl['difference']:+.4f} "
+            f"(SE {dl['se']:.4f}, 95% CI [{dl['ci95'][0]:+.4f}, {dl['ci95'][1]:+.4f}]), z = {_f(dl['z'], 3)}, "
+            f"p = {dl['p_value']:.4g}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pneumonia.tools.compare",
-                                     description="Compare two eval.py (or labelled predict.py) runs on the same images: "
-                                                 "McNemar, DeLong, paired bootstrap differences.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumonia.tools.compare",
+        description="Compare two eval.py (or labelled predict.py) runs on the same images: "
+        "McNemar, DeLong, paired bootstrap differences.",
+    )
     parser.add_argument("a", help="eval.py or predict.py output folder of model A (holds predictions.csv)")
     parser.add_argument("b", help="eval.py or predict.py output folder of model B")
     parser.add_argument("--resamples", type=int, default=st.DEFAULT_RESAMPLES, help="bootstrap resamples")

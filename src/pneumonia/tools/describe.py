@@ -19,9 +19,10 @@ from pneumonia.errors import UserError
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     # `data.root=DIR` (as train.py and eval.py take it) is accepted as well as `--root DIR`
     argv = [f"--root={a.split('=', 1)[1]}" if a.startswith("data.root=") else a for a in argv]
-    parser = argparse.ArgumentParser(prog="python -m pneumonia.tools.describe",
-                                     description="Counts, patients, duplicates, sizes and sample images of a "
-                                                 "chest X-ray data root.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumonia.tools.describe",
+        description="Counts, patients, duplicates, sizes and sample images of a chest X-ray data root.",
+    )
     parser.add_argument("--root", default="data/chest_xray", help="the folder holding train/ (val/, test/)")
     parser.add_argument("--out", default=None, help="output folder (default outputs/describe/<date_time>)")
     parser.add_argument("--splits", default=",".join(SPLITS), help="splits to describe (comma-separated)")

@@ -22,10 +22,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from pneumonia.errors import UserError
 
-    parser = argparse.ArgumentParser(prog="python -m pneumonia.tools.registry",
-                                     description="List registered models and versions, set aliases (MLflow).")
-    parser.add_argument("--tracking-uri", default=DEFAULT_URI,
-                        help=f"the MLflow store (default {DEFAULT_URI}, from the current folder; http://host:5000)")
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumonia.tools.registry",
+        description="List registered models and versions, set aliases (MLflow).",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=DEFAULT_URI,
+        help=f"the MLflow store (default {DEFAULT_URI}, from the current folder; http://host:5000)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="registered models, or the versions of one")
     p.add_argument("name", nargs="?")
@@ -55,10 +60,12 @@ def run(args: Any) -> str:
     if uri.startswith("sqlite:///"):
         from pathlib import Path
 
-        path = Path(uri[len("sqlite:///"):]).expanduser()
+        path = Path(uri[len("sqlite:///") :]).expanduser()
         if not path.is_file():
-            raise registry.RegistryError(f"--tracking-uri {uri}: no such store ({path} does not exist; train with "
-                                         f"logger=mlflow or export with register= first)")
+            raise registry.RegistryError(
+                f"--tracking-uri {uri}: no such store ({path} does not exist; train with "
+                f"logger=mlflow or export with register= first)"
+            )
     settings = MlflowSettings(tracking_uri=uri)
     client = registry.client(settings)
     if args.command == "list" and not args.name:
@@ -77,14 +84,18 @@ def run(args: Any) -> str:
         for alias, version in (model.aliases or {}).items():
             by_version.setdefault(str(version), []).append(f"@{alias}")
         rows = registry.versions(client, args.name)
-        lines = [f"{'version':>7}  {'aliases':<12} {'threshold':>9} {'method':<10} {'val AUROC (95% CI)':<24} "
-                 f"{'format':<6} run"]
+        lines = [
+            f"{'version':>7}  {'aliases':<12} {'threshold':>9} {'method':<10} {'val AUROC (95% CI)':<24} "
+            f"{'format':<6} run"
+        ]
         for v in rows:
             t = v.tags or {}
             auroc = t.get("val.auroc", "-") + (f" {t['val.auroc.ci95']}" if t.get("val.auroc.ci95") else "")
-            lines.append(f"{v.version:>7}  {' '.join(by_version.get(str(v.version), [])) or '-':<12} "
-                         f"{t.get('threshold', '-'):>9} {t.get('threshold_method', '-'):<10} {auroc:<24} "
-                         f"{t.get('format', '-'):<6} {v.run_id or '-'}")
+            lines.append(
+                f"{v.version:>7}  {' '.join(by_version.get(str(v.version), [])) or '-':<12} "
+                f"{t.get('threshold', '-'):>9} {t.get('threshold_method', '-'):<10} {auroc:<24} "
+                f"{t.get('format', '-'):<6} {v.run_id or '-'}"
+            )
         return "\n".join(lines) if rows else f"Model '{args.name}' has no versions"
     if args.command == "alias":
         registry.check_alias(args.alias, "alias")
@@ -95,14 +106,17 @@ def run(args: Any) -> str:
     if args.command == "unalias":
         model = _model(client, registry, args.name)
         if args.alias not in (model.aliases or {}):
-            raise registry.RegistryError(f"model '{args.name}' has no alias '{args.alias}' (aliases: "
-                                         f"{', '.join(model.aliases or {}) or 'none'})")
+            raise registry.RegistryError(
+                f"model '{args.name}' has no alias '{args.alias}' (aliases: {', '.join(model.aliases or {}) or 'none'})"
+            )
         client.delete_registered_model_alias(args.name, args.alias)
         return f"Removed @{args.alias} from '{args.name}'"
     version = registry.resolve(args.model_uri, settings)
     tags = "\n".join(f"  {k}: {v}" for k, v in sorted((version.tags or {}).items()))
-    return (f"{args.model_uri} -> version {version.version} of '{version.name}'\n  source: {version.source}\n"
-            f"  run: {version.run_id}\n{tags}")
+    return (
+        f"{args.model_uri} -> version {version.version} of '{version.name}'\n  source: {version.source}\n"
+        f"  run: {version.run_id}\n{tags}"
+    )
 
 
 def _model(client: Any, registry: Any, name: str) -> Any:
@@ -112,8 +126,9 @@ def _model(client: Any, registry: Any, name: str) -> Any:
         return client.get_registered_model(name)
     except MlflowException:
         known = sorted(m.name for m in client.search_registered_models())
-        raise registry.RegistryError(f"no registered model '{name}' (registered: {', '.join(known) or 'none'})") \
-            from None
+        raise registry.RegistryError(
+            f"no registered model '{name}' (registered: {', '.join(known) or 'none'})"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -17,21 +17,35 @@ def main(argv: list[str] | None = None) -> None:
     import sys
     from pathlib import Path
 
-    ap = argparse.ArgumentParser(prog="python -m pneumonia.tools.stress",
-                                 description="Stress validation of checkpoints: their validation split (rebuilt from "
-                                             "their data settings) plain and under acquisition changes.")
+    ap = argparse.ArgumentParser(
+        prog="python -m pneumonia.tools.stress",
+        description="Stress validation of checkpoints: their validation split (rebuilt from "
+        "their data settings) plain and under acquisition changes.",
+    )
     ap.add_argument("checkpoints", nargs="+", help="best.ckpt files (or run folders holding checkpoints/best.ckpt)")
     ap.add_argument("--data-root", default=None, help="data.root (default: the one stored in each checkpoint)")
     ap.add_argument("--cache-dir", default=None, help="decoded image cache (default: the one stored)")
-    ap.add_argument("--tta", choices=("stored", "on", "off"), default="stored",
-                    help="test-time augmentation: as the checkpoint's recipe says (stored), or forced on/off")
+    ap.add_argument(
+        "--tta",
+        choices=("stored", "on", "off"),
+        default="stored",
+        help="test-time augmentation: as the checkpoint's recipe says (stored), or forced on/off",
+    )
     ap.add_argument("--threshold", type=float, default=None, help="default: each checkpoint's stored threshold")
     ap.add_argument("--seed", type=int, default=0, help="seed of the perturbations (noise, crop positions)")
-    ap.add_argument("--set", dest="perturbation_set", choices=("standard", "shortcut", "all"), default="standard",
-                    help="which perturbations: standard (the acquisition changes of data.stress, the default), "
-                         "shortcut (composed, marker, border, fov, apex, costophrenic) or all of them")
-    ap.add_argument("--perturbations", default=None,
-                    help="name=strength,... in place of --set, e.g. 'noise=0.06,blur=2,jpeg=15,marker=0.2'")
+    ap.add_argument(
+        "--set",
+        dest="perturbation_set",
+        choices=("standard", "shortcut", "all"),
+        default="standard",
+        help="which perturbations: standard (the acquisition changes of data.stress, the default), "
+        "shortcut (composed, marker, border, fov, apex, costophrenic) or all of them",
+    )
+    ap.add_argument(
+        "--perturbations",
+        default=None,
+        help="name=strength,... in place of --set, e.g. 'noise=0.06,blur=2,jpeg=15,marker=0.2'",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write every result to this JSON file")
     args = ap.parse_args(argv)
 
@@ -60,26 +74,34 @@ def main(argv: list[str] | None = None) -> None:
             if args.data_root:
                 settings["root"] = args.data_root
             elif not Path(str(settings.get("root"))).expanduser().is_dir():  # stored relative to where it trained
-                raise ConfigError(f"{path}: its data root {settings.get('root')!r} is not a folder from here: "
-                                  "run from the folder it was trained in, or give --data-root")
+                raise ConfigError(
+                    f"{path}: its data root {settings.get('root')!r} is not a folder from here: "
+                    "run from the folder it was trained in, or give --data-root"
+                )
             if args.cache_dir:
                 settings["cache_dir"] = args.cache_dir
             dm = ChestXrayDataModule(**settings)
             dm.setup("fit")
             images, labels = validation_images(dm.splits["val"])
-            results[str(path)] = res = stress_metrics(predictor, images, labels, args.threshold, seed=args.seed,
-                                                      perturbations=chosen)
-            print(f"{path}: threshold {res['threshold']:.4f}, {len(labels)} images, "
-                  f"TTA {'on' if predictor.tta else 'off'}\n{stress_table(res)}")
+            results[str(path)] = res = stress_metrics(
+                predictor, images, labels, args.threshold, seed=args.seed, perturbations=chosen
+            )
+            print(
+                f"{path}: threshold {res['threshold']:.4f}, {len(labels)} images, "
+                f"TTA {'on' if predictor.tta else 'off'}\n{stress_table(res)}"
+            )
         if len(results) > 1:
             print("\nRanked by the worst-case AUROC over the perturbations (then the pooled stress AUROC):")
-            ranked = sorted(results.items(), key=lambda kv: (-_num(kv[1]["worst"]["auroc"]),
-                                                             -_num(kv[1]["stress"]["auroc"])))
+            ranked = sorted(
+                results.items(), key=lambda kv: (-_num(kv[1]["worst"]["auroc"]), -_num(kv[1]["stress"]["auroc"]))
+            )
             for rank, (name, res) in enumerate(ranked, 1):
                 worst = res["worst"]
-                print(f"  {rank}. worst AUROC {_fmt(worst['auroc'])} ({worst['auroc_perturbation']})  "
-                      f"stress AUROC {_fmt(res['stress']['auroc'])}  plain AUROC {_fmt(res['plain']['auroc'])}  "
-                      f"{name}")
+                print(
+                    f"  {rank}. worst AUROC {_fmt(worst['auroc'])} ({worst['auroc_perturbation']})  "
+                    f"stress AUROC {_fmt(res['stress']['auroc'])}  plain AUROC {_fmt(res['plain']['auroc'])}  "
+                    f"{name}"
+                )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -103,13 +125,17 @@ def stress_table(res: dict) -> str:
     width = max(len(r[0]) for r in rows + [("worst case", "", {})])
     lines = [f"  {'perturbation':<{width}}  {'strength':>8}  {'AUROC':>6}  {'specificity':>11}  {'sensitivity':>11}"]
     for name, strength, m in rows:
-        lines.append(f"  {name:<{width}}  {strength:>8}  {_fmt(m['auroc']):>6}  {_fmt(m['specificity']):>11}  "
-                     f"{_fmt(m['recall']):>11}")
+        lines.append(
+            f"  {name:<{width}}  {strength:>8}  {_fmt(m['auroc']):>6}  {_fmt(m['specificity']):>11}  "
+            f"{_fmt(m['recall']):>11}"
+        )
     worst = res["worst"]
-    lines.append(f"  {'worst case':<{width}}  {'':>8}  {_fmt(worst['auroc']):>6}  {_fmt(worst['specificity']):>11}  "
-                 f"{_fmt(worst['sensitivity']):>11}   (minima over the perturbations: AUROC at "
-                 f"{worst['auroc_perturbation']}, specificity at {worst['specificity_perturbation']}, "
-                 f"sensitivity at {worst['sensitivity_perturbation']})")
+    lines.append(
+        f"  {'worst case':<{width}}  {'':>8}  {_fmt(worst['auroc']):>6}  {_fmt(worst['specificity']):>11}  "
+        f"{_fmt(worst['sensitivity']):>11}   (minima over the perturbations: AUROC at "
+        f"{worst['auroc_perturbation']}, specificity at {worst['specificity_perturbation']}, "
+        f"sensitivity at {worst['sensitivity_perturbation']})"
+    )
     return "\n".join(lines)
 
 

@@ -38,8 +38,11 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     overrides = [o for o in overrides or [] if not str(o).startswith(("optuna.", "hparams_search="))]
     config_file = job_dir / ".hydra" / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    row: dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides or []),
-                           "monitor_mode": config.get("monitor_mode", "max")}
+    row: dict[str, Any] = {
+        "job": job_dir.name,
+        "overrides": " ".join(overrides or []),
+        "monitor_mode": config.get("monitor_mode", "max"),
+    }
     summary_file = job_dir / "train_summary.json"
     if not summary_file.is_file():
         row["status"] = "unfinished"
@@ -49,8 +52,14 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     status = "ok" if summary.get("best_score") is not None else "no score"
     if summary.get("pruned_at_epoch") is not None:
         status = f"pruned at epoch {summary['pruned_at_epoch']}"
-    row.update(status=status, trial=summary.get("trial"), monitor=summary.get("monitor"), best=summary.get("best_score"),
-               epochs=summary.get("epochs"), train_minutes=summary.get("train_minutes"))
+    row.update(
+        status=status,
+        trial=summary.get("trial"),
+        monitor=summary.get("monitor"),
+        best=summary.get("best_score"),
+        epochs=summary.get("epochs"),
+        train_minutes=summary.get("train_minutes"),
+    )
     for k in METRICS:
         row[f"val_{k}"] = summary.get("val", {}).get(k)
     return row
@@ -61,6 +70,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     if not jobs:
         raise SystemExit(f"error: no Hydra job folders (with .hydra/) under {sweep_dir}")
     rows = [read_job(d) for d in jobs]
+
     # best first within each monitor: val/auroc and val/loss values are not comparable; the jobs
     # that trained all their epochs, then the pruned ones
     def best_first(status: str) -> list[dict[str, Any]]:
@@ -96,8 +106,9 @@ def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_table(rows: list[dict[str, Any]], columns: list[str], cells, folder: Path, stem: str,
-                csv_fields: list[str] | None = None) -> str:
+def write_table(
+    rows: list[dict[str, Any]], columns: list[str], cells, folder: Path, stem: str, csv_fields: list[str] | None = None
+) -> str:
     """`<stem>.csv` (csv_fields, default the columns) and `<stem>.md`; returns the markdown table."""
     with (folder / f"{stem}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=csv_fields or columns, extrasaction="ignore")
@@ -117,16 +128,30 @@ def fmt(v: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    ap = argparse.ArgumentParser(prog='python -m pneumonia.tools.sweep_summary', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m pneumonia.tools.sweep_summary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("sweep_dir", type=Path)
-    ap.add_argument("--over-seeds", action="store_true",
-                    help="also print mean ± std over the jobs that differ only in seed=")
+    ap.add_argument(
+        "--over-seeds", action="store_true", help="also print mean ± std over the jobs that differ only in seed="
+    )
     args = ap.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise SystemExit(f"error: {args.sweep_dir} is not a folder")
     rows = collect(args.sweep_dir)
-    columns = ["job", "status", *(["trial"] if any(r.get("trial") is not None for r in rows) else []), "overrides", "monitor", "best", *[f"val_{k}" for k in METRICS], "epochs",
-               "train_minutes"]
+    columns = [
+        "job",
+        "status",
+        *(["trial"] if any(r.get("trial") is not None for r in rows) else []),
+        "overrides",
+        "monitor",
+        "best",
+        *[f"val_{k}" for k in METRICS],
+        "epochs",
+        "train_minutes",
+    ]
     print(write_table(rows, columns, lambda r, c: fmt(r.get(c)), args.sweep_dir, "summary"))
     print(f"\n{len(rows)} jobs; written to {args.sweep_dir / 'summary.csv'} and summary.md", file=sys.stderr)
     if args.over_seeds:
@@ -145,8 +170,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
         print("\nmean ± sample standard deviation over seeds:\n")
         fields = list(dict.fromkeys(k for g in groups for k in g))
-        print(write_table(groups, ["overrides", "n", "seeds", *keys, "train_minutes"], cell, args.sweep_dir,
-                          "seeds", csv_fields=fields))
+        print(
+            write_table(
+                groups,
+                ["overrides", "n", "seeds", *keys, "train_minutes"],
+                cell,
+                args.sweep_dir,
+                "seeds",
+                csv_fields=fields,
+            )
+        )
         print(f"\n{len(groups)} groups; written to {args.sweep_dir / 'seeds.csv'} and seeds.md", file=sys.stderr)
     return rows
 

@@ -21,9 +21,14 @@ TAG_PARENT = "pneumonia.sweep_parent"
 MAX_PARAM = 500  # characters of a param value kept (lists of files, long strings)
 
 
-def mlflow_logger(tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
-                  run_name: str | None = None, run_folder: str | None = None,
-                  task_name: str | None = None) -> Any:
+def mlflow_logger(
+    tracking_uri: str,
+    experiment_name: str,
+    artifact_location: str | None = None,
+    run_name: str | None = None,
+    run_folder: str | None = None,
+    task_name: str | None = None,
+) -> Any:
     """Lightning's `MLFlowLogger` on the configured store (a relative SQLite path made absolute,
     its folder made; new experiments keep artifacts in `mlartifacts/` beside it). Default run
     name: `<task_name>/<run folder name>`."""
@@ -32,13 +37,21 @@ def mlflow_logger(tracking_uri: str, experiment_name: str, artifact_location: st
     from pneumonia.tracking.settings import require_mlflow
 
     require_mlflow("logger=mlflow")
-    settings = MlflowSettings(tracking_uri=tracking_uri, artifact_location=artifact_location,
-                              experiment_name=experiment_name, run_name=run_name)
+    settings = MlflowSettings(
+        tracking_uri=tracking_uri,
+        artifact_location=artifact_location,
+        experiment_name=experiment_name,
+        run_name=run_name,
+    )
     if not run_name and run_folder:
         run_name = f"{task_name}/{Path(run_folder).name}" if task_name else Path(run_folder).name
-    return MLFlowLogger(experiment_name=settings.experiment_name, run_name=run_name,
-                        tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location,
-                        run_id=_resumed_run(run_folder, settings.tracking_uri))
+    return MLFlowLogger(
+        experiment_name=settings.experiment_name,
+        run_name=run_name,
+        tracking_uri=settings.tracking_uri,
+        artifact_location=settings.artifact_location,
+        run_id=_resumed_run(run_folder, settings.tracking_uri),
+    )
 
 
 def _resumed_run(run_folder: str | None, tracking_uri: str) -> str | None:
@@ -100,8 +113,12 @@ def _hardware(trainer: Any) -> dict[str, str]:
 
     accelerator = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
     device = torch.cuda.get_device_name(0) if accelerator == "cuda" and torch.cuda.is_available() else "cpu"
-    return {"accelerator": accelerator, "device": device, "devices": str(trainer.num_devices),
-            "precision": str(trainer.precision)}
+    return {
+        "accelerator": accelerator,
+        "device": device,
+        "devices": str(trainer.num_devices),
+        "precision": str(trainer.precision),
+    }
 
 
 def start_training_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: Any, out_dir: Path) -> None:
@@ -118,11 +135,18 @@ def start_training_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: A
     params = flat_config(container)
     git = git_state()
     paths = {s: datamodule.paths[s] for s in ("train", "val") if s in (datamodule.paths or {})}
-    tags = {"git.commit": str(git["commit"]), "git.dirty": str(git["dirty"]),
-            "data.root": str(datamodule.data_root), "data.fingerprint": data_fingerprint(paths, datamodule.data_root),
-            "data.files": json.dumps({s: len(p) for s, p in paths.items()}),
-            "seed": str(cfg.seed), "task_name": str(cfg.get("task_name")), "run_folder": str(out_dir),
-            "monitor": str(cfg.monitor), **_hardware(trainer)}
+    tags = {
+        "git.commit": str(git["commit"]),
+        "git.dirty": str(git["dirty"]),
+        "data.root": str(datamodule.data_root),
+        "data.fingerprint": data_fingerprint(paths, datamodule.data_root),
+        "data.files": json.dumps({s: len(p) for s, p in paths.items()}),
+        "seed": str(cfg.seed),
+        "task_name": str(cfg.get("task_name")),
+        "run_folder": str(out_dir),
+        "monitor": str(cfg.monitor),
+        **_hardware(trainer),
+    }
     sweep = _sweep_dir()
     from pneumonia.tracking.settings import make_store_folder
 
@@ -136,8 +160,13 @@ def start_training_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: A
             client.set_tag(run_id, TAG_SWEEP, sweep)
             client.set_tag(run_id, "mlflow.parentRunId", _sweep_parent(client, lg.experiment_id, sweep))
     first = runs[0]
-    (out_dir / RUN_FILE).write_text(json.dumps({"tracking_uri": first._tracking_uri, "run_id": first.run_id,
-                                                "experiment_id": first.experiment_id}, indent=2) + "\n")
+    (out_dir / RUN_FILE).write_text(
+        json.dumps(
+            {"tracking_uri": first._tracking_uri, "run_id": first.run_id, "experiment_id": first.experiment_id},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
@@ -147,7 +176,7 @@ def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
     held = client.get_run(run_id).data.params
     new = [Param(k, v) for k, v in params.items() if k not in held]
     for start in range(0, len(new), 100):
-        client.log_batch(run_id, params=new[start:start + 100])
+        client.log_batch(run_id, params=new[start : start + 100])
 
 
 def _sweep_dir() -> str | None:
@@ -165,12 +194,12 @@ def _sweep_dir() -> str | None:
 
 def _sweep_parent(client: Any, experiment_id: str, sweep: str) -> str:
     """The sweep's parent run (created by its first job): each job's run nests under it."""
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{_quote(sweep)}'",
-                               max_results=1)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{_quote(sweep)}'", max_results=1)
     if found:
         return found[0].info.run_id
-    parent = client.create_run(experiment_id, run_name=f"sweep/{Path(sweep).name}",
-                               tags={TAG_PARENT: sweep, TAG_SWEEP: sweep})
+    parent = client.create_run(
+        experiment_id, run_name=f"sweep/{Path(sweep).name}", tags={TAG_PARENT: sweep, TAG_SWEEP: sweep}
+    )
     client.set_terminated(parent.info.run_id)
     return parent.info.run_id
 
@@ -179,16 +208,25 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def finish_training_run(loggers: list[Any], out_dir: Path, best_path: str, val_report: dict[str, Any],
-                        metric_names: tuple[str, ...], log_checkpoint: bool = True) -> None:
+def finish_training_run(
+    loggers: list[Any],
+    out_dir: Path,
+    best_path: str,
+    val_report: dict[str, Any],
+    metric_names: tuple[str, ...],
+    log_checkpoint: bool = True,
+) -> None:
     """The validation results at the chosen threshold (`hp/val_*`, as in TensorBoard), the
     weights checksum tag, and the artifacts: best.ckpt, val_metrics.json, train_summary.json,
     the config (.hydra/), the TensorBoard folder (its figures) and any PNG of the run folder."""
     runs = mlflow_loggers(loggers)
     if not runs:
         return
-    metrics = {f"hp/val_{k}": float(val_report[k]) for k in (*metric_names, "threshold")
-               if isinstance(val_report.get(k), (int, float))}
+    metrics = {
+        f"hp/val_{k}": float(val_report[k])
+        for k in (*metric_names, "threshold")
+        if isinstance(val_report.get(k), (int, float))
+    }
     digest = None
     if best_path:
         from pneumonia.inference.checkpoint import load_checkpoint
@@ -219,7 +257,7 @@ def finish_training_run(loggers: list[Any], out_dir: Path, best_path: str, val_r
 def _store_exists(settings: MlflowSettings) -> bool:
     """A SQLite store that was never written holds no runs (and is not made by looking)."""
     uri = settings.tracking_uri
-    return Path(uri[len("sqlite:///"):]).is_file() if uri.startswith("sqlite:///") else True
+    return Path(uri[len("sqlite:///") :]).is_file() if uri.startswith("sqlite:///") else True
 
 
 def may_be_tracked(ckpt_path: str | Path, settings: MlflowSettings) -> bool:
@@ -248,8 +286,11 @@ def find_training_run(ckpt_path: str | Path, settings: MlflowSettings | None) ->
             client.get_run(info["run_id"])
             return client, info["run_id"]
         except (OSError, ValueError, KeyError, MlflowException) as err:
-            log.warning("%s names an MLflow run that cannot be read (%s); looking it up by checksum", run_file,
-                        str(err).splitlines()[0] if str(err) else type(err).__name__)
+            log.warning(
+                "%s names an MLflow run that cannot be read (%s); looking it up by checksum",
+                run_file,
+                str(err).splitlines()[0] if str(err) else type(err).__name__,
+            )
     if settings is None or not _store_exists(settings):
         return None
     from pneumonia.inference.checkpoint import load_checkpoint
@@ -266,8 +307,9 @@ def find_training_run(ckpt_path: str | Path, settings: MlflowSettings | None) ->
     return (client, found[0].info.run_id) if found else None
 
 
-def log_evaluation(ckpt_path: str | Path, settings: MlflowSettings, out_dir: Path, rep: dict[str, Any],
-                   report_keys: tuple[str, ...]) -> str | None:
+def log_evaluation(
+    ckpt_path: str | Path, settings: MlflowSettings, out_dir: Path, rep: dict[str, Any], report_keys: tuple[str, ...]
+) -> str | None:
     """eval.py's results on the training run of `ckpt_path`: the metrics as `test/<name>` (with
     the 95% interval bounds as `test/<name>_ci_low|high`), metrics.json, report.html,
     predictions.csv and the figures under `eval/<eval folder name>/`. Returns the run id."""
@@ -278,8 +320,11 @@ def log_evaluation(ckpt_path: str | Path, settings: MlflowSettings, out_dir: Pat
     client, run_id = found
     metrics = {f"test/{k}": float(rep[k]) for k in report_keys if isinstance(rep.get(k), (int, float))}
     for name, interval in (rep.get("ci95") or {}).items():
-        if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(
-                isinstance(x, (int, float)) for x in interval):
+        if (
+            isinstance(interval, (list, tuple))
+            and len(interval) == 2
+            and all(isinstance(x, (int, float)) for x in interval)
+        ):
             metrics[f"test/{name}_ci_low"], metrics[f"test/{name}_ci_high"] = map(float, interval)
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)

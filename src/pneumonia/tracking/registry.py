@@ -28,15 +28,18 @@ class RegistryError(UserError):
 
 def check_name(name: object, key: str = "register") -> str:
     if not isinstance(name, str) or not NAME.match(name):
-        raise RegistryError(f"{key}={name!r} must be a model name: letters, digits, '_', '-', '.' "
-                            f"(e.g. {key}=pneumonia)")
+        raise RegistryError(
+            f"{key}={name!r} must be a model name: letters, digits, '_', '-', '.' (e.g. {key}=pneumonia)"
+        )
     return name
 
 
 def check_alias(alias: object, key: str = "alias") -> str:
     if not isinstance(alias, str) or not ALIAS.match(alias) or re.fullmatch(r"[vV][0-9]+|latest", alias):
-        raise RegistryError(f"{key}={alias!r} must be an alias such as champion: letters, digits, '_', '-', "
-                            f"not a version (v1) nor 'latest'")
+        raise RegistryError(
+            f"{key}={alias!r} must be an alias such as champion: letters, digits, '_', '-', "
+            f"not a version (v1) nor 'latest'"
+        )
     return alias
 
 
@@ -44,8 +47,10 @@ def parse_model_uri(uri: object) -> tuple[str, str | None, str | None]:
     """(name, alias, version) of `models:/<name>@<alias>` or `models:/<name>/<version>`."""
     match = MODEL_URI.match(uri) if isinstance(uri, str) else None
     if not match:
-        raise RegistryError(f"model_uri={uri!r} must be models:/<name>@<alias> or models:/<name>/<version> "
-                            f"(e.g. models:/pneumonia@champion)")
+        raise RegistryError(
+            f"model_uri={uri!r} must be models:/<name>@<alias> or models:/<name>/<version> "
+            f"(e.g. models:/pneumonia@champion)"
+        )
     return match["name"], match["alias"], match["version"]
 
 
@@ -59,12 +64,18 @@ def client(settings: MlflowSettings) -> Any:
 def _version_tags(meta: dict[str, Any], run_id: str | None, ckpt_path: str) -> dict[str, str]:
     """What a team asks of a version without opening it: threshold and method, the validation
     metrics with their 95% intervals, format and checksum, the checkpoint and training run."""
-    tags = {"format": str(meta.get("format")), "model_file": str(meta.get("model_file")),
-            "sha256": str(meta.get("sha256")), "threshold": f"{float(meta['threshold']):.6g}",
-            "threshold_method": str(meta.get("threshold_method")), "temperature": f"{meta.get('temperature', 1.0):g}",
-            "tta": str(bool((meta.get("tta") or {}).get("enabled"))), "checkpoint": str(ckpt_path),
-            "git_commit": str((meta.get("provenance") or {}).get("git_commit")),
-            "git_dirty": str((meta.get("provenance") or {}).get("git_dirty"))}
+    tags = {
+        "format": str(meta.get("format")),
+        "model_file": str(meta.get("model_file")),
+        "sha256": str(meta.get("sha256")),
+        "threshold": f"{float(meta['threshold']):.6g}",
+        "threshold_method": str(meta.get("threshold_method")),
+        "temperature": f"{meta.get('temperature', 1.0):g}",
+        "tta": str(bool((meta.get("tta") or {}).get("enabled"))),
+        "checkpoint": str(ckpt_path),
+        "git_commit": str((meta.get("provenance") or {}).get("git_commit")),
+        "git_dirty": str((meta.get("provenance") or {}).get("git_dirty")),
+    }
     validation = meta.get("validation") or {}
     intervals = validation.get("ci95") or {}
     for key, value in validation.items():
@@ -78,8 +89,9 @@ def _version_tags(meta: dict[str, Any], run_id: str | None, ckpt_path: str) -> d
     return tags
 
 
-def register_export(export_dir: str | Path, name: str, ckpt_path: str | Path, settings: MlflowSettings,
-                    alias: str | None = None) -> dict[str, Any]:
+def register_export(
+    export_dir: str | Path, name: str, ckpt_path: str | Path, settings: MlflowSettings, alias: str | None = None
+) -> dict[str, Any]:
     """Register `export_dir` (export.py's folder) as a new version of model `name`. Its files go
     to the checkpoint's training run (artifacts `export/<folder name>/`) when the store holds
     it, else to a run of its own (`export/<folder name>`) in `settings.experiment_name`; the
@@ -112,14 +124,18 @@ def register_export(export_dir: str | Path, name: str, ckpt_path: str | Path, se
     artifact_path = f"export/{export_dir.name}"
     if training_run is None:
         experiment = mlflow_client.get_experiment_by_name(settings.experiment_name)
-        experiment_id = (experiment.experiment_id if experiment else
-                         mlflow_client.create_experiment(settings.experiment_name,
-                                                         artifact_location=settings.artifact_location))
-        run = mlflow_client.create_run(experiment_id, run_name=artifact_path,
-                                       tags={"checkpoint": str(ckpt_path), "task_name": "export"})
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else mlflow_client.create_experiment(settings.experiment_name, artifact_location=settings.artifact_location)
+        )
+        run = mlflow_client.create_run(
+            experiment_id, run_name=artifact_path, tags={"checkpoint": str(ckpt_path), "task_name": "export"}
+        )
         run_id = run.info.run_id
-        log.warning("No MLflow training run found for %s: the export is logged to a run of its own (%s)",
-                    ckpt_path, run_id)
+        log.warning(
+            "No MLflow training run found for %s: the export is logged to a run of its own (%s)", ckpt_path, run_id
+        )
     else:
         run_id = training_run
     for f in files:
@@ -130,12 +146,23 @@ def register_export(export_dir: str | Path, name: str, ckpt_path: str | Path, se
     source = f"{mlflow_client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
     card = (export_dir / "MODEL_CARD.md").read_text()
     version = mlflow_client.create_model_version(
-        name, source=source, run_id=run_id, tags=_version_tags(meta, training_run, str(ckpt_path)),
-        description=card[:4000])
+        name,
+        source=source,
+        run_id=run_id,
+        tags=_version_tags(meta, training_run, str(ckpt_path)),
+        description=card[:4000],
+    )
     if alias:
         mlflow_client.set_registered_model_alias(name, alias, version.version)
-    return {"name": name, "version": int(version.version), "run_id": run_id, "training_run_id": training_run,
-            "source": source, "uri": f"models:/{name}/{version.version}", "alias": alias}
+    return {
+        "name": name,
+        "version": int(version.version),
+        "run_id": run_id,
+        "training_run_id": training_run,
+        "source": source,
+        "uri": f"models:/{name}/{version.version}",
+        "alias": alias,
+    }
 
 
 def _ensure_model(mlflow_client: Any, name: str) -> None:
@@ -145,8 +172,10 @@ def _ensure_model(mlflow_client: Any, name: str) -> None:
         mlflow_client.get_registered_model(name)
     except MlflowException:
         mlflow_client.create_registered_model(
-            name, description="Pneumonia classifier exported by export.py (ONNX or torch.export) with model.json "
-                              "and MODEL_CARD.md")
+            name,
+            description="Pneumonia classifier exported by export.py (ONNX or torch.export) with model.json "
+            "and MODEL_CARD.md",
+        )
 
 
 def _model_version(mlflow_client: Any, name: str, alias: str | None, version: str | None) -> Any:
@@ -156,8 +185,10 @@ def _model_version(mlflow_client: Any, name: str, alias: str | None, version: st
         mlflow_client.get_registered_model(name)
     except MlflowException:
         known = sorted(m.name for m in mlflow_client.search_registered_models())
-        raise RegistryError(f"no registered model '{name}' in the store"
-                            + (f" (registered: {', '.join(known)})" if known else " (none registered)")) from None
+        raise RegistryError(
+            f"no registered model '{name}' in the store"
+            + (f" (registered: {', '.join(known)})" if known else " (none registered)")
+        ) from None
     try:
         if alias:
             return mlflow_client.get_model_version_by_alias(name, alias)
@@ -165,7 +196,7 @@ def _model_version(mlflow_client: Any, name: str, alias: str | None, version: st
     except MlflowException:
         what = f"alias '{alias}'" if alias else f"version {version}"
         have = ", ".join(f"{v.version}" for v in versions(mlflow_client, name))
-        hint = (f"; set it with: python -m pneumonia.tools.registry alias {name} <version> {alias}" if alias else "")
+        hint = f"; set it with: python -m pneumonia.tools.registry alias {name} <version> {alias}" if alias else ""
         raise RegistryError(f"model '{name}' has no {what} (versions: {have or 'none'}){hint}") from None
 
 
@@ -187,6 +218,7 @@ def download(model_uri: str, settings: MlflowSettings, dst: str | Path) -> tuple
 
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst),
-                                                tracking_uri=settings.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=version.source, dst_path=str(dst), tracking_uri=settings.tracking_uri
+    )
     return Path(local), version

@@ -18,12 +18,15 @@ RUN_FILE = "mlflow_run.json"  # in a training run's folder: the MLflow run that 
 class MlflowSettings:
     """Where runs and registered models go and what a run holds."""
 
-    def __init__(self, tracking_uri: Annotated[str, MinLen(1)] = "sqlite:///outputs/mlflow.db",
-                 artifact_location: str | None = None,
-                 experiment_name: Annotated[str, MinLen(1)] = "pneumonia",
-                 run_name: str | None = None,
-                 log_checkpoint: bool = True,
-                 eval_to_training_run: bool = True) -> None:
+    def __init__(
+        self,
+        tracking_uri: Annotated[str, MinLen(1)] = "sqlite:///outputs/mlflow.db",
+        artifact_location: str | None = None,
+        experiment_name: Annotated[str, MinLen(1)] = "pneumonia",
+        run_name: str | None = None,
+        log_checkpoint: bool = True,
+        eval_to_training_run: bool = True,
+    ) -> None:
         check_arguments(type(self), locals())
         self.tracking_uri = store_uri(tracking_uri)
         self.artifact_location = artifact_uri(self.tracking_uri, artifact_location)
@@ -51,10 +54,10 @@ def store_uri(uri: str) -> str:
     """`sqlite:///relative/path.db` made absolute (from the current folder), its folder made;
     other URIs (http://, an absolute sqlite path, file:) as given."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        path = Path(uri[len("sqlite:///") :]).expanduser().resolve()
         uri = f"sqlite:///{path}"
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         if path.is_dir():
             raise ConfigError(f"tracking_uri={uri}: '{path}' is a folder, not a database file")
     elif "://" not in uri:
@@ -65,7 +68,7 @@ def store_uri(uri: str) -> str:
 def make_store_folder(uri: str) -> None:
     """The folder of a SQLite store, made before its first write (not when only read)."""
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -78,7 +81,7 @@ def artifact_uri(tracking_uri: str, location: str | None) -> str | None:
     if location:
         return location if "://" in location else Path(location).expanduser().resolve().as_uri()
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
     return None
 
 
