@@ -33,6 +33,7 @@ SECONDS = 5.0  # each check must answer within this (no decoding, no training)
 ACCEPTED: dict[tuple[str, str], str] = {
     # names and free text
     ("task_name", "*"): "any text names the output folder",
+    ("export:data_root", "'abc'"): "a folder path, read only by quantize=int8 (which says when it is missing)",
     ("callbacks.*.filename", "*"): "a checkpoint file name under its dirpath (Lightning's format string)",
     ("*.dirpath", "'nope'"): "a folder, created when the run starts",
     ("*.dirpath", "'/no/such/folder/x'"): "a folder, created when the run starts",

@@ -30,6 +30,9 @@ def _check(cfg: DictConfig) -> None:
     if not isinstance(cfg.verify, bool):
         raise ConfigError(f"verify={cfg.verify!r} must be true or false")
     quantize = cfg.get("quantize")
+    root = cfg.get("data_root")
+    if root is not None and (not isinstance(root, str) or not root.strip()):
+        raise ConfigError(f"data_root={root!r} must be a folder path (or null: the checkpoint's)")
     if quantize not in (None, "int8"):
         raise ConfigError(f"quantize={quantize!r} must be null (fp32) or int8")
     if quantize and cfg.format != "onnx":
