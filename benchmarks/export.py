@@ -174,37 +174,14 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def quantize_model(out: Path, meta: dict) -> None:
-    """model.int8.onnx beside model.onnx, with export.py quantize=int8's settings (QDQ, per-channel
-    int8 weights, uint8 activations, MinMax), calibrated on the synthetic batch: speed only (the
-    parity on validation images is export.py's own check)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """model.int8.onnx beside model.onnx, through export.py quantize=int8's own quantization
+    (`quantize_static_int8`), calibrated on the synthetic batch: speed only (the parity on
+    validation images is export.py's own check)."""
+    from pneumonia.export.quantize import quantize_static_int8
 
     channels, size = meta["preprocess"]["channels"], meta["preprocess"]["image_size"]
-    batches = iter([images(16, channels, size).astype("float32") / 255 for _ in range(4)])
-
-    class Reader(CalibrationDataReader):
-        def get_next(self):
-            batch = next(batches, None)
-            return None if batch is None else {meta["input"]["name"]: batch}
-
-    quant_pre_process(str(out / "model.onnx"), str(out / "model.prep.onnx"))
-    quantize_static(
-        str(out / "model.prep.onnx"),
-        str(out / INT8_MODEL),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    batches = [images(16, channels, size).astype("float32") / 255 for _ in range(4)]
+    quantize_static_int8(out / "model.onnx", out / INT8_MODEL, batches, meta["input"]["name"])
     print(f"quantized: {(out / INT8_MODEL).stat().st_size / 1e6:.1f} MB")
 
 

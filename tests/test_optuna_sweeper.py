@@ -4,7 +4,6 @@ PostgreSQL server), a dead worker's trial failed and run again, one-line errors.
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+
+from pneumonia.network import free_port
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -333,12 +334,6 @@ def test_a_dead_workers_trial_is_failed_and_run_again(xray_root, tmp_path):
     assert trials[1].system_attrs.get("failed_trial") == 0
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres():
     """A PostgreSQL server of this test's own (initdb + pg_ctl in a temp folder, as the
@@ -362,7 +357,7 @@ def postgres():
             pytest.skip("running as root and there is no 'postgres' user to run the server as")
         os.chown(folder, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
-    data, port = folder / "data", free_port()
+    data, port = folder / "data", free_port("127.0.0.1")
     subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "optuna"], check=True, capture_output=True)
     subprocess.run(
         [

@@ -4,7 +4,6 @@ wrong keys and concurrent identical requests; settings refused in one line."""
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pneumonia.network import free_port
 from PIL import Image
 
 from tests.helpers import PROJECT_ROOT, compose_cfg, run_cli, write_dicom
@@ -25,15 +26,9 @@ HEADERS = {"X-API-Key": KEY}
 MAX_FILE_MB = 0.25
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(*args: str, timeout: float = 90) -> tuple[subprocess.Popen, str]:
     """`python serve.py args...` on a free 127.0.0.1 port, once /health answers 200."""
-    port = _free_port()
+    port = free_port("127.0.0.1")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PNEUMONIA_SERVE_API_KEY": KEY}
     proc = subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "serve.py"), f"serve.port={port}", *args],

@@ -15,12 +15,10 @@ unencrypted.
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import logging
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from pneumonia.validators import optional_int
 from pneumonia.app.guards import LoginGuard, LoginLimiter, UploadJanitor, duration
 from pneumonia.app.service import MB, Limits, Service
 from pneumonia.errors import ConfigError
+from pneumonia.network import free_port, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +55,6 @@ def parse_auth(auth: Any) -> tuple[str, str] | None:
     if not user or not password:
         raise ConfigError("app.auth must be user:password with both parts non-empty")
     return user, password
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def free_port(host: str) -> int:
-    """A port the OS has free on `host` now (app.port=0)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def check(cfg: DictConfig) -> dict[str, Any]:

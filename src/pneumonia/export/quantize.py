@@ -63,18 +63,10 @@ def _probabilities(path: Path, images: np.ndarray, input_name: str, output_name:
     return sigmoid(np.concatenate(out))
 
 
-def quantize_int8(
-    predictor: Predictor,
-    fp32_path: str | Path,
-    out_path: str | Path,
-    *,
-    input_name: str,
-    output_name: str,
-    data_root: str | None = None,
-    calibration_images: int = 256,
-) -> dict[str, Any]:
-    """Write the int8 model to `out_path`; returns model.json's `quantization` record (its
-    `threshold` is the one to serve: the stored one, or the one chosen again)."""
+def quantize_static_int8(fp32_path: Path, out_path: Path, batches: list[np.ndarray], input_name: str) -> None:
+    """onnxruntime's static quantization with this project's settings (QDQ, per-channel int8
+    weights, uint8 activations, MinMax) calibrated on `batches`; an `ExportError` when it fails.
+    `quantize_int8` and `benchmarks/export.py` both quantize through here."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -84,17 +76,9 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from pneumonia.evaluation.statistics import auroc
-    from pneumonia.evaluation.threshold import choose_threshold
-
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
-    images, labels = validation_images(predictor, data_root)
-    step = max(1, len(images) // calibration_images)
-    calibration = images[::step][:calibration_images]
-
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(_batches(calibration, CALIBRATION_BATCH))
+            self.batches = iter(batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
@@ -121,6 +105,29 @@ def quantize_int8(
         ) from None
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def quantize_int8(
+    predictor: Predictor,
+    fp32_path: str | Path,
+    out_path: str | Path,
+    *,
+    input_name: str,
+    output_name: str,
+    data_root: str | None = None,
+    calibration_images: int = 256,
+) -> dict[str, Any]:
+    """Write the int8 model to `out_path`; returns model.json's `quantization` record (its
+    `threshold` is the one to serve: the stored one, or the one chosen again)."""
+    from pneumonia.evaluation.statistics import auroc
+    from pneumonia.evaluation.threshold import choose_threshold
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    images, labels = validation_images(predictor, data_root)
+    step = max(1, len(images) // calibration_images)
+    calibration = images[::step][:calibration_images]
+
+    quantize_static_int8(fp32_path, out_path, _batches(calibration, CALIBRATION_BATCH), input_name)
     fp32 = _probabilities(fp32_path, images, input_name, output_name)
     int8 = _probabilities(out_path, images, input_name, output_name)
     threshold = float(predictor.threshold)

@@ -11,33 +11,16 @@ before any worker starts; its description becomes `/info`. Then LitServe starts
 from __future__ import annotations
 
 import gc
-import ipaddress
 import logging
-import socket
 from typing import Any
 
 from omegaconf import DictConfig
 
 from pneumonia.errors import ConfigError
+from pneumonia.network import free_port, is_loopback
 from pneumonia.serve.settings import ServeSettings, check_model_source
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def build(cfg: DictConfig) -> tuple[Any, ServeSettings]:
