@@ -126,6 +126,7 @@ class Predictor:
         data_settings: dict[str, Any] | None = None,
         module_state: dict[str, torch.Tensor] | None = None,
         tta: bool = False,
+        shift_reference: dict[str, Any] | None = None,
     ) -> None:
         if precision not in _AUTOCAST and precision not in _FULL:
             raise ConfigError(f"precision={precision!r} is not one of {', '.join([*_FULL[:1], *_AUTOCAST])}")
@@ -145,6 +146,8 @@ class Predictor:
         self.module_settings = module_settings or {}
         self.data_settings = data_settings or {"image_size": preprocess.image_size, "channels": preprocess.channels}
         self._module_state = module_state
+        # the validation images' statistics calibration stored (evaluation/shift.py; None: not stored)
+        self.shift_reference = shift_reference
 
     # ---- from a checkpoint ---------------------------------------------------------------
     @classmethod
@@ -243,6 +246,7 @@ class Predictor:
             module_settings=module_hp,
             data_settings=data_hp,
             module_state=ckpt_format.module_state(ckpt),
+            shift_reference=ckpt_format.shift_reference(ckpt),
         )
 
     # ---- scoring -------------------------------------------------------------------------

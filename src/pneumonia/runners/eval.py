@@ -155,10 +155,8 @@ def shift_check(
     """The scored images against the checkpoint's validation split (evaluation/shift.py):
     shift.json and shift.png in `out_dir`; the result (its "warning": one line, or None)."""
     from pneumonia.evaluation.shift import scoring_caveat, write_shift
-    from pneumonia.inference.checkpoint import load_checkpoint, shift_reference
 
-    path = predictor.recipe.get("checkpoint")
-    image_ref = shift_reference(load_checkpoint(path)) if path else None
+    image_ref = predictor.shift_reference  # read with the checkpoint, once
     caveat = scoring_caveat(
         tta=predictor.tta,
         stored_tta=bool(predictor.recipe.get("tta")),

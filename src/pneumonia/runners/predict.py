@@ -405,10 +405,8 @@ def shift_check(
             "warning": None,
             "note": "not compared with backend=onnx (the reference is in the checkpoint)",
         }
-    from pneumonia.inference.checkpoint import load_checkpoint, shift_reference
-
     recipe = predictor.predictor.recipe
-    image_ref = shift_reference(load_checkpoint(recipe["checkpoint"])) if recipe.get("checkpoint") else None
+    image_ref = predictor.predictor.shift_reference  # read with the checkpoint, once
     caveat = scoring_caveat(
         tta=predictor.predictor.tta,
         stored_tta=bool(recipe.get("tta")),
