@@ -316,7 +316,7 @@ def test_mixup_keeps_shapes_and_gives_soft_targets():
     assert torch.equal(again, mixed) and torch.equal(same, targets)
     off = BatchAugment(mixup=0.0).mix(x, labels)
     assert off[0] is x and torch.equal(off[1], labels.float())
-    with pytest.raises(ConfigError, match=re.escape("data.augment.mixup=-1 must be a number >= 0")):
+    with pytest.raises(ConfigError, match=re.escape("mixup=-1 must be a number >= 0")):
         BatchAugment(mixup=-1)
 
 
@@ -413,8 +413,8 @@ def test_training_batches_are_normalised_after_the_augmentation(xray_root, tmp_p
             "data.tta=maybe",
             "tta='maybe' must be true or false",
         ),  # the class names its argument; instantiate_setting adds data.
-        ("data.augment.mixup=-0.5", "data.augment.mixup=-0.5 must be a number >= 0"),
-        ("data.augment.hflip=sometimes", "data.augment.hflip='sometimes' must be true or false"),
+        ("data.augment.mixup=-0.5", "augment.mixup=-0.5 must be a number >= 0"),
+        ("data.augment.hflip=sometimes", "augment.hflip='sometimes' must be true or false"),
         ("data.stress.enabled=often", "data.stress.enabled='often' must be true or false"),
         ("data.stress.perturbations.noise=2", "data.stress.perturbations.noise=2 must be a number in (0, 1]"),
     ],

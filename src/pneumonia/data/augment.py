@@ -9,11 +9,45 @@ loop or a PIL round trip, and on the GPU when the model is there.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pneumonia.errors import ConfigError
+from pneumonia.data.stress import glyph
+from pneumonia.signature import Annotated, Ge, Le, Lt, check_arguments
+
+# what can be burnt in by the overlay augmentation: not "R" or "L", the letters of stress
+# validation's `marker` perturbation, so that the stress proxy still measures a shortcut the
+# network was not shown (docs/results.md, "Candidates against the worst case")
+OVERLAY_TEXT = "AP0123456789"
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A separable Gaussian blur of a float (N, C, H, W) batch, reflect padding."""
+    n, c, h, w = x.shape
+    radius = max(1, min(math.ceil(3 * sigma), min(h, w) - 1))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    y = x.reshape(n * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
+
+
+def _text_mask(chars: list[str], height: int, width: int) -> torch.Tensor:
+    """The characters side by side (Pillow's built-in font), `height` pixels high, at most
+    half of `width` wide: a 0/1 float mask."""
+    glyphs = [glyph(ch) for ch in chars]
+    parts = []
+    for g in glyphs:
+        gw = max(2, round(height * g.shape[1] / g.shape[0]))
+        parts.append(F.interpolate(g[None, None], size=(height, gw), mode="bilinear", align_corners=False)[0, 0])
+        parts.append(torch.zeros(height, max(1, height // 6)))
+    mask = torch.cat(parts[:-1], 1).ge(0.5).float()
+    return mask[:, : max(2, width // 2)]
 
 
 class BatchAugment:
@@ -30,39 +64,35 @@ class BatchAugment:
     (`mix`): x = lam * x_i + (1 - lam) * x_j, target = lam * y_i + (1 - lam) * y_j, with
     lam ~ Beta(alpha, alpha) per image, folded to lam >= 0.5 so that image i dominates and
     its own label stays its hard label (what the training metrics count).
+
+    Against another hospital's images (each a probability per image, 0 = off):
+    `acquisition` gives an image a random acquisition chain (gamma, blur, down-sampling and
+    noise, each strength drawn per image, applied in that order); `overlay` burns in a
+    random white text (one to three of OVERLAY_TEXT's characters, 4-15% of the side high, at
+    a random corner) and, independently with the same probability, black collimator bands
+    (2-25% of the side, top and bottom or left and right), so that neither can be a cue.
     """
 
     def __init__(
         self,
-        shear: float = 0.2,
-        zoom: float = 0.2,
+        shear: Annotated[float, Ge(0)] = 0.2,
+        zoom: Annotated[float, Ge(0), Lt(1)] = 0.2,  # >= 1 allows scales <= 0
         hflip: bool = True,
-        rotation: float = 0.0,
-        translate: float = 0.0,
-        brightness: float = 0.0,
-        contrast: float = 0.0,
-        mixup: float = 0.0,
+        rotation: Annotated[float, Ge(0)] = 0.0,
+        translate: Annotated[float, Ge(0), Lt(1)] = 0.0,  # >= 1 moves the image out of the frame
+        brightness: Annotated[float, Ge(0), Lt(1)] = 0.0,
+        contrast: Annotated[float, Ge(0), Lt(1)] = 0.0,
+        mixup: Annotated[float, Ge(0)] = 0.0,
+        acquisition: Annotated[float, Ge(0), Le(1)] = 0.0,
+        overlay: Annotated[float, Ge(0), Le(1)] = 0.0,
     ) -> None:
-        for name, value in dict(
-            shear=shear,
-            zoom=zoom,
-            rotation=rotation,
-            translate=translate,
-            brightness=brightness,
-            contrast=contrast,
-            mixup=mixup,
-        ).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise ConfigError(f"data.augment.{name}={value!r} must be a number >= 0")
-        for name, value in dict(zoom=zoom, translate=translate, brightness=brightness, contrast=contrast).items():
-            if value >= 1:  # zoom/contrast >= 1 allow scales <= 0; a shift >= 1 moves the image out of the frame
-                raise ConfigError(f"data.augment.{name}={value} must be < 1")
-        if not isinstance(hflip, bool):
-            raise ConfigError(f"data.augment.hflip={hflip!r} must be true or false")
-        self.shear, self.zoom, self.hflip = shear, zoom, hflip
-        self.rotation, self.translate = rotation, translate
-        self.brightness, self.contrast = brightness, contrast
+        # the signature declares each argument's range; the config layer adds `data.augment.`
+        check_arguments(BatchAugment, locals())
+        self.shear, self.zoom, self.hflip = float(shear), float(zoom), hflip
+        self.rotation, self.translate = float(rotation), float(translate)
+        self.brightness, self.contrast = float(brightness), float(contrast)
         self.mixup = float(mixup)
+        self.acquisition, self.overlay = float(acquisition), float(overlay)
 
     @property
     def geometric(self) -> bool:
@@ -109,6 +139,70 @@ class BatchAugment:
             b = uniform(self.brightness).to(x.device, x.dtype, non_blocking=non_blocking).view(n, 1, 1, 1)
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = ((x - mean) * c + mean + b).clamp_(0, 1)
+        if self.acquisition:
+            x = self._acquire(x, generator)
+        if self.overlay:
+            x = self._overlay(x, generator)
+        return x
+
+    def _acquire(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A random acquisition chain for a share `acquisition` of the images: gamma
+        (log-uniform in [0.7, 1.4]), Gaussian blur (sigma up to 1 pixel), down-sampling (to
+        0.5-1 of the side and back) and Gaussian noise (std up to 0.03), each drawn per image."""
+        n = x.shape[0]
+        chosen = torch.nonzero(torch.rand(n, generator=generator) < self.acquisition).flatten().tolist()
+        if not chosen:
+            return x
+        draws = torch.rand(len(chosen), 4, generator=generator, dtype=torch.float64)
+        noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        noise_gen = torch.Generator(device=x.device).manual_seed(noise_seed)
+        x = x.clone()
+        size = list(x.shape[-2:])
+        for row, i in enumerate(chosen):
+            gamma, sigma, factor, std = draws[row].tolist()
+            img = x[i : i + 1].clamp(1e-6, 1).pow(math.exp(math.log(0.7) + gamma * math.log(2.0)))
+            if sigma > 0.1:
+                img = _gaussian_blur(img, sigma)
+            small = [max(1, round(s * (0.5 + factor / 2))) for s in size]
+            img = F.interpolate(img, size=small, mode="bilinear", align_corners=False, antialias=True)
+            img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
+            noise = torch.randn(img.shape, generator=noise_gen, device=x.device, dtype=img.dtype)
+            x[i] = (img + noise * 0.03 * std).clamp_(0, 1)[0]
+        return x
+
+    def _overlay(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Burnt-in text and collimator bands, each for a share `overlay` of the images."""
+        n, _, h, w = x.shape
+        text = torch.rand(n, generator=generator) < self.overlay
+        bands = torch.rand(n, generator=generator) < self.overlay
+        draws = torch.rand(n, 5, generator=generator, dtype=torch.float64)
+        picks = torch.randint(0, len(OVERLAY_TEXT), (n, 3), generator=generator).tolist()
+        if not (text.any() or bands.any()):
+            return x
+        x = x.clone()
+        for i in range(n):
+            height_d, count_d, corner_d, band_d, axis_d = draws[i].tolist()
+            if bands[i]:
+                vertical = axis_d < 0.5
+                side = w if vertical else h
+                band = max(1, round((0.02 + 0.23 * band_d) * side / 2))
+                if vertical:
+                    x[i, :, :, :band] = 0
+                    x[i, :, :, w - band :] = 0
+                else:
+                    x[i, :, :band] = 0
+                    x[i, :, h - band :] = 0
+            if text[i]:
+                count = 1 + min(2, int(count_d * 3))
+                chars = [OVERLAY_TEXT[k] for k in picks[i][:count]]
+                mask = _text_mask(chars, max(3, round((0.04 + 0.11 * height_d) * h)), w).to(x.device, x.dtype)
+                mh, mw = mask.shape
+                margin = max(1, round(0.03 * h))
+                corner = int(corner_d * 4) % 4
+                top = margin if corner < 2 else h - margin - mh
+                left = margin if corner % 2 == 0 else w - margin - mw
+                region = x[i, :, top : top + mh, left : left + mw]
+                x[i, :, top : top + mh, left : left + mw] = region * (1 - mask) + mask
         return x
 
     def mix(

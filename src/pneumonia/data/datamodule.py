@@ -28,6 +28,7 @@ from pneumonia.data.pixels import DEFAULT_MAX_PIXELS
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
 from pneumonia.data.stress import StressImages, StressSettings, validation_images
+from pneumonia.errors import ConfigError
 from pneumonia.signature import Ge, Gt, Lt, MinLen, check_arguments
 
 if TYPE_CHECKING:
@@ -94,7 +95,10 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.preprocess = Preprocess(image_size, channels, normalize, max_pixels)
         self.stress_settings = StressSettings.from_config(stress)
         self.save_hyperparameters(logger=False)
-        self.augment = BatchAugment(**(augment or {}))
+        try:
+            self.augment = BatchAugment(**(augment or {}))
+        except ConfigError as error:  # the class names its bare argument; the config layer adds `data.`
+            raise ConfigError(f"augment.{error}") from None
         self._stress: StressImages | None = None
         self._aug_generator = torch.Generator()
         self._aug_epoch = -1

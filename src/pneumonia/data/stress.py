@@ -55,6 +55,7 @@ __all__ = [
     "StressSettings",
     "perturb",
     "stress_images",
+    "glyph",
     "validation_images",
 ]
 
@@ -170,7 +171,7 @@ def _composed(images: torch.Tensor, s: float, rng: np.random.Generator) -> torch
 _GLYPHS: dict[str, torch.Tensor] = {}
 
 
-def _glyph(letter: str) -> torch.Tensor:
+def glyph(letter: str) -> torch.Tensor:
     """The letter's mask (0 or 1, cropped to its ink) in Pillow's built-in default font."""
     if letter not in _GLYPHS:
         from PIL import Image, ImageDraw, ImageFont
@@ -196,10 +197,10 @@ def _marker(images: torch.Tensor, height: float, rng: np.random.Generator) -> to
     th = max(3, round(height * h))
     margin = max(1, round(0.04 * h))
     for i in range(n):
-        glyph = _glyph("RL"[letters[i]])
-        tw = max(2, min(w - 2 * margin, round(th * glyph.shape[1] / glyph.shape[0])))
+        ink = glyph("RL"[letters[i]])
+        tw = max(2, min(w - 2 * margin, round(th * ink.shape[1] / ink.shape[0])))
         mask = (
-            F.interpolate(glyph[None, None], size=(min(th, h - 2 * margin), tw), mode="bilinear", align_corners=False)[
+            F.interpolate(ink[None, None], size=(min(th, h - 2 * margin), tw), mode="bilinear", align_corners=False)[
                 0, 0
             ]
             .ge(0.5)
