@@ -112,3 +112,14 @@ def test_new_augmentations_refuse_a_share_outside_0_1():
     for key in ("acquisition", "overlay"):
         with pytest.raises(ConfigError, match=f"{key}=1.5 must be a number >= 0 and <= 1"):
             BatchAugment(**{key: 1.5})
+
+
+def test_frame_shrinks_a_share_of_images_onto_black():
+    x = _chests(32)
+    out = _plain(frame=0.5)(x, torch.Generator().manual_seed(2))
+    black = (out <= 1e-6).flatten(1).float().mean(1)
+    framed = black > 0
+    assert 4 <= int(framed.sum()) <= 28 and torch.equal(out[~framed], x[~framed])
+    assert float(black.max()) <= 1 - 0.7**2 + 0.05  # shrunk to at least 0.7 of the side
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, _plain(frame=0.5)(x, torch.Generator().manual_seed(2)))

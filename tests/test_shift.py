@@ -106,9 +106,9 @@ def test_compare_warns_on_a_shifted_folder_only(tmp_path):
     shifted = {t["name"]: t for t in darker["tests"]}
     assert shifted["mean"]["p_value"] < ALPHA and shifted["mean"]["statistic"] > MIN_EFFECT
     assert not shifted["scores"]["shifted"]
-    # scores alone shifted: said to possibly be a different share of pneumonia
+    # scores alone shifted (no share of these two alike classes explains them): said so
     scores = compare(rng.beta(8, 1, 200), _images(200, seed=1), val_roc=roc, image_ref=ref)
-    assert scores["shifted"] and "share of pneumonia" in scores["warning"]
+    assert scores["shifted"] and "whatever the share of pneumonia" in scores["warning"]
     # a small, significant difference is not a shift (effect-size bound); neither is a large one in 4 images
     big = compare(
         rng.beta(2, 2, 5000),
@@ -258,3 +258,29 @@ def test_scoring_caveat_names_what_differs_from_validation():
     assert scoring_caveat(tta=True, stored_tta=True, temperature=1.0, stored_temperature=1.0) is None
     text = scoring_caveat(tta=False, stored_tta=True, temperature=2.0, stored_temperature=1.0)
     assert "TTA off here, on on validation" in text and "temperature 2 here, 1 on validation" in text
+
+
+def test_a_folder_of_one_class_is_not_a_shift_but_unexplained_scores_are():
+    """The score test fits the share of pneumonia: a folder of pneumonia images alone (the
+    README's predict example) scores high without any change of hospital."""
+    from pneumonia.evaluation.shift import mixture_ks
+
+    rng = np.random.default_rng(5)
+    labels = torch.from_numpy(np.r_[np.zeros(250, dtype=np.int64), np.ones(250, dtype=np.int64)])
+    probs = torch.from_numpy(np.r_[rng.beta(2, 9, 250), rng.beta(9, 2, 250)])
+    roc, ref = roc_points(probs, labels), image_reference(_images(500))
+    only_pneumonia = compare(rng.beta(9, 2, 150), _images(150, seed=6), val_roc=roc, image_ref=ref)
+    test = {t["name"]: t for t in only_pneumonia["tests"]}["scores"]
+    assert not only_pneumonia["shifted"] and test["pneumonia_share"] > 0.9
+    only_normal = compare(rng.beta(2, 9, 150), _images(150, seed=6), val_roc=roc, image_ref=ref)
+    assert not only_normal["shifted"] and {t["name"]: t for t in only_normal["tests"]}["scores"]["pneumonia_share"] < 0.1
+    # against the pooled validation scores the pneumonia-only folder would differ a lot
+    pooled_d, pooled_p = ks_2samp(probs.numpy(), rng.beta(9, 2, 150))
+    assert pooled_d > 0.4 and pooled_p < 1e-6
+    # scores no share explains: everything near 0.5, where validation has few images of either class
+    unsure = compare(rng.beta(40, 40, 150), _images(150, seed=6), val_roc=roc, image_ref=ref)
+    assert unsure["shifted"] and "whatever the share of pneumonia" in unsure["warning"]
+    d, p, pi = mixture_ks(np.array([0.1, 0.9]), np.array([1.0, 0.0]), np.array([0.0, 1.0]), [0.9] * 10)
+    assert d == pytest.approx(0.0) and pi == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="both classes"):
+        mixture_ks(np.array([0.1]), np.array([1.0]), np.array([0.0]), [0.5])

@@ -70,7 +70,9 @@ class BatchAugment:
     noise, each strength drawn per image, applied in that order); `overlay` burns in a
     random white text (one to three of OVERLAY_TEXT's characters, 4-15% of the side high, at
     a random corner) and, independently with the same probability, black collimator bands
-    (2-25% of the side, top and bottom or left and right), so that neither can be a cue.
+    (2-25% of the side, top and bottom or left and right), so that neither can be a cue;
+    `frame` shrinks an image to 0.7-1 of its side at a random place on black (a wider field
+    of view).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class BatchAugment:
         mixup: Annotated[float, Ge(0)] = 0.0,
         acquisition: Annotated[float, Ge(0), Le(1)] = 0.0,
         overlay: Annotated[float, Ge(0), Le(1)] = 0.0,
+        frame: Annotated[float, Ge(0), Le(1)] = 0.0,
     ) -> None:
         # the signature declares each argument's range; the config layer adds `data.augment.`
         check_arguments(BatchAugment, locals())
@@ -92,7 +95,7 @@ class BatchAugment:
         self.rotation, self.translate = float(rotation), float(translate)
         self.brightness, self.contrast = float(brightness), float(contrast)
         self.mixup = float(mixup)
-        self.acquisition, self.overlay = float(acquisition), float(overlay)
+        self.acquisition, self.overlay, self.frame = float(acquisition), float(overlay), float(frame)
 
     @property
     def geometric(self) -> bool:
@@ -143,7 +146,26 @@ class BatchAugment:
             x = self._acquire(x, generator)
         if self.overlay:
             x = self._overlay(x, generator)
+        if self.frame:
+            x = self._frame(x, generator)
         return x
+
+    def _frame(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A wider field of view for a share `frame` of the images: each shrunk to 0.7-1 of
+        its side (drawn per image) at a random place, on black."""
+        n = x.shape[0]
+        chosen = torch.rand(n, generator=generator) < self.frame
+        scale = 0.7 + 0.3 * torch.rand(n, generator=generator, dtype=torch.float64)
+        room = torch.rand(n, 2, generator=generator, dtype=torch.float64) * 2 - 1  # where in the free margin
+        if not chosen.any():
+            return x
+        inv = torch.where(chosen, 1 / scale, torch.ones_like(scale))
+        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+        theta[:, 0, 0] = theta[:, 1, 1] = inv
+        theta[:, :, 2] = torch.where(chosen[:, None], -room * (inv - 1)[:, None], torch.zeros_like(room))
+        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+        framed = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return torch.where(chosen.to(x.device)[:, None, None, None], framed, x)
 
     def _acquire(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """A random acquisition chain for a share `acquisition` of the images: gamma
