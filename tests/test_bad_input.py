@@ -72,7 +72,7 @@ def test_on_bad_image_error_stops_before_training_with_the_list(tmp_path):
         ("data.val_fraction=1.5", "data.val_fraction"),
         (
             "data.image_size=40;model.depth=5;model.widths=[8,8,8,8,8]",
-            "model.depth=5 is too deep for data.image_size=40",
+            "model.depth=5 is too deep for image_size=40",
         ),
         ("optimizer.lr=fast", "optimizer.lr"),
         ("module.pos_weight=-1", "module.pos_weight"),
@@ -88,7 +88,10 @@ def test_unknown_key_and_wrong_type_fail_at_startup_with_one_message(tmp_path):
     res = run_cli("train.py", "model.dept=4", f"hydra.run.dir={tmp_path / 'a'}")
     assert res.returncode != 0 and "model.dept" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("train.py", "model.depth=abc", f"hydra.run.dir={tmp_path / 'b'}")
-    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == "error: model.depth='abc' must be an integer"
+    assert (
+        res.returncode == 2
+        and res.stderr.strip().splitlines()[-1] == "error: model.depth='abc' must be an integer >= 1"
+    )
 
 
 def test_checkpoint_that_names_foreign_code_is_refused(xray_root, tmp_path):

@@ -1,8 +1,10 @@
+import re
+
 import pytest
 import torch
 
 from pneumonia.errors import ConfigError
-from pneumonia.models import CustomCNN
+from pneumonia.models import CustomCNN, build_net
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -30,14 +32,27 @@ def test_batch_norm_option_adds_norm_layers():
 
 
 def test_depth_too_large_for_image_size_is_rejected_with_the_keys():
-    with pytest.raises(ConfigError, match="model.depth=6.*data.image_size=48"):
+    # the class names its bare arguments; build_net (the `model` config's builder) adds `model.`
+    with pytest.raises(ConfigError, match=r"^depth=6 is too deep for image_size=48"):
         CustomCNN(depth=6, image_size=48)
+    with pytest.raises(ConfigError, match=r"^model\.depth=6 is too deep for image_size=48"):
+        build_net({"_target_": "pneumonia.models.CustomCNN", "depth": 6, "image_size": 48})
 
 
 @pytest.mark.parametrize(
-    "kwargs, key",
-    [({"in_channels": 2}, "model.in_channels"), ({"dropout": 1.0}, "model.dropout"), ({"depth": 0}, "model.depth")],
+    "kwargs, message",
+    [
+        ({"in_channels": 2}, "in_channels=2 must be one of 1, 3"),
+        ({"dropout": 1.0}, "dropout=1.0 must be a number >= 0 and < 1"),
+        ({"depth": 0}, "depth=0 must be an integer >= 1"),
+        ({"depth": 8}, "depth=8 needs 1..7"),
+        ({"widths": [8, 0, 8]}, "widths=[8, 0, 8] must be a list of integers >= 1 (not empty)"),
+        ({"dilated_blocks": ["4"]}, "dilated_blocks=['4'] must be a list of integers"),
+        ({"batch_norm": "yes"}, "batch_norm='yes' must be true or false"),
+    ],
 )
-def test_bad_model_settings_name_the_key(kwargs, key):
-    with pytest.raises(ConfigError, match=key):
+def test_bad_model_settings_name_the_argument(kwargs, message):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
         CustomCNN(**kwargs)
+    with pytest.raises(ConfigError, match="^" + re.escape("model." + message)):
+        build_net({"_target_": "pneumonia.models.CustomCNN", **kwargs})

@@ -43,6 +43,7 @@ __all__ = [
     "describe",
     "matches",
     "static_hints",
+    "with_prefix",
 ]
 
 # Classes from other libraries whose signatures declare no constraints: the ones we know are
@@ -85,7 +86,13 @@ def matches(value: Any, hint: Any) -> bool | None:
     if hint is pathlib.Path:
         return isinstance(value, str)
     if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
-        return isinstance(value, (list, tuple))
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = _item_hint(hint)
+        if item is None:
+            return True
+        results = [matches(v, item) for v in value]
+        return False if any(r is False for r in results) else (True if all(results) else None)
     if origin in (dict, collections.abc.Mapping) or hint in (dict, collections.abc.Mapping):
         return isinstance(value, dict) or hasattr(value, "keys")
     if isinstance(hint, type):
@@ -93,6 +100,15 @@ def matches(value: Any, hint: Any) -> bool | None:
             return None  # built by instantiate itself
         return isinstance(value, hint)
     return None
+
+
+def _item_hint(hint: Any) -> Any:
+    """The declared type of each item of a list hint (`Sequence[int]`, `list[float]`,
+    `tuple[int, ...]`), or None when the items are not declared alike."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return args[0] if len(args) == 2 and args[1] is Ellipsis else None
+    return args[0] if len(args) == 1 else None
 
 
 def _satisfies(value: Any, constraint: Any) -> bool:
@@ -135,11 +151,36 @@ def describe(hint: Any) -> str:
     }
     if hint in names:
         return names[hint]
-    if origin in (list, tuple) or hint in (list, tuple):
-        return "a list"
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        item = _item_hint(hint)
+        return "a list" if item is None or item is typing.Any else f"a list of {_plural(describe(item))}"
     if origin in (dict, collections.abc.Mapping) or hint in (dict, collections.abc.Mapping):
         return "a mapping"
     return f"a {getattr(hint, '__name__', str(hint))}"
+
+
+def _plural(words: str) -> str:
+    """`an integer >= 1` -> `integers >= 1`; `true or false` -> `true or false`."""
+    for single, plural in (
+        ("an integer", "integers"),
+        ("a number", "numbers"),
+        ("a string", "strings"),
+        ("a mapping", "mappings"),
+    ):
+        if words.startswith(single):
+            return plural + words[len(single) :]
+    return words
+
+
+def with_prefix(err: ConfigError, prefix: str, names: typing.Iterable[Any]) -> ConfigError:
+    """`err` with `prefix` (a config key and its dot, `model.`) put before the bare argument
+    name it starts with (`depth=9 ...` -> `model.depth=9 ...`): how the config layer names
+    the key of a class's own check. `err` itself when it starts with none of `names`."""
+    text = str(err)
+    for name in map(str, names):
+        if text.startswith(name) and text[len(name) : len(name) + 1] in ("=", " ", ":", "["):
+            return ConfigError(prefix + text)
+    return err
 
 
 def _constraint_words(c: Any) -> str:

@@ -24,13 +24,19 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
 def instantiate_setting(key: str, node: Any, *, call: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """`instantiate(node, **kwargs)` (then, for a `_partial_` node, the partial called with
     `call`), with the errors of Lightning's and torch's argument checks turned into a
-    `ConfigError` that names the config key (`trainer.devices=4: ...`)."""
+    `ConfigError` that names the config key (`trainer.devices=4: ...`), and the key's prefix
+    put before the bare argument a class's own check names (`max_pixels=0 ...` ->
+    `data.max_pixels=0 ...`)."""
     from hydra.errors import InstantiationException
 
     check_arguments(key, node)
     try:
         built = instantiate(node, **kwargs)
         return built(**call) if call is not None else built
+    except ConfigError as err:  # a class's own check names its bare argument: the key gets `key.`
+        from pneumonia.signature import with_prefix
+
+        raise with_prefix(err, f"{key}.", node.keys() if hasattr(node, "keys") else ()) from None
     except UserError:
         raise
     except Exception as err:  # constructors refuse bad arguments with many types (Lightning: MisconfigurationException)

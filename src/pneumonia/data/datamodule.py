@@ -65,7 +65,7 @@ class ChestXrayDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str = "data/chest_xray",
-        image_size: int = 150,
+        image_size: Annotated[int, Ge(8)] = 150,
         channels: int = 1,
         batch_size: Annotated[int, Ge(1)] = 64,
         eval_batch_size: Annotated[int, Ge(1)] = 256,
@@ -81,7 +81,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         bad_image_report: str | None = None,
         augment: Mapping[str, Any] | None = None,
         download: bool = False,
-        normalize: str = "none",
+        normalize: Literal["none", "standardize", "equalize"] = "none",
         stress: Mapping[str, Any] | None = None,
         tta: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -25,9 +25,10 @@ validation batch (tested).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -36,9 +37,11 @@ from PIL import Image
 from pneumonia.data import decode
 from pneumonia.data.pixels import DEFAULT_MAX_PIXELS, check_max_pixels
 from pneumonia.errors import ConfigError
+from pneumonia.signature import Ge, check_arguments
 
 
-NORMALIZE = ("none", "standardize", "equalize")
+Normalize = Literal["none", "standardize", "equalize"]  # spelled out in signatures too (read unimported)
+NORMALIZE: tuple[str, ...] = typing.get_args(Normalize)
 
 
 @dataclass(frozen=True)
@@ -48,19 +51,17 @@ class Preprocess:
     mean and unit standard deviation, "equalize": each image's histogram equalised).
     Files over `max_pixels` (`data.max_pixels`, read from the header) are refused undecoded."""
 
-    image_size: int
+    image_size: Annotated[int, Ge(8)]
     channels: int = 1
-    normalize: str = "none"
+    normalize: Literal["none", "standardize", "equalize"] = "none"  # NORMALIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
-            raise ConfigError(f"data.image_size={self.image_size!r} must be an integer >= 8")
-        if isinstance(self.channels, bool) or self.channels not in (1, 3):
-            raise ConfigError(f"model.in_channels={self.channels!r} must be 1 (grayscale) or 3 (RGB)")
-        if not isinstance(self.normalize, str) or self.normalize not in NORMALIZE:
-            raise ConfigError(f"data.normalize={self.normalize!r} must be one of {', '.join(NORMALIZE)}")
-        check_max_pixels(self.max_pixels, "data.max_pixels")
+        # the fields declare their types and ranges; errors name the bare field (the caller adds `data.`)
+        check_max_pixels(self.max_pixels, "max_pixels")  # its own message says what the limit is for
+        check_arguments(Preprocess, vars(self))
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels={self.channels!r} must be 1 (grayscale) or 3 (RGB)")
 
     # ---- step 1: file -> uint8 (C, S, S) -------------------------------------------------
     def load(self, path: str | Path) -> np.ndarray:
@@ -167,7 +168,7 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
 class InputNormalization(torch.nn.Module):
     """`Preprocess.normalize_input` of a `normalize` value as a module (the identity for none)."""
 
-    def __init__(self, normalize: str = "none") -> None:
+    def __init__(self, normalize: Normalize = "none") -> None:
         super().__init__()
         Preprocess(8, 1, normalize)  # checks the value
         self.normalize = normalize

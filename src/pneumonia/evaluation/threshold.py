@@ -41,13 +41,14 @@ the logit of the probabilities (float32 probabilities saturate at about logit 17
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation import statistics as st
+from pneumonia.signature import Ge, Gt, Le, Lt, check_arguments, check_values, hints_of
 
 EMPIRICAL = ("max_f1", "youden", "sensitivity")
 METHODS = ("fixed", *EMPIRICAL, "youden_bootstrap", "binormal", "kernel", "platt", "midpoint")
@@ -63,34 +64,30 @@ DEFAULTS: dict[str, Any] = {
 _GRID = 256  # kernel: points of the coarse grid of candidate logits; a finer one of 65 around its best
 
 
+def threshold_settings(
+    method: Literal[
+        "fixed", "max_f1", "youden", "sensitivity", "youden_bootstrap", "binormal", "kernel", "platt", "midpoint"
+    ] = DEFAULTS["method"],  # METHODS
+    value: Annotated[float, Ge(0), Le(1)] = DEFAULTS["value"],
+    target_sensitivity: Annotated[float, Gt(0), Le(1)] = DEFAULTS["target_sensitivity"],
+    bootstrap_resamples: Annotated[int, Ge(1)] = DEFAULTS["bootstrap_resamples"],
+    bootstrap_seed: Annotated[int, Ge(0)] = DEFAULTS["bootstrap_seed"],
+    # null: Silverman's rule
+    kernel_bandwidth: Annotated[float, Gt(0), Lt(float("inf"))] | None = DEFAULTS["kernel_bandwidth"],
+) -> dict[str, Any]:
+    """The schema of the `threshold:` settings (its signature, read by the quick CLI too):
+    the settings as a dict, each checked against its declaration (errors name the bare key)."""
+    settings = dict(locals())
+    check_arguments(threshold_settings, settings)
+    return settings
+
+
 def check_threshold_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     """The `threshold:` settings with the defaults filled in; a one-line `ConfigError`
-    naming the key for a wrong value (the one place they are checked)."""
+    naming the key for a wrong value (the one place they are checked): `threshold_settings`'
+    signature, with the `threshold.` prefix."""
     s = {**DEFAULTS, **(settings or {})}
-    if not isinstance(s["method"], str) or s["method"] not in METHODS:
-        raise ConfigError(f"threshold.method={s['method']!r} must be one of {', '.join(METHODS)}")
-
-    def number(key: str, low: float, high: float, low_open: bool = False) -> None:
-        v = s[key]
-        ok = (
-            not isinstance(v, bool)
-            and isinstance(v, (int, float))
-            and math.isfinite(v)
-            and (low < v if low_open else low <= v)
-            and v <= high
-        )
-        if not ok:
-            raise ConfigError(f"threshold.{key}={v!r} must be a number in {'(' if low_open else '['}{low}, {high}]")
-
-    number("value", 0.0, 1.0)
-    number("target_sensitivity", 0.0, 1.0, low_open=True)
-    for key, low in (("bootstrap_resamples", 1), ("bootstrap_seed", 0)):
-        v = s[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"threshold.{key}={v!r} must be an integer >= {low}")
-    bw = s["kernel_bandwidth"]
-    if bw is not None and (isinstance(bw, bool) or not isinstance(bw, (int, float)) or not 0 < bw < math.inf):
-        raise ConfigError(f"threshold.kernel_bandwidth={bw!r} must be null (Silverman's rule) or a positive number")
+    check_values(hints_of(threshold_settings), s, prefix="threshold.")
     return s
 
 

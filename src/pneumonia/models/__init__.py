@@ -11,10 +11,11 @@ from typing import Any
 
 from torch import nn
 
-from pneumonia.errors import CheckpointError
+from pneumonia.errors import CheckpointError, ConfigError
 from pneumonia.models.custom_cnn import CustomCNN
 from pneumonia.models.ensemble import Ensemble
 from pneumonia.models.torchvision_nets import TorchvisionNet, weights_from_checkpoint
+from pneumonia.signature import with_prefix
 
 __all__ = ["CustomCNN", "Ensemble", "NETS", "TorchvisionNet", "build_net", "describe_net", "weights_from_checkpoint"]
 
@@ -30,14 +31,18 @@ NETS: dict[str, type[nn.Module]] = {
 
 
 def build_net(spec: dict[str, Any]) -> nn.Module:
-    """The network a `model` config (or a checkpoint's `net`) describes."""
+    """The network a `model` config (or a checkpoint's `net`) describes; a `ConfigError` of
+    the net's own checks names the `model.` key."""
     target = str(spec.get("_target_", ""))
     if target not in NETS:
         raise CheckpointError(
             f"model._target_={target!r} is not a model of this project (one of: {', '.join(sorted(NETS))})"
         )
     kwargs = {k: v for k, v in spec.items() if not str(k).startswith("_")}
-    return NETS[target](**kwargs)
+    try:
+        return NETS[target](**kwargs)
+    except ConfigError as err:  # the net names its bare argument (`depth=9 ...`): the key is `model.depth`
+        raise with_prefix(err, "model.", kwargs) from None
 
 
 Ensemble.build_member = staticmethod(build_net)  # members are nets of this registry

@@ -14,7 +14,7 @@ checkpoint loads with `torch.load(weights_only=True)` and cannot run code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import lightning as L
 import torch
@@ -23,10 +23,10 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAUROC
 
 from pneumonia.config.instantiate import instantiate
-from pneumonia.errors import ConfigError
 from pneumonia.evaluation.metrics import classification_metrics, set_threshold, split_confmat
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.integrity import seal
+from pneumonia.signature import Ge, Lt, check_arguments
 from pneumonia.models import build_net
 
 if TYPE_CHECKING:
@@ -53,23 +53,14 @@ class PneumoniaClassifier(L.LightningModule):
         pos_weight: float | None = None,
         channels_last: bool = True,
         seed: int = 0,
-        label_smoothing: float = 0.0,
-        compile: bool | str = False,
-        defer_sync: bool | str = False,
+        label_smoothing: Annotated[float, Ge(0), Lt(1)] = 0.0,
+        # COMPILE_MODES
+        compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False,
+        defer_sync: bool | Literal["auto"] = False,
     ) -> None:
         super().__init__()
-        if not isinstance(compile, bool) and compile not in COMPILE_MODES:
-            raise ConfigError(
-                f"module.compile={compile!r} must be true, false or a torch.compile mode: {', '.join(COMPILE_MODES)}"
-            )
-        if not isinstance(defer_sync, bool) and defer_sync != "auto":
-            raise ConfigError(f"module.defer_sync={defer_sync!r} must be true, false or auto")
-        if (
-            isinstance(label_smoothing, bool)
-            or not isinstance(label_smoothing, (int, float))
-            or not 0.0 <= label_smoothing < 1.0
-        ):
-            raise ConfigError(f"module.label_smoothing={label_smoothing!r} must be a number in [0, 1)")
+        # the signature declares each argument's type and range; the config layer adds the `module.` prefix
+        check_arguments(PneumoniaClassifier, locals())
         self.save_hyperparameters(logger=False)
         self.net = build_net(net)
         if channels_last:

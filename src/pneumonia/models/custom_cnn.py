@@ -9,11 +9,13 @@ parameters, the same count Keras prints for the notebook's model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
 from pneumonia.errors import ConfigError
+from pneumonia.signature import Ge, Lt, MinLen, check_arguments
 
 ORIGINAL_WIDTHS = (16, 32, 64, 96, 128, 160, 192)
 
@@ -29,38 +31,28 @@ class CustomCNN(nn.Module):
 
     def __init__(
         self,
-        depth: int = 5,
-        widths: Sequence[int] = ORIGINAL_WIDTHS,
+        depth: Annotated[int, Ge(1)] = 5,
+        widths: Annotated[Sequence[Annotated[int, Ge(1)]], MinLen(1)] = ORIGINAL_WIDTHS,
         dilated_blocks: Sequence[int] = (4, 5),
-        in_channels: int = 3,
+        in_channels: Literal[1, 3] = 3,
         image_size: int = 150,
-        dense_units: int = 256,
-        dropout: float = 0.5,
+        dense_units: Annotated[int, Ge(1)] = 256,
+        dropout: Annotated[float, Ge(0), Lt(1)] = 0.5,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
+        # the signature declares each argument's type and range; the config layer adds the `model.` prefix
+        check_arguments(CustomCNN, locals())
         widths = list(widths)
-        for key, value in (("depth", depth), ("image_size", image_size), ("dense_units", dense_units)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"model.{key}={value!r} must be an integer")
-        if not 1 <= depth <= len(widths):
+        if depth > len(widths):
             raise ConfigError(
-                f"model.depth={depth} needs 1..{len(widths)}: model.widths={widths} has one entry "
-                f"per block (give more, e.g. model.widths=[{','.join(map(str, ORIGINAL_WIDTHS))}])"
+                f"depth={depth} needs 1..{len(widths)}: widths={widths} has one entry "
+                f"per block (give more, e.g. widths=[{','.join(map(str, ORIGINAL_WIDTHS))}])"
             )
-        if in_channels not in (1, 3):
-            raise ConfigError(f"model.in_channels={in_channels} must be 1 (grayscale) or 3 (RGB)")
-        if dense_units < 1:
-            raise ConfigError(f"model.dense_units={dense_units} must be >= 1")
-        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-            raise ConfigError(f"model.widths={widths} must be integers >= 1 (filters per block)")
-        if any(isinstance(b, bool) or not isinstance(b, int) for b in dilated_blocks):
-            raise ConfigError(f"model.dilated_blocks={list(dilated_blocks)} must be block numbers (1-based integers)")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
 
         blocks: list[nn.Module] = []
-        channels, size = in_channels, image_size
+        channels: int = in_channels
+        size = image_size
         for index in range(1, depth + 1):
             width = widths[index - 1]
             dilated = index in dilated_blocks
@@ -69,7 +61,7 @@ class CustomCNN(nn.Module):
             size = (size - 2 if dilated else size) // 2  # the unpadded conv loses 2 px, then pool
             if size < 1:
                 raise ConfigError(
-                    f"model.depth={depth} is too deep for data.image_size={image_size}: "
+                    f"depth={depth} is too deep for image_size={image_size}: "
                     f"block {index} would shrink the feature map to nothing"
                 )
         self.features = nn.Sequential(*blocks)

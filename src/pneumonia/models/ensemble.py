@@ -22,14 +22,14 @@ Built by `python -m pneumonia.tools.ensemble` (`pneumonia.ensemble`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
 from pneumonia.errors import ConfigError
+from pneumonia.signature import Gt, Lt, MinLen, check_arguments
 
 COMBINES = ("prob", "logit")
 
@@ -42,22 +42,17 @@ class Ensemble(nn.Module):
     build_member: Callable[[dict[str, Any]], nn.Module]
 
     def __init__(
-        self, members: Sequence[dict[str, Any]], temperatures: Sequence[float] | None = None, combine: str = "prob"
+        self,
+        members: Annotated[Sequence[dict[str, Any]], MinLen(1)],
+        temperatures: Sequence[Annotated[float, Gt(0), Lt(float("inf"))]] | None = None,
+        combine: Literal["prob", "logit"] = "prob",  # COMBINES
     ) -> None:
         super().__init__()
-        if isinstance(members, (str, bytes, dict)) or not isinstance(members, Sequence) or not members:
-            raise ConfigError("model.members must be a non-empty list of network specs")
-        if combine not in COMBINES:
-            raise ConfigError(f"model.combine={combine!r} must be one of: {', '.join(COMBINES)}")
+        # the signature declares each argument's type and range; the config layer adds the `model.` prefix
+        check_arguments(Ensemble, locals())
         temperatures = [1.0] * len(members) if temperatures is None else list(temperatures)
         if len(temperatures) != len(members):
-            raise ConfigError(f"model.temperatures has {len(temperatures)} entries for {len(members)} members")
-        for t in temperatures:
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < math.inf:
-                raise ConfigError(f"model.temperatures: {t!r} must be a positive number")
-        for spec in members:
-            if not isinstance(spec, dict):
-                raise ConfigError(f"model.members: {spec!r} is not a network spec (a dict with _target_)")
+            raise ConfigError(f"temperatures has {len(temperatures)} entries for {len(members)} members")
         self.members = nn.ModuleList(self.build_member(dict(spec)) for spec in members)
         self.temperatures = tuple(float(t) for t in temperatures)
         self.combine = combine

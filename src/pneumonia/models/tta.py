@@ -19,27 +19,17 @@ image itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Annotated, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pneumonia.errors import ConfigError
+from pneumonia.signature import Ge, Le, MinLen, check_arguments
 
 DEFAULT_SCALES = (1.0, 0.95, 1.05)
 DEFAULT_SHIFTS = (0.0, 0.03)
-
-
-def _numbers(key: str, values: Sequence[float], low: float, high: float) -> tuple[float, ...]:
-    if (
-        isinstance(values, (str, bytes))
-        or not isinstance(values, Sequence)
-        or not values
-        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high for v in values)
-    ):
-        raise ConfigError(f"{key}={values!r} must be a non-empty list of numbers in [{low}, {high}]")
-    return tuple(float(v) for v in values)
 
 
 class TTA(nn.Module):
@@ -50,12 +40,16 @@ class TTA(nn.Module):
     exactly that mean. The network stays reachable as `.net`."""
 
     def __init__(
-        self, net: nn.Module, scales: Sequence[float] = DEFAULT_SCALES, shifts: Sequence[float] = DEFAULT_SHIFTS
+        self,
+        net: nn.Module,
+        scales: Annotated[Sequence[Annotated[float, Ge(0.5), Le(2.0)]], MinLen(1)] = DEFAULT_SCALES,
+        shifts: Annotated[Sequence[Annotated[float, Ge(0.0), Le(0.25)]], MinLen(1)] = DEFAULT_SHIFTS,
     ) -> None:
         super().__init__()
+        check_arguments(TTA, {"scales": scales, "shifts": shifts})
         self.net = net
-        self.scales = _numbers("tta scales", scales, 0.5, 2.0)
-        self.shifts = _numbers("tta shifts", shifts, 0.0, 0.25)
+        self.scales = tuple(float(v) for v in scales)
+        self.shifts = tuple(float(v) for v in shifts)
         variants = {(s, 0.0, 0.0) for s in self.scales}
         variants |= {(1.0, sx * d, sy * d) for d in self.shifts if d for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1))}
         variants.discard((1.0, 0.0, 0.0))

@@ -23,6 +23,7 @@ OWNERS = {
     "data.augment": "pneumonia.data.augment.BatchAugment",
     "serve": "pneumonia.serve.settings.ServeSettings",
     "mlflow": "pneumonia.tracking.settings.MlflowSettings",
+    "threshold": "pneumonia.evaluation.threshold.threshold_settings",  # a function: its signature
 }
 # checked elsewhere, or typed looser than the class (pos_weight: "balanced" is resolved first)
 SKIP = {"module": ("pos_weight",)}
