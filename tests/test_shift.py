@@ -273,7 +273,9 @@ def test_a_folder_of_one_class_is_not_a_shift_but_unexplained_scores_are():
     test = {t["name"]: t for t in only_pneumonia["tests"]}["scores"]
     assert not only_pneumonia["shifted"] and test["pneumonia_share"] > 0.9
     only_normal = compare(rng.beta(2, 9, 150), _images(150, seed=6), val_roc=roc, image_ref=ref)
-    assert not only_normal["shifted"] and {t["name"]: t for t in only_normal["tests"]}["scores"]["pneumonia_share"] < 0.1
+    assert (
+        not only_normal["shifted"] and {t["name"]: t for t in only_normal["tests"]}["scores"]["pneumonia_share"] < 0.1
+    )
     # against the pooled validation scores the pneumonia-only folder would differ a lot
     pooled_d, pooled_p = ks_2samp(probs.numpy(), rng.beta(9, 2, 150))
     assert pooled_d > 0.4 and pooled_p < 1e-6
