@@ -15,26 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pneumonia.data.stress import glyph
+from pneumonia.data.stress import gaussian_blur, glyph
 from pneumonia.signature import Annotated, Ge, Le, Lt, check_arguments
 
 # what can be burnt in by the overlay augmentation: not "R" or "L", the letters of stress
 # validation's `marker` perturbation, so that the stress proxy still measures a shortcut the
 # network was not shown (docs/results.md, "Candidates against the worst case")
 OVERLAY_TEXT = "AP0123456789"
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A separable Gaussian blur of a float (N, C, H, W) batch, reflect padding."""
-    n, c, h, w = x.shape
-    radius = max(1, min(math.ceil(3 * sigma), min(h, w) - 1))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    y = x.reshape(n * c, 1, h, w)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return y.reshape(n, c, h, w)
 
 
 def _text_mask(chars: list[str], height: int, width: int) -> torch.Tensor:
@@ -184,7 +171,7 @@ class BatchAugment:
             gamma, sigma, factor, std = draws[row].tolist()
             img = x[i : i + 1].clamp(1e-6, 1).pow(math.exp(math.log(0.7) + gamma * math.log(2.0)))
             if sigma > 0.1:
-                img = _gaussian_blur(img, sigma)
+                img = gaussian_blur(img, sigma)
             small = [max(1, round(s * (0.5 + factor / 2))) for s in size]
             img = F.interpolate(img, size=small, mode="bilinear", align_corners=False, antialias=True)
             img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)

@@ -55,6 +55,7 @@ __all__ = [
     "StressSettings",
     "perturb",
     "stress_images",
+    "gaussian_blur",
     "glyph",
     "validation_images",
 ]
@@ -102,16 +103,22 @@ def _contrast(images: torch.Tensor, c: float, rng: np.random.Generator) -> torch
     return _u8((x - mean) * c + mean)
 
 
-def _blur(images: torch.Tensor, sigma: float, rng: np.random.Generator) -> torch.Tensor:
-    n, c, h, w = images.shape
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A separable Gaussian blur of a float (N, C, H, W) batch, reflect padding (the `blur`
+    perturbation, and the training augmentation's acquisition chain)."""
+    n, c, h, w = x.shape
     radius = max(1, min(math.ceil(3 * sigma), min(h, w) - 1))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel /= kernel.sum()
-    x = images.float().reshape(n * c, 1, h, w)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return _u8(x.reshape(n, c, h, w))
+    kernel = kernel / kernel.sum()
+    y = x.reshape(n * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
+
+
+def _blur(images: torch.Tensor, sigma: float, rng: np.random.Generator) -> torch.Tensor:
+    return _u8(gaussian_blur(images.float(), sigma))
 
 
 def _noise(images: torch.Tensor, std: float, rng: np.random.Generator) -> torch.Tensor:
