@@ -117,10 +117,13 @@ def ks_2samp(
         raise ValueError("ks_2samp needs at least one finite value in each sample")
     wb = np.ones_like(b)
     d = _ecdf_gap(a, wa, b, wb)
-    na, nb = float(wa.sum()), float(len(b))
-    ne = na * nb / (na + nb)
-    root = math.sqrt(ne)
-    return d, kolmogorov_sf((root + 0.12 + 0.11 / root) * d)
+    return d, _ks_p_value(d, float(wa.sum()), float(len(b)))
+
+
+def _ks_p_value(d: float, na: float, nb: float) -> float:
+    """The asymptotic two-sample p-value of D with Stephens' small-sample correction."""
+    root = math.sqrt(na * nb / (na + nb))
+    return kolmogorov_sf((root + 0.12 + 0.11 / root) * d)
 
 
 def mixture_ks(
@@ -153,9 +156,7 @@ def mixture_ks(
     gaps = np.abs(fb[None, :] - (pis[:, None] * f1[None, :] + (1 - pis[:, None]) * f0[None, :])).max(1)
     best = int(np.argmin(gaps))
     d = float(gaps[best])
-    na, nb = float(w0.sum() + w1.sum()), float(len(b))
-    root = math.sqrt(na * nb / (na + nb))
-    return d, kolmogorov_sf((root + 0.12 + 0.11 / root) * d), float(pis[best])
+    return d, _ks_p_value(d, float(w0.sum() + w1.sum()), float(len(b))), float(pis[best])
 
 
 # ---- the reference and a folder's statistics ------------------------------------------------
