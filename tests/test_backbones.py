@@ -21,7 +21,7 @@ from pneumonia.config.instantiate import instantiate
 from pneumonia.errors import ConfigError
 from pneumonia.explain.gradcam import default_layer, gradcam
 from pneumonia.inference import Predictor
-from pneumonia.models import NETS, TorchvisionNet, build_net, weights_from_checkpoint
+from pneumonia.models import NETS, TorchvisionNet, build_net
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.models.torchvision_nets import ARCHS, GradCamSiLU, gray_conv
 from tests.helpers import train_cfg
@@ -219,8 +219,7 @@ def test_failed_download_is_one_config_error_at_training_start(no_network, xray_
 
 def test_loading_a_checkpoint_never_downloads(no_network, xray_root, tmp_path):
     cfg = cfg_for(xray_root, tmp_path, "efficientnet_b0", "model.weights=DEFAULT")
-    with weights_from_checkpoint():
-        module = PneumoniaClassifier(net=spec_of(cfg), optimizer=OmegaConf.to_container(cfg.optimizer))
+    module = PneumoniaClassifier(net=spec_of(cfg), optimizer=OmegaConf.to_container(cfg.optimizer), pretrained=False)
     path = tmp_path / "pretrained.ckpt"
     torch.save(
         {

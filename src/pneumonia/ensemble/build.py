@@ -74,7 +74,6 @@ def build_ensemble(
     from pneumonia.evaluation.calibration import check_settings
     from pneumonia.runners.calibration import calibrate_threshold
     from pneumonia.hardware import auto_precision
-    from pneumonia.models import weights_from_checkpoint
     from pneumonia.models.classifier import PneumoniaClassifier
     from pneumonia.models.ensemble import COMBINES
 
@@ -109,8 +108,9 @@ def build_ensemble(
     spec = ensemble_spec(members, combine)
     first = ckpt_format.module_settings(members[0].ckpt)
     settings = {"net": spec, **{k: first[k] for k in MODULE_KEYS if k in first}}
-    with weights_from_checkpoint():  # no download of a member's pretrained weights: its own replace them
-        module = PneumoniaClassifier(**settings)  # builds the net from the spec alone, as the Predictor will
+    # built from the spec alone, as the Predictor will; pretrained=False: no download of a
+    # member's pretrained weights, its own replace them
+    module = PneumoniaClassifier(**settings, pretrained=False)
     for i, m in enumerate(members):
         try:
             cast(Any, module.net).members[i].load_state_dict(ckpt_format.net_state(m.ckpt))  # the Ensemble

@@ -42,7 +42,7 @@ from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError, UserError
 from pneumonia.hardware import auto_precision
 from pneumonia.inference import checkpoint as ckpt_format
-from pneumonia.models import build_net, weights_from_checkpoint
+from pneumonia.models import build_net
 from pneumonia.models.tta import check_tta, with_tta
 
 log = logging.getLogger(__name__)
@@ -178,8 +178,7 @@ class Predictor:
         module_hp = ckpt_format.module_settings(ckpt)
         data_hp = ckpt_format.data_settings(ckpt)
         try:
-            with weights_from_checkpoint():  # no download of model.weights: the checkpoint replaces them
-                net = build_net(module_hp["net"])
+            net = build_net(module_hp["net"], pretrained=False)  # no download of model.weights: replaced next
         except (TypeError, ValueError, KeyError) as err:
             if isinstance(err, UserError):
                 raise
@@ -295,8 +294,8 @@ class Predictor:
         if self._module_state is None:
             raise ConfigError("this Predictor was not loaded from a checkpoint: no module to rebuild")
         keys = ("net", "optimizer", "scheduler", "pos_weight", "channels_last", "seed")
-        with weights_from_checkpoint():
-            module = PneumoniaClassifier(**{k: self.module_settings[k] for k in keys if k in self.module_settings})
+        settings = {k: self.module_settings[k] for k in keys if k in self.module_settings}
+        module = PneumoniaClassifier(**settings, pretrained=False)  # the checkpoint's weights, loaded next
         module.load_state_dict(self._module_state)
         module.threshold.fill_(self.threshold)
         module.net = with_temperature(with_tta(module.net, self.tta), self.temperature)

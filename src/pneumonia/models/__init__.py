@@ -3,6 +3,9 @@
 A net is described by a plain dict, as in `conf/model/*.yaml` and in every checkpoint:
 `{"_target_": "pneumonia.models.CustomCNN", "depth": 5, ...}`. `build_net` builds it from
 this registry only: a checkpoint cannot name any other code to run.
+
+`pretrained` is the caller's, never the spec's: `build_net(spec, pretrained=False)` builds a net
+whose weights a checkpoint is about to replace (no download or read of `model.weights`).
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from torch import nn
 from pneumonia.errors import CheckpointError, ConfigError
 from pneumonia.models.custom_cnn import CustomCNN
 from pneumonia.models.ensemble import Ensemble
-from pneumonia.models.torchvision_nets import TorchvisionNet, weights_from_checkpoint
+from pneumonia.models.torchvision_nets import TorchvisionNet
 from pneumonia.signature import with_prefix
 
-__all__ = ["CustomCNN", "Ensemble", "NETS", "TorchvisionNet", "build_net", "describe_net", "weights_from_checkpoint"]
+__all__ = ["CustomCNN", "Ensemble", "NETS", "TorchvisionNet", "build_net", "describe_net"]
 
 # `_target_` -> class; both spellings of the path are accepted
 NETS: dict[str, type[nn.Module]] = {
@@ -30,17 +33,29 @@ NETS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_net(spec: dict[str, Any]) -> nn.Module:
-    """The network a `model` config (or a checkpoint's `net`) describes; a `ConfigError` of
-    the net's own checks names the `model.` key."""
+# the nets with pretrained weights of their own to load (an Ensemble: its members may have)
+_PRETRAINED: tuple[type[nn.Module], ...] = (TorchvisionNet, Ensemble)
+
+
+def build_net(spec: dict[str, Any], *, pretrained: bool = True) -> nn.Module:
+    """The network a `model` config (or a checkpoint's `net`) describes. `pretrained=False`:
+    its weights come from a checkpoint next, so `model.weights` is not downloaded or read."""
     target = str(spec.get("_target_", ""))
     if target not in NETS:
         raise CheckpointError(
             f"model._target_={target!r} is not a model of this project (one of: {', '.join(sorted(NETS))})"
         )
     kwargs = {k: v for k, v in spec.items() if not str(k).startswith("_")}
+    if "pretrained" in kwargs:
+        raise ConfigError(
+            "model.pretrained is not a setting: model.weights says which pretrained weights to start from "
+            "(null: none); drop the override"
+        )
+    cls = NETS[target]
+    if issubclass(cls, _PRETRAINED):
+        kwargs["pretrained"] = pretrained
     try:
-        return NETS[target](**kwargs)
+        return cls(**kwargs)
     except ConfigError as err:  # the net names its bare argument (`depth=9 ...`): the key is `model.depth`
         raise with_prefix(err, "model.", kwargs) from None
 

@@ -57,12 +57,17 @@ class PneumoniaClassifier(L.LightningModule):
         # COMPILE_MODES
         compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False,
         defer_sync: bool | Literal["auto"] = False,
+        *,
+        pretrained: bool = True,
     ) -> None:
+        """`pretrained=False`: the weights come from a checkpoint next (the Predictor, an
+        ensemble's members, a resumed run), so the net's `weights` are not downloaded or read.
+        The caller's choice, not a hyperparameter: it is not saved with the others."""
         super().__init__()
         # the signature declares each argument's type and range; the config layer adds the `module.` prefix
         check_arguments(PneumoniaClassifier, locals())
-        self.save_hyperparameters(logger=False)
-        self.net = build_net(net)
+        self.save_hyperparameters(ignore=["pretrained"], logger=False)
+        self.net = build_net(net, pretrained=pretrained)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # The decision threshold lives in the state dict: chosen on validation after

@@ -39,21 +39,25 @@ class Ensemble(nn.Module):
 
     # builds a member from its spec: `pneumonia.models.build_net`, set by that registry when it
     # loads (it imports this module, so this one does not import it back)
-    build_member: Callable[[dict[str, Any]], nn.Module]
+    build_member: Callable[..., nn.Module]  # (spec, *, pretrained) -> net
 
     def __init__(
         self,
         members: Annotated[Sequence[dict[str, Any]], MinLen(1)],
         temperatures: Sequence[Annotated[float, Gt(0), Lt(float("inf"))]] | None = None,
         combine: Literal["prob", "logit"] = "prob",  # COMBINES
+        *,
+        pretrained: bool = True,
     ) -> None:
+        """`pretrained=False`: the members' weights come from a checkpoint next (no download or
+        read of a member's `weights`); the caller's choice, not the spec's."""
         super().__init__()
         # the signature declares each argument's type and range; the config layer adds the `model.` prefix
         check_arguments(Ensemble, locals())
         temperatures = [1.0] * len(members) if temperatures is None else list(temperatures)
         if len(temperatures) != len(members):
             raise ConfigError(f"temperatures has {len(temperatures)} entries for {len(members)} members")
-        self.members = nn.ModuleList(self.build_member(dict(spec)) for spec in members)
+        self.members = nn.ModuleList(self.build_member(dict(spec), pretrained=pretrained) for spec in members)
         self.temperatures = tuple(float(t) for t in temperatures)
         self.combine = combine
 

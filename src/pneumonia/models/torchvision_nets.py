@@ -12,9 +12,9 @@ of the three ImageNet means and of the three stds (`grayscale_`).
 `weights` (config `model.weights`): null builds torchvision's random init; `DEFAULT` or a name
 of the arch's torchvision weights enum (`IMAGENET1K_V1`) is downloaded by torchvision into
 `$TORCH_HOME/hub/checkpoints` (`~/.cache/torch/...`) when the net is built for training. A net
-built to receive a checkpoint's weights (`weights_from_checkpoint()`, which the Predictor uses)
-never downloads: the checkpoint replaces every weight anyway, and the architecture does not
-depend on `weights`.
+built to receive a checkpoint's weights says so, `TorchvisionNet(..., pretrained=False)` (or
+`build_net(spec, pretrained=False)`, as the Predictor does), and never downloads: the
+checkpoint replaces every weight anyway, and the architecture does not depend on `weights`.
 
 `features` is an `nn.Sequential` of the conv stages whose last element is the activation the
 head pools (an `nn.ReLU`, which `explain.gradcam.default_layer` looks for): an explicit ReLU
@@ -25,12 +25,9 @@ a `GradCamSiLU`, an `nn.ReLU` subclass that computes SiLU, so the maths stays to
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextvars import ContextVar
 from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
@@ -52,27 +49,12 @@ __all__ = [
     "gray_conv",
     "fetch_weights",
     "resolve_weights",
-    "weights_from_checkpoint",
 ]
 
 ARCHS = ("resnet18", "densenet121", "efficientnet_b0")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE = 32  # every arch downsamples 32x: smaller inputs vanish before the last stage
-
-_FETCH_WEIGHTS: ContextVar[bool] = ContextVar("pneumonia_fetch_pretrained_weights", default=True)
-
-
-@contextlib.contextmanager
-def weights_from_checkpoint() -> Iterator[None]:
-    """Nets built inside this block skip `model.weights` (no download, no cache read): their
-    weights are about to be replaced by a checkpoint's. `Predictor.from_checkpoint` and
-    `Predictor.lightning_module` build under it, so loading a trained model never downloads."""
-    token = _FETCH_WEIGHTS.set(False)
-    try:
-        yield
-    finally:
-        _FETCH_WEIGHTS.reset(token)
 
 
 class GradCamSiLU(nn.ReLU):
@@ -158,8 +140,9 @@ def fetch_weights(arch: str, weights: str | None) -> None:
     """Make sure `model.weights` is in torchvision's cache ($TORCH_HOME/hub/checkpoints),
     downloading it if needed, without reading it: the config check before decoding calls
     this, so a machine without network fails in one line then, and the net built for training
-    reads the file once. Nothing to do for null weights or inside `weights_from_checkpoint()`."""
-    enum = resolve_weights(arch, weights) if _FETCH_WEIGHTS.get() else None
+    reads the file once. Nothing to do for null weights (a run whose weights come from a
+    checkpoint does not call it)."""
+    enum = resolve_weights(arch, weights)
     if enum is None:
         return
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
@@ -195,6 +178,9 @@ class TorchvisionNet(nn.Module):
     image_size: the input size, checked only (these nets take any size >= 32).
     weights: null (random init) or torchvision's weights name for `arch` (DEFAULT, IMAGENET1K_V1).
     dropout: before the output layer (torchvision's heads: 0 for ResNet/DenseNet, 0.2 for EfficientNet).
+    pretrained: False for a net whose weights a checkpoint is about to replace: `weights` is then
+        only recorded (no download, no cache read). Not a config setting: the caller's (the
+        Predictor and a resumed run say False).
     """
 
     mean: torch.Tensor  # buffers, registered in __init__
@@ -207,6 +193,8 @@ class TorchvisionNet(nn.Module):
         image_size: int = 150,
         weights: str | None = None,
         dropout: float = 0.0,
+        *,
+        pretrained: bool = True,
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -234,7 +222,7 @@ class TorchvisionNet(nn.Module):
             raise ConfigError(f"model.weights={weights!r} must be null or a torchvision weights name (e.g. DEFAULT)")
         self.arch = arch
         self.weights = weights
-        enum = resolve_weights(arch, weights) if _FETCH_WEIGHTS.get() else None
+        enum = resolve_weights(arch, weights) if pretrained else None
         model = _torchvision_model(arch, enum, weights)
 
         self.features, channels = _stages(arch, model)

@@ -158,6 +158,12 @@ def check_train_settings(cfg: DictConfig, *, quick: bool = False) -> None:
         raise ConfigError(f"module.pos_weight={pw!r} must be null, 'balanced' or a positive number")
 
 
+def pretrained_weights(cfg: DictConfig) -> bool:
+    """Whether a training run starts from `model.weights`: not when it resumes (`resume`,
+    `ckpt_path`), whose checkpoint replaces every weight (so nothing is downloaded)."""
+    return not (cfg.get("resume") or cfg.get("ckpt_path"))
+
+
 def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
     """Check a composed train config before any image is decoded; return the DataModule it built
     (not set up: nothing decoded), for `train()` to go on with.
@@ -185,15 +191,13 @@ def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
     # the module (and its net: a depth too large for the image size) fails now, not after decoding;
     # built without pretrained weights (train() builds it for real), which are only fetched into
     # torchvision's cache here: a machine without network fails now, and the file is read once
-    from pneumonia.models import weights_from_checkpoint
     from pneumonia.models.classifier import PneumoniaClassifier
     from pneumonia.models.torchvision_nets import TorchvisionNet, fetch_weights
 
     module = {k: v for k, v in to_dict(cfg.module, resolve=True).items() if k != "pos_weight"}
     check_arguments("module", module, PneumoniaClassifier)
-    with weights_from_checkpoint():
-        PneumoniaClassifier(net=to_dict(cfg.model, resolve=True), **module)
-    if target is TorchvisionNet:
+    PneumoniaClassifier(net=to_dict(cfg.model, resolve=True), **module, pretrained=False)
+    if target is TorchvisionNet and pretrained_weights(cfg):
         fetch_weights(cfg.model.arch, cfg.model.get("weights"))
     # the DataModule's constructor checks data.* (no decoding); train() goes on with this one
     return instantiate_setting("data", cfg.data, _convert_="all")

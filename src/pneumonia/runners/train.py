@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
@@ -13,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.runners.checks import check_train_config
+from pneumonia.runners.checks import check_train_config, pretrained_weights
 from pneumonia.config.entry import cli_override
 from pneumonia.config.plain import to_dict
 from pneumonia.config.rundir import make_output_dir
@@ -32,7 +31,6 @@ from pneumonia.inference.checkpoint import (
     trained_epochs,
 )
 from pneumonia.io import disk_full
-from pneumonia.models import weights_from_checkpoint
 from pneumonia.models.classifier import PneumoniaClassifier
 from pneumonia.runners.callbacks import Interruption, StochasticWeightAveraging, TrainingClock
 from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
@@ -50,7 +48,7 @@ from pneumonia.tracking.mlflow_run import finish_training_run, start_training_ru
 log = logging.getLogger(__name__)
 
 
-def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule) -> PneumoniaClassifier:
+def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule, *, pretrained: bool) -> PneumoniaClassifier:
     pos_weight = cfg.module.pos_weight
     if pos_weight == "balanced":
         counts = datamodule.class_counts("train")
@@ -66,6 +64,7 @@ def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule) -> PneumoniaC
         compile=cfg.module.get("compile", False),
         defer_sync=cfg.module.get("defer_sync", False),
         seed=cfg.seed,
+        pretrained=pretrained,
     )
 
 
@@ -186,10 +185,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
 
 def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
-    # a resumed run takes every weight from its checkpoint: no pretrained download (model.weights)
-    pretrained = weights_from_checkpoint if cfg.get("resume") or cfg.get("ckpt_path") else contextlib.nullcontext
-    with pretrained():
-        datamodule: ChestXrayDataModule = check_train_config(cfg)
+    datamodule: ChestXrayDataModule = check_train_config(cfg)
     check_settings(
         to_dict(cfg.calibration) if cfg.get("calibration") else None,
         to_dict(cfg.intervals) if cfg.get("intervals") else None,
@@ -216,8 +212,8 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if reporter is not None and trainer.is_global_zero and rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # DDP: ranks may not be set yet
         reporter.open()  # a wrong storage or trial fails now, before decoding
     datamodule.setup("fit")
-    with pretrained():
-        module = build_module(cfg, datamodule)
+    # a resumed run takes every weight from its checkpoint: no pretrained download (model.weights)
+    module = build_module(cfg, datamodule, pretrained=pretrained_weights(cfg))
     start_training_run(loggers, cfg, datamodule, trainer, out_dir)
 
     try:
