@@ -12,7 +12,9 @@ import shutil
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -206,6 +208,22 @@ def test_header_sizes_are_read_without_decoding(big_files):
     assert header_size(big_files["rle"]) == (16000, 16000, 1)
     with pytest.raises(UserError, match=r"compressed frame is 12000x12000 but Rows/Columns say 64x64: not decoded"):
         header_size(big_files["jpeg"])
+
+
+def test_pillow_warning_is_silenced_at_the_open_only_and_thread_safely(big_files):
+    """13000x13000 is between Pillow's warning (89 MP) and its refusal (179 MP): the header is
+    read without a DecompressionBombWarning, and no filter is left behind (none is set at
+    import time either), also with many opens at once from threads (the decoders' pools)."""
+    ours = [f for f in warnings.filters if f[2] is Image.DecompressionBombWarning]
+    assert ours == []  # importing pneumonia.data.pixels set no filter
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning from the open would raise
+        before = list(warnings.filters)
+        assert header_size(big_files["png"]) == (13000, 13000, 1)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            sizes = list(pool.map(header_size, [big_files["png"]] * 64))
+        assert sizes == [(13000, 13000, 1)] * 64
+        assert warnings.filters == before
 
 
 def test_every_decoder_refuses_files_over_the_limit_before_decoding(big_files, monkeypatch):

@@ -43,10 +43,10 @@ def file_info(path: str | Path) -> dict[str, Any]:
     info: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     if data[128:132] == b"DICM" or Path(path).suffix.lower() in (".dcm", ".dicom") or is_dicom(path):
         return {**info, **_dicom_header(data)}
-    from PIL import Image
+    from pneumonia.data.pixels import open_image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:  # parses the header only
+        with open_image(io.BytesIO(data)) as img:  # parses the header only
             info.update(width=img.width, height=img.height, mode=img.mode, format=img.format or "?")
     except Exception as err:  # noqa: BLE001 - a bad file is counted, not fatal
         info["error"] = f"{type(err).__name__}: {str(err)[:120]}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -39,9 +40,18 @@ __all__ = [
 # 50 MP: a 7071 x 7071 image; chest X-rays are at most about 4300 x 4300 (18 MP)
 DEFAULT_MAX_PIXELS = 50_000_000
 
-# Pillow warns at open above its own limit (89 MP); every open here is followed by the
-# max_pixels check, which refuses such an image before it is decoded, so the warning is noise
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow warns at open above its own limit (`Image.MAX_IMAGE_PIXELS`, 89 MP); every open here
+# is followed by the max_pixels check, which refuses such an image before it is decoded (or was
+# raised on purpose above it), so the warning is noise. It is silenced around the open only
+# (`open_image`), not by a filter set at import time. `warnings.catch_warnings` swaps the
+# process-wide filter list (not thread-safe before Python 3.14), and files are opened from
+# several threads at once (`data.cache` and `runners.predict` decode in a ThreadPoolExecutor,
+# `data.describe` reads headers in one): this lock keeps two opens from interleaving their
+# save/restore, which would leave the filter on for good or restore it early. The open reads
+# the header only, so holding the lock costs little. Setting `Image.MAX_IMAGE_PIXELS` instead
+# would be global state too, shared by callers with different limits, and would lose Pillow's
+# own refusal above twice its limit, which stays (a one-line `TooManyPixels`).
+_OPEN_LOCK = threading.Lock()
 
 _SPECIAL = (
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -94,10 +104,13 @@ def open_image(path: str | os.PathLike | io.BytesIO) -> Image.Image:
     """`Image.open` (lazy: the header only), with Pillow's decompression-bomb refusal turned
     into a one-line `TooManyPixels`. Pillow raises it at open for images over twice its
     `Image.MAX_IMAGE_PIXELS` (179 MP by default), and only warns between once and twice:
-    callers check the size against their own limit before `load()`."""
+    callers check the size against their own limit before `load()`, so the warning is not
+    shown (silenced here only, thread-safely: see `_OPEN_LOCK`)."""
     try:
-        return Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # a warning under -W error
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as err:
         raise TooManyPixels(f"too many pixels to decode safely (Pillow: {str(err).split(',')[0]})") from None
 
 
