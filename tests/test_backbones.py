@@ -325,3 +325,13 @@ def test_onnx_export_needs_nothing_extra(tmp_path):
     assert info["input"]["shape"] == ["batch", 1, 32, 32]
     report = verify(predictor, tmp_path / "model.onnx", "onnx")  # raises past 1e-4 in probability
     assert report["max_abs_probability_difference"] <= 1e-4
+
+
+def test_archs_match_the_signature() -> None:
+    """The fast CLI reads `arch`'s choices from TorchvisionNet's signature: they are ARCHS."""
+    import typing
+
+    from pneumonia.models import TorchvisionNet
+    from pneumonia.signature import hints_of
+
+    assert typing.get_args(hints_of(TorchvisionNet)["arch"]) == ARCHS

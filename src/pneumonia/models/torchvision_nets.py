@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections import OrderedDict
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 
@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pneumonia.errors import ConfigError
+from pneumonia.signature import Ge, Lt, check_arguments
 
 __all__ = [
     "ARCHS",
@@ -188,38 +189,25 @@ class TorchvisionNet(nn.Module):
 
     def __init__(
         self,
-        arch: str = "resnet18",
-        in_channels: int = 1,
-        image_size: int = 150,
+        arch: Literal["resnet18", "densenet121", "efficientnet_b0"] = "resnet18",  # ARCHS
+        in_channels: Literal[1, 3] = 1,  # 1 = grayscale (the first conv's RGB weights summed), 3 = RGB
+        image_size: Annotated[int, Ge(32)] = 150,  # MIN_IMAGE_SIZE; checked only (model.image_size is data.image_size)
         weights: str | None = None,
-        dropout: float = 0.0,
+        dropout: Annotated[float, Ge(0), Lt(1)] = 0.0,
         *,
         pretrained: bool = True,
         **unknown: Any,
     ) -> None:
         super().__init__()
         if unknown:  # e.g. debug=tiny's model.depth, meant for the custom CNN
-            keys = ", ".join(f"model.{k}" for k in sorted(unknown))
+            first, *more = sorted(unknown)
+            nor = f"nor {', '.join(more)}; " if more else ""
             raise ConfigError(
-                f"{keys} {'is not a setting' if len(unknown) == 1 else 'are not settings'} of "
-                f"model.arch={arch} (its settings: arch, in_channels, image_size, weights, dropout); "
-                "drop the override or option that sets them (debug=tiny sets the custom CNN's)"
+                f"{first} is not a setting of arch={arch} ({nor}its settings: arch, in_channels, image_size, "
+                "weights, dropout); drop the override or option that sets it (debug=tiny sets the custom CNN's)"
             )
-        if arch not in ARCHS:
-            raise ConfigError(f"model.arch={arch!r} must be one of {', '.join(ARCHS)}")
-        if isinstance(in_channels, bool) or in_channels not in (1, 3):
-            raise ConfigError(f"model.in_channels={in_channels!r} must be 1 (grayscale) or 3 (RGB)")
-        if isinstance(image_size, bool) or not isinstance(image_size, int):
-            raise ConfigError(f"model.image_size={image_size!r} must be an integer")
-        if image_size < MIN_IMAGE_SIZE:
-            raise ConfigError(
-                f"data.image_size={image_size} is too small for model.arch={arch}: "
-                f"it needs at least {MIN_IMAGE_SIZE} px"
-            )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout={dropout!r} must be in [0, 1)")
-        if weights is not None and not isinstance(weights, str):
-            raise ConfigError(f"model.weights={weights!r} must be null or a torchvision weights name (e.g. DEFAULT)")
+        # the signature declares each argument's type and range; the config layer adds the `model.` prefix
+        check_arguments(TorchvisionNet, {k: v for k, v in locals().items() if k != "unknown"})
         self.arch = arch
         self.weights = weights
         enum = resolve_weights(arch, weights) if pretrained else None
