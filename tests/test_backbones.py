@@ -183,11 +183,9 @@ def test_imagenet_weights_come_from_torchvisions_cache_converted_to_gray(no_netw
     torch.testing.assert_close(net.features.bn1.running_var, stored["bn1.running_var"])
 
 
-def test_training_start_fetches_weights_into_the_cache_without_reading_them(
-    no_network, xray_root, tmp_path, monkeypatch
-):
-    """check_train_config makes sure the file is there (no_network: it is) but does not load it:
-    train() builds the net once, and that build is the one read of the weights."""
+def test_training_start_builds_the_module_once_reading_the_weights_once(no_network, xray_root, tmp_path, monkeypatch):
+    """check_train_config builds the run's one LightningModule, with the weights from
+    torchvision's cache (no_network: the file is there), read once; a resumed run reads none."""
     import torchvision
 
     from pneumonia.models.torchvision_nets import resolve_weights
@@ -195,15 +193,20 @@ def test_training_start_fetches_weights_into_the_cache_without_reading_them(
     url = resolve_weights("resnet18", "DEFAULT").url
     cache = tmp_path / "torch_home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    torch.save(torchvision.models.resnet18().state_dict(), cache / url.rsplit("/", 1)[-1])
+    stored = torchvision.models.resnet18().state_dict()
+    torch.save(stored, cache / url.rsplit("/", 1)[-1])
     reads: list[str] = []
     real = torch.load
     monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(str(f)) or real(f, *a, **k))
-    dm = check_train_config(cfg_for(xray_root, tmp_path, "resnet18", "model.weights=DEFAULT"))
-    assert reads == [] and no_network == []
-    assert dm.hparams.image_size == SIZE  # the DataModule train() goes on with, not yet set up
-    TorchvisionNet("resnet18", in_channels=1, image_size=SIZE, weights="DEFAULT")
-    assert reads == [str(cache / url.rsplit("/", 1)[-1])]
+    parts = check_train_config(cfg_for(xray_root, tmp_path, "resnet18", "model.weights=DEFAULT"))
+    assert reads == [str(cache / url.rsplit("/", 1)[-1])] and no_network == []
+    assert parts.datamodule.hparams.image_size == SIZE  # the DataModule train() goes on with, not yet set up
+    assert isinstance(parts.module, PneumoniaClassifier)
+    torch.testing.assert_close(parts.module.net.features.layer4[1].conv2.weight, stored["layer4.1.conv2.weight"])
+    reads.clear()
+    resumed = cfg_for(xray_root, tmp_path, "resnet18", "model.weights=DEFAULT", f"ckpt_path={tmp_path / 'last.ckpt'}")
+    check_train_config(resumed)
+    assert reads == [] and no_network == []  # the checkpoint's weights replace them: not read
 
 
 def test_failed_download_is_one_config_error_at_training_start(no_network, xray_root, tmp_path):

@@ -175,3 +175,28 @@ def test_eval_scores_under_the_precision_the_threshold_was_chosen_under(trained)
     assert resolve_precision(None, "bf16-mixed", "cpu") == "bf16-mixed"
     assert resolve_precision("16-mixed", "bf16-mixed", "cpu") == "16-mixed"  # an override wins
     assert resolve_precision(None, None, "cpu") == auto_precision("cpu")  # a checkpoint from before this key
+
+
+def test_a_run_builds_its_module_once_and_balances_pos_weight_after_setup(tmp_path, monkeypatch):
+    """check_train_config's module is the one trained (one net built for training, with its
+    pretrained weights: not a resumed run); `module.pos_weight=balanced` is counted from the training split
+    once it is set up and saved as that number, in the hyperparameters and the buffer."""
+    import pneumonia.models.classifier as classifier
+    from pneumonia.data.synthetic import make_chest_xray_tree
+
+    root = make_chest_xray_tree(tmp_path / "data", {"train": (36, 12), "val": (4, 4), "test": (4, 4)})
+    builds: list[bool] = []
+    real = classifier.build_net
+    monkeypatch.setattr(
+        classifier,
+        "build_net",
+        lambda spec, *, pretrained=True: builds.append(pretrained) or real(spec, pretrained=pretrained),
+    )
+    out = tmp_path / "run"
+    train(train_cfg(root, out, "trainer.max_epochs=1", "logger=none", "module.pos_weight=balanced"))
+    # one module built to train; the later ones load a checkpoint (calibration, test): no pretrained weights
+    assert builds[0] is True and builds[1:] and not any(builds[1:])
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    pos_weight = ckpt["hyper_parameters"]["pos_weight"]
+    assert isinstance(pos_weight, float) and pos_weight > 1.5  # about 3 normal per pneumonia image
+    assert float(ckpt["state_dict"]["pos_weight"]) == pytest.approx(pos_weight)

@@ -91,6 +91,13 @@ class PneumoniaClassifier(L.LightningModule):
         # the device, given to the metrics once at the epoch's end
         self._pending: dict[str, list[tuple[Any, ...]]] = {"train": [], "val": []}
 
+    def set_pos_weight(self, pos_weight: float) -> None:
+        """The BCE weight of the PNEUMONIA class, once known: `module.pos_weight: balanced` is
+        counted from the training split after the module is built (the run builds it once,
+        before decoding). Saved with the other hyperparameters, as a number."""
+        self.hparams.pos_weight = float(pos_weight)
+        self.pos_weight.fill_(float(pos_weight))
+
     def setup(self, stage: str) -> None:
         # torch.compile for training only (`module.compile`): scoring paths build the module
         # without it (the Predictor), where a minute of compiling would not pay back.

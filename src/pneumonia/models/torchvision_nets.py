@@ -48,7 +48,6 @@ __all__ = [
     "GradCamSiLU",
     "TorchvisionNet",
     "gray_conv",
-    "fetch_weights",
     "resolve_weights",
 ]
 
@@ -135,26 +134,6 @@ def _download_error(err: BaseException, arch: str, weights: Any, requested: str 
 
 
 _LOAD_ERRORS = (OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # URLError, timeouts, bad hash/file
-
-
-def fetch_weights(arch: str, weights: str | None) -> None:
-    """Make sure `model.weights` is in torchvision's cache ($TORCH_HOME/hub/checkpoints),
-    downloading it if needed, without reading it: the config check before decoding calls
-    this, so a machine without network fails in one line then, and the net built for training
-    reads the file once. Nothing to do for null weights (a run whose weights come from a
-    checkpoint does not call it)."""
-    enum = resolve_weights(arch, weights)
-    if enum is None:
-        return
-    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-    file = os.path.join(folder, os.path.basename(urlparse(enum.url).path))
-    if os.path.isfile(file):
-        return
-    try:
-        os.makedirs(folder, exist_ok=True)
-        torch.hub.download_url_to_file(enum.url, file, progress=True)
-    except _LOAD_ERRORS as err:
-        raise _download_error(err, arch, enum, weights) from None
 
 
 def _torchvision_model(arch: str, weights: Any, requested: str | None = None) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +14,7 @@ from pneumonia.validators import optional_int, threshold_override
 
 if TYPE_CHECKING:
     from pneumonia.data.datamodule import ChestXrayDataModule
+    from pneumonia.models.classifier import PneumoniaClassifier
 
 
 def _get(cfg: DictConfig, key: str) -> object:
@@ -164,9 +166,17 @@ def pretrained_weights(cfg: DictConfig) -> bool:
     return not (cfg.get("resume") or cfg.get("ckpt_path"))
 
 
-def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
-    """Check a composed train config before any image is decoded; return the DataModule it built
-    (not set up: nothing decoded), for `train()` to go on with.
+@dataclass(frozen=True)
+class TrainStart:
+    """What `check_train_config` built, for `train()` to go on with: each built once per run."""
+
+    datamodule: ChestXrayDataModule  # not set up: nothing decoded
+    module: PneumoniaClassifier  # `module.pos_weight: balanced` is set once the data is set up
+
+
+def check_train_config(cfg: DictConfig) -> TrainStart:
+    """Check a composed train config before any image is decoded; return the DataModule and the
+    LightningModule it built, for `train()` to go on with (`TrainStart`).
 
     Each value is checked once, by its owner: `data.*` by the DataModule (and
     `data.image_size`/`model.in_channels` by the preprocessing preset), `model.*` by the
@@ -189,18 +199,37 @@ def check_train_config(cfg: DictConfig) -> ChestXrayDataModule:
     if target is not None:
         check_arguments("model", cfg.model, target)
     # the module (and its net: a depth too large for the image size) fails now, not after decoding;
-    # built without pretrained weights (train() builds it for real), which are only fetched into
-    # torchvision's cache here: a machine without network fails now, and the file is read once
+    # this is the run's one build of it (and its one read of model.weights, downloaded into
+    # torchvision's cache first if needed: a machine without network fails now, in one line)
+    module = build_module(cfg, pretrained=pretrained_weights(cfg))
+    # the DataModule's constructor checks data.* (no decoding); train() goes on with this one
+    return TrainStart(instantiate_setting("data", cfg.data, _convert_="all"), module)
+
+
+def build_module(cfg: DictConfig, *, pretrained: bool) -> PneumoniaClassifier:
+    """The LightningModule of a train config, its initial weights drawn from `seed` (in a fork of
+    torch's CPU RNG: the global one is left as it was). `module.pos_weight: balanced` is counted
+    from the training split once the DataModule is set up (`PneumoniaClassifier.set_pos_weight`):
+    it is built with no weight (1) until then."""
+    import torch
+
+    from pneumonia.config.instantiate import check_arguments
     from pneumonia.models.classifier import PneumoniaClassifier
-    from pneumonia.models.torchvision_nets import TorchvisionNet, fetch_weights
 
     module = {k: v for k, v in to_dict(cfg.module, resolve=True).items() if k != "pos_weight"}
     check_arguments("module", module, PneumoniaClassifier)
-    PneumoniaClassifier(net=to_dict(cfg.model, resolve=True), **module, pretrained=False)
-    if target is TorchvisionNet and pretrained_weights(cfg):
-        fetch_weights(cfg.model.arch, cfg.model.get("weights"))
-    # the DataModule's constructor checks data.* (no decoding); train() goes on with this one
-    return instantiate_setting("data", cfg.data, _convert_="all")
+    pos_weight = cfg.module.pos_weight
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return PneumoniaClassifier(
+            net=to_dict(cfg.model, resolve=True),
+            optimizer=to_dict(cfg.optimizer, resolve=True),
+            scheduler=to_dict(cfg.scheduler, resolve=True) or None,
+            pos_weight=None if pos_weight == "balanced" else pos_weight,
+            seed=cfg.seed,
+            pretrained=pretrained,
+            **module,
+        )
 
 
 def check_mlflow(cfg: DictConfig) -> None:

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from pneumonia.runners.checks import check_train_config, pretrained_weights
+from pneumonia.runners.checks import check_train_config
 from pneumonia.config.entry import cli_override
 from pneumonia.config.plain import to_dict
 from pneumonia.config.rundir import make_output_dir
@@ -48,24 +48,15 @@ from pneumonia.tracking.mlflow_run import finish_training_run, start_training_ru
 log = logging.getLogger(__name__)
 
 
-def build_module(cfg: DictConfig, datamodule: ChestXrayDataModule, *, pretrained: bool) -> PneumoniaClassifier:
-    pos_weight = cfg.module.pos_weight
-    if pos_weight == "balanced":
-        counts = datamodule.class_counts("train")
-        pos_weight = float(counts[0]) / float(counts[1])
-        log.info("pos_weight=balanced: %.3f (normal %d / pneumonia %d)", pos_weight, counts[0], counts[1])
-    return PneumoniaClassifier(
-        net=to_dict(cfg.model, resolve=True),
-        optimizer=to_dict(cfg.optimizer, resolve=True),
-        scheduler=to_dict(cfg.scheduler, resolve=True) or None,
-        pos_weight=pos_weight,
-        channels_last=cfg.module.channels_last,
-        label_smoothing=cfg.module.get("label_smoothing", 0.0),
-        compile=cfg.module.get("compile", False),
-        defer_sync=cfg.module.get("defer_sync", False),
-        seed=cfg.seed,
-        pretrained=pretrained,
-    )
+def balance_pos_weight(cfg: DictConfig, module: PneumoniaClassifier, datamodule: ChestXrayDataModule) -> None:
+    """`module.pos_weight: balanced`: n_normal / n_pneumonia of the training split, known once
+    the DataModule is set up, into the module built before decoding."""
+    if cfg.module.pos_weight != "balanced":
+        return
+    counts = datamodule.class_counts("train")
+    pos_weight = float(counts[0]) / float(counts[1])
+    log.info("pos_weight=balanced: %.3f (normal %d / pneumonia %d)", pos_weight, counts[0], counts[1])
+    module.set_pos_weight(pos_weight)
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -185,7 +176,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
 
 def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
-    datamodule: ChestXrayDataModule = check_train_config(cfg)
+    parts = check_train_config(cfg)  # the run's one DataModule and one LightningModule
+    datamodule, module = parts.datamodule, parts.module
     check_settings(
         to_dict(cfg.calibration) if cfg.get("calibration") else None,
         to_dict(cfg.intervals) if cfg.get("intervals") else None,
@@ -212,8 +204,7 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if reporter is not None and trainer.is_global_zero and rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # DDP: ranks may not be set yet
         reporter.open()  # a wrong storage or trial fails now, before decoding
     datamodule.setup("fit")
-    # a resumed run takes every weight from its checkpoint: no pretrained download (model.weights)
-    module = build_module(cfg, datamodule, pretrained=pretrained_weights(cfg))
+    balance_pos_weight(cfg, module, datamodule)
     start_training_run(loggers, cfg, datamodule, trainer, out_dir)
 
     try:
