@@ -118,8 +118,13 @@ def test_efficientnet_grad_cam_layer_computes_silu():
     ],
 )
 def test_bad_settings_are_one_line_config_errors(override, key, xray_root, tmp_path):
+    """As a run checks them: the config layer (types and ranges, naming the key the user set:
+    model.image_size is data.image_size) and then the net itself."""
+    from pneumonia.config.instantiate import check_arguments
+
     cfg = cfg_for(xray_root, tmp_path, "resnet18", override)
     with pytest.raises(ConfigError) as err:
+        check_arguments("model", cfg.model, TorchvisionNet)
         build_net(spec_of(cfg))
     message = str(err.value)
     assert message.startswith(key) and "\n" not in message

@@ -75,7 +75,7 @@ def check_arguments(key: str, node: Any, target: Any = None) -> None:
     `target`: the class, when `node` has no `_target_` (e.g. a net of the model registry)."""
     from omegaconf import DictConfig, OmegaConf
 
-    from pneumonia.signature import THIRD_PARTY_HINTS, check_values, hints_of
+    from pneumonia.signature import THIRD_PARTY_HINTS, hints_of
 
     name = None
     if target is None:
@@ -91,4 +91,33 @@ def check_arguments(key: str, node: Any, target: Any = None) -> None:
     hints = {**hints_of(target), **THIRD_PARTY_HINTS.get(name or "", {})}
     values = {str(leaf): node[leaf] for leaf in node.keys() if not str(leaf).startswith("_") and str(leaf) in hints}
     values = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
-    check_values(hints, values, prefix=f"{key}.")
+    check_node_values(hints, values, key, node)
+
+
+def check_node_values(hints: dict[str, Any], values: dict[str, Any], key: str, node: Any) -> None:
+    """`pneumonia.signature.check_values` for the config node at `key`, naming the key the user
+    set when a value is copied from another (`model.image_size: ${data.image_size}` fails as
+    `data.image_size=24 ...`)."""
+    from pneumonia.signature import check_values
+
+    try:
+        check_values(hints, values, prefix=f"{key}.")
+    except ConfigError as err:
+        for leaf in values:
+            source = _interpolated_from(node, leaf)
+            if source and str(err).startswith(f"{key}.{leaf}="):
+                raise ConfigError(source + str(err)[len(f"{key}.{leaf}") :]) from None
+        raise
+
+
+def _interpolated_from(node: Any, leaf: str) -> str | None:
+    """The key `node.leaf` copies when it is a plain interpolation (`${data.image_size}`)."""
+    import re
+
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, leaf):
+        return None
+    child = node._get_node(leaf)  # noqa: SLF001 - the interpolation's text, unresolved
+    found = re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", str(child._value() if child is not None else ""))
+    return found.group(1) if found else None

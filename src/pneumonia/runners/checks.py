@@ -201,35 +201,36 @@ def check_train_config(cfg: DictConfig) -> TrainStart:
     # the module (and its net: a depth too large for the image size) fails now, not after decoding;
     # this is the run's one build of it (and its one read of model.weights, downloaded into
     # torchvision's cache first if needed: a machine without network fails now, in one line)
+    # seeded here, not after: the initial weights are the seed's first draw, as they were when
+    # train() built the module after seeding, and nothing after this re-seeds
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, pretrained=pretrained_weights(cfg))
     # the DataModule's constructor checks data.* (no decoding); train() goes on with this one
     return TrainStart(instantiate_setting("data", cfg.data, _convert_="all"), module)
 
 
 def build_module(cfg: DictConfig, *, pretrained: bool) -> PneumoniaClassifier:
-    """The LightningModule of a train config, its initial weights drawn from `seed` (in a fork of
-    torch's CPU RNG: the global one is left as it was). `module.pos_weight: balanced` is counted
+    """The LightningModule of a train config, its initial weights drawn from torch's RNG (which
+    `check_train_config` has just seeded with `seed`). `module.pos_weight: balanced` is counted
     from the training split once the DataModule is set up (`PneumoniaClassifier.set_pos_weight`):
     it is built with no weight (1) until then."""
-    import torch
-
     from pneumonia.config.instantiate import check_arguments
     from pneumonia.models.classifier import PneumoniaClassifier
 
     module = {k: v for k, v in to_dict(cfg.module, resolve=True).items() if k != "pos_weight"}
     check_arguments("module", module, PneumoniaClassifier)
     pos_weight = cfg.module.pos_weight
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return PneumoniaClassifier(
-            net=to_dict(cfg.model, resolve=True),
-            optimizer=to_dict(cfg.optimizer, resolve=True),
-            scheduler=to_dict(cfg.scheduler, resolve=True) or None,
-            pos_weight=None if pos_weight == "balanced" else pos_weight,
-            seed=cfg.seed,
-            pretrained=pretrained,
-            **module,
-        )
+    return PneumoniaClassifier(
+        net=to_dict(cfg.model, resolve=True),
+        optimizer=to_dict(cfg.optimizer, resolve=True),
+        scheduler=to_dict(cfg.scheduler, resolve=True) or None,
+        pos_weight=None if pos_weight == "balanced" else pos_weight,
+        seed=cfg.seed,
+        pretrained=pretrained,
+        **module,
+    )
 
 
 def check_mlflow(cfg: DictConfig) -> None:

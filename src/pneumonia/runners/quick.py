@@ -101,14 +101,15 @@ def _built_nodes(cfg: DictConfig, prefix: str = "") -> list[tuple[str, DictConfi
 
 
 def check_node(key: str, node: DictConfig) -> None:
-    from pneumonia.signature import check_values, static_hints
+    from pneumonia.config.instantiate import check_node_values
+    from pneumonia.signature import static_hints
 
     target = OWNERS.get(key) or str(node.get("_target_"))
     hints = static_hints(target)
     if not hints:
         return  # source not found (a third-party class we hold no declarations for): checked when built
     values = {name: value for name, value in _values(node, hints) if name not in SKIP.get(key, ())}
-    check_values(hints, values, prefix=f"{key}.")
+    check_node_values(hints, values, key, node)
 
 
 def _values(node: DictConfig, hints: dict[str, Any]) -> list[tuple[str, Any]]:

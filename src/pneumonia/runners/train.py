@@ -186,7 +186,6 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     resume_from = resume_checkpoint(cfg)
     reporter = trial_reporter(cfg)  # a job of hparams_search=optuna: its trial, for pruning
     configure_torch(cfg.get("threads"))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = make_output_dir(cfg.paths.output_dir)
 
     datamodule.check_layout(("fit", "test") if cfg.test else ("fit",))  # fail before any decoding
