@@ -312,6 +312,34 @@ def test_a_signal_stops_training_with_the_resume_line(sig, status, xray_root, tm
         assert (run / "train_summary.json").is_file()
 
 
+@pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_decoding_is_one_line_too(sig, status, xray_root, tmp_path, monkeypatch, capsys):
+    """Before fit (checking, decoding) Lightning's handler is not there yet: SIGTERM and Ctrl-C
+    still end with one line and 143/130, and SIGTERM's handler is given back afterwards."""
+    import os
+    import signal
+    import time
+
+    from pneumonia.data.datamodule import ChestXrayDataModule
+
+    def decoding(self, stage=None):
+        os.kill(os.getpid(), getattr(signal, sig))
+        time.sleep(5)  # the handler raises here, long before this ends
+        raise AssertionError("the signal did not stop decoding")
+
+    monkeypatch.setattr(ChestXrayDataModule, "setup", decoding)
+    before = signal.getsignal(signal.SIGTERM)
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as stop:
+        train(train_cfg(xray_root, tmp_path, "trainer.max_epochs=1", "logger=none"))
+    assert stop.value.code == status and time.perf_counter() - started < 60
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted by {sig} before training started (while checking or decoding): nothing to resume; "
+        "run the command again"
+    )
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_ctrl_c_while_calibrating_names_the_command_that_finishes_it(xray_root, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

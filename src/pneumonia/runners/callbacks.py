@@ -115,6 +115,37 @@ class Interruption(L.Callback):
         self.epoch, self.step = trainer.current_epoch, trainer.global_step
 
 
+class TerminatedBeforeFit(BaseException):
+    """SIGTERM arrived before `fit` started (checking, decoding): `SigtermBeforeFit`."""
+
+
+class SigtermBeforeFit:
+    """SIGTERM raises `TerminatedBeforeFit` from here until `release()` (called just before
+    `fit`), so train.py ends with its one line (exit 143) instead of dying silently in the
+    middle of decoding. Released before `fit` because Lightning chains the handler it finds
+    into its own (which stops at the next batch and saves nothing half-done). A no-op outside
+    the main thread, where signal handlers cannot be set."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise TerminatedBeforeFit
+
+    def release(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
 class TrainingClock(L.Callback):
     """Wall-clock seconds spent in `fit`, carried in every checkpoint so that a resumed run
     reports the training time of all its sessions, not only of the last one.

@@ -32,7 +32,13 @@ from pneumonia.inference.checkpoint import (
 )
 from pneumonia.io import disk_full
 from pneumonia.models.classifier import PneumoniaClassifier
-from pneumonia.runners.callbacks import Interruption, StochasticWeightAveraging, TrainingClock
+from pneumonia.runners.callbacks import (
+    Interruption,
+    SigtermBeforeFit,
+    StochasticWeightAveraging,
+    TerminatedBeforeFit,
+    TrainingClock,
+)
 from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
 from pneumonia.runners.common import (
     build_callbacks,
@@ -156,26 +162,30 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Fit, pick the threshold on validation, optionally test. Returns the best value of
     `cfg.monitor` (what a sweeper optimises) and the validation report. A signal ends it with
     one line and exit status 143 (SIGTERM) or 130 (SIGINT): see `stop_interrupted`."""
+    sigterm = SigtermBeforeFit()
     try:
-        return _train(cfg)
-    except KeyboardInterrupt:  # outside Lightning's loops (they turn it into SystemExit): before training
+        return _train(cfg, sigterm)
+    except (KeyboardInterrupt, TerminatedBeforeFit) as err:  # outside Lightning's loops: before training
         import sys
 
+        name = "SIGINT" if isinstance(err, KeyboardInterrupt) else "SIGTERM"
         print(
-            "interrupted by SIGINT before training started (while checking or decoding): nothing to resume; run "
+            f"interrupted by {name} before training started (while checking or decoding): nothing to resume; run "
             "the command again",
             file=sys.stderr,
             flush=True,
         )
-        raise SystemExit(Interruption.EXIT["SIGINT"]) from None
+        raise SystemExit(Interruption.EXIT[name]) from None
     except OSError as err:  # a full disk outside the checkpoint writes (logs, summaries): one line too
         full = disk_full(err, err.filename or cfg.paths.output_dir, folder=not err.filename)
         if full is None:
             raise
         raise full from None
+    finally:
+        sigterm.release()
 
 
-def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
+def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> tuple[float | None, dict[str, Any]]:
     parts = check_train_config(cfg)  # the run's one DataModule and one LightningModule
     datamodule, module = parts.datamodule, parts.module
     check_settings(
@@ -206,6 +216,7 @@ def _train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     balance_pos_weight(cfg, module, datamodule)
     start_training_run(loggers, cfg, datamodule, trainer, out_dir)
 
+    sigterm.release()  # Lightning's handler from here: it stops at the next batch
     try:
         with ddp_ranks_run_this_job():  # a sweep's job: ranks 1.. train this job, not a sweep of their own
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
