@@ -136,6 +136,34 @@ def test_compare_warns_on_a_shifted_folder_only(tmp_path):
     )
 
 
+def test_a_one_class_folder_is_compared_with_that_class_not_the_pool():
+    """The classes differ in their images (here pneumonia images are brighter and score high):
+    a folder of normal images alone from the same hospital differs from the pooled reference
+    but not from the reference mixed at its scores' share of pneumonia (about 0); a folder of
+    normal images that are darker than validation's normal ones is still shifted."""
+    rng = np.random.default_rng(7)
+    n0, n1 = 300, 300
+    images = np.concatenate([_images(n0, seed=1), _images(n1, value_shift=40, seed=2)])
+    labels = np.array([0] * n0 + [1] * n1)
+    probs = np.concatenate([rng.beta(2, 8, n0), rng.beta(8, 2, n1)])
+    roc = roc_points(torch.from_numpy(probs).float(), torch.from_numpy(labels))
+    pooled, by_class = image_reference(images), image_reference(torch.from_numpy(images), torch.from_numpy(labels))
+    assert by_class["by_class"]["normal"]["n_images"] == n0 and "by_class" not in pooled
+    json.dumps(by_class)
+
+    folder, folder_probs = _images(200, seed=3), rng.beta(2, 8, 200)
+    old = compare(folder_probs, folder, val_roc=roc, image_ref=pooled)
+    assert old["shifted"] and {t["name"] for t in old["tests"] if t["shifted"]} == {"mean"}  # the pooled false alarm
+    new = compare(folder_probs, folder, val_roc=roc, image_ref=by_class)
+    assert not new["shifted"], new["tests"]
+    assert {t["name"]: t for t in new["tests"]}["scores"]["pneumonia_share"] < 0.1
+    darker = compare(folder_probs, _images(200, value_shift=-40, seed=3), val_roc=roc, image_ref=by_class)
+    assert darker["shifted"] and "mean intensity per image" in darker["warning"]
+    # a damaged per-class part falls back to the pooled reference, it does not fail
+    damaged = {**by_class, "by_class": {"normal": {"mean": ["x"]}}}
+    assert compare(folder_probs, folder, val_roc=roc, image_ref=damaged)["shifted"]
+
+
 def _inverted_tree(root, out):
     """The test split of `root` with every image's gray values inverted (another scanner's
     photometric interpretation)."""

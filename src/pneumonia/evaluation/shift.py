@@ -28,6 +28,11 @@ pi F_pneumonia + (1 - pi) F_normal with pi in [0, 1] chosen to make D smallest (
 a folder of one class from the training hospital passes, a folder whose scores no share of
 pneumonia explains does not. Fitting pi only lowers D, so the test warns less, never more.
 
+The two classes differ in their images too, so where the reference holds each class's
+statistics (`by_class`, stored by calibration) the folder's image statistics are compared
+with the classes mixed at the share of pneumonia its scores were fitted with: a folder of
+normal images alone is compared with validation's normal images, not with the pool.
+
 Per-image statistics are used, not pixels: the pixels of one image are not independent
 samples, so a pixel-level test would call every folder shifted.
 """
@@ -202,12 +207,15 @@ def _spaced(values: np.ndarray, limit: int = MAX_VALUES) -> list[float]:
     return [round(float(v), 4) for v in values]
 
 
-def image_reference(images: Any) -> dict[str, Any]:
+def image_reference(images: Any, labels: Any | None = None) -> dict[str, Any]:
     """What calibration stores in the checkpoint (`shift_reference`) from the decoded uint8
-    validation images: plain lists and numbers only (checkpoints load with weights_only)."""
+    validation images: plain lists and numbers only (checkpoints load with weights_only).
+    With `labels` (0 normal, 1 pneumonia) of both classes, also each class's per-image
+    statistics (`by_class`), so a folder is compared with the same mix of the two classes as
+    its scores (a folder of one class differs from the pooled reference without any shift)."""
     stats = image_statistics(images)
     hist = stats["histogram"].astype(np.float64)
-    return {
+    ref: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "source": "validation split",
         "n_images": int(len(stats["mean"])),
@@ -216,6 +224,37 @@ def image_reference(images: Any) -> dict[str, Any]:
         "bins": BINS,
         "dark_below": DARK,
     }
+    if labels is not None:
+        y = np.asarray(labels.numpy() if hasattr(labels, "numpy") else labels).ravel()
+        if len(y) != len(stats["mean"]):
+            raise ValueError(f"image_reference: {len(y)} labels for {len(stats['mean'])} images")
+        if (y == 0).any() and (y == 1).any():
+            ref["by_class"] = {
+                name: {"n_images": int((y == cls).sum()), **{k: _spaced(stats[k][y == cls]) for k in IMAGE_QUANTITIES}}
+                for cls, name in ((0, "normal"), (1, "pneumonia"))
+            }
+    return ref
+
+
+def _class_mixture(image_ref: Mapping[str, Any], key: str, share: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The reference values of `key` of both classes and their weights, mixed at `share` of
+    pneumonia (weights summing to the reference's image count); None without usable
+    per-class statistics."""
+    by_class = image_ref.get("by_class")
+    if not isinstance(by_class, Mapping):
+        return None
+    parts = []
+    for name, weight in (("normal", 1.0 - share), ("pneumonia", share)):
+        part = by_class.get(name)
+        values = part.get(key) if isinstance(part, Mapping) else None
+        n = part.get("n_images") if isinstance(part, Mapping) else None
+        if not _finite_list(values) or isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            return None
+        parts.append((np.asarray(values, dtype=np.float64), weight, n))
+    total = sum(n for _, _, n in parts)
+    values = np.concatenate([v for v, _, _ in parts])
+    weights = np.concatenate([np.full(len(v), w * total / len(v)) for v, w, _ in parts])
+    return values, weights
 
 
 def scores_from_roc(val_roc: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -357,7 +396,15 @@ def compare(
     current = None
     if images is not None and image_ref and len(probs):
         current = _statistics(images)
+        # the folder's share of pneumonia, as its scores were fitted (one fact for every test)
+        share = next((t["pneumonia_share"] for t in result["tests"] if "pneumonia_share" in t), None)
         for key, label in IMAGE_QUANTITIES.items():
+            mixed = _class_mixture(image_ref, key, share) if share is not None else None
+            if mixed is not None:
+                test = _test(key, label, mixed[0], current[key], mixed[1], alpha, min_effect)
+                test["what"] = f"{label}, against validation's classes mixed at the scores' share of pneumonia"
+                result["tests"].append(test)
+                continue
             ref = np.asarray(image_ref.get(key) or [], dtype=np.float64)
             if len(ref):
                 result["tests"].append(_test(key, label, ref, current[key], None, alpha, min_effect))
@@ -385,17 +432,20 @@ def compare(
     return result
 
 
+def _finite_list(values: Any) -> bool:
+    return (
+        isinstance(values, (list, tuple))
+        and bool(values)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    )
+
+
 def _usable(image_ref: Any) -> bool:
     """Whether a stored image reference has the lists `compare` reads (finite numbers)."""
     if not isinstance(image_ref, Mapping):
         return False
     for key in IMAGE_QUANTITIES:
-        values = image_ref.get(key)
-        if (
-            not isinstance(values, (list, tuple))
-            or not values
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-        ):
+        if not _finite_list(image_ref.get(key)):
             return False
     hist = image_ref.get("histogram")
     return isinstance(hist, (list, tuple)) and all(isinstance(v, (int, float)) for v in hist)

@@ -134,8 +134,8 @@ def _shift_reference(datamodule: L.LightningDataModule) -> dict[str, Any] | None
     split = getattr(datamodule, "splits", {}).get("val")
     if split is None:
         return None
-    images, _ = validation_images(split)
-    return image_reference(images)
+    images, labels = validation_images(split)
+    return image_reference(images, labels)
 
 
 # ---- calibrate a checkpoint (again): python -m pneumonia.tools.calibrate CKPT ------------------------
