@@ -455,7 +455,11 @@ def warning_line(
     shifted: Sequence[Mapping[str, Any]], n: int, alpha: float = ALPHA, min_effect: float = MIN_EFFECT
 ) -> str:
     """One plain line naming what differs from the training hospital."""
-    parts = [f"{t['what'].split(',')[0]} (KS D={t['statistic']:.2f}, p={t['p_value']:.1e})" for t in shifted]
+    # each test's short name (its `what` goes on to say what it was compared with)
+    parts = [
+        f"{IMAGE_QUANTITIES.get(t['name'], 'P(pneumonia)')} (KS D={t['statistic']:.2f}, p={t['p_value']:.1e})"
+        for t in shifted
+    ]
     why = " (the scores: whatever the share of pneumonia)" if any(t["name"] == "scores" for t in shifted) else ""
     return (
         f"warning: these {n} images do not look like the training hospital's: {'; '.join(parts)} differ from "
