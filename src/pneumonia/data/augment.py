@@ -15,26 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pneumonia.data.stress import gaussian_blur, glyph
+from pneumonia.data.drawing import black_bands, burn_in, gaussian_blur, text_mask
 from pneumonia.signature import Annotated, Ge, Le, Lt, check_arguments
 
 # what can be burnt in by the overlay augmentation: not "R" or "L", the letters of stress
 # validation's `marker` perturbation, so that the stress proxy still measures a shortcut the
 # network was not shown (docs/results.md, "Candidates against the worst case")
 OVERLAY_TEXT = "AP0123456789"
-
-
-def _text_mask(chars: list[str], height: int, width: int) -> torch.Tensor:
-    """The characters side by side (Pillow's built-in font), `height` pixels high, at most
-    half of `width` wide: a 0/1 float mask."""
-    glyphs = [glyph(ch) for ch in chars]
-    parts = []
-    for g in glyphs:
-        gw = max(2, round(height * g.shape[1] / g.shape[0]))
-        parts.append(F.interpolate(g[None, None], size=(height, gw), mode="bilinear", align_corners=False)[0, 0])
-        parts.append(torch.zeros(height, max(1, height // 6)))
-    mask = torch.cat(parts[:-1], 1).ge(0.5).float()
-    return mask[:, : max(2, width // 2)]
 
 
 class BatchAugment:
@@ -194,24 +181,12 @@ class BatchAugment:
             if bands[i]:
                 vertical = axis_d < 0.5
                 side = w if vertical else h
-                band = max(1, round((0.02 + 0.23 * band_d) * side / 2))
-                if vertical:
-                    x[i, :, :, :band] = 0
-                    x[i, :, :, w - band :] = 0
-                else:
-                    x[i, :, :band] = 0
-                    x[i, :, h - band :] = 0
+                black_bands(x[i], max(1, round((0.02 + 0.23 * band_d) * side / 2)), vertical)
             if text[i]:
                 count = 1 + min(2, int(count_d * 3))
                 chars = [OVERLAY_TEXT[k] for k in picks[i][:count]]
-                mask = _text_mask(chars, max(3, round((0.04 + 0.11 * height_d) * h)), w).to(x.device, x.dtype)
-                mh, mw = mask.shape
-                margin = max(1, round(0.03 * h))
-                corner = int(corner_d * 4) % 4
-                top = margin if corner < 2 else h - margin - mh
-                left = margin if corner % 2 == 0 else w - margin - mw
-                region = x[i, :, top : top + mh, left : left + mw]
-                x[i, :, top : top + mh, left : left + mw] = region * (1 - mask) + mask
+                mask = text_mask(chars, max(3, round((0.04 + 0.11 * height_d) * h)), w).to(x.device, x.dtype)
+                burn_in(x[i], mask, int(corner_d * 4) % 4, max(1, round(0.03 * h)))
         return x
 
     def mix(

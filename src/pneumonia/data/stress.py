@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from pneumonia.data.drawing import black_bands, burn_in, gaussian_blur, glyph
 from pneumonia.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -103,20 +104,6 @@ def _contrast(images: torch.Tensor, c: float, rng: np.random.Generator) -> torch
     return _u8((x - mean) * c + mean)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A separable Gaussian blur of a float (N, C, H, W) batch, reflect padding (the `blur`
-    perturbation, and the training augmentation's acquisition chain)."""
-    n, c, h, w = x.shape
-    radius = max(1, min(math.ceil(3 * sigma), min(h, w) - 1))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    y = x.reshape(n * c, 1, h, w)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return y.reshape(n, c, h, w)
-
-
 def _blur(images: torch.Tensor, sigma: float, rng: np.random.Generator) -> torch.Tensor:
     return _u8(gaussian_blur(images.float(), sigma))
 
@@ -175,26 +162,6 @@ def _composed(images: torch.Tensor, s: float, rng: np.random.Generator) -> torch
     return _jpeg(x, max(1, round(100 - (100 - at["jpeg"]) * s)), rng)
 
 
-_GLYPHS: dict[str, torch.Tensor] = {}
-
-
-def glyph(letter: str) -> torch.Tensor:
-    """The letter's mask (0 or 1, cropped to its ink) in Pillow's built-in default font."""
-    if letter not in _GLYPHS:
-        from PIL import Image, ImageDraw, ImageFont
-
-        try:
-            font = ImageFont.load_default(size=40)  # Pillow's built-in font, scalable where FreeType is there
-        except (TypeError, OSError):  # older Pillow or no FreeType: the small bitmap font
-            font = ImageFont.load_default()
-        canvas = Image.new("L", (64, 64))
-        ImageDraw.Draw(canvas).text((8, 4), letter, fill=255, font=font)
-        arr = (np.asarray(canvas) >= 128).astype(np.float32)  # solid ink, as a burnt-in marker is
-        rows, cols = np.nonzero(arr.any(1))[0], np.nonzero(arr.any(0))[0]
-        _GLYPHS[letter] = torch.from_numpy(arr[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy())
-    return _GLYPHS[letter]
-
-
 def _marker(images: torch.Tensor, height: float, rng: np.random.Generator) -> torch.Tensor:
     """A white "R" or "L" (seeded per image) burnt in at a seeded corner, `height` of the side high."""
     n, c, h, w = images.shape
@@ -213,11 +180,7 @@ def _marker(images: torch.Tensor, height: float, rng: np.random.Generator) -> to
             .ge(0.5)
             .float()
         )
-        mh, mw = mask.shape
-        top = margin if corners[i] < 2 else h - margin - mh
-        left = margin if corners[i] % 2 == 0 else w - margin - mw
-        region = out[i, :, top : top + mh, left : left + mw].float()
-        out[i, :, top : top + mh, left : left + mw] = _u8(region * (1 - mask) + 255 * mask)
+        burn_in(out[i], mask, int(corners[i]), margin)
     return out
 
 
@@ -229,13 +192,7 @@ def _border(images: torch.Tensor, fraction: float, rng: np.random.Generator) -> 
     vertical = rng.integers(0, 2, n).astype(bool)
     for i in range(n):
         side = w if vertical[i] else h
-        band = max(1, round(fraction * side / 2))
-        if vertical[i]:
-            out[i, :, :, :band] = 0
-            out[i, :, :, w - band :] = 0
-        else:
-            out[i, :, :band] = 0
-            out[i, :, h - band :] = 0
+        black_bands(out[i], max(1, round(fraction * side / 2)), bool(vertical[i]))
     return out
 
 
