@@ -124,7 +124,7 @@ def test_a_resumed_run_goes_on_in_its_mlflow_run(xray_root, tmp_path):
 
 
 def test_data_fingerprint_follows_the_files_not_the_folder(tmp_path):
-    from pneumonia.tracking.mlflow_run import data_fingerprint
+    from pneumonia.tracking.run_info import data_fingerprint
 
     for name in ("a", "b"):
         (tmp_path / name / "NORMAL").mkdir(parents=True)
@@ -228,6 +228,49 @@ def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(
         assert abs(float(a["probability"]) - float(b["probability"])) <= 1e-4
 
 
+def test_app_and_serve_take_a_model_uri(tracked, tmp_path, store):
+    """app.py model_uri=: the checkpoint the version was exported from (its training run's
+    best.ckpt, checked by weights checksum); serve.py model_uri=: the version's ONNX export, as
+    predict.py downloads it."""
+    import hashlib
+
+    from pneumonia.app.serve import checkpoint_path
+    from pneumonia.export.runner import export
+    from pneumonia.serve.server import from_registry
+    from pneumonia.tracking.registry import RegistryError
+
+    out, client, _, _ = tracked
+    ckpt = out / "checkpoints" / "best.ckpt"
+    meta = export(
+        compose_cfg(
+            "export",
+            [
+                f"ckpt_path={ckpt}",
+                "register=pneumonia-app",
+                "alias=champion",
+                "verify=false",
+                f"mlflow.tracking_uri={store[1]}",
+            ],
+            tmp_path / "export",
+        )
+    )
+    uri = ["model_uri=models:/pneumonia-app@champion", f"mlflow.tracking_uri={store[1]}"]
+    app_ckpt = checkpoint_path(compose_cfg("app", uri, tmp_path / "app"))
+    assert open(app_ckpt, "rb").read() == ckpt.read_bytes()  # the calibrated best.ckpt, byte for byte
+    served = from_registry(compose_cfg("serve", uri, tmp_path / "serve"))
+    model = tmp_path / "serve" / "model"
+    assert served.model_path.startswith(str(model)) and served.model_path.endswith("model.onnx")
+    assert hashlib.sha256(open(served.model_path, "rb").read()).hexdigest() == meta["sha256"]
+    from pneumonia.serve.settings import check_model_source
+
+    assert check_model_source(served) == "onnx"
+
+    client.delete_model_version_tag("pneumonia-app", str(meta["registered"]["version"]), "weights_digest")
+    with pytest.raises(RegistryError, match="registered without its checkpoint's weights checksum") as err:
+        checkpoint_path(compose_cfg("app", uri, tmp_path / "app2"))
+    assert "\n" not in str(err.value) and f"ckpt_path={ckpt}" in str(err.value)
+
+
 def cli(capsys, *args, uri):
     """`python -m pneumonia.tools.registry --tracking-uri URI args...`: (exit status, stdout, stderr)."""
     from pneumonia.tools.registry import main
@@ -288,12 +331,17 @@ def test_a_sweep_logs_one_run_per_job_under_a_parent(xray_root, tmp_path, monkey
         ("export", ["alias=champion"], "give register=<model name> with it"),
         ("export", ["register=pneumonia", "alias=latest"], "must be an alias"),
         ("predict", ["model_uri=pneumonia@champion"], "must be models:/<name>@<alias>"),
+        ("serve", ["model_uri=pneumonia@champion"], "must be models:/<name>@<alias>"),
+        ("serve", ["model_uri=models:/pneumonia@champion", "model_path=x.onnx"], "exactly one of them"),
+        ("app", ["model_uri=pneumonia"], "must be models:/<name>@<alias>"),
+        ("app", ["model_uri=models:/pneumonia@champion", "ckpt_path=x.ckpt"], "not both"),
         ("train", ["logger=mlflow", "mlflow.tracking_uri=5"], "mlflow.tracking_uri=5 must be a string"),
         ("train", ["mlflow.log_checkpoint=maybe"], "mlflow.log_checkpoint='maybe' must be true or false"),
     ],
 )
 def test_bad_settings_are_one_line_before_torch(config_name, overrides, message, xray_root, tmp_path):
     base = {"export": ["ckpt_path=x.ckpt"], "predict": ["inputs=x"], "train": [f"data.root={xray_root}"]}
+    base.update(serve=[], app=[])
     problem = check_or_fail(config_name, compose_cfg(config_name, [*base[config_name], *overrides], tmp_path))
     assert problem and message in problem and "\n" not in problem
 

@@ -132,6 +132,28 @@ def cap_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+def checkpoint_path(cfg: DictConfig) -> str:
+    """`ckpt_path=`, or for `model_uri=models:/<name>@<alias>` (or `/<version>`) the checkpoint
+    that registered version was exported from: its training run's best.ckpt, downloaded into
+    the run folder's `model/` and checked against the version's weights checksum (the page's
+    Grad-CAM needs the torch network, not the ONNX export)."""
+    from omegaconf import OmegaConf
+
+    uri = cfg.get("model_uri")
+    given = not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path")
+    if uri and given:
+        raise ConfigError("app.py scores one model: give ckpt_path= or model_uri=, not both")
+    if not uri:
+        return str(cfg.ckpt_path)
+    from pneumonia.tracking.registry import download_checkpoint, parse_model_uri
+    from pneumonia.tracking.settings import MlflowSettings
+
+    parse_model_uri(uri)
+    settings = MlflowSettings.from_config(cfg.get("mlflow"))
+    path, _ = download_checkpoint(uri, settings, Path(cfg.paths.output_dir) / "model")
+    return str(path)
+
+
 def serve(cfg: DictConfig) -> None:
     settings = check(cfg)
     cap_malloc_arenas()
@@ -141,8 +163,9 @@ def serve(cfg: DictConfig) -> None:
         import torch
 
         torch.set_num_threads(cfg.threads)
+    ckpt_path = checkpoint_path(cfg)
     service = Service.from_checkpoint(
-        cfg.ckpt_path,
+        ckpt_path,
         settings["limits"],
         device=cfg.device,
         precision=cfg.precision,
@@ -195,7 +218,7 @@ def serve(cfg: DictConfig) -> None:
         scheme = "https" if settings["ssl_certfile"] else "http"
         url_host = f"[{host}]" if ":" in host else host
         print(
-            f"Serving {cfg.ckpt_path} at {scheme}://{url_host}:{port}/ (threshold "
+            f"Serving {cfg.get('model_uri') or ckpt_path} at {scheme}://{url_host}:{port}/ (threshold "
             f"{service.stored_threshold:.4f}, precision {service.predictor.precision}"
             f"{', password required' if auth else ''}); Ctrl-C stops it",
             flush=True,

@@ -209,8 +209,8 @@ def from_registry(cfg: DictConfig) -> DictConfig:
     downloaded into the run folder's `model/`, scored with backend=onnx (model_path set)."""
     from omegaconf import open_dict
 
-    from pneumonia.tracking.registry import download, parse_model_uri
-    from pneumonia.tracking.settings import MlflowSettings, require_mlflow
+    from pneumonia.tracking.registry import download_export, parse_model_uri
+    from pneumonia.tracking.settings import MlflowSettings
 
     parse_model_uri(cfg.model_uri)
     if cfg.get("model_path"):
@@ -221,23 +221,13 @@ def from_registry(cfg: DictConfig) -> DictConfig:
         raise ConfigError("model_uri= scores a registered export (backend=onnx): leave ckpt_path= out")
     if cfg.backend != "onnx" and cfg.backend != "torch":
         raise ConfigError(f"backend={cfg.backend!r} must be one of: {', '.join(BACKENDS)}")
-    require_mlflow(f"model_uri={cfg.model_uri}")
     settings = MlflowSettings.from_config(cfg.get("mlflow"))
     out_dir = make_output_dir(cfg.paths.output_dir)
-    folder, version = download(cfg.model_uri, settings, out_dir / "model")
-    sidecar = folder / "model.json"
-    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    if meta.get("format") != "onnx":
-        raise ConfigError(
-            f"model_uri={cfg.model_uri} (version {version.version}) is a "
-            f"{meta.get('format') or 'non-export'} model: predict.py scores registered ONNX exports "
-            f"(export.py format=onnx register=...)"
-        )
-    log.info("model_uri=%s: version %s (%s), downloaded to %s", cfg.model_uri, version.version, version.source, folder)
+    model_path, _ = download_export(cfg.model_uri, settings, out_dir / "model")
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.backend = "onnx"
-        cfg.model_path = str(folder / str(meta["model_file"]))
+        cfg.model_path = str(model_path)
     return cfg
 
 

@@ -49,7 +49,9 @@ def quick_check(config_name: str, cfg: DictConfig) -> None:
         from pneumonia.export.runner import check_registration
 
         check_registration(cfg)
-    if config_name == "predict" and cfg.get("model_uri") is not None:
+    if config_name == "app" and cfg.get("model_uri") is not None and not OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError("app.py scores one model: give ckpt_path= or model_uri=, not both")
+    if config_name in ("predict", "serve", "app") and cfg.get("model_uri") is not None:
         from pneumonia.tracking.registry import parse_model_uri
 
         parse_model_uri(cfg.model_uri)
@@ -63,9 +65,10 @@ def _check_serve(cfg: DictConfig) -> None:
     """serve.py: one model source, a threshold in [0, 1], the thread count."""
     from pneumonia.runners import checks
 
-    if bool(cfg.get("ckpt_path")) == bool(cfg.get("model_path")):
+    if sum(bool(cfg.get(key)) for key in ("ckpt_path", "model_path", "model_uri")) != 1:
         raise ConfigError(
-            "serve.py needs ckpt_path=<best.ckpt> (torch) or model_path=<export>/model.onnx (onnx), exactly one of them"
+            "serve.py needs ckpt_path=<best.ckpt> (torch), model_path=<export>/model.onnx (onnx) or "
+            "model_uri=models:/<name>@<alias> (a registered ONNX export), exactly one of them"
         )
     checks.threshold_override(cfg.get("threshold"))
     checks._optional_int(cfg, "threads", 1)

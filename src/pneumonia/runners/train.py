@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from pneumonia.runners.common import (
 )
 from pneumonia.runners.trial import TrialReporter, trial_reporter
 from pneumonia.tracking.mlflow_run import finish_training_run, start_training_run
+from pneumonia.tracking.wandb_run import finish_wandb_run, start_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +217,7 @@ def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> tuple[float | None, di
     datamodule.setup("fit")
     balance_pos_weight(cfg, module, datamodule)
     start_training_run(loggers, cfg, datamodule, trainer, out_dir)
+    start_wandb_run(loggers, cfg, datamodule, trainer, out_dir)
 
     sigterm.release()  # Lightning's handler from here: it stops at the next batch
     try:
@@ -283,6 +286,7 @@ def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> tuple[float | None, di
             METRIC_NAMES,
             log_checkpoint=bool((cfg.get("mlflow") or {}).get("log_checkpoint", True)),
         )
+        finish_wandb_run(loggers, out_dir, best_path, val_report, METRIC_NAMES)
     log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))
     return best_score, val_report
 
@@ -323,7 +327,6 @@ def stop_interrupted(
     130 (SIGINT). last.ckpt stays the one of the last finished epoch: a checkpoint from the
     middle of an epoch would not resume exactly like an uninterrupted run. `after_training`:
     the best checkpoint, when training was over (calibration or the test scoring was stopped)."""
-    import shlex
     import signal
     import sys
 
@@ -416,6 +419,12 @@ def ending(
     if tracked.is_file():
         run = json.loads(tracked.read_text())
         where += f"; MLflow run {run['run_id']} (mlflow ui --backend-store-uri {run['tracking_uri']})"
+    wandb_file = out_dir / "wandb_run.json"
+    if wandb_file.is_file():
+        run = json.loads(wandb_file.read_text())
+        where += f"; W&B run {run['run_id']}" + (
+            f" offline (upload: wandb sync {shlex.quote(run['folder'])})" if run.get("offline") else ""
+        )
     nxt = (
         f"Next: python train.py {cli_override('resume', out_dir)} (goes on from {last.name})"
         if trainer.interrupted

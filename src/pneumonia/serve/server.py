@@ -23,11 +23,35 @@ from pneumonia.serve.settings import ServeSettings, check_model_source
 log = logging.getLogger(__name__)
 
 
+def from_registry(cfg: DictConfig) -> DictConfig:
+    """`model_uri=models:/<name>@<alias>` (or `/<version>`): the registered ONNX export
+    downloaded into the run folder's `model/` (as predict.py does) and served as its
+    `model_path=`; `cfg` as it is without a model_uri."""
+    if not cfg.get("model_uri"):
+        return cfg
+    from pathlib import Path
+
+    from omegaconf import open_dict
+
+    from pneumonia.tracking.registry import download_export, parse_model_uri
+    from pneumonia.tracking.settings import MlflowSettings
+
+    parse_model_uri(cfg.model_uri)
+    check_model_source(cfg)
+    settings = MlflowSettings.from_config(cfg.get("mlflow"))
+    model_path, _ = download_export(cfg.model_uri, settings, Path(cfg.paths.output_dir) / "model")
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.model_path, cfg.model_uri = str(model_path), None
+    return cfg
+
+
 def build(cfg: DictConfig) -> tuple[Any, ServeSettings]:
     """The `LitServer` for `cfg` (not started) and its checked settings."""
     import importlib.util
 
     settings = ServeSettings.from_config(cfg.serve)
+    cfg = from_registry(cfg)
     backend = check_model_source(cfg)
     if importlib.util.find_spec("litserve") is None:
         raise ConfigError("serve.py needs litserve, which is not installed here: pip install -e '.[serve]'")

@@ -72,10 +72,12 @@ class ServeSettings:
 
 
 def check_model_source(cfg: Any) -> str:
-    """'torch' for ckpt_path=, 'onnx' for model_path=; exactly one of them."""
-    ckpt, model = cfg.get("ckpt_path"), cfg.get("model_path")
-    if bool(ckpt) == bool(model):
+    """'torch' for ckpt_path=, 'onnx' for model_path= or model_uri= (a registered export,
+    downloaded to a model_path by `server.from_registry`); exactly one of them."""
+    sources = [bool(cfg.get(key)) for key in ("ckpt_path", "model_path", "model_uri")]
+    if sum(sources) != 1:
         raise ConfigError(
-            "serve.py needs ckpt_path=<best.ckpt> (torch) or model_path=<export>/model.onnx (onnx), exactly one of them"
+            "serve.py needs ckpt_path=<best.ckpt> (torch), model_path=<export>/model.onnx (onnx) or "
+            "model_uri=models:/<name>@<alias> (a registered ONNX export), exactly one of them"
         )
-    return "torch" if ckpt else "onnx"
+    return "torch" if cfg.get("ckpt_path") else "onnx"

@@ -4,13 +4,12 @@ run of a checkpoint and logs the test results to it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from pneumonia.tracking.run_info import config_params, run_tags, val_results, weights_digest
 from pneumonia.tracking.settings import RUN_FILE, MlflowSettings
 
 log = logging.getLogger(__name__)
@@ -18,7 +17,6 @@ log = logging.getLogger(__name__)
 TAG_DIGEST = "pneumonia.weights_digest"  # best.ckpt's weights checksum: finds the run of a copied checkpoint
 TAG_SWEEP = "pneumonia.sweep_dir"
 TAG_PARENT = "pneumonia.sweep_parent"
-MAX_PARAM = 500  # characters of a param value kept (lists of files, long strings)
 
 
 def mlflow_logger(
@@ -75,52 +73,6 @@ def mlflow_loggers(loggers: list[Any]) -> list[Any]:
     return [lg for lg in loggers if isinstance(lg, MLFlowLogger)]
 
 
-def flat_config(container: dict[str, Any]) -> dict[str, str]:
-    """The composed config (resolved, `hydra:` left out) as `a.b.c -> value` strings."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if not str(k).startswith("_") or str(k) == "_target_":
-                    walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            flat[prefix] = str(node)[:MAX_PARAM]
-
-    walk("", {k: v for k, v in container.items() if k != "hydra"})
-    return flat
-
-
-def data_fingerprint(paths: dict[str, Any], root: str | Path) -> str:
-    """sha256 (first 16 hex) over each split's files: path below the data root and size,
-    sorted. The same images in another folder give the same fingerprint; an added, removed,
-    renamed or rewritten (other size) file changes it."""
-    root = Path(root)
-    h = hashlib.sha256()
-    for split in sorted(paths):
-        for p in sorted(str(x) for x in paths[split]):
-            try:
-                rel = os.path.relpath(p, root)
-                size = os.stat(p).st_size
-            except (OSError, ValueError):
-                rel, size = p, -1
-            h.update(f"{split}\0{rel}\0{size}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def _hardware(trainer: Any) -> dict[str, str]:
-    import torch
-
-    accelerator = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
-    device = torch.cuda.get_device_name(0) if accelerator == "cuda" and torch.cuda.is_available() else "cpu"
-    return {
-        "accelerator": accelerator,
-        "device": device,
-        "devices": str(trainer.num_devices),
-        "precision": str(trainer.precision),
-    }
-
-
 def start_training_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: Any, out_dir: Path) -> None:
     """On each MLflow logger's run: the composed config as params, the tags (git commit and dirty
     flag, data root and fingerprint, hardware, precision, seed, sweep), the parent run of a
@@ -128,25 +80,8 @@ def start_training_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: A
     runs = mlflow_loggers(loggers)
     if not runs or not trainer.is_global_zero:
         return
-    from pneumonia.config.plain import to_dict
-    from pneumonia.evaluation.report import git_state
-
-    container = to_dict(cfg, resolve=True)
-    params = flat_config(container)
-    git = git_state()
-    paths = {s: datamodule.paths[s] for s in ("train", "val") if s in (datamodule.paths or {})}
-    tags = {
-        "git.commit": str(git["commit"]),
-        "git.dirty": str(git["dirty"]),
-        "data.root": str(datamodule.data_root),
-        "data.fingerprint": data_fingerprint(paths, datamodule.data_root),
-        "data.files": json.dumps({s: len(p) for s, p in paths.items()}),
-        "seed": str(cfg.seed),
-        "task_name": str(cfg.get("task_name")),
-        "run_folder": str(out_dir),
-        "monitor": str(cfg.monitor),
-        **_hardware(trainer),
-    }
+    params = config_params(cfg)
+    tags = run_tags(cfg, datamodule, trainer, out_dir)
     sweep = _sweep_dir()
     from pneumonia.tracking.settings import make_store_folder
 
@@ -222,17 +157,8 @@ def finish_training_run(
     runs = mlflow_loggers(loggers)
     if not runs:
         return
-    metrics = {
-        f"hp/val_{k}": float(val_report[k])
-        for k in (*metric_names, "threshold")
-        if isinstance(val_report.get(k), (int, float))
-    }
-    digest = None
-    if best_path:
-        from pneumonia.inference.checkpoint import load_checkpoint
-        from pneumonia.integrity import stored_digest
-
-        digest = stored_digest(load_checkpoint(best_path))
+    metrics = val_results(val_report, metric_names)
+    digest = weights_digest(best_path)
     for lg in runs:
         client, run_id = lg.experiment, lg.run_id
         for key, value in metrics.items():

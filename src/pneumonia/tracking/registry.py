@@ -1,7 +1,8 @@
 """MLflow's model registry: an export.py folder (the model file, model.json, MODEL_CARD.md)
 registered as a new version of a named model, with its threshold, method and validation
 metrics as tags and a link to the training run; versions listed, aliases set; a
-`models:/<name>@<alias>` (or `/<version>`) URI downloaded for predict.py."""
+`models:/<name>@<alias>` (or `/<version>`) URI downloaded for predict.py and serve.py (the
+ONNX export) or app.py (the training run's checkpoint, for Grad-CAM)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,11 @@ def client(settings: MlflowSettings) -> Any:
 
 def _version_tags(meta: dict[str, Any], run_id: str | None, ckpt_path: str) -> dict[str, str]:
     """What a team asks of a version without opening it: threshold and method, the validation
-    metrics with their 95% intervals, format and checksum, the checkpoint and training run."""
+    metrics with their 95% intervals, format and checksum, the checkpoint (and its weights
+    checksum: app.py model_uri= finds it in the training run by it) and training run."""
+    from pneumonia.tracking.run_info import weights_digest
+
+    digest = weights_digest(str(ckpt_path))
     tags = {
         "format": str(meta.get("format")),
         "model_file": str(meta.get("model_file")),
@@ -76,6 +81,8 @@ def _version_tags(meta: dict[str, Any], run_id: str | None, ckpt_path: str) -> d
         "git_commit": str((meta.get("provenance") or {}).get("git_commit")),
         "git_dirty": str((meta.get("provenance") or {}).get("git_dirty")),
     }
+    if digest:
+        tags["weights_digest"] = digest
     validation = meta.get("validation") or {}
     intervals = validation.get("ci95") or {}
     for key, value in validation.items():
@@ -222,3 +229,80 @@ def download(model_uri: str, settings: MlflowSettings, dst: str | Path) -> tuple
         artifact_uri=version.source, dst_path=str(dst), tracking_uri=settings.tracking_uri
     )
     return Path(local), version
+
+
+def download_export(model_uri: str, settings: MlflowSettings, dst: str | Path) -> tuple[Path, Any]:
+    """(model file, model version): the ONNX export `model_uri` names, downloaded into `dst`
+    (predict.py and serve.py score it with backend=onnx). A version that is not an ONNX export
+    is refused in one line."""
+    require_mlflow(f"model_uri={model_uri}")
+    folder, version = download(model_uri, settings, dst)
+    sidecar = folder / "model.json"
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if meta.get("format") != "onnx":
+        raise RegistryError(
+            f"model_uri={model_uri} (version {version.version}) is a "
+            f"{meta.get('format') or 'non-export'} model: only registered ONNX exports are scored "
+            f"(export.py format=onnx register=...)"
+        )
+    log.info("model_uri=%s: version %s (%s), downloaded to %s", model_uri, version.version, version.source, folder)
+    return folder / str(meta["model_file"]), version
+
+
+CHECKPOINT_ARTIFACT = "checkpoints/best.ckpt"  # where train.py logs best.ckpt in its run (mlflow.log_checkpoint)
+
+
+def download_checkpoint(model_uri: str, settings: MlflowSettings, dst: str | Path) -> tuple[Path, Any]:
+    """(checkpoint, model version): the checkpoint the version `model_uri` names was exported
+    from, downloaded into `dst` from its training run (`checkpoints/best.ckpt`, logged by
+    train.py with mlflow.log_checkpoint=true) and checked against the version's
+    `weights_digest` tag. For app.py, whose Grad-CAM needs the torch network; one-line errors
+    when the run holds no such checkpoint or another one."""
+    require_mlflow(f"model_uri={model_uri}")
+    from mlflow.exceptions import MlflowException
+
+    from pneumonia.tracking.run_info import weights_digest
+
+    version = resolve(model_uri, settings)
+    tags = dict(version.tags or {})
+    what = f"model_uri={model_uri} (version {version.version})"
+    run_id = tags.get("training_run_id")
+    if not run_id:
+        raise RegistryError(
+            f"{what} has no training run in the store, so no checkpoint to score: give "
+            f"ckpt_path={tags.get('checkpoint') or '<best.ckpt>'}"
+        )
+    if not tags.get("weights_digest"):
+        raise RegistryError(
+            f"{what} was registered without its checkpoint's weights checksum (an older export.py): "
+            f"register it again, or give ckpt_path={tags.get('checkpoint') or '<best.ckpt>'}"
+        )
+    import mlflow.artifacts
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(dst), tracking_uri=settings.tracking_uri
+            )
+        )
+    except (MlflowException, OSError) as err:
+        raise RegistryError(
+            f"{what}: its training run {run_id} holds no {CHECKPOINT_ARTIFACT} (trained with "
+            f"mlflow.log_checkpoint=false?) ({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
+            f"give ckpt_path={tags.get('checkpoint') or '<best.ckpt>'}"
+        ) from None
+    if weights_digest(str(local)) != tags["weights_digest"]:
+        raise RegistryError(
+            f"{what} was exported from {tags.get('checkpoint')}, not from the best.ckpt its training run "
+            f"{run_id} holds: give ckpt_path={tags.get('checkpoint') or '<that checkpoint>'}"
+        )
+    log.info(
+        "model_uri=%s: version %s, the checkpoint of training run %s, downloaded to %s",
+        model_uri,
+        version.version,
+        run_id,
+        local,
+    )
+    return local, version
