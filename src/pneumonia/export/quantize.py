@@ -86,7 +86,10 @@ def quantize_static_int8(fp32_path: Path, out_path: Path, batches: list[np.ndarr
 
     prepared = out_path.with_name(out_path.stem + ".prep.onnx")
     try:
-        quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
+        # shape inference and graph clean-up, as ORT advises; ONNX's own shape inference, not ORT's
+        # symbolic one (made for transformers), which fails on the GridSample of an in-graph TTA
+        # ("object of type 'NoneType' has no len()" on experiment=best's export)
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(out_path),
