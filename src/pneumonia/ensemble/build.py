@@ -100,7 +100,7 @@ def build_ensemble(
     )["temperature"]
     boot = {**members[0].recipe["intervals"], **(intervals or {})}
     check_settings(cal, boot)
-    stored = {m.calibration.get("precision") for m in members}
+    stored = {m.calibration.precision for m in members}
     precision = precision or (stored.pop() if len(stored) == 1 and None not in stored else auto_precision(accelerator))
     monitor = monitor or members[0].recipe["run"]["monitor"]
 
@@ -136,7 +136,7 @@ def build_ensemble(
         datamodule.setup("fit")
         n_val = len(datamodule.splits["val"])
         for m in members:
-            n = (m.calibration.get("val_report") or {}).get("n")
+            n = (m.calibration.val_report or {}).get("n")
             if n is not None and int(n) != n_val:
                 raise EnsembleError(
                     f"the validation split of '{datamodule.hparams.root}' has {n_val} images, but "

@@ -61,12 +61,14 @@ class Member:
         return ckpt_format.temperature(self.ckpt)
 
     @property
-    def calibration(self) -> dict[str, Any]:
-        return ckpt_format.calibration(self.ckpt)
+    def calibration(self) -> ckpt_format.Calibration:
+        """What calibration stored (a member is calibrated: `load_member` refuses others)."""
+        return ckpt_format.calibration_of(self.ckpt) or ckpt_format.Calibration()
 
     def describe(self) -> dict[str, Any]:
         """Plain types for the ensemble checkpoint and ensemble.json."""
-        report = self.calibration.get("val_report") or {}
+        calibration = self.calibration
+        report = calibration.val_report or {}
         keep = SUMMARY_KEYS
         summary = self.train_summary()
         return {
@@ -74,8 +76,8 @@ class Member:
             "seed": ckpt_format.module_settings(self.ckpt).get("seed"),
             "epoch": ckpt_format.saved_epoch(self.ckpt),
             "temperature": self.temperature,
-            "threshold_method": self.calibration.get("threshold_method"),
-            "precision": self.calibration.get("precision"),
+            "threshold_method": calibration.threshold_method,
+            "precision": calibration.precision,
             "val": {k: report[k] for k in keep if k in report},
             "train_minutes": summary.get("train_minutes"),
         }
@@ -138,7 +140,7 @@ def _job_order(job: Path) -> tuple[int, str]:
 
 def load_member(path: Path) -> Member:
     ckpt = ckpt_format.load_checkpoint(path)
-    if not ckpt_format.calibration(ckpt):
+    if ckpt_format.calibration_of(ckpt) is None:
         raise EnsembleError(
             f"'{path}' has no threshold chosen on validation: its training has not finished (or "
             "stopped before calibration); only finished runs can be members"
@@ -164,16 +166,16 @@ def _recipe(path: Path, ckpt: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 config = yaml.safe_load(file.read_text()) or {}
             except (OSError, yaml.YAMLError):
                 config = {}
-    calibration = ckpt_format.calibration(ckpt)
+    calibration = ckpt_format.calibration_of(ckpt) or ckpt_format.Calibration()
     recipe: dict[str, dict[str, Any]] = {}
     for group, defaults in RECIPE_DEFAULTS.items():
         given: dict[str, Any] = config[group] if isinstance(config.get(group), dict) else {}
         recipe[group] = {k: given[k] if k in given and not _interpolation(given[k]) else v for k, v in defaults.items()}
     if not config:  # a bare checkpoint: what calibration stored
-        recipe["threshold"]["method"] = calibration.get("threshold_method") or "youden"
+        recipe["threshold"]["method"] = calibration.threshold_method or "youden"
         if recipe["threshold"]["method"] == "fixed":
             recipe["threshold"]["value"] = ckpt_format.threshold(ckpt)
-        recipe["calibration"]["temperature"] = "temperature" in calibration
+        recipe["calibration"]["temperature"] = calibration.temperature is not None
     monitor = config.get("monitor")
     recipe["run"] = {"monitor": monitor if isinstance(monitor, str) and not _interpolation(monitor) else "val/auroc"}
     return recipe

@@ -72,13 +72,13 @@ def member_config(cfg: DictConfig, seed: int, folder: Path, resume: bool) -> Dic
 
 def finished(folder: Path) -> bool:
     """A member whose training and calibration ended (train_summary.json, a calibrated best.ckpt)."""
-    from pneumonia.inference.checkpoint import calibration, load_checkpoint
+    from pneumonia.inference.checkpoint import calibration_of, load_checkpoint
 
     best = folder / "checkpoints" / "best.ckpt"
     if not (folder / "train_summary.json").is_file() or not best.is_file():
         return False
     try:
-        return bool(calibration(load_checkpoint(best)))
+        return calibration_of(load_checkpoint(best)) is not None
     except Exception:  # a damaged file: train it again
         return False
 

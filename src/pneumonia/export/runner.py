@@ -82,7 +82,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     # the precision the stored threshold was chosen under (fp32 export scores differ slightly from bf16 ones)
     threshold_precision = (
         Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", threshold=threshold).precision
-        if predictor.recipe.get("calibrated") and threshold is None
+        if predictor.recipe.calibrated and threshold is None
         else None
     )
     if threshold is not None:

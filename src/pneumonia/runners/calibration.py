@@ -95,7 +95,7 @@ def calibrate_threshold(
     module = Predictor.from_checkpoint(ckpt_path).lightning_module()  # with the stored threshold and temperature
     summary = {
         "checkpoint": str(ckpt_path),
-        "epoch": raw.recipe["epoch"],
+        "epoch": raw.recipe.epoch,
         "threshold_method": rule["method"],
         "at_threshold": chosen,
         "at_0.5": at_half,
