@@ -4,7 +4,6 @@ Light: no Lightning, so the CLI refuses bad input before anything heavy is impor
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia.evaluation import METRIC_NAMES
+from pneumonia.evaluation.artefacts import ArtefactError, TrainSummary, read_train_summary
 from pneumonia.evaluation.statistics import CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS
 from pneumonia.evaluation.threshold import DEFAULTS as threshold_defaults
 from pneumonia.errors import UserError
@@ -79,15 +79,17 @@ class Member:
             "threshold_method": calibration.threshold_method,
             "precision": calibration.precision,
             "val": {k: report[k] for k in keep if k in report},
-            "train_minutes": summary.get("train_minutes"),
+            "train_minutes": summary.train_minutes if summary else None,
         }
 
-    def train_summary(self) -> dict[str, Any]:
-        file = self.run_dir / "train_summary.json" if self.run_dir else None
+    def train_summary(self) -> TrainSummary | None:
+        """The member's train_summary.json (None: no run folder, no file or a damaged one)."""
+        if self.run_dir is None:
+            return None
         try:
-            return json.loads(file.read_text()) if file and file.is_file() else {}
-        except (OSError, ValueError):
-            return {}
+            return read_train_summary(self.run_dir)
+        except ArtefactError:
+            return None
 
 
 def find_members(sources: Sequence[str | Path]) -> list[Path]:

@@ -9,7 +9,6 @@ probabilities, which are what every later scoring path (the `Predictor`) produce
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ import torch
 
 from pneumonia.evaluation import statistics as st
 from pneumonia.evaluation.analysis import calibration_summary, intervals
+from pneumonia.evaluation.artefacts import ValMetrics, write_val_metrics
 from pneumonia.evaluation.calibration import CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS, check_settings, predict_logits
 from pneumonia.evaluation.metrics import report
 from pneumonia.evaluation.threshold import choose_threshold, roc_points, rule_options
@@ -93,16 +93,18 @@ def calibrate_threshold(
         shift_reference=_shift_reference(datamodule),
     )
     module = Predictor.from_checkpoint(ckpt_path).lightning_module()  # with the stored threshold and temperature
-    summary = {
-        "checkpoint": str(ckpt_path),
-        "epoch": raw.recipe.epoch,
-        "threshold_method": rule["method"],
-        "at_threshold": chosen,
-        "at_0.5": at_half,
-        "calibration": calib,
-        "bootstrap": meta,
-    }
-    (out_dir / "val_metrics.json").write_text(json.dumps(summary, indent=2))
+    write_val_metrics(
+        out_dir,
+        ValMetrics(
+            checkpoint=str(ckpt_path),
+            epoch=raw.recipe.epoch,
+            threshold_method=rule["method"],
+            at_threshold=chosen,
+            at_half=at_half,
+            calibration=calib,
+            bootstrap=meta,
+        ),
+    )
     log.info(
         "Validation threshold (%s) = %.4f: accuracy %.4f, F1 %.4f, AUROC %.4f",
         rule["method"],
