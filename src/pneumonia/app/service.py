@@ -43,6 +43,7 @@ import numpy as np
 
 from pneumonia import CLASSES
 from pneumonia.errors import ConfigError, UserError, file_error
+from pneumonia.evaluation.predictions import APP_COLUMNS, app_row
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,7 +55,7 @@ GONE = (
     "the upload was removed before its turn to be scored (the server keeps uploads app.upload_ttl_s "
     "seconds and the upload folder under app.upload_dir_max_mb): upload it again"
 )
-TABLE_COLUMNS = ("file", "probability", "prediction", "threshold", "error")
+TABLE_COLUMNS = APP_COLUMNS  # predictions.csv's app/1 layout (evaluation.predictions owns it)
 
 NOTE = (
     "**For research and teaching, not diagnosis.** The model learned from one hospital's pediatric "
@@ -213,11 +214,6 @@ def _reason(err: BaseException, path: str | Path, name: str) -> str:
     for folder in sorted({str(full.parent), str(full.resolve().parent)} - {".", os.sep}, key=len, reverse=True):
         text = text.replace(folder + os.sep, "")
     return text[:300]
-
-
-def _cell(text: str) -> str:
-    """A CSV cell that a spreadsheet will not run as a formula (names come from uploads)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def md_literal(text: object) -> str:
@@ -414,13 +410,7 @@ class Service:
             writer.writerow(TABLE_COLUMNS)
             for row in self.table(results, threshold):
                 writer.writerow(
-                    [
-                        _cell(row["file"]),
-                        "" if row["probability"] is None else f"{row['probability']:.6f}",
-                        row["prediction"],
-                        "" if row["threshold"] is None else f"{row['threshold']:.6f}",
-                        _cell(row["error"]),
-                    ]
+                    app_row(row["file"], row["probability"], row["prediction"], row["threshold"], row["error"])
                 )
         return path
 
