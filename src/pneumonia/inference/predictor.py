@@ -272,9 +272,11 @@ class Predictor:
         return (probs >= self.threshold).long()
 
     # ---- for the Lightning paths (eval.py scores through a Trainer for DDP) ----------------
-    def lightning_module(self) -> Any:
+    def lightning_module(self, *, threshold: float | None = None, temperature: float | None = None) -> Any:
         """A `PneumoniaClassifier` with this checkpoint's weights, this threshold, this
-        temperature and TTA (its `net` is then the `TemperatureScaled`/`TTA` wrapper)."""
+        temperature and TTA (its `net` is then the `TemperatureScaled`/`TTA` wrapper);
+        `threshold`/`temperature` instead of this Predictor's (calibration: the ones it has just
+        chosen and stored, without reading the checkpoint again)."""
         from pneumonia.models.classifier import PneumoniaClassifier
 
         if self._module_state is None:
@@ -283,8 +285,9 @@ class Predictor:
         settings = {k: self.module_settings[k] for k in keys if k in self.module_settings}
         module = PneumoniaClassifier(**settings, pretrained=False)  # the checkpoint's weights, loaded next
         module.load_state_dict(self._module_state)
-        module.threshold.fill_(self.threshold)
-        module.net = with_temperature(with_tta(module.net, self.tta), self.temperature)
+        module.threshold.fill_(self.threshold if threshold is None else float(threshold))
+        temp = self.temperature if temperature is None else check_temperature(temperature)
+        module.net = with_temperature(with_tta(module.net, self.tta), temp)
         return module
 
     def summary(self) -> dict[str, Any]:

@@ -92,7 +92,9 @@ def calibrate_threshold(
         val_roc=roc_points(probs, labels),
         shift_reference=_shift_reference(datamodule),
     )
-    module = Predictor.from_checkpoint(ckpt_path).lightning_module()  # with the stored threshold and temperature
+    # with the stored threshold and temperature: the module the stored checkpoint gives, built
+    # from the weights already loaded (the threshold buffer is float32, as stored)
+    module = raw.lightning_module(threshold=threshold, temperature=temperature or 1.0)
     write_val_metrics(
         out_dir,
         ValMetrics(
