@@ -39,22 +39,21 @@ def calibrate_threshold(
     out_dir: Path,
     calibration: dict[str, Any] | None = None,
     interval_settings: dict[str, Any] | None = None,
+    predictor: Predictor | None = None,
 ) -> tuple[L.LightningModule, dict[str, Any]]:
     """Fit the temperature (when `calibration["temperature"]`), then choose the threshold on
     validation for `ckpt_path`, write both into that file and `val_metrics.json` (the metrics
     at the chosen threshold with bootstrap intervals by patient, the point estimates at 0.5,
     ECE and Brier score before and after the temperature).
     Returns the checkpoint's module (with that threshold and temperature) and the
-    validation report at the chosen threshold."""
+    validation report at the chosen threshold. `predictor`: the Predictor of `ckpt_path`
+    already loaded by the caller (read from the file when None)."""
     cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
     rule = rule_options(settings)  # a wrong threshold.* fails here, before any scoring
-    raw = Predictor.from_checkpoint(
-        ckpt_path,
-        temperature=1.0,  # fit on the raw logits, whatever is stored
-        require_calibration=False,
-    )
-    probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(), datamodule, "val")
+    raw = predictor or Predictor.from_checkpoint(ckpt_path, require_calibration=False)
+    # fit on the raw logits, whatever temperature is stored
+    probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(temperature=1.0), datamodule, "val")
     temperature = None
     scaled_logits = logits.double()
     if cal["temperature"]:
@@ -199,5 +198,6 @@ def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelera
         out_dir,
         calibration=run["calibration"],
         interval_settings=run["intervals"],
+        predictor=raw,
     )
     return val_report
