@@ -4,6 +4,7 @@ re-decision and operating point, the CSV, the page's handlers and the running se
 headless Chromium."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -71,7 +72,9 @@ def png_bomb(path: Path, side: int) -> Path:
 def with_roc(service: Service, roc: dict) -> Service:
     """The service of a checkpoint whose recipe carries a validation ROC (`val_roc`)."""
     p = service.predictor
-    twin = Predictor(p.net, p.preprocess, p.threshold, precision=p.precision, recipe={**p.recipe, "val_roc": roc})
+    twin = Predictor(
+        p.net, p.preprocess, p.threshold, precision=p.precision, recipe=dataclasses.replace(p.recipe, val_roc=roc)
+    )
     return Service(twin, service.limits)
 
 
@@ -182,14 +185,14 @@ def test_moving_the_threshold_redecides_without_running_the_model(service, image
 def test_the_stored_validation_roc_is_used(service):
     assert service.roc is not None  # train.py stores it in best.ckpt with the threshold
     at = service.operating_point(service.predictor.threshold)
-    report = service.predictor.recipe["val_report"]
+    report = service.predictor.recipe.val_report
     assert at.source == "val_roc"
     assert (at.sensitivity, at.specificity) == pytest.approx((report["recall"], report["specificity"]))
 
 
 def test_operating_point_without_a_validation_roc(service):
     service = with_roc(service, None)  # a checkpoint from before val_roc: val_report at the stored threshold only
-    report = service.predictor.recipe["val_report"]
+    report = service.predictor.recipe.val_report
     assert service.roc is None
     at = service.operating_point(service.predictor.threshold)
     assert at.source == "val_report"
@@ -209,7 +212,7 @@ def test_operating_point_read_off_the_validation_roc(service):
         "sensitivity": [0.2, 0.6, 0.8, 0.95, 1.0],
         "specificity": [1.0, 0.97, 0.9, 0.7, 0.3],
     }
-    assert validation_roc({"val_roc": roc})["thresholds"] == [0.1, 0.3, 0.5, 0.7, 0.9]
+    assert validation_roc(roc)["thresholds"] == [0.1, 0.3, 0.5, 0.7, 0.9]
     svc = with_roc(service, roc)
     sorted_roc = svc.roc
     assert roc_point(sorted_roc, 0.3) == (0.3, 0.95, 0.7)  # probability >= 0.3 is PNEUMONIA
@@ -230,7 +233,7 @@ def test_operating_point_read_off_the_validation_roc(service):
         {"thresholds": [0.1], "sensitivity": [1.5], "specificity": [0.0]},
         "not a dict",
     ):
-        assert validation_roc({"val_roc": bad}) is None
+        assert validation_roc(bad) is None
         assert with_roc(service, bad).operating_point(0.5).source != "val_roc"
 
 

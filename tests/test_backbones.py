@@ -240,7 +240,7 @@ def test_loading_a_checkpoint_never_downloads(no_network, xray_root, tmp_path):
     predictor = Predictor.from_checkpoint(path, precision="32-true", threshold=0.5)  # never calibrated
     predictor.lightning_module()
     assert no_network == []
-    assert predictor.recipe["net"]["weights"] == "DEFAULT"  # the recipe still says how it was trained
+    assert predictor.recipe.net["weights"] == "DEFAULT"  # the recipe still says how it was trained
     with pytest.raises(ConfigError, match="could not download"):  # outside, the same spec would fetch them
         build_net(spec_of(cfg))
 

@@ -67,6 +67,17 @@ def test_temperature_is_stored_and_reported_before_and_after(scaled, tiny_checkp
     assert float(module.threshold) == pytest.approx(val_report["threshold"])
 
 
+def test_the_returned_module_is_the_one_the_stored_checkpoint_gives(scaled):
+    """calibrate_threshold builds its module from the weights it already loaded, not by reading
+    the file it has just written: the same threshold buffer, temperature and weights."""
+    ckpt, _, _, module, _ = scaled
+    reread = Predictor.from_checkpoint(ckpt).lightning_module()
+    assert torch.equal(module.threshold, reread.threshold)
+    assert torch.equal(module.net.temperature, reread.net.temperature)
+    mine, theirs = module.state_dict(), reread.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
 def test_threshold_is_chosen_on_the_temperature_scaled_probabilities(scaled):
     ckpt, _, dm, _, val_report = scaled
     raw = Predictor.from_checkpoint(ckpt, temperature=1.0)

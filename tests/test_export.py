@@ -119,7 +119,7 @@ def test_sidecar_says_what_a_service_needs(exported, eager, tiny_checkpoint):
     assert meta["preprocess"]["image_size"] == 48 and meta["preprocess"]["scale"].startswith("uint8 / 255")
     assert meta["classes"] == ["NORMAL", "PNEUMONIA"] and meta["positive_class"] == "PNEUMONIA"
     assert meta["threshold"] == eager.threshold and meta["threshold_method"] == "youden"
-    assert meta["validation"] == eager.recipe["val_report"] and meta["recipe"]["net"]["depth"] == 3
+    assert meta["validation"] == eager.recipe.val_report and meta["recipe"]["net"]["depth"] == 3
     assert meta["threshold_precision"] == Predictor.from_checkpoint(tiny_checkpoint).precision
     prov = meta["provenance"]
     assert prov["package_version"] == pneumonia.__version__ and prov["torch"] == torch.__version__

@@ -28,13 +28,39 @@ def test_predictor_holds_what_the_checkpoint_says(checkpoint):
     assert p.threshold != 0.5  # calibrated on validation, not the default
     assert p.precision == stored["pneumonia"]["precision"]
     assert (p.preprocess.image_size, p.preprocess.channels) == (48, 1)  # debug=tiny
-    assert p.recipe["threshold_method"] == "youden" and p.recipe["val_report"]["n"] > 0
-    assert p.recipe["net"]["depth"] == 3
+    assert p.recipe.threshold_method == "youden" and p.recipe.val_report["n"] > 0
+    assert p.recipe.net["depth"] == 3
     summary = p.summary()
     assert summary["positive_class"] == "PNEUMONIA" and summary["preprocess"]["image_size"] == 48
     assert Predictor.from_checkpoint(checkpoint, threshold=0.9).threshold == 0.9
     probs = torch.tensor([0.1, 0.95, p.threshold])
     assert p.decide(probs).tolist() == [0, 1, 1]  # the threshold itself counts as PNEUMONIA
+
+
+def test_recipe_and_calibration_are_typed_frozen_records(checkpoint):
+    import dataclasses
+
+    from pneumonia.inference.checkpoint import Calibration, Recipe, calibration_of, load_checkpoint, recipe_of
+
+    ckpt = load_checkpoint(checkpoint)
+    recipe, cal = recipe_of(ckpt, checkpoint), calibration_of(ckpt)
+    assert isinstance(recipe, Recipe) and isinstance(cal, Calibration)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.seed = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cal.precision = "16-mixed"  # type: ignore[misc]
+    # the plain dict keeps the keys and order model.json, the report and /info always had
+    assert list(recipe.to_dict()) == [
+        *("checkpoint", "epoch", "net", "optimizer", "scheduler", "pos_weight", "seed", "image_size"),
+        *("channels", "augment", "threshold_method", "val_report", "val_roc", "calibrated", "temperature"),
+        *("tta", "normalize"),
+    ]
+    assert recipe.calibrated and recipe.checkpoint == str(checkpoint) and recipe.image_size == 48
+    assert cal.to_dict() == {k: v for k, v in ckpt["pneumonia"].items()}  # what calibration stored, round-tripped
+    assert Predictor.from_checkpoint(checkpoint).recipe == recipe
+    assert Recipe().to_dict() == {}  # a Predictor made from a network, not a checkpoint
+    del ckpt["pneumonia"]
+    assert calibration_of(ckpt) is None and not recipe_of(ckpt, checkpoint).calibrated
 
 
 def test_same_file_gives_bit_identical_input_through_predictor_and_datamodule(checkpoint, xray_root, tmp_path):
@@ -97,7 +123,7 @@ def test_importing_inference_stays_light():
 
 def test_checkpoint_carries_the_validation_roc(checkpoint):
     p = Predictor.from_checkpoint(checkpoint)
-    roc, rep = p.recipe["val_roc"], p.recipe["val_report"]
+    roc, rep = p.recipe.val_roc, p.recipe.val_report
     t = roc["thresholds"]
     assert t == sorted(t) and len(t) == len(roc["sensitivity"]) == len(roc["specificity"]) > 2
     assert roc["n_pneumonia"] == rep["tp"] + rep["fn"] and roc["n_normal"] == rep["tn"] + rep["fp"]

@@ -103,7 +103,7 @@ def standardized_tta_run(xray_root, tmp_path_factory):
 def test_a_standardize_and_tta_recipe_is_scored_with_both(standardized_tta_run, xray_root, caplog):
     p = Predictor.from_checkpoint(standardized_tta_run)
     assert p.preprocess.normalize == "standardize" and p.tta and isinstance(p.net, TTA)
-    assert p.recipe["normalize"] == "standardize" and p.recipe["tta"] is True and p.summary()["tta"] is True
+    assert p.recipe.normalize == "standardize" and p.recipe.tta is True and p.summary()["tta"] is True
     x = p.preprocess(next((xray_root / "test" / "NORMAL").iterdir()))  # a file through the preset
     assert abs(float(x.mean())) < 1e-5 and float(x.std(correction=0)) == pytest.approx(1.0, abs=1e-4)
     # calibration chose the threshold on these very scores: standardised, with TTA
@@ -111,7 +111,7 @@ def test_a_standardize_and_tta_recipe_is_scored_with_both(standardized_tta_run, 
     dm.setup("fit")
     images, labels = validation_images(dm.splits["val"])
     probs = p.predict_images(images)
-    stored = p.recipe["val_report"]
+    stored = p.recipe.val_report
     ours = report(probs, labels, p.threshold)
     assert ours["auroc"] == pytest.approx(stored["auroc"], abs=1e-5)
     assert (ours["tp"], ours["fp"], ours["fn"]) == (stored["tp"], stored["fp"], stored["fn"])

@@ -183,7 +183,7 @@ def test_stress_metrics_scores_a_checkpoint_at_its_threshold(stress_run, capsys)
     assert res["stress"]["n"] == len(DEFAULT_PERTURBATIONS) * len(labels)
     assert list(res["per_perturbation"]) == list(DEFAULT_PERTURBATIONS)
     assert all(r["n"] == len(labels) for r in res["per_perturbation"].values())
-    stored = predictor.recipe["val_report"]  # calibration's validation report: the same images, plain
+    stored = predictor.recipe.val_report  # calibration's validation report: the same images, plain
     assert res["plain"]["auroc"] == pytest.approx(stored["auroc"], abs=1e-4)
     assert res["plain"]["tp"] + res["plain"]["fn"] == stored["tp"] + stored["fn"]
     strict = stress_metrics(predictor, images, labels, 1.0, perturbations={"noise": 0.05})

@@ -24,6 +24,7 @@ import gradio as gr  # noqa: E402
 
 from pneumonia.app.guards import REQUEST_PREFIX, duration  # noqa: E402
 from pneumonia.app.service import NOTE, Result, Service, UploadRejected, md_literal  # noqa: E402
+from pneumonia.evaluation.predictions import FILE_NAME as PREDICTIONS_FILE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _outputs(service: Service, session: Session, threshold: float, work_dir: Pat
         if session.csv_dir:  # the previous CSV: Gradio has its own copy by now
             shutil.rmtree(session.csv_dir, ignore_errors=True)
         session.csv_dir = tempfile.mkdtemp(prefix="csv-", dir=work_dir)
-        csv_path = str(service.write_csv(results, threshold, Path(session.csv_dir) / "predictions.csv"))
+        csv_path = str(service.write_csv(results, threshold, Path(session.csv_dir) / PREDICTIONS_FILE))
     return gallery, rows or None, csv_path
 
 

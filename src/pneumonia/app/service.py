@@ -43,6 +43,7 @@ import numpy as np
 
 from pneumonia import CLASSES
 from pneumonia.errors import ConfigError, UserError, file_error
+from pneumonia.evaluation.predictions import APP_COLUMNS, app_row
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,7 +55,7 @@ GONE = (
     "the upload was removed before its turn to be scored (the server keeps uploads app.upload_ttl_s "
     "seconds and the upload folder under app.upload_dir_max_mb): upload it again"
 )
-TABLE_COLUMNS = ("file", "probability", "prediction", "threshold", "error")
+TABLE_COLUMNS = APP_COLUMNS  # predictions.csv's app/1 layout (evaluation.predictions owns it)
 
 NOTE = (
     "**For research and teaching, not diagnosis.** The model learned from one hospital's pediatric "
@@ -153,11 +154,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def validation_roc(recipe: dict[str, Any]) -> dict[str, list[float]] | None:
-    """The checkpoint's validation ROC (`recipe["val_roc"]`: `thresholds`, `sensitivity`,
+def validation_roc(roc: Any) -> dict[str, list[float]] | None:
+    """The checkpoint's validation ROC (`Recipe.val_roc`: `thresholds`, `sensitivity`,
     `specificity`, where "probability >= threshold" means PNEUMONIA), sorted by threshold;
     None when absent or malformed (checkpoints trained before it was stored)."""
-    roc = recipe.get("val_roc")
     if not isinstance(roc, dict):
         return None
     try:
@@ -216,11 +216,6 @@ def _reason(err: BaseException, path: str | Path, name: str) -> str:
     return text[:300]
 
 
-def _cell(text: str) -> str:
-    """A CSV cell that a spreadsheet will not run as a formula (names come from uploads)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def md_literal(text: object) -> str:
     """`text` (a file name, a reason) shown literally inside Markdown."""
     import html
@@ -238,7 +233,7 @@ class Service:
         self.limits = limits or Limits()
         self.batch_size = int(batch_size)
         self.stored_threshold = as_float32(predictor.threshold)
-        self.roc = validation_roc(predictor.recipe)
+        self.roc = validation_roc(predictor.recipe.val_roc)
         self._model_lock = threading.Lock()  # Grad-CAM hooks the net: one batch through it at a time
 
     @classmethod
@@ -415,13 +410,7 @@ class Service:
             writer.writerow(TABLE_COLUMNS)
             for row in self.table(results, threshold):
                 writer.writerow(
-                    [
-                        _cell(row["file"]),
-                        "" if row["probability"] is None else f"{row['probability']:.6f}",
-                        row["prediction"],
-                        "" if row["threshold"] is None else f"{row['threshold']:.6f}",
-                        _cell(row["error"]),
-                    ]
+                    app_row(row["file"], row["probability"], row["prediction"], row["threshold"], row["error"])
                 )
         return path
 
@@ -441,7 +430,7 @@ class Service:
         """Sensitivity and specificity on validation at `threshold`: read off the stored
         validation ROC; without one, known only at the stored threshold (`val_report`)."""
         threshold = as_float32(threshold)
-        report = self.predictor.recipe.get("val_report") or {}
+        report = self.predictor.recipe.val_report or {}
         counts: dict[str, Any] = {}
         if all(isinstance(report.get(k), (int, float)) for k in ("tn", "fp", "fn", "tp")):
             counts = {"n_pneumonia": int(report["fn"] + report["tp"]), "n_normal": int(report["tn"] + report["fp"])}
@@ -458,11 +447,11 @@ class Service:
         """Markdown for the slider: the numbers at `threshold`, or why they are not known."""
         op = self.operating_point(threshold)
         recipe = self.predictor.recipe
-        method = recipe.get("threshold_method")
+        method = recipe.threshold_method
         stored = f"The stored threshold, {self.stored_threshold:.3f}, was chosen on the validation split" + (
             f" ({method})." if method else "."
         )
-        if not recipe.get("val_report"):
+        if not recipe.val_report:
             return (
                 f"**At threshold {op.threshold:.3f}**: no validation numbers are stored in this checkpoint "
                 f"(it was never calibrated: its threshold is {self.stored_threshold:.3f}, not chosen on "
@@ -506,19 +495,19 @@ class Service:
         from pneumonia.models import describe_net
 
         p, recipe = self.predictor, self.predictor.recipe
-        net = recipe.get("net") or {}
-        report = recipe.get("val_report") or {}
+        net = recipe.net or {}
+        report = recipe.val_report or {}
         lines = [
-            f"- checkpoint: `{md_literal(Path(str(recipe.get('checkpoint', '?'))).name)}`"
-            + (f" (epoch {recipe['epoch']})" if recipe.get("epoch") is not None else ""),
+            f"- checkpoint: `{md_literal(Path(recipe.checkpoint or '?').name)}`"
+            + (f" (epoch {recipe.epoch})" if recipe.epoch is not None else ""),
             f"- network: {md_literal(describe_net(net))}",
             f"- input: {p.preprocess.image_size} px, "
             + ("grayscale" if p.preprocess.channels == 1 else "RGB")
             + f"; precision {p.precision}",
             f"- threshold: {self.stored_threshold:.4f}"
             + (
-                f" ({md_literal(recipe['threshold_method'])} on validation)"
-                if recipe.get("threshold_method")
+                f" ({md_literal(recipe.threshold_method)} on validation)"
+                if recipe.threshold_method
                 else " (not calibrated)"
             ),
         ]

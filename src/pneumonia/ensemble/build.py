@@ -30,6 +30,7 @@ from pneumonia.ensemble.members import (
     load_member,
 )
 from pneumonia.evaluation import METRIC_NAMES
+from pneumonia.evaluation.artefacts import TrainSummary, write_train_summary
 from pneumonia.inference import checkpoint as ckpt_format
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def build_ensemble(
     )["temperature"]
     boot = {**members[0].recipe["intervals"], **(intervals or {})}
     check_settings(cal, boot)
-    stored = {m.calibration.get("precision") for m in members}
+    stored = {m.calibration.precision for m in members}
     precision = precision or (stored.pop() if len(stored) == 1 and None not in stored else auto_precision(accelerator))
     monitor = monitor or members[0].recipe["run"]["monitor"]
 
@@ -136,7 +137,7 @@ def build_ensemble(
         datamodule.setup("fit")
         n_val = len(datamodule.splits["val"])
         for m in members:
-            n = (m.calibration.get("val_report") or {}).get("n")
+            n = (m.calibration.val_report or {}).get("n")
             if n is not None and int(n) != n_val:
                 raise EnsembleError(
                     f"the validation split of '{datamodule.hparams.root}' has {n_val} images, but "
@@ -183,16 +184,16 @@ def build_ensemble(
     (out_dir / "ensemble.json").write_text(json.dumps(summary, indent=2))
     minutes = [d["train_minutes"] for d in described]
     key = monitor.split("/", 1)[-1]
-    train_summary = {
-        "best_checkpoint": str(ckpt_path),
-        "monitor": monitor,
-        "best_score": val_report.get(key) if monitor.startswith("val/") else None,
-        "epochs": None,
-        "members": len(members),
-        "train_minutes": round(sum(minutes), 2) if None not in minutes else None,
-        "val": {k: val_report[k] for k in (*METRIC_NAMES, "threshold") if k in val_report},
-    }
-    (out_dir / "train_summary.json").write_text(json.dumps(train_summary, indent=2))
+    train_summary = TrainSummary(
+        best_checkpoint=str(ckpt_path),
+        monitor=monitor,
+        best_score=val_report.get(key) if monitor.startswith("val/") else None,
+        epochs=None,
+        members=len(members),
+        train_minutes=round(sum(minutes), 2) if None not in minutes else None,
+        val={k: val_report[k] for k in (*METRIC_NAMES, "threshold") if k in val_report},
+    )
+    write_train_summary(out_dir, train_summary)
     return summary
 
 

@@ -4,7 +4,6 @@ Light: no Lightning, so the CLI refuses bad input before anything heavy is impor
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia.evaluation import METRIC_NAMES
+from pneumonia.evaluation.artefacts import ArtefactError, TrainSummary, read_train_summary
 from pneumonia.evaluation.statistics import CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS
 from pneumonia.evaluation.threshold import DEFAULTS as threshold_defaults
 from pneumonia.errors import UserError
@@ -61,12 +61,14 @@ class Member:
         return ckpt_format.temperature(self.ckpt)
 
     @property
-    def calibration(self) -> dict[str, Any]:
-        return ckpt_format.calibration(self.ckpt)
+    def calibration(self) -> ckpt_format.Calibration:
+        """What calibration stored (a member is calibrated: `load_member` refuses others)."""
+        return ckpt_format.calibration_of(self.ckpt) or ckpt_format.Calibration()
 
     def describe(self) -> dict[str, Any]:
         """Plain types for the ensemble checkpoint and ensemble.json."""
-        report = self.calibration.get("val_report") or {}
+        calibration = self.calibration
+        report = calibration.val_report or {}
         keep = SUMMARY_KEYS
         summary = self.train_summary()
         return {
@@ -74,18 +76,20 @@ class Member:
             "seed": ckpt_format.module_settings(self.ckpt).get("seed"),
             "epoch": ckpt_format.saved_epoch(self.ckpt),
             "temperature": self.temperature,
-            "threshold_method": self.calibration.get("threshold_method"),
-            "precision": self.calibration.get("precision"),
+            "threshold_method": calibration.threshold_method,
+            "precision": calibration.precision,
             "val": {k: report[k] for k in keep if k in report},
-            "train_minutes": summary.get("train_minutes"),
+            "train_minutes": summary.train_minutes if summary else None,
         }
 
-    def train_summary(self) -> dict[str, Any]:
-        file = self.run_dir / "train_summary.json" if self.run_dir else None
+    def train_summary(self) -> TrainSummary | None:
+        """The member's train_summary.json (None: no run folder, no file or a damaged one)."""
+        if self.run_dir is None:
+            return None
         try:
-            return json.loads(file.read_text()) if file and file.is_file() else {}
-        except (OSError, ValueError):
-            return {}
+            return read_train_summary(self.run_dir)
+        except ArtefactError:
+            return None
 
 
 def find_members(sources: Sequence[str | Path]) -> list[Path]:
@@ -138,7 +142,7 @@ def _job_order(job: Path) -> tuple[int, str]:
 
 def load_member(path: Path) -> Member:
     ckpt = ckpt_format.load_checkpoint(path)
-    if not ckpt_format.calibration(ckpt):
+    if ckpt_format.calibration_of(ckpt) is None:
         raise EnsembleError(
             f"'{path}' has no threshold chosen on validation: its training has not finished (or "
             "stopped before calibration); only finished runs can be members"
@@ -164,16 +168,16 @@ def _recipe(path: Path, ckpt: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 config = yaml.safe_load(file.read_text()) or {}
             except (OSError, yaml.YAMLError):
                 config = {}
-    calibration = ckpt_format.calibration(ckpt)
+    calibration = ckpt_format.calibration_of(ckpt) or ckpt_format.Calibration()
     recipe: dict[str, dict[str, Any]] = {}
     for group, defaults in RECIPE_DEFAULTS.items():
         given: dict[str, Any] = config[group] if isinstance(config.get(group), dict) else {}
         recipe[group] = {k: given[k] if k in given and not _interpolation(given[k]) else v for k, v in defaults.items()}
     if not config:  # a bare checkpoint: what calibration stored
-        recipe["threshold"]["method"] = calibration.get("threshold_method") or "youden"
+        recipe["threshold"]["method"] = calibration.threshold_method or "youden"
         if recipe["threshold"]["method"] == "fixed":
             recipe["threshold"]["value"] = ckpt_format.threshold(ckpt)
-        recipe["calibration"]["temperature"] = "temperature" in calibration
+        recipe["calibration"]["temperature"] = calibration.temperature is not None
     monitor = config.get("monitor")
     recipe["run"] = {"monitor": monitor if isinstance(monitor, str) and not _interpolation(monitor) else "val/auroc"}
     return recipe

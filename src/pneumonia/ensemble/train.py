@@ -13,7 +13,6 @@ one resumes from its last.ckpt, and the ensemble is built again. Each member fol
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pneumonia.config.plain import to_dict
 from pneumonia.errors import ConfigError
+from pneumonia.evaluation.artefacts import read_val_metrics, train_summary_path
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,13 @@ def member_config(cfg: DictConfig, seed: int, folder: Path, resume: bool) -> Dic
 
 def finished(folder: Path) -> bool:
     """A member whose training and calibration ended (train_summary.json, a calibrated best.ckpt)."""
-    from pneumonia.inference.checkpoint import calibration, load_checkpoint
+    from pneumonia.inference.checkpoint import calibration_of, load_checkpoint
 
     best = folder / "checkpoints" / "best.ckpt"
-    if not (folder / "train_summary.json").is_file() or not best.is_file():
+    if not train_summary_path(folder).is_file() or not best.is_file():
         return False
     try:
-        return bool(calibration(load_checkpoint(best)))
+        return calibration_of(load_checkpoint(best)) is not None
     except Exception:  # a damaged file: train it again
         return False
 
@@ -122,8 +122,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         monitor=str(cfg.monitor),
     )
     log.info("%s", members_table(summary))
-    val_metrics = json.loads((run_dir / "val_metrics.json").read_text())
-    report = val_metrics["at_threshold"]
+    report = read_val_metrics(run_dir).at_threshold
     score = report.get(str(cfg.monitor).split("/", 1)[-1])
     log.info(
         "Ensemble of %d members (%s): %s: %s\nNext: %s",

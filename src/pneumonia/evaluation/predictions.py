@@ -1,13 +1,18 @@
-"""predictions.csv, the one module that writes and reads it. Two layouts, told apart by the
-header (`SCHEMAS`: header -> name and version):
+"""predictions.csv, the one module that writes and reads it. Three layouts, one per writer,
+told apart by the header (`SCHEMAS`, `WRITTEN_ONLY`: header -> name and version):
 
 - `eval/1`, written by eval.py: path, label, probability, prediction; label and prediction as
   class indices (0 NORMAL, 1 PNEUMONIA); every row labelled.
 - `predict/1`, written by predict.py: path, probability, prediction, threshold, label;
   prediction and label as class names (`pneumonia.CLASSES`); the label empty when the file's
   folder names no class.
+- `app/1`, the app's download (app.py): file, probability, prediction, threshold, error;
+  prediction as a class name, no label; a file that could not be read has an error and no
+  probability, prediction or threshold; file names and errors starting like a spreadsheet
+  formula are prefixed with a quote (`spreadsheet_safe`).
 
-`read_predictions` reads either into `Prediction` rows (class indices). No torch here:
+`read_predictions` reads eval/1 and predict/1 into `Prediction` rows (class indices) and
+refuses app/1 as before (it has no labels, so compare could not use it). No torch here:
 predict.py's ONNX path writes through this module.
 """
 
@@ -23,7 +28,9 @@ from pneumonia.errors import UserError
 FILE_NAME = "predictions.csv"
 EVAL_COLUMNS = ("path", "label", "probability", "prediction")
 PREDICT_COLUMNS = ("path", "probability", "prediction", "threshold", "label")
-SCHEMAS = {EVAL_COLUMNS: "eval/1", PREDICT_COLUMNS: "predict/1"}
+APP_COLUMNS = ("file", "probability", "prediction", "threshold", "error")
+SCHEMAS = {EVAL_COLUMNS: "eval/1", PREDICT_COLUMNS: "predict/1"}  # the layouts read back
+WRITTEN_ONLY = {APP_COLUMNS: "app/1"}  # no label: nothing compares it, so it is not read back
 
 
 class PredictionsError(UserError):
@@ -49,6 +56,22 @@ def eval_row(path: str, label: int, probability: float, threshold: float) -> lis
 def predict_row(path: str, probability: float, prediction: str, threshold: float, label: str) -> list[object]:
     """A row of predict/1 (`prediction`, `label`: class names; `label` may be "")."""
     return [path, f"{probability:.6f}", prediction, f"{threshold:.6f}", label]
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell that a spreadsheet will not run as a formula (names come from uploads)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def app_row(file: str, probability: float | None, prediction: str, threshold: float | None, error: str) -> list[object]:
+    """A row of app/1 (`prediction`: a class name, "" when the file could not be read)."""
+    return [
+        spreadsheet_safe(file),
+        "" if probability is None else f"{probability:.6f}",
+        prediction,
+        "" if threshold is None else f"{threshold:.6f}",
+        spreadsheet_safe(error),
+    ]
 
 
 def _class_index(value: str, column: str, where: str) -> int:

@@ -135,7 +135,7 @@ def quantize_int8(
     int8 = _probabilities(out_path, images, input_name, output_name)
     threshold = float(predictor.threshold)
     agree = float(np.mean((fp32 >= np.float32(threshold)) == (int8 >= np.float32(threshold))))
-    method = predictor.recipe.get("threshold_method")
+    method = predictor.recipe.threshold_method
     served, rechosen = threshold, False
     if agree < MIN_AGREEMENT and method:
         served = float(choose_threshold(int8, labels, method=method, value=threshold))

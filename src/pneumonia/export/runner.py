@@ -73,16 +73,17 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
     from pneumonia.export import exporter  # torch (and onnx): only once the settings are known to be good
     from pneumonia.export.card import render_model_card
-    from pneumonia.inference import Predictor
+    from pneumonia.inference import Predictor, resolve_precision
 
     threshold = cfg.get("threshold")  # null: the stored one (an uncalibrated checkpoint is refused)
     predictor = Predictor.from_checkpoint(
         cfg.ckpt_path, device="cpu", precision="32-true", tta=cfg.get("tta"), threshold=threshold
     )
-    # the precision the stored threshold was chosen under (fp32 export scores differ slightly from bf16 ones)
+    # the precision the stored threshold was chosen under (fp32 export scores differ slightly from
+    # bf16 ones): what a Predictor of the checkpoint would score with by default
     threshold_precision = (
-        Predictor.from_checkpoint(cfg.ckpt_path, device="cpu", threshold=threshold).precision
-        if predictor.recipe.get("calibrated") and threshold is None
+        resolve_precision(None, predictor.calibration.precision, "auto")
+        if predictor.calibration is not None and threshold is None
         else None
     )
     if threshold is not None:

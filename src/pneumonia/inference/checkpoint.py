@@ -23,11 +23,16 @@ only, so it cannot run code), with:
   checkpoint (Lightning's saves through `PneumoniaClassifier.on_save_checkpoint` and the
   Trainer's `AtomicCheckpointIO`; calibration and `new_checkpoint` here) and verified by
   `load_checkpoint`: a damaged file is refused, one without a digest (older) loads with a notice.
+
+Typed records, built here only: `Recipe` (`recipe_of`: how the network was trained and
+calibrated, what `Predictor.recipe` holds) and `Calibration` (`calibration_of`: the
+`pneumonia` entry); both frozen, with `to_dict()` for the places that write them out.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +156,109 @@ def temperature(ckpt: dict[str, Any]) -> float:
 
 
 def calibration(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """What calibration stored ({} for a checkpoint that was never calibrated)."""
+    """What calibration stored ({} for a checkpoint that was never calibrated); typed:
+    `calibration_of`."""
     return dict(ckpt.get(CALIBRATION) or {})
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """What calibration stored in a checkpoint (its `pneumonia` entry, see above), typed.
+    Built here only: `calibration_of(ckpt)` reads one, `store_calibration` writes one."""
+
+    threshold_method: str | None = None
+    val_report: dict[str, Any] | None = None
+    precision: str | None = None  # the precision the threshold was chosen under
+    temperature: float | None = None  # None: none fitted (P = sigmoid(logit))
+    val_roc: dict[str, Any] | None = None
+    shift_reference: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's `pneumonia` entry: the three keys every calibration writes, the
+        optional ones only when set."""
+        stored: dict[str, Any] = {
+            "threshold_method": self.threshold_method,
+            "val_report": self.val_report,
+            "precision": self.precision,
+        }
+        for key in ("temperature", "val_roc", "shift_reference"):
+            if getattr(self, key) is not None:
+                stored[key] = getattr(self, key)
+        return stored
+
+
+def calibration_of(ckpt: dict[str, Any]) -> Calibration | None:
+    """What calibration stored, typed; None for a checkpoint that was never calibrated."""
+    stored = ckpt.get(CALIBRATION)
+    if not stored:
+        return None
+    value = stored.get("temperature")
+    ref = stored.get("shift_reference")
+    return Calibration(
+        threshold_method=stored.get("threshold_method"),
+        val_report=stored.get("val_report"),
+        precision=None if stored.get("precision") is None else str(stored["precision"]),
+        temperature=None if value is None else float(value),
+        val_roc=stored.get("val_roc"),
+        shift_reference=dict(ref) if isinstance(ref, dict) else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """How a checkpoint's network was trained and calibrated, in brief: what a `Predictor`
+    reports (`Predictor.recipe`), model.json's `recipe`, the app's and the server's model
+    description. Built here only, by `recipe_of`; the blank `Recipe()` is a Predictor's made
+    from a network rather than a checkpoint (`to_dict()` is then {})."""
+
+    checkpoint: str | None = None  # the file it was read from; None: no checkpoint
+    epoch: int | None = None  # 0-based, as Lightning saved it
+    net: dict[str, Any] = field(default_factory=dict)  # the network spec (`pneumonia.models.build_net`)
+    optimizer: Any = None
+    scheduler: Any = None
+    pos_weight: Any = None
+    seed: int | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    augment: Any = None
+    threshold_method: str | None = None
+    val_report: dict[str, Any] | None = None
+    val_roc: dict[str, Any] | None = None
+    calibrated: bool = False
+    temperature: float = 1.0  # the stored one (1.0: none fitted)
+    tta: bool = False  # as trained and calibrated (data.tta)
+    normalize: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types, in this order (model.json, the report, /info); {} for the blank recipe."""
+        if self.checkpoint is None:
+            return {}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def recipe_of(ckpt: dict[str, Any], path: str | Path) -> Recipe:
+    """The recipe of checkpoint `ckpt`, read from `path`."""
+    module, data = module_settings(ckpt), data_settings(ckpt)
+    cal = calibration_of(ckpt) or Calibration()
+    return Recipe(
+        checkpoint=str(path),
+        epoch=saved_epoch(ckpt),
+        net=module["net"],
+        optimizer=module.get("optimizer"),
+        scheduler=module.get("scheduler"),
+        pos_weight=module.get("pos_weight"),
+        seed=module.get("seed"),
+        image_size=data.get("image_size"),
+        channels=data.get("channels"),
+        augment=data.get("augment"),
+        threshold_method=cal.threshold_method,
+        val_report=cal.val_report,
+        val_roc=cal.val_roc,
+        calibrated=is_calibrated(ckpt),
+        temperature=temperature(ckpt),
+        tta=bool(data.get("tta", False)),
+        normalize=data.get("normalize", "none"),
+    )
 
 
 def is_calibrated(ckpt: dict[str, Any]) -> bool:
@@ -176,13 +282,14 @@ def store_calibration(
     the checkpoint at `path` (atomically)."""
     ckpt = load_checkpoint(path)
     ckpt["state_dict"]["threshold"] = torch.tensor(float(threshold_value))
-    ckpt[CALIBRATION] = {"threshold_method": method, "val_report": val_report, "precision": str(precision)}
-    if temperature_value is not None:
-        ckpt[CALIBRATION]["temperature"] = float(temperature_value)
-    if val_roc is not None:
-        ckpt[CALIBRATION]["val_roc"] = val_roc
-    if shift_reference is not None:
-        ckpt[CALIBRATION]["shift_reference"] = shift_reference
+    ckpt[CALIBRATION] = Calibration(
+        threshold_method=method,
+        val_report=val_report,
+        precision=str(precision),
+        temperature=None if temperature_value is None else float(temperature_value),
+        val_roc=val_roc,
+        shift_reference=shift_reference,
+    ).to_dict()
     atomic_torch_save(seal(ckpt), path)
     return ckpt
 

@@ -42,6 +42,7 @@ from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError, UserError
 from pneumonia.hardware import auto_precision
 from pneumonia.inference import checkpoint as ckpt_format
+from pneumonia.inference.checkpoint import Calibration, Recipe
 from pneumonia.models import build_net
 from pneumonia.models.tta import check_tta, with_tta
 
@@ -121,12 +122,13 @@ class Predictor:
         device: str | torch.device = "cpu",
         channels_last: bool = True,
         classes: Sequence[str] = CLASSES,
-        recipe: dict[str, Any] | None = None,
+        recipe: Recipe | None = None,
         module_settings: dict[str, Any] | None = None,
         data_settings: dict[str, Any] | None = None,
         module_state: dict[str, torch.Tensor] | None = None,
         tta: bool = False,
         shift_reference: dict[str, Any] | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         if precision not in _AUTOCAST and precision not in _FULL:
             raise ConfigError(f"precision={precision!r} is not one of {', '.join([*_FULL[:1], *_AUTOCAST])}")
@@ -142,7 +144,9 @@ class Predictor:
         self.threshold = float(threshold)
         self.precision = str(precision)
         self.classes = tuple(classes)
-        self.recipe = recipe or {}
+        self.recipe = recipe or Recipe()  # how it was trained (the blank one: not from a checkpoint)
+        # what calibration stored in the checkpoint (None: never calibrated, or not from a checkpoint)
+        self.calibration = calibration
         self.module_settings = module_settings or {}
         self.data_settings = data_settings or {"image_size": preprocess.image_size, "channels": preprocess.channels}
         self._module_state = module_state
@@ -193,13 +197,13 @@ class Predictor:
             raise ckpt_format.CheckpointError(
                 f"'{path}': the weights do not fit the network it names ({first})"
             ) from None
-        calibration = ckpt_format.calibration(ckpt)
+        calibration = ckpt_format.calibration_of(ckpt)
+        recipe = ckpt_format.recipe_of(ckpt, path)
         chosen = ckpt_format.threshold(ckpt) if threshold is None else cast(float, threshold_override(threshold))
-        stored_temperature = ckpt_format.temperature(ckpt)
-        temp = stored_temperature if temperature is None else temperature
-        stored_tta = bool(data_hp.get("tta", False))
+        temp = recipe.temperature if temperature is None else temperature
+        stored_tta = recipe.tta
         use_tta = stored_tta if tta is None else check_tta(tta)
-        if use_tta != stored_tta and threshold is None and calibration:
+        if use_tta != stored_tta and threshold is None and calibration is not None:
             log.warning(
                 "tta=%s: the stored threshold %.4f was chosen on validation with TTA %s; scores %s TTA sit "
                 "a little differently (give threshold= to use another)",
@@ -208,25 +212,6 @@ class Predictor:
                 "on" if stored_tta else "off",
                 "with" if use_tta else "without",
             )
-        recipe = {
-            "checkpoint": str(path),
-            "epoch": ckpt_format.saved_epoch(ckpt),
-            "net": module_hp["net"],
-            "optimizer": module_hp.get("optimizer"),
-            "scheduler": module_hp.get("scheduler"),
-            "pos_weight": module_hp.get("pos_weight"),
-            "seed": module_hp.get("seed"),
-            "image_size": data_hp.get("image_size"),
-            "channels": data_hp.get("channels"),
-            "augment": data_hp.get("augment"),
-            "threshold_method": calibration.get("threshold_method"),
-            "val_report": calibration.get("val_report"),
-            "val_roc": calibration.get("val_roc"),
-            "calibrated": bool(calibration),
-            "temperature": stored_temperature,
-            "tta": stored_tta,
-            "normalize": data_hp.get("normalize", "none"),
-        }
         return cls(
             net,
             Preprocess(
@@ -238,14 +223,15 @@ class Predictor:
             chosen,
             temperature=temp,
             tta=use_tta,
-            precision=resolve_precision(precision, calibration.get("precision"), accelerator),
+            precision=resolve_precision(precision, calibration.precision if calibration else None, accelerator),
             device=device,
             channels_last=bool(module_hp.get("channels_last", True)),
             recipe=recipe,
             module_settings=module_hp,
             data_settings=data_hp,
             module_state=ckpt_format.module_state(ckpt),
-            shift_reference=ckpt_format.shift_reference(ckpt),
+            shift_reference=calibration.shift_reference if calibration else None,
+            calibration=calibration,
         )
 
     # ---- scoring -------------------------------------------------------------------------
@@ -286,9 +272,11 @@ class Predictor:
         return (probs >= self.threshold).long()
 
     # ---- for the Lightning paths (eval.py scores through a Trainer for DDP) ----------------
-    def lightning_module(self) -> Any:
+    def lightning_module(self, *, threshold: float | None = None, temperature: float | None = None) -> Any:
         """A `PneumoniaClassifier` with this checkpoint's weights, this threshold, this
-        temperature and TTA (its `net` is then the `TemperatureScaled`/`TTA` wrapper)."""
+        temperature and TTA (its `net` is then the `TemperatureScaled`/`TTA` wrapper);
+        `threshold`/`temperature` instead of this Predictor's (calibration: the ones it has just
+        chosen and stored, without reading the checkpoint again)."""
         from pneumonia.models.classifier import PneumoniaClassifier
 
         if self._module_state is None:
@@ -297,8 +285,9 @@ class Predictor:
         settings = {k: self.module_settings[k] for k in keys if k in self.module_settings}
         module = PneumoniaClassifier(**settings, pretrained=False)  # the checkpoint's weights, loaded next
         module.load_state_dict(self._module_state)
-        module.threshold.fill_(self.threshold)
-        module.net = with_temperature(with_tta(module.net, self.tta), self.temperature)
+        module.threshold.fill_(self.threshold if threshold is None else float(threshold))
+        temp = self.temperature if temperature is None else check_temperature(temperature)
+        module.net = with_temperature(with_tta(module.net, self.tta), temp)
         return module
 
     def summary(self) -> dict[str, Any]:
@@ -311,7 +300,7 @@ class Predictor:
             "tta": self.tta,
             "precision": self.precision,
             "preprocess": self.preprocess.describe(),
-            "recipe": self.recipe,
+            "recipe": self.recipe.to_dict(),
         }
 
 

@@ -9,7 +9,6 @@ probabilities, which are what every later scoring path (the `Predictor`) produce
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ import torch
 
 from pneumonia.evaluation import statistics as st
 from pneumonia.evaluation.analysis import calibration_summary, intervals
+from pneumonia.evaluation.artefacts import ValMetrics, write_val_metrics
 from pneumonia.evaluation.calibration import CALIBRATION_DEFAULTS, INTERVAL_DEFAULTS, check_settings, predict_logits
 from pneumonia.evaluation.metrics import report
 from pneumonia.evaluation.threshold import choose_threshold, roc_points, rule_options
@@ -39,22 +39,21 @@ def calibrate_threshold(
     out_dir: Path,
     calibration: dict[str, Any] | None = None,
     interval_settings: dict[str, Any] | None = None,
+    predictor: Predictor | None = None,
 ) -> tuple[L.LightningModule, dict[str, Any]]:
     """Fit the temperature (when `calibration["temperature"]`), then choose the threshold on
     validation for `ckpt_path`, write both into that file and `val_metrics.json` (the metrics
     at the chosen threshold with bootstrap intervals by patient, the point estimates at 0.5,
     ECE and Brier score before and after the temperature).
     Returns the checkpoint's module (with that threshold and temperature) and the
-    validation report at the chosen threshold."""
+    validation report at the chosen threshold. `predictor`: the Predictor of `ckpt_path`
+    already loaded by the caller (read from the file when None)."""
     cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
     rule = rule_options(settings)  # a wrong threshold.* fails here, before any scoring
-    raw = Predictor.from_checkpoint(
-        ckpt_path,
-        temperature=1.0,  # fit on the raw logits, whatever is stored
-        require_calibration=False,
-    )
-    probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(), datamodule, "val")
+    raw = predictor or Predictor.from_checkpoint(ckpt_path, require_calibration=False)
+    # fit on the raw logits, whatever temperature is stored
+    probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(temperature=1.0), datamodule, "val")
     temperature = None
     scaled_logits = logits.double()
     if cal["temperature"]:
@@ -92,17 +91,21 @@ def calibrate_threshold(
         val_roc=roc_points(probs, labels),
         shift_reference=_shift_reference(datamodule),
     )
-    module = Predictor.from_checkpoint(ckpt_path).lightning_module()  # with the stored threshold and temperature
-    summary = {
-        "checkpoint": str(ckpt_path),
-        "epoch": raw.recipe["epoch"],
-        "threshold_method": rule["method"],
-        "at_threshold": chosen,
-        "at_0.5": at_half,
-        "calibration": calib,
-        "bootstrap": meta,
-    }
-    (out_dir / "val_metrics.json").write_text(json.dumps(summary, indent=2))
+    # with the stored threshold and temperature: the module the stored checkpoint gives, built
+    # from the weights already loaded (the threshold buffer is float32, as stored)
+    module = raw.lightning_module(threshold=threshold, temperature=temperature or 1.0)
+    write_val_metrics(
+        out_dir,
+        ValMetrics(
+            checkpoint=str(ckpt_path),
+            epoch=raw.recipe.epoch,
+            threshold_method=rule["method"],
+            at_threshold=chosen,
+            at_half=at_half,
+            calibration=calib,
+            bootstrap=meta,
+        ),
+    )
     log.info(
         "Validation threshold (%s) = %.4f: accuracy %.4f, F1 %.4f, AUROC %.4f",
         rule["method"],
@@ -195,5 +198,6 @@ def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelera
         out_dir,
         calibration=run["calibration"],
         interval_settings=run["intervals"],
+        predictor=raw,
     )
     return val_report

@@ -110,8 +110,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         (out_dir / "dataset.json").write_text(json.dumps(dataset, indent=2))
     if cfg.get("threshold") is not None:
         source = f"given on the command line (threshold={cfg.threshold})"
-    elif predictor.recipe.get("calibrated"):
-        source = f"chosen on validation ({predictor.recipe.get('threshold_method')}), stored in the checkpoint"
+    elif predictor.recipe.calibrated:
+        source = f"chosen on validation ({predictor.recipe.threshold_method}), stored in the checkpoint"
     else:
         source = "the default 0.5: this checkpoint was never calibrated"
     if cfg.get("temperature") is not None:
@@ -159,15 +159,15 @@ def shift_check(
     image_ref = predictor.shift_reference  # read with the checkpoint, once
     caveat = scoring_caveat(
         tta=predictor.tta,
-        stored_tta=bool(predictor.recipe.get("tta")),
+        stored_tta=predictor.recipe.tta,
         temperature=predictor.temperature,
-        stored_temperature=predictor.recipe["temperature"],
+        stored_temperature=predictor.recipe.temperature,
     )
     return write_shift(
         out_dir,
         probs,
         images,
-        val_roc=predictor.recipe.get("val_roc"),
+        val_roc=predictor.recipe.val_roc,
         image_ref=image_ref,
         labels=labels,
         caveat=caveat,
@@ -205,7 +205,7 @@ def write_report(
     from pneumonia.evaluation.report import render_report, run_facts
 
     run = run_facts(
-        checkpoint=str(predictor.recipe.get("checkpoint")),
+        checkpoint=str(predictor.recipe.checkpoint),
         data_root=data_root,
         split="test",
         precision=precision,

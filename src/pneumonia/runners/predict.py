@@ -399,15 +399,15 @@ def shift_check(
     image_ref = predictor.predictor.shift_reference  # read with the checkpoint, once
     caveat = scoring_caveat(
         tta=predictor.predictor.tta,
-        stored_tta=bool(recipe.get("tta")),
+        stored_tta=recipe.tta,
         temperature=predictor.predictor.temperature,
-        stored_temperature=recipe["temperature"],
+        stored_temperature=recipe.temperature,
     )
     result = write_shift(
         out_dir,
         np.array([r["probability"] for r in rows]),
         stats,
-        val_roc=recipe.get("val_roc"),
+        val_roc=recipe.val_roc,
         image_ref=image_ref,
         caveat=caveat,
     )

@@ -19,6 +19,7 @@ from pneumonia.config.plain import to_dict
 from pneumonia.config.rundir import make_output_dir
 from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
+from pneumonia.evaluation.artefacts import TrainSummary, write_train_summary
 from pneumonia.evaluation.calibration import check_settings
 from pneumonia.runners.calibration import calibrate_threshold
 from pneumonia.evaluation.metrics import METRIC_NAMES
@@ -263,20 +264,21 @@ def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> tuple[float | None, di
         if best_score is None and cfg.monitor.startswith("val/"):  # the same split, scored after training
             best_score = val_report.get(cfg.monitor.split("/", 1)[-1])
 
-    summary = {
-        "best_checkpoint": best_path,
-        "monitor": cfg.monitor,
-        "best_score": best_score,
-        "epochs": trainer.current_epoch,
+    summary = TrainSummary(
+        best_checkpoint=best_path,
+        monitor=cfg.monitor,
+        best_score=best_score,
+        epochs=trainer.current_epoch,
         # all sessions of a resumed run (TrainingClock), and this process alone
-        "train_minutes": round(clock.seconds / 60, 2),
-        "train_seconds": round(clock.seconds, 1),
-        "session_train_seconds": round(clock.session_seconds, 1),
-        "val": val_report,
-    }
-    if reporter is not None:  # sweep_summary lists a pruned job as "pruned at epoch E"
-        summary.update(trial=reporter.number, pruned_at_epoch=reporter.pruned_epoch)
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        train_minutes=round(clock.seconds / 60, 2),
+        train_seconds=round(clock.seconds, 1),
+        session_train_seconds=round(clock.session_seconds, 1),
+        val=val_report,
+        # sweep_summary lists a pruned job as "pruned at epoch E"
+        trial=reporter.number if reporter is not None else None,
+        pruned_at_epoch=reporter.pruned_epoch if reporter is not None else None,
+    )
+    write_train_summary(out_dir, summary)
     if not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's Trainer, undeclared
         finish_training_run(
             loggers,

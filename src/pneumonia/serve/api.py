@@ -86,7 +86,7 @@ def model_id(scorer: Any) -> dict[str, Any]:
     return {
         "backend": "torch",
         "weights_digest": weights_digest(predictor._module_state),
-        "file": os.path.basename(str(predictor.recipe.get("checkpoint", ""))),
+        "file": os.path.basename(predictor.recipe.checkpoint or ""),
     }
 
 
@@ -101,9 +101,10 @@ def describe(scorer: Any) -> dict[str, Any]:
         precision = "int8 (QDQ)" if (scorer.meta.get("quantization") or {}).get("mode") == "int8" else "32-true"
     else:
         p = scorer.predictor
-        summary, recipe = p.summary(), p.recipe
-        validation = recipe.get("val_report") or {}
-        method = recipe.get("threshold_method")
+        summary = p.summary()
+        recipe = summary["recipe"]
+        validation = p.recipe.val_report or {}
+        method = p.recipe.threshold_method
         prep = summary["preprocess"]
         precision = p.precision
     keep = ("net", "image_size", "channels", "epoch", "seed", "tta", "normalize", "temperature", "calibrated")

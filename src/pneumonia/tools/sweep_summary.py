@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from pneumonia.evaluation import METRIC_NAMES
+from pneumonia.evaluation.artefacts import read_train_summary, train_summary_path
 
 METRICS = (*METRIC_NAMES, "threshold")
 
@@ -43,25 +43,24 @@ def read_job(job_dir: Path) -> dict[str, Any]:
         "overrides": " ".join(overrides or []),
         "monitor_mode": config.get("monitor_mode", "max"),
     }
-    summary_file = job_dir / "train_summary.json"
-    if not summary_file.is_file():
+    if not train_summary_path(job_dir).is_file():
         row["status"] = "unfinished"
         return row
-    summary = json.loads(summary_file.read_text())
+    summary = read_train_summary(job_dir)
     # a job that ran but kept no scored checkpoint (debug=fdr, max_epochs reached before a validation)
-    status = "ok" if summary.get("best_score") is not None else "no score"
-    if summary.get("pruned_at_epoch") is not None:
-        status = f"pruned at epoch {summary['pruned_at_epoch']}"
+    status = "ok" if summary.best_score is not None else "no score"
+    if summary.pruned_at_epoch is not None:
+        status = f"pruned at epoch {summary.pruned_at_epoch}"
     row.update(
         status=status,
-        trial=summary.get("trial"),
-        monitor=summary.get("monitor"),
-        best=summary.get("best_score"),
-        epochs=summary.get("epochs"),
-        train_minutes=summary.get("train_minutes"),
+        trial=summary.trial,
+        monitor=summary.monitor,
+        best=summary.best_score,
+        epochs=summary.epochs,
+        train_minutes=summary.train_minutes,
     )
     for k in METRICS:
-        row[f"val_{k}"] = summary.get("val", {}).get(k)
+        row[f"val_{k}"] = summary.val.get(k)
     return row
 
 

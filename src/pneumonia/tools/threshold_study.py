@@ -61,15 +61,15 @@ def validation_scores(
     paths = [datamodule.paths["val"][i] for i in indices.tolist()]
     return {
         "checkpoint": str(ckpt_path),
-        "seed": raw.recipe.get("seed"),
+        "seed": raw.recipe.seed,
         "probs": probs.double().numpy(),
         "logits": logits.double().numpy(),
         "labels": labels.long().numpy(),
         "paths": paths,
         "patients": [patient_id(p) for p in paths],
         "stored_threshold": raw.threshold,
-        "stored_method": raw.recipe.get("threshold_method"),
-        "stored_temperature": raw.recipe.get("temperature"),
+        "stored_method": raw.recipe.threshold_method,
+        "stored_temperature": raw.recipe.temperature,
         "precision": raw.precision,
     }
 

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pneumonia.evaluation.artefacts import train_summary_path, val_metrics_path
 from pneumonia.tracking.run_info import config_params, run_tags, val_results, weights_digest
 from pneumonia.tracking.settings import RUN_FILE, MlflowSettings
 
@@ -169,9 +170,9 @@ def finish_training_run(
             client.set_tag(run_id, TAG_DIGEST, digest)
         if best_path and log_checkpoint:
             client.log_artifact(run_id, best_path, "checkpoints")
-        for name in ("val_metrics.json", "train_summary.json"):
-            if (out_dir / name).is_file():
-                client.log_artifact(run_id, str(out_dir / name))
+        for file in (val_metrics_path(out_dir), train_summary_path(out_dir)):
+            if file.is_file():
+                client.log_artifact(run_id, str(file))
         for png in sorted(out_dir.glob("*.png")):
             client.log_artifact(run_id, str(png), "figures")
         for folder in (".hydra", "tensorboard"):
