@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Scores:
+    """A model's scores of labelled images, what a threshold is chosen on: the validation
+    split scored by the checkpoint (`calibrate_threshold`), or out-of-fold predictions
+    (cross-validation: each image scored by the fold model that never trained on it)."""
+
+    probs: torch.Tensor  # P(pneumonia)
+    labels: torch.Tensor
+    logits: torch.Tensor  # the logits behind `probs` (before a temperature fitted on these scores)
+    paths: list[str]
+
+
 def calibrate_threshold(
     trainer: L.Trainer,
     datamodule: ChestXrayDataModule,
@@ -46,15 +59,47 @@ def calibrate_threshold(
     ECE and Brier score before and after the temperature).
     Returns the checkpoint's module (with that threshold and temperature) and the
     validation report at the chosen threshold."""
-    cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
-    boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
-    rule = rule_options(settings)  # a wrong threshold.* fails here, before any scoring
+    rule_options(settings)  # a wrong threshold.* fails here, before any scoring
     raw = Predictor.from_checkpoint(
         ckpt_path,
         temperature=1.0,  # fit on the raw logits, whatever is stored
         require_calibration=False,
     )
     probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(), datamodule, "val")
+    paths = [datamodule.paths["val"][i] for i in indices.tolist()]
+    return calibrate_scores(
+        ckpt_path,
+        Scores(probs, labels, logits, paths),
+        settings,
+        out_dir,
+        calibration=calibration,
+        interval_settings=interval_settings,
+        precision=str(trainer.precision),
+        shift_reference=_shift_reference(datamodule),
+        epoch=raw.recipe["epoch"],
+    )
+
+
+def calibrate_scores(
+    ckpt_path: str,
+    scores: Scores,
+    settings: dict[str, Any],
+    out_dir: Path,
+    *,
+    calibration: dict[str, Any] | None = None,
+    interval_settings: dict[str, Any] | None = None,
+    precision: str,
+    shift_reference: dict[str, Any] | None,
+    epoch: int | None = None,
+) -> tuple[L.LightningModule, dict[str, Any]]:
+    """`calibrate_threshold` on scores already made: fit the temperature (when
+    `calibration["temperature"]`) and choose the threshold on `scores`, store both in
+    `ckpt_path` (with `precision`, the one the scores were made under, and `shift_reference`)
+    and write `val_metrics.json` into `out_dir`."""
+    cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
+    boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
+    rule = rule_options(settings)
+    probs, labels, logits, paths = scores.probs, scores.labels, scores.logits, scores.paths
     temperature = None
     scaled_logits = logits.double()
     if cal["temperature"]:
@@ -64,7 +109,6 @@ def calibrate_threshold(
         probs = torch.sigmoid(logits.float() / torch.tensor(temperature, dtype=torch.float32))
         scaled_logits = logits.double() / temperature
     threshold = choose_threshold(probs, labels, logits=scaled_logits, **rule)
-    paths = [datamodule.paths["val"][i] for i in indices.tolist()]
     at_half = report(probs, labels, 0.5)
     chosen: dict[str, Any] = report(probs, labels, threshold)
     chosen["ci95"], meta = intervals(
@@ -87,15 +131,15 @@ def calibrate_threshold(
         threshold,
         method=rule["method"],
         val_report=chosen,
-        precision=str(trainer.precision),
+        precision=precision,
         temperature_value=temperature,
         val_roc=roc_points(probs, labels),
-        shift_reference=_shift_reference(datamodule),
+        shift_reference=shift_reference,
     )
     module = Predictor.from_checkpoint(ckpt_path).lightning_module()  # with the stored threshold and temperature
     summary = {
         "checkpoint": str(ckpt_path),
-        "epoch": raw.recipe["epoch"],
+        "epoch": epoch,
         "threshold_method": rule["method"],
         "at_threshold": chosen,
         "at_0.5": at_half,
@@ -128,12 +172,15 @@ def calibrate_threshold(
 def _shift_reference(datamodule: L.LightningDataModule) -> dict[str, Any] | None:
     """Statistics of the decoded validation images, the reference eval.py and predict.py
     compare a folder with (None where the DataModule holds no validation images)."""
+    split = getattr(datamodule, "splits", {}).get("val")
+    return None if split is None else shift_reference_of(split)
+
+
+def shift_reference_of(split: Any) -> dict[str, Any]:
+    """Statistics of a split's decoded images (an `IndexedImages`), the shift reference."""
     from pneumonia.data.stress import validation_images
     from pneumonia.evaluation.shift import image_reference
 
-    split = getattr(datamodule, "splits", {}).get("val")
-    if split is None:
-        return None
     images, _ = validation_images(split)
     return image_reference(images)
 
