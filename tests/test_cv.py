@@ -2,7 +2,7 @@
 (`grouped_folds`: no patient on two sides, classes stratified), the DataModule's fold split,
 `cv.folds=3` on a small synthetic tree (folds.csv, oof_predictions.csv with every training
 image once, cv_summary.json's mean and sd), the fold models' ensemble with its threshold
-chosen on the out-of-fold scores (Predictor, eval, predict), resuming, and the one-line
+chosen on the out-of-fold scores (Predictor, eval, predict, the app's service), resuming, and the one-line
 refusals of bad settings."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_grouped_folds_keep_patients_whole_and_stratify_classes():
         assert counts.max() - counts.min() <= 2  # at most one patient's images apart
     assert np.array_equal(fold, grouped_folds(paths, labels, 4, seed=7))
     assert not np.array_equal(fold, grouped_folds(paths, labels, 4, seed=8))
-    with pytest.raises(ValueError, match="31 folds, but class 0 has 30 patient"):
+    with pytest.raises(ValueError, match="31 folds, but class NORMAL has 30 patient"):
         grouped_folds(paths, labels, 31, seed=0)
 
 
@@ -116,7 +116,7 @@ def test_datamodule_validates_on_one_fold_and_moves_between_folds_without_decodi
     for bad in ({"folds": 3}, {"fold": 0}, {"folds": 3, "fold": 3}, {"folds": 1, "fold": 0}):
         with pytest.raises(ConfigError, match="fold"):
             ChestXrayDataModule(root=str(root), **bad)
-    with pytest.raises(ConfigError, match="folds=20 .*class 0 has 18 patient"):
+    with pytest.raises(ConfigError, match="folds=20 .*class NORMAL has 18 patient"):
         ChestXrayDataModule(root=str(root), image_size=32, cache_dir=None, folds=20, fold=0).setup("fit")
 
 
@@ -157,6 +157,20 @@ def test_cv_run_writes_folds_out_of_fold_predictions_and_summary(run, root):
         assert summary["sd"][key] == pytest.approx(statistics.stdev(values))
     best = [f["best_score"] for f in summary["per_fold"]]
     assert score == pytest.approx(statistics.mean(best)) == summary["best_score"]["mean"]
+    # the run's train_summary.json, as sweep_summary reads a job's: the means over the folds
+    run_summary = json.loads((out / "train_summary.json").read_text())
+    assert run_summary["best_score"] == score and run_summary["val"] == summary["mean"]
+    assert run_summary["cv"]["folds"] == FOLDS
+
+
+def test_a_fold_of_a_sweep_trial_reports_nothing_to_the_trial(root, tmp_path):
+    from pneumonia.ensemble.cv import fold_config
+
+    cfg = train_cfg(root, tmp_path, "cv.folds=3", "optuna.storage=sqlite:///x.db", "optuna.study=s", "optuna.trial=4")
+    run = fold_config(cfg, 3, 2, tmp_path / "fold_2", resume=False)
+    assert (run.data.folds, run.data.fold, run.cv.folds, run.paths.output_dir) == (3, 2, None, str(tmp_path / "fold_2"))
+    assert (run.optuna.storage, run.optuna.study, run.optuna.trial) == (None, None, None)
+    assert cfg.optuna.trial == 4  # the trial's own config is left as it is
 
 
 def test_fold_ensemble_threshold_is_chosen_on_the_out_of_fold_scores(run, root, tmp_path):
@@ -200,6 +214,10 @@ def test_fold_ensemble_threshold_is_chosen_on_the_out_of_fold_scores(run, root, 
         compose_cfg("predict", [f"ckpt_path={ckpt}", f"inputs={root / 'test'}", "device=cpu"], tmp_path / "predict")
     )
     assert summary["n"] == 12
+    from pneumonia.app.service import Service
+
+    results = Service.from_checkpoint(ckpt, device="cpu").score(sorted((root / "test" / "NORMAL").iterdir())[:2])
+    assert all(r.ok for r in results)
 
 
 def test_resume_keeps_finished_folds_and_builds_again(run, root):
@@ -241,7 +259,7 @@ def test_bad_cv_settings_are_one_line_config_errors(root, tmp_path, overrides, m
 def test_more_folds_than_patients_of_a_class_is_refused_before_training(root, tmp_path):
     from pneumonia.ensemble.cv import train
 
-    with pytest.raises(ConfigError, match=r"cv.folds=19 in .*train: 19 folds, but class 0 has 18 patient") as err:
+    with pytest.raises(ConfigError, match=r"cv.folds=19 in .*train: 19 folds, but class NORMAL has 18 patient") as err:
         train(train_cfg(root, tmp_path, "cv.folds=19", "cv.combine=logit"))
     assert "\n" not in str(err.value) and not (tmp_path / "fold_0").exists()
     with pytest.raises(ConfigError, match="cv.combine='median' must be one of: prob, logit"):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumonia import CLASSES
+
 # personN_bacteria_K / personN_virus_K: pneumonia patient N.
 _PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
 # IM-NNNN-KKKK and NORMAL2-IM-NNNN-KKKK: one normal patient per NNNN. Both prefixes map to
@@ -97,8 +99,9 @@ def grouped_folds(paths: Sequence[str], labels: Sequence[int], folds: int, seed:
     fold_of = np.full(len(paths), -1, dtype=np.int64)
     for cls, patients in by_class.items():
         if len(patients) < folds:
+            name = CLASSES[cls] if 0 <= cls < len(CLASSES) else str(cls)
             raise ValueError(
-                f"{folds} folds, but class {cls} has {len(patients)} patient(s): each fold needs one of each class"
+                f"{folds} folds, but class {name} has {len(patients)} patient(s): each fold needs one of each class"
             )
         rng.shuffle(patients)
         patients.sort(key=lambda pid: -len(by_patient[pid]))  # stable: the shuffled order among equals

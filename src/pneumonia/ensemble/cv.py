@@ -98,8 +98,8 @@ def fold_config(cfg: DictConfig, folds: int, fold: int, folder: Path, resume: bo
         run.paths.output_dir = str(folder)
         run.resume = str(folder) if resume else None
         run.ckpt_path = None
-        if run.get("optuna") is not None:
-            run.optuna.trial = None
+        if run.get("optuna") is not None:  # the folds report no epochs to the trial: it is told the mean
+            run.optuna.storage = run.optuna.study = run.optuna.trial = None
     return run
 
 
@@ -138,6 +138,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     log.info("%s", fold_table(summary))
     if settings.ensemble:
         build(cfg, run_dir, settings, oof, resuming)
+    write_train_summary(cfg, run_dir, summary, settings.ensemble)
     mean = summary["best_score"]["mean"]
     log.info(
         "Cross-validation, %d folds: %s = %s\nOutputs in %s: %s, %s, %s%s",
@@ -270,6 +271,32 @@ def summarise(
             "predictions": OOF_PREDICTIONS,
         },
     }
+
+
+def write_train_summary(cfg: DictConfig, run_dir: Path, summary: dict[str, Any], ensemble: bool) -> None:
+    """<run>/train_summary.json as a single run has one, for sweep_summary and the tracking tools:
+    `best_score` and `val` are the means over the folds (replacing the ensemble builder's)."""
+    minutes = [
+        json.loads((run_dir / f["run"] / "train_summary.json").read_text()).get("train_minutes")
+        for f in summary["per_fold"]
+    ]
+    trial = (cfg.get("optuna") or {}).get("trial")
+    out = {
+        "best_checkpoint": str(run_dir / "checkpoints" / "best.ckpt") if ensemble else "",
+        "monitor": summary["monitor"],
+        "best_score": summary["best_score"]["mean"],
+        "epochs": None,
+        "train_minutes": round(sum(minutes), 2) if None not in minutes else None,
+        "val": summary["mean"],
+        "cv": {
+            "folds": summary["folds"],
+            "best_score_sd": summary["best_score"]["sd"],
+            "sd": summary["sd"],
+            "summary": SUMMARY,
+        },
+        **({"trial": trial} if trial is not None else {}),
+    }
+    (run_dir / "train_summary.json").write_text(json.dumps(out, indent=2))
 
 
 def _mean(values: list[Any]) -> float:
