@@ -237,6 +237,10 @@ def test_fold_models_are_not_an_ordinary_ensemble(run):
     out, _ = run
     with pytest.raises(UserError, match="members disagree on data.fold"):
         build_ensemble([out / f"fold_{k}" / "checkpoints" / "best.ckpt" for k in range(FOLDS)], out / "plain")
+    from pneumonia.runners.calibration import recalibrate
+
+    with pytest.raises(UserError, match="the ensemble of a cross-validation's fold models"):
+        recalibrate(out / "checkpoints" / "best.ckpt")  # the default split: trained on by every fold model
 
 
 # ---- refusals ------------------------------------------------------------------------------------
@@ -247,6 +251,7 @@ def test_fold_models_are_not_an_ordinary_ensemble(run):
         (["cv.folds=abc"], "cv.folds='abc' must be an integer >= 2"),
         (["cv.ensemble=true"], "cv.ensemble=true builds the fold models"),
         (["cv.ensemble=maybe", "cv.folds=3"], "cv.ensemble='maybe' must be true or false"),
+        (["cv.folds=3", "cv.combine=median"], "cv.combine='median' must be one of prob, logit"),
         (["cv.folds=3", "data.fold=1"], "data.fold=1 with cv.folds=3"),
         (["cv.folds=3", "experiment=best_ensemble"], "cv.folds with ensemble.seeds"),
     ],
@@ -262,5 +267,3 @@ def test_more_folds_than_patients_of_a_class_is_refused_before_training(root, tm
     with pytest.raises(ConfigError, match=r"cv.folds=19 in .*train: 19 folds, but class NORMAL has 18 patient") as err:
         train(train_cfg(root, tmp_path, "cv.folds=19", "cv.combine=logit"))
     assert "\n" not in str(err.value) and not (tmp_path / "fold_0").exists()
-    with pytest.raises(ConfigError, match="cv.combine='median' must be one of: prob, logit"):
-        train(train_cfg(root, tmp_path, "cv.folds=3", "cv.combine=median"))

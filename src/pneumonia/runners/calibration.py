@@ -214,8 +214,17 @@ def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelera
     from pneumonia.data.datamodule import ChestXrayDataModule
     from pneumonia.hardware import auto_precision
 
+    from pneumonia.errors import CheckpointError
+    from pneumonia.inference.checkpoint import ensemble_info, load_checkpoint
+
     ckpt_path = Path(ckpt_path).expanduser()
     raw = Predictor.from_checkpoint(ckpt_path, require_calibration=False)  # a clear error for a bad file
+    if ensemble_info(load_checkpoint(ckpt_path)).get("cv"):
+        raise CheckpointError(
+            f"'{ckpt_path}' is the ensemble of a cross-validation's fold models: every training image was "
+            "trained on by one of them, so its threshold was chosen on their out-of-fold scores; build it again "
+            "with python train.py <its overrides> cv.ensemble=true resume=<its run folder>"
+        )
     run = run_settings(ckpt_path)
     check_settings(run["calibration"], run["intervals"], threshold_settings=run["threshold"])
     settings = dict(raw.data_settings)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.config.plain import to_dict
 from pneumonia.errors import ConfigError
 from pneumonia.hardware import cuda_available, no_gpu_visible
+from pneumonia.signature import check_values, static_hints
 from pneumonia.validators import optional_int, threshold_override
 
 if TYPE_CHECKING:
@@ -172,6 +173,11 @@ def check_cv_settings(cfg: DictConfig) -> int | None:
     folds = optional_int(cv.get("folds"), "cv.folds", 2)
     if not isinstance(cv.get("ensemble", False), bool):
         raise ConfigError(f"cv.ensemble={cv.get('ensemble')!r} must be true or false")
+    # the ensemble's `combine`, as models.Ensemble declares it (read from its source: no torch)
+    hints = static_hints("pneumonia.models.ensemble.Ensemble") or {}
+    check_values(
+        {"combine": hints["combine"]} if "combine" in hints else {}, {"combine": cv.get("combine", "prob")}, "cv."
+    )
     if folds is None:
         if cv.get("ensemble"):
             raise ConfigError("cv.ensemble=true builds the fold models of a cross-validation: give cv.folds=K too")
