@@ -229,6 +229,8 @@ def test_resume_keeps_finished_folds_and_builds_again(run, root):
     again, _ = train(train_cfg(root, out, *RECIPE, f"resume={out}"))
     assert again == pytest.approx(score) and [p.stat().st_mtime_ns for p in best] == before
     assert (out / "checkpoints" / "best.ckpt").is_file()
+    with pytest.raises(ConfigError, match=r"fold_0 was trained with data.split_seed=42, not 7: it is not fold 0"):
+        train(train_cfg(root, out, *RECIPE, f"resume={out}", "data.split_seed=7"))
 
 
 def test_fold_models_are_not_an_ordinary_ensemble(run):

@@ -19,7 +19,9 @@ Then, in `<run>/`:
 
 The value returned (what a sweep optimises) is the mean over the folds of each fold's best
 `monitor`. `resume=<run>` keeps finished folds, resumes an interrupted one and writes the rest
-again, as `experiment=best_ensemble` does (`pneumonia.ensemble.train`).
+again, as `experiment=best_ensemble` does (`pneumonia.ensemble.train`). Folds trained alone,
+`python train.py ... data.folds=K data.fold=k hydra.run.dir=<run>/fold_<k>` (one job each, on
+any machine), are gathered the same way: `python train.py ... cv.folds=K resume=<run>`.
 """
 
 from __future__ import annotations
@@ -100,6 +102,21 @@ def fold_config(cfg: DictConfig, folds: int, fold: int, folder: Path, resume: bo
     return run
 
 
+def check_kept_fold(cfg: DictConfig, folder: Path, k_folds: int, fold: int) -> None:
+    """A finished fold kept by `resume=` (or trained alone with `data.folds=K data.fold=k` into
+    that folder) must be that fold of these folds: one line naming the first setting that differs."""
+    from pneumonia.inference.checkpoint import data_settings, load_checkpoint
+
+    data = data_settings(load_checkpoint(folder / "checkpoints" / "best.ckpt"))
+    want = {"folds": k_folds, "fold": fold, "split_seed": int(cfg.data.split_seed)}
+    for key, value in want.items():
+        if data.get(key) != value:
+            raise ConfigError(
+                f"{folder} was trained with data.{key}={data.get(key)!r}, not {value!r}: it is not fold {fold} of "
+                f"these {k_folds} folds (move it away, or resume with the settings it was trained with)"
+            )
+
+
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Train the folds, score out of fold, summarise, build the ensemble when asked; returns the
     mean over the folds of their best `monitor` and the summary's mean/sd."""
@@ -116,6 +133,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     for k in range(k_folds):
         folder = fold_dir(run_dir, k)
         if resuming and finished(folder):
+            check_kept_fold(cfg, folder, k_folds, k)
             log.info("Fold %d/%d: finished before, kept: %s", k + 1, k_folds, folder)
             scores.append(json.loads((folder / "train_summary.json").read_text()).get("best_score"))
             continue
