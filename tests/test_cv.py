@@ -237,7 +237,7 @@ def test_fold_models_are_not_an_ordinary_ensemble(run):
     from pneumonia.ensemble.build import build_ensemble
 
     out, _ = run
-    with pytest.raises(UserError, match="members disagree on data.fold"):
+    with pytest.raises(UserError, match="members disagree on data.fold: .*cv.ensemble=true resume=<its run folder>"):
         build_ensemble([out / f"fold_{k}" / "checkpoints" / "best.ckpt" for k in range(FOLDS)], out / "plain")
     from pneumonia.runners.calibration import recalibrate
 

@@ -199,6 +199,11 @@ def check_agreement(members: Sequence[Member], ignore: Sequence[str] = ()) -> No
                     else "their validation splits differ, so one member's training images would be in the split the "
                     "ensemble's threshold is chosen on"
                 )
+                if key in ("folds", "fold"):
+                    why += (
+                        "; a cross-validation's fold models become one ensemble with its threshold chosen on their "
+                        "out-of-fold scores: python train.py <its overrides> cv.ensemble=true resume=<its run folder>"
+                    )
                 raise EnsembleError(
                     f"members disagree on data.{key}: {want!r} in '{first.path}', {got!r} in '{m.path}' ({why})"
                 )
