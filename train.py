@@ -11,7 +11,9 @@ from pneumonia.runners.quick import check_or_fail
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # the runner (torch, Lightning) is imported only now, after Hydra has read the command line
-    if cfg.get("ensemble"):  # experiment=best_ensemble: members, then the ensemble
+    if (cfg.get("cv") or {}).get("folds") is not None:  # cv.folds=K: one model per fold, out-of-fold scores
+        from pneumonia.ensemble.cv import train
+    elif cfg.get("ensemble"):  # experiment=best_ensemble: members, then the ensemble
         from pneumonia.ensemble.train import train
     else:
         from pneumonia.runners.train import train

@@ -242,13 +242,14 @@ def test_train_config_fuzz(stops, xray_root, tmp_path):
 
 def test_train_config_fuzz_of_the_optional_parts(stops, xray_root, tmp_path):
     """The keys that exist only with a group option or a switch: callbacks=swa, data.stress,
-    a torchvision net, an ensemble recipe."""
+    a torchvision net, an ensemble recipe, a cross-validation."""
     base = [f"data.root={xray_root}", f"data.cache_dir={tmp_path / 'cache'}", "logger=none"]
     problems = []
     for extra, only in (
         (["callbacks=swa"], "callbacks.swa.*"),
         (["model=resnet18"], "model.*"),
         (["experiment=best_ensemble"], "ensemble.*"),
+        (["cv.folds=3"], "cv.*"),
     ):
         problems += fuzz("train", base + extra, tmp_path / "out", stops, only=only)
     assert not problems, "\n".join(problems)

@@ -23,7 +23,7 @@ from pneumonia.data.augment import BatchAugment
 from pneumonia.data.cache import DecodedImages, decode_images
 from pneumonia.data.folder import DataLayoutError, SplitFiles, scan_split
 from pneumonia.data.layout import find_data_root
-from pneumonia.data.patients import grouped_split
+from pneumonia.data.patients import grouped_folds, grouped_split
 from pneumonia.data.pixels import DEFAULT_MAX_PIXELS
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.data.sampler import EpochBatchSampler, IndexedImages, epoch_seed
@@ -58,6 +58,9 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     When `val/` is missing or has fewer than `min_val_images` images (the official one
     has 16), validation is carved out of `train/` by patient: see `patients.py`.
+    With `folds` (k-fold cross-validation, `cv.folds`), `train/` is cut into that many
+    patient-grouped, class-stratified folds (`split_seed`): fold `fold` validates, the
+    others train, and `val/` is not used; `use_fold` moves to another fold without decoding.
     """
 
     hparams: AttributeDict  # Lightning's property, typed AttributeDict | MutableMapping
@@ -86,10 +89,14 @@ class ChestXrayDataModule(L.LightningDataModule):
         tta: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         device_resident: bool | Literal["auto"] = False,
+        folds: Annotated[int, Ge(2)] | None = None,
+        fold: Annotated[int, Ge(0)] | None = None,
     ) -> None:
         super().__init__()
         # the signature declares each argument's type and range; the config layer adds the `data.` prefix
         check_arguments(ChestXrayDataModule, locals())
+        if (folds is None) != (fold is None) or (folds is not None and fold is not None and fold >= folds):
+            raise ConfigError(f"fold={fold!r} must be one of 0..folds-1 with folds={folds!r} (both set, or both null)")
         # checks image_size, channels and normalize; stored in checkpoints with the other
         # arguments (datamodule_hyper_parameters), so every scoring path normalises alike
         self.preprocess = Preprocess(image_size, channels, normalize, max_pixels)
@@ -111,6 +118,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         # keeps the host copies, which the stress set, Grad-CAM and eval's report read
         self._resident: dict[str, IndexedImages] = {}
         self._moved: dict[int, torch.Tensor] = {}
+        # with `folds`: the decoded train/ images, their rows and each row's fold (`use_fold`)
+        self._folds: tuple[DecodedImages, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def cache_dir(self) -> str | None:
@@ -182,7 +191,16 @@ class ChestXrayDataModule(L.LightningDataModule):
             train_files = scan_split(self.data_root, "train")
             val_files = scan_split(self.data_root, "val", required=False)
             train = self._decode(train_files)
-            if val_files is not None and len(val_files) >= h.min_val_images:
+            if h.get("folds") is not None:
+                if val_files is not None:
+                    log.info(
+                        "data.folds=%d: validating on fold %d of train/, not on %s",
+                        h.folds,
+                        h.fold,
+                        val_files.split_dir,
+                    )
+                self._set_folds(train)
+            elif val_files is not None and len(val_files) >= h.min_val_images:
                 val = self._decode(val_files)
                 self._register("train", train, train.rows)
                 self._register("val", val, val.rows)
@@ -205,6 +223,45 @@ class ChestXrayDataModule(L.LightningDataModule):
         if (stage == "test" or predicting_test) and "test" not in self.splits:
             test = self._decode(scan_split(self.data_root, "test"))
             self._register("test", test, test.rows)
+
+    def _set_folds(self, train: DecodedImages) -> None:
+        h = self.hparams
+        rows = train.rows  # the files that decoded; the folds are made among them
+        try:
+            fold_of = grouped_folds(
+                [train.paths[i] for i in rows.tolist()], train.labels[rows].tolist(), h.folds, h.split_seed
+            )
+        except ValueError as err:
+            raise ConfigError(f"folds={h.folds} in '{self.data_root}/train': {err}") from None
+        self._folds = (train, rows, torch.from_numpy(fold_of))
+        self.use_fold(h.fold)
+
+    def fold_of(self) -> dict[str, int]:
+        """Each decoded training image's path -> its fold (with `folds` only)."""
+        if self._folds is None:
+            raise RuntimeError("fold_of() needs folds and a DataModule set up for fit")
+        train, rows, fold_of = self._folds
+        return {train.paths[r]: int(k) for r, k in zip(rows.tolist(), fold_of.tolist())}
+
+    def all_folds(self) -> IndexedImages:
+        """Every decoded training image, all folds together (with `folds` only)."""
+        if self._folds is None:
+            raise RuntimeError("all_folds() needs folds and a DataModule set up for fit")
+        train, rows, _ = self._folds
+        return IndexedImages(train.images, train.labels, rows)
+
+    def use_fold(self, fold: int) -> None:
+        """Validate on fold `fold`, train on the others: the same decoded images, indexed again."""
+        if self._folds is None:
+            raise RuntimeError("use_fold() needs folds and a DataModule set up for fit")
+        train, rows, fold_of = self._folds
+        held_out = fold_of == fold
+        self._register("train", train, rows[~held_out])
+        self._register("val", train, rows[held_out])
+        self.hparams.fold = fold
+        for split in ("train", "val"):  # device copies and the stress set follow the split
+            self._resident.pop(split, None)
+        self._stress = None
 
     def _register(self, split: str, decoded: DecodedImages, indices: torch.Tensor) -> None:
         if len(indices) == 0:

@@ -1,4 +1,5 @@
-"""Patient ids from Kaggle file names and a patient-grouped, stratified validation split.
+"""Patient ids from Kaggle file names, a patient-grouped, stratified validation split and
+patient-grouped, stratified folds for cross-validation.
 
 Several patients have more than one image (30 pairs are byte-identical), so an
 image-by-image split leaks patients into validation and inflates its metrics.
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from pneumonia import CLASSES
 
 # personN_bacteria_K / personN_virus_K: pneumonia patient N.
 _PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
@@ -38,6 +41,22 @@ def pneumonia_subtype(path: str | Path) -> str | None:
     return m.group(1).lower() if m else None
 
 
+def _patients_by_class(
+    paths: Sequence[str], labels: Sequence[int]
+) -> tuple[dict[str, list[int]], dict[int, list[str]]]:
+    """(image indices of each patient, the sorted patients of each class); a patient belongs to
+    the class most of their images have."""
+    by_patient: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(paths):
+        by_patient[patient_id(p)].append(i)
+    by_class: dict[int, list[str]] = {int(c): [] for c in sorted(set(labels))}
+    for pid in sorted(by_patient):
+        idx = by_patient[pid]
+        own = [labels[i] for i in idx]
+        by_class[int(max(set(own), key=own.count))].append(pid)
+    return by_patient, by_class
+
+
 def grouped_split(
     paths: Sequence[str], labels: Sequence[int], val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -47,18 +66,10 @@ def grouped_split(
     validation until it holds `val_fraction` (in (0, 1), checked by the DataModule) of
     that class's images.
     """
-    by_patient: dict[str, list[int]] = defaultdict(list)
-    for i, p in enumerate(paths):
-        by_patient[patient_id(p)].append(i)
+    by_patient, by_class = _patients_by_class(paths, labels)
     rng = np.random.default_rng(seed)
     val: list[int] = []
-    for cls in sorted(set(labels)):
-        # a patient belongs to the class most of their images have
-        patients = sorted(
-            pid
-            for pid, idx in by_patient.items()
-            if max(set(labels[i] for i in idx), key=[labels[i] for i in idx].count) == cls
-        )
+    for cls, patients in by_class.items():
         rng.shuffle(patients)
         target = val_fraction * sum(1 for lab in labels if lab == cls)
         taken = 0
@@ -70,3 +81,34 @@ def grouped_split(
     val_idx = np.array(sorted(val), dtype=np.int64)
     train_idx = np.setdiff1d(np.arange(len(paths)), val_idx)
     return train_idx, val_idx
+
+
+def grouped_folds(paths: Sequence[str], labels: Sequence[int], folds: int, seed: int) -> np.ndarray:
+    """Each image's fold (0 .. folds - 1) for k-fold cross-validation: a patient's images all
+    in one fold, each class spread evenly over the folds.
+
+    For each class, its patients (shuffled with `seed`, then the largest first) go one by
+    one to the fold holding the fewest images of that class so far (the first such fold in
+    a shuffled order on ties). A `ValueError` when a class has fewer patients than `folds`
+    (a fold would have no image of it) or `folds` < 2.
+    """
+    if folds < 2:
+        raise ValueError(f"{folds} folds: cross-validation needs at least 2")
+    by_patient, by_class = _patients_by_class(paths, labels)
+    rng = np.random.default_rng(seed)
+    fold_of = np.full(len(paths), -1, dtype=np.int64)
+    for cls, patients in by_class.items():
+        if len(patients) < folds:
+            name = CLASSES[cls] if 0 <= cls < len(CLASSES) else str(cls)
+            raise ValueError(
+                f"{folds} folds, but class {name} has {len(patients)} patient(s): each fold needs one of each class"
+            )
+        rng.shuffle(patients)
+        patients.sort(key=lambda pid: -len(by_patient[pid]))  # stable: the shuffled order among equals
+        order = rng.permutation(folds)  # which fold wins a tie
+        filled = np.zeros(folds, dtype=np.int64)
+        for pid in patients:
+            k = int(order[np.argmin(filled[order])])
+            fold_of[by_patient[pid]] = k
+            filled[k] += len(by_patient[pid])
+    return fold_of

@@ -11,7 +11,9 @@ members of a recipe with different seeds, then builds. Members must share the va
 split (data root, val_fraction, split_seed, min_val_images, ...): otherwise one member's
 training images would be in the split the ensemble's threshold is chosen on; and the
 preprocessing (image size, channels, normalisation, test-time augmentation), which one
-preset applies for all of them.
+preset applies for all of them. `cv.py` trains the fold models of a k-fold cross-validation
+(`cv.folds=K`) and can build them into one ensemble whose threshold is chosen on their
+out-of-fold scores, the one case where members' validation splits differ.
 """
 
 from pneumonia.ensemble.members import find_members

@@ -9,6 +9,11 @@ the ensemble, fits its own temperature when the recipe asks (`calibration.temper
 chooses and stores the threshold with the recipe's `threshold.method`, and writes
 `val_metrics.json`. `ensemble.json` and `train_summary.json` put the members' validation
 numbers beside the ensemble's.
+
+The fold models of a cross-validation (`cv.ensemble=true`, `pneumonia.ensemble.cv`) are
+built the same way, but no validation split is left that none of them trained on: their
+threshold (and temperature) is chosen on the out-of-fold scores instead (`oof`), each
+training image scored by the fold model that never saw it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pneumonia.ensemble.members import (
     SUMMARY_KEYS,
@@ -32,6 +37,9 @@ from pneumonia.ensemble.members import (
 from pneumonia.evaluation import METRIC_NAMES
 from pneumonia.evaluation.artefacts import TrainSummary, write_train_summary
 from pneumonia.inference import checkpoint as ckpt_format
+
+if TYPE_CHECKING:
+    from pneumonia.runners.calibration import Scores
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +71,25 @@ def build_ensemble(
     precision: str | None = None,
     accelerator: str = "auto",
     monitor: str | None = None,
+    oof: Scores | None = None,
+    oof_reference: dict[str, Any] | None = None,
+    cv: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the ensemble of the checkpoints `paths` into `ckpt_path` (default
     `<out_dir>/checkpoints/best.ckpt`), calibrated on validation; write val_metrics.json,
     ensemble.json and train_summary.json into `out_dir`. `threshold`, `calibration` and
     `intervals` default to the members' recipe (which must agree), `precision` to the one
-    the members' thresholds were chosen under. Returns the summary (ensemble.json)."""
+    the members' thresholds were chosen under. Returns the summary (ensemble.json).
+
+    `oof`: the members are the fold models of one cross-validation (`cv`: its record, kept in
+    the checkpoint's `ensemble`), each scoring the images of its held-out fold: the threshold
+    and temperature are chosen on these scores (the shift reference: `oof_reference`), and
+    the checkpoint's data settings are the members' without the fold."""
     import lightning as L
 
     from pneumonia.data.datamodule import ChestXrayDataModule
     from pneumonia.evaluation.calibration import check_settings
-    from pneumonia.runners.calibration import calibrate_threshold
+    from pneumonia.runners.calibration import calibrate_scores, calibrate_threshold
     from pneumonia.hardware import auto_precision
     from pneumonia.models.classifier import PneumoniaClassifier
     from pneumonia.models.ensemble import COMBINES
@@ -88,7 +104,7 @@ def build_ensemble(
     if ckpt_path.exists():
         raise EnsembleError(f"'{ckpt_path}' already exists: choose another output (--out)")
     members = [load_member(Path(p)) for p in paths]
-    check_agreement(members)
+    check_agreement(members, ignore=("fold",) if oof is not None else ())
     threshold = common_setting(members, "threshold", "; choose with --threshold-method", threshold)
     # the ensemble fits its own temperature when the members' recipe did; ece_bins and the
     # bootstrap settings only shape the report: the first member's where not given
@@ -129,27 +145,32 @@ def build_ensemble(
     if cache_dir is not None:
         data["cache_dir"] = cache_dir
     data.update(bad_image_report=None, download=False)
+    record: dict[str, Any] = {"combine": combine, "members": described}
+    if oof is not None:
+        data.update(folds=None, fold=None)  # every fold trained one member: no split is held out
+        record["cv"] = dict(cv or {})
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        datamodule = ChestXrayDataModule(**{**data, "bad_image_report": str(out_dir / "bad_images.tsv")})
-        datamodule.check_layout(("fit",))
-        datamodule.setup("fit")
-        n_val = len(datamodule.splits["val"])
-        for m in members:
-            n = (m.calibration.val_report or {}).get("n")
-            if n is not None and int(n) != n_val:
-                raise EnsembleError(
-                    f"the validation split of '{datamodule.hparams.root}' has {n_val} images, but "
-                    f"'{m.path}' was calibrated on {n} images: the data changed since training (or "
-                    "--data-root points at other data)"
-                )
+        if oof is None:
+            datamodule = ChestXrayDataModule(**{**data, "bad_image_report": str(out_dir / "bad_images.tsv")})
+            datamodule.check_layout(("fit",))
+            datamodule.setup("fit")
+            n_val = len(datamodule.splits["val"])
+            for m in members:
+                n = (m.calibration.val_report or {}).get("n")
+                if n is not None and int(n) != n_val:
+                    raise EnsembleError(
+                        f"the validation split of '{datamodule.hparams.root}' has {n_val} images, but "
+                        f"'{m.path}' was calibrated on {n} images: the data changed since training (or "
+                        "--data-root points at other data)"
+                    )
         ckpt_format.new_checkpoint(
             ckpt_path,
             state_dict=module.state_dict(),
             module_settings=settings,
             data_settings=data,
-            ensemble={"combine": combine, "members": described},
+            ensemble=record,
         )
         trainer = L.Trainer(
             accelerator=accelerator,
@@ -161,9 +182,21 @@ def build_ensemble(
             enable_model_summary=False,
             use_distributed_sampler=False,
         )
-        _, val_report = calibrate_threshold(
-            trainer, datamodule, str(ckpt_path), threshold, out_dir, calibration=cal, interval_settings=boot
-        )
+        if oof is None:
+            _, val_report = calibrate_threshold(
+                trainer, datamodule, str(ckpt_path), threshold, out_dir, calibration=cal, interval_settings=boot
+            )
+        else:
+            _, val_report = calibrate_scores(
+                str(ckpt_path),
+                oof,
+                threshold,
+                out_dir,
+                calibration=cal,
+                interval_settings=boot,
+                precision=str(trainer.precision),
+                shift_reference=oof_reference,
+            )
     except BaseException:
         ckpt_path.unlink(missing_ok=True)  # never leave an uncalibrated ensemble behind
         if created and not any(f.is_file() for f in out_dir.rglob("*")):
@@ -179,6 +212,7 @@ def build_ensemble(
         "temperature_fitted": bool(cal["temperature"]),
         "members": described,
         "val": {k: val_report[k] for k in keep if k in val_report},
+        **({"cv": record["cv"]} if "cv" in record else {}),
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     (out_dir / "ensemble.json").write_text(json.dumps(summary, indent=2))

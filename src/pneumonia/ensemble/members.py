@@ -23,9 +23,9 @@ SUMMARY_KEYS = (*METRIC_NAMES, "threshold", "n")  # what ensemble.json keeps of 
 # networks see: every member must have the same (the ensemble's threshold is chosen there,
 # and one preprocessing preset feeds every member); with the value a checkpoint that
 # predates the key stands for
-SPLIT_KEYS = ("root", "val_fraction", "min_val_images", "split_seed", "on_bad_image")
+SPLIT_KEYS = ("root", "val_fraction", "min_val_images", "split_seed", "on_bad_image", "folds", "fold")
 INPUT_KEYS = ("image_size", "channels", "normalize", "tta")
-KEY_DEFAULTS: dict[str, Any] = {"normalize": "none", "tta": False}
+KEY_DEFAULTS: dict[str, Any] = {"normalize": "none", "tta": False, "folds": None, "fold": None}
 # defaults of conf/train.yaml, for members whose run folder has no .hydra/config.yaml
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "threshold": dict(threshold_defaults),
@@ -187,10 +187,12 @@ def _interpolation(value: Any) -> bool:
     return isinstance(value, str) and "${" in value
 
 
-def check_agreement(members: Sequence[Member]) -> None:
-    """One line naming the first data setting the members disagree on."""
+def check_agreement(members: Sequence[Member], ignore: Sequence[str] = ()) -> None:
+    """One line naming the first data setting the members disagree on (but those in `ignore`:
+    `fold`, for the fold models of a cross-validation, whose threshold is chosen on their
+    out-of-fold scores)."""
     first = members[0]
-    for key in (*SPLIT_KEYS, *INPUT_KEYS):
+    for key in (k for k in (*SPLIT_KEYS, *INPUT_KEYS) if k not in ignore):
         want = _setting(first, key)
         for m in members[1:]:
             got = _setting(m, key)
@@ -201,6 +203,11 @@ def check_agreement(members: Sequence[Member]) -> None:
                     else "their validation splits differ, so one member's training images would be in the split the "
                     "ensemble's threshold is chosen on"
                 )
+                if key in ("folds", "fold"):
+                    why += (
+                        "; a cross-validation's fold models become one ensemble with its threshold chosen on their "
+                        "out-of-fold scores: python train.py <its overrides> cv.ensemble=true resume=<its run folder>"
+                    )
                 raise EnsembleError(
                     f"members disagree on data.{key}: {want!r} in '{first.path}', {got!r} in '{m.path}' ({why})"
                 )

@@ -102,7 +102,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         else:
             again = resuming and (folder / "checkpoints" / "last.ckpt").is_file()
             member = member_config(cfg, seed, folder, again)
-            write_member_config(member, folder, seed)
+            write_member_config(member, folder, [f"seed={seed}"])
             log.info("Member %d/%d (seed %d)%s: %s", i + 1, len(seeds), seed, ", resumed" if again else "", folder)
             train_one(member)
         paths.append(folder / "checkpoints" / "best.ckpt")
@@ -135,9 +135,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     return score, report
 
 
-def write_member_config(member: DictConfig, folder: Path, seed: int) -> None:
-    """`.hydra/config.yaml` and `overrides.yaml` in the member's folder, as a Hydra run has them."""
+def write_member_config(member: DictConfig, folder: Path, overrides: list[str]) -> None:
+    """`.hydra/config.yaml` and `overrides.yaml` (`overrides`, what makes this run the member it
+    is) in the member's folder, as a Hydra run has them."""
     hydra_dir = folder / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(member, hydra_dir / "config.yaml", resolve=False)
-    (hydra_dir / "overrides.yaml").write_text(f"- seed={seed}\n")
+    (hydra_dir / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))

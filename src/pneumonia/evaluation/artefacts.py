@@ -36,7 +36,9 @@ class TrainSummary:
 
     `train_seconds`/`session_train_seconds`: train.py's (all sessions of a resumed run, this
     process alone); `trial`/`pruned_at_epoch`: a job of an Optuna sweep (None: not pruned);
-    `members`: an ensemble's member count. Each written only where it applies."""
+    `members`: an ensemble's member count; `cv`: a cross-validation's folds and standard
+    deviations (its `best_score` and `val` are the means over the folds). Each written only
+    where it applies."""
 
     best_checkpoint: str | None
     monitor: str | None
@@ -49,6 +51,7 @@ class TrainSummary:
     trial: int | None = None
     pruned_at_epoch: int | None = None
     members: int | None = None
+    cv: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +69,8 @@ class TrainSummary:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["val"] = self.val
+        if self.cv is not None:
+            out["cv"] = self.cv
         if self.trial is not None:  # a sweep's job: both keys, pruned_at_epoch null when it was not
             out.update(trial=self.trial, pruned_at_epoch=self.pruned_at_epoch)
         return out
@@ -85,6 +90,7 @@ class TrainSummary:
             trial=data.get("trial"),
             pruned_at_epoch=data.get("pruned_at_epoch"),
             members=data.get("members"),
+            cv=dict(data["cv"]) if isinstance(data.get("cv"), dict) else None,
             format_version=int(data.get("format_version", 0)),
         )
 

@@ -10,6 +10,7 @@ probabilities, which are what every later scoring path (the `Predictor`) produce
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Scores:
+    """A model's scores of labelled images, what a threshold is chosen on: the validation
+    split scored by the checkpoint (`calibrate_threshold`), or out-of-fold predictions
+    (cross-validation: each image scored by the fold model that never trained on it)."""
+
+    probs: torch.Tensor  # P(pneumonia)
+    labels: torch.Tensor
+    logits: torch.Tensor  # the logits behind `probs` (before a temperature fitted on these scores)
+    paths: list[str]
+
+
 def calibrate_threshold(
     trainer: L.Trainer,
     datamodule: ChestXrayDataModule,
@@ -48,12 +61,45 @@ def calibrate_threshold(
     Returns the checkpoint's module (with that threshold and temperature) and the
     validation report at the chosen threshold. `predictor`: the Predictor of `ckpt_path`
     already loaded by the caller (read from the file when None)."""
-    cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
-    boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
-    rule = rule_options(settings)  # a wrong threshold.* fails here, before any scoring
+    rule_options(settings)  # a wrong threshold.* fails here, before any scoring
     raw = predictor or Predictor.from_checkpoint(ckpt_path, require_calibration=False)
     # fit on the raw logits, whatever temperature is stored
     probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(temperature=1.0), datamodule, "val")
+    paths = [datamodule.paths["val"][i] for i in indices.tolist()]
+    return calibrate_scores(
+        ckpt_path,
+        Scores(probs, labels, logits, paths),
+        settings,
+        out_dir,
+        calibration=calibration,
+        interval_settings=interval_settings,
+        precision=str(trainer.precision),
+        shift_reference=_shift_reference(datamodule),
+        predictor=raw,
+    )
+
+
+def calibrate_scores(
+    ckpt_path: str,
+    scores: Scores,
+    settings: dict[str, Any],
+    out_dir: Path,
+    *,
+    calibration: dict[str, Any] | None = None,
+    interval_settings: dict[str, Any] | None = None,
+    precision: str,
+    shift_reference: dict[str, Any] | None,
+    predictor: Predictor | None = None,
+) -> tuple[L.LightningModule, dict[str, Any]]:
+    """`calibrate_threshold` on scores already made: fit the temperature (when
+    `calibration["temperature"]`) and choose the threshold on `scores`, store both in
+    `ckpt_path` (with `precision`, the one the scores were made under, and `shift_reference`)
+    and write `val_metrics.json` into `out_dir`. `predictor`: `ckpt_path`'s Predictor when
+    the caller holds it (the returned module is built from its weights, not read again)."""
+    cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
+    boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
+    rule = rule_options(settings)
+    probs, labels, logits, paths = scores.probs, scores.labels, scores.logits, scores.paths
     temperature = None
     scaled_logits = logits.double()
     if cal["temperature"]:
@@ -63,7 +109,6 @@ def calibrate_threshold(
         probs = torch.sigmoid(logits.float() / torch.tensor(temperature, dtype=torch.float32))
         scaled_logits = logits.double() / temperature
     threshold = choose_threshold(probs, labels, logits=scaled_logits, **rule)
-    paths = [datamodule.paths["val"][i] for i in indices.tolist()]
     at_half = report(probs, labels, 0.5)
     chosen: dict[str, Any] = report(probs, labels, threshold)
     chosen["ci95"], meta = intervals(
@@ -86,19 +131,24 @@ def calibrate_threshold(
         threshold,
         method=rule["method"],
         val_report=chosen,
-        precision=str(trainer.precision),
+        precision=precision,
         temperature_value=temperature,
         val_roc=roc_points(probs, labels),
-        shift_reference=_shift_reference(datamodule),
+        shift_reference=shift_reference,
     )
-    # with the stored threshold and temperature: the module the stored checkpoint gives, built
-    # from the weights already loaded (the threshold buffer is float32, as stored)
-    module = raw.lightning_module(threshold=threshold, temperature=temperature or 1.0)
+    if predictor is not None:
+        # with the stored threshold and temperature: the module the stored checkpoint gives, built
+        # from the weights already loaded (the threshold buffer is float32, as stored)
+        module = predictor.lightning_module(threshold=threshold, temperature=temperature or 1.0)
+        epoch = predictor.recipe.epoch
+    else:
+        stored = Predictor.from_checkpoint(ckpt_path)
+        module, epoch = stored.lightning_module(), stored.recipe.epoch
     write_val_metrics(
         out_dir,
         ValMetrics(
             checkpoint=str(ckpt_path),
-            epoch=raw.recipe.epoch,
+            epoch=epoch,
             threshold_method=rule["method"],
             at_threshold=chosen,
             at_half=at_half,
@@ -131,12 +181,15 @@ def calibrate_threshold(
 def _shift_reference(datamodule: L.LightningDataModule) -> dict[str, Any] | None:
     """Statistics of the decoded validation images, the reference eval.py and predict.py
     compare a folder with (None where the DataModule holds no validation images)."""
+    split = getattr(datamodule, "splits", {}).get("val")
+    return None if split is None else shift_reference_of(split)
+
+
+def shift_reference_of(split: Any) -> dict[str, Any]:
+    """Statistics of a split's decoded images (an `IndexedImages`), the shift reference."""
     from pneumonia.data.stress import validation_images
     from pneumonia.evaluation.shift import image_reference
 
-    split = getattr(datamodule, "splits", {}).get("val")
-    if split is None:
-        return None
     images, labels = validation_images(split)
     return image_reference(images, labels)
 
@@ -170,8 +223,17 @@ def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelera
     from pneumonia.data.datamodule import ChestXrayDataModule
     from pneumonia.hardware import auto_precision
 
+    from pneumonia.errors import CheckpointError
+    from pneumonia.inference.checkpoint import ensemble_info, load_checkpoint
+
     ckpt_path = Path(ckpt_path).expanduser()
     raw = Predictor.from_checkpoint(ckpt_path, require_calibration=False)  # a clear error for a bad file
+    if ensemble_info(load_checkpoint(ckpt_path)).get("cv"):
+        raise CheckpointError(
+            f"'{ckpt_path}' is the ensemble of a cross-validation's fold models: every training image was "
+            "trained on by one of them, so its threshold was chosen on their out-of-fold scores; build it again "
+            "with python train.py <its overrides> cv.ensemble=true resume=<its run folder>"
+        )
     run = run_settings(ckpt_path)
     check_settings(run["calibration"], run["intervals"], threshold_settings=run["threshold"])
     settings = dict(raw.data_settings)

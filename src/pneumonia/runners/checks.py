@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumonia.config.plain import to_dict
 from pneumonia.errors import ConfigError
 from pneumonia.hardware import cuda_available, no_gpu_visible
+from pneumonia.signature import check_values, static_hints
 from pneumonia.validators import optional_int, threshold_override
 
 if TYPE_CHECKING:
@@ -158,6 +159,51 @@ def check_train_settings(cfg: DictConfig, *, quick: bool = False) -> None:
     pw = cfg.module.pos_weight
     if pw is not None and pw != "balanced" and (isinstance(pw, bool) or not isinstance(pw, (int, float)) or pw <= 0):
         raise ConfigError(f"module.pos_weight={pw!r} must be null, 'balanced' or a positive number")
+    check_cv_settings(cfg)
+
+
+def check_cv_settings(cfg: DictConfig) -> int | None:
+    """`cv.folds` (null, or an integer >= 2) and `cv.ensemble`, and the keys a cross-validation
+    sets itself or cannot run with; the number of folds (None: no cross-validation)."""
+    cv = cfg.get("cv")
+    if cv is None:
+        return None
+    if not OmegaConf.is_dict(cv):
+        raise ConfigError(f"cv={cv!r} must be the cross-validation settings (cv.folds, cv.ensemble, cv.combine)")
+    folds = optional_int(cv.get("folds"), "cv.folds", 2)
+    if not isinstance(cv.get("ensemble", False), bool):
+        raise ConfigError(f"cv.ensemble={cv.get('ensemble')!r} must be true or false")
+    # the ensemble's `combine`, as models.Ensemble declares it (read from its source: no torch)
+    hints = static_hints("pneumonia.models.ensemble.Ensemble") or {}
+    check_values(
+        {"combine": hints["combine"]} if "combine" in hints else {}, {"combine": cv.get("combine", "prob")}, "cv."
+    )
+    if folds is None:
+        if cv.get("ensemble"):
+            raise ConfigError("cv.ensemble=true builds the fold models of a cross-validation: give cv.folds=K too")
+        return None
+    data = cfg.get("data") or {}
+    for key in ("folds", "fold"):
+        if data.get(key) is not None:
+            raise ConfigError(
+                f"data.{key}={data.get(key)!r} with cv.folds={folds}: the cross-validation sets data.folds and "
+                "data.fold for each fold's run; leave them null (data.folds=K data.fold=k trains one fold alone)"
+            )
+    if cfg.get("ensemble"):
+        raise ConfigError(
+            "cv.folds with ensemble.seeds (experiment=best_ensemble): cross-validate one recipe with cv.folds, "
+            "or train seeds into an ensemble, not both in one run (cv.ensemble=true builds the fold models into one)"
+        )
+    if cfg.get("ckpt_path"):
+        raise ConfigError("ckpt_path= resumes one run; a cross-validation resumes with resume=<its run folder>")
+    trainer = cfg.get("trainer") or {}
+    strategy = str(trainer.get("strategy", "auto"))
+    if "ddp" in strategy or int(trainer.get("num_nodes", 1) or 1) > 1:
+        raise ConfigError(
+            f"trainer.strategy={strategy}: a cross-validation trains its folds one after another on one device; "
+            "drop trainer=ddp"
+        )
+    return folds
 
 
 def pretrained_weights(cfg: DictConfig) -> bool:
