@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from annotated_types import MinLen
 
+from pneumonia.evaluation.artefacts import train_summary_path, val_metrics_path
 from pneumonia.errors import ConfigError
 from pneumonia.tracking.run_info import config_params, run_tags, val_results, weights_digest
 from pneumonia.tracking.settings import INSTALL_TRACKING
@@ -140,7 +141,7 @@ def finish_wandb_run(
     for lg in runs:
         run = lg.experiment
         run.summary.update(summary)
-        files = [(out_dir / name, name) for name in ("val_metrics.json", "train_summary.json")]
+        files = [(path, path.name) for path in (val_metrics_path(out_dir), train_summary_path(out_dir))]
         if best_path and getattr(lg, "pneumonia_log_checkpoint", True):
             files.insert(0, (Path(best_path), "checkpoints/best.ckpt"))
         files = [(path, name) for path, name in files if path.is_file()]
