@@ -7,7 +7,8 @@ trial states (docs/sweeps.md, "What pruning saves").
 Runs `python train.py -m hparams_search=optuna` twice with the same sampler seed, once per
 pruner (`--pruners`, default median and none), each in its own sweep folder under `--out`,
 and prints one line per search: seconds, trials complete/pruned/failed, the epochs trained in
-all, the best value, and the trials whose parameters the two searches share. Anything after
+all, the best value, and the trials whose parameters the two searches share. Writes
+docs/results/<--name>.json (default sweep_pruning; the docs table is rendered from it). Anything after
 `--` goes to every search (the default: a tiny CNN on `python -m pneumonia.data.synthetic`
 images, written to `--out` first).
 """
@@ -21,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from results import ROOT, write_result
+
 TINY = [
     "debug=tiny",
     "data.image_size=96",
@@ -80,6 +82,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--pruners", nargs="+", default=["median", "none"])
     ap.add_argument("--out", type=Path, default=Path("outputs/bench_sweep_pruning"))
+    ap.add_argument("--name", default="sweep_pruning", help="docs/results/<name>.json")
+    ap.add_argument("--note", default="")
     ap.add_argument("extra", nargs="*", help="overrides for every search (after --)")
     args = ap.parse_args()
     extra = args.extra
@@ -91,13 +95,32 @@ def main() -> None:
             make_chest_xray_tree(data)
         extra = [f"data.root={data}", f"data.cache_dir={args.out / 'cache'}", *TINY]
     results = [search(args.out, p, args.trials, args.epochs, extra) for p in args.pruners]
+    rows = []
     for r in results:
         shared = sum(a == b for a, b in zip(r["params"], results[0]["params"]))
+        at = sorted(r["pruned_at"].values())
         print(
             f"pruner={r['pruner']}: {r['seconds']} s, {r['complete']} complete, {r['pruned']} pruned "
-            f"(at epochs {sorted(r['pruned_at'].values())}), {r['fail']} failed, {r['epochs_trained']} epochs "
+            f"(at epochs {at}), {r['fail']} failed, {r['epochs_trained']} epochs "
             f"trained, best {r['best_value']:.4f}; {shared}/{len(r['params'])} parameter sets as in the first search"
         )
+        pruned = f"{r['pruned']}" + (f" (after epochs {', '.join(str(e) for e in at)})" if at else "")
+        rows.append(
+            [r["pruner"], r["seconds"], f"{r['complete']} / {pruned}", r["epochs_trained"], round(r["best_value"], 4)]
+        )
+    write_result(
+        args.name,
+        title=(
+            f"The same {args.trials}-trial Optuna search ({args.epochs} epochs per trial, fixed sampler seed) with and "
+            "without a pruner"
+        ),
+        columns=["pruner", "wall s", "trials complete / pruned", "epochs trained", "best value"],
+        rows=rows,
+        notes=(
+            f"Overrides of every search: {' '.join(extra) if args.extra else 'the synthetic default (debug=tiny, 96 px)'}. "
+            + args.note
+        ).strip(),
+    )
 
 
 if __name__ == "__main__":
