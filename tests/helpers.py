@@ -3,9 +3,12 @@ the entry points run as a user runs them, and a callback that kills a run."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +54,24 @@ def train_cfg(root: Path, out_dir: Path, *overrides: str, tiny: bool = True) -> 
         [f"data.root={root}", f"data.cache_dir={out_dir / 'cache'}", *(TINY if tiny else []), *overrides],
         out_dir,
     )
+
+
+@contextlib.contextmanager
+def logged_lines(name: str = "pneumonia.runners.train") -> Iterator[list[str]]:
+    """The messages logger `name` emits at INFO and above inside the block (module-scoped
+    fixtures cannot use pytest's caplog); the logger's level is restored afterwards."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def run_cli(script: str, *args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:

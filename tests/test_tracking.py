@@ -11,7 +11,7 @@ import pytest
 
 from pneumonia.errors import UserError
 from pneumonia.runners.quick import check_or_fail
-from tests.helpers import PROJECT_ROOT, TINY, compose_cfg, train_cfg
+from tests.helpers import PROJECT_ROOT, TINY, compose_cfg, logged_lines, train_cfg
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("onnxruntime")
@@ -31,19 +31,11 @@ def store(tmp_path_factory):
 def tracked(xray_root, store, tmp_path_factory):
     """A tiny run trained 2 epochs with logger=mlflow_tensorboard: (run folder, client, run id,
     the run's closing lines)."""
-    import logging
 
     from pneumonia.runners.train import train
 
     out = tmp_path_factory.mktemp("tracked_run")
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("pneumonia.runners.train")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with logged_lines() as lines:
         train(
             train_cfg(
                 xray_root,
@@ -55,9 +47,6 @@ def tracked(xray_root, store, tmp_path_factory):
                 f"mlflow.tracking_uri={store[1]}",
             )
         )
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     info = json.loads((out / "mlflow_run.json").read_text())
     return out, MlflowClient(store[1], registry_uri=store[1]), info["run_id"], "\n".join(lines)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pneumonia.errors import ConfigError
-from tests.helpers import train_cfg
+from tests.helpers import logged_lines, train_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,42 +53,30 @@ def wandb_run(xray_root, tmp_path_factory):
     """A tiny run trained 2 epochs with logger=wandb_tensorboard, W&B offline: (run folder,
     its records, the run's closing lines)."""
     pytest.importorskip("wandb")
-    import logging
 
     from pneumonia.runners.train import train
 
     out = tmp_path_factory.mktemp("wandb_run")
     home = tmp_path_factory.mktemp("wandb_home")
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("pneumonia.runners.train")
-    level = logger.level
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, logged_lines() as lines:
         for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
             mp.setenv(name, str(home / name.lower()))
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")
         mp.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: a request would fail
         mp.delenv("WANDB_API_KEY", raising=False)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        try:
-            train(
-                train_cfg(
-                    xray_root,
-                    out,
-                    "trainer.max_epochs=2",
-                    "logger=wandb_tensorboard",
-                    "seed=3",
-                    "optimizer.lr=0.002",
-                    "callbacks.early_stopping=null",
-                    "intervals.resamples=0",
-                )
+        train(
+            train_cfg(
+                xray_root,
+                out,
+                "trainer.max_epochs=2",
+                "logger=wandb_tensorboard",
+                "seed=3",
+                "optimizer.lr=0.002",
+                "callbacks.early_stopping=null",
+                "intervals.resamples=0",
             )
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
+        )
     [run_file] = out.glob("wandb/offline-run-*/run-*.wandb")
     return out, wandb_records(run_file), "\n".join(lines)
 

@@ -118,6 +118,7 @@ def _interpolated_from(node: Any, leaf: str) -> str | None:
 
     if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, leaf):
         return None
-    child = node._get_node(leaf)  # noqa: SLF001 - the interpolation's text, unresolved
-    found = re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", str(child._value() if child is not None else ""))
+    plain = OmegaConf.to_container(node, resolve=False)  # the interpolation's text, unresolved
+    raw = plain.get(leaf) if isinstance(plain, dict) else None
+    found = re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", str(raw))
     return found.group(1) if found else None
