@@ -162,6 +162,7 @@ def test_samplers_and_pruners_compose_and_build(xray_root, tmp_path):
 # --- pruning ---
 
 
+@pytest.mark.slow  # whole sweeps in subprocesses: seconds each
 def test_pruned_jobs_stop_keep_their_values_and_are_listed(xray_root, tmp_path):
     sweep = tmp_path / "pruned"
     res = run_cli(
@@ -192,6 +193,7 @@ def test_pruned_jobs_stop_keep_their_values_and_are_listed(xray_root, tmp_path):
     assert "Trials in the study: 2 pruned" in res.stdout + res.stderr
 
 
+@pytest.mark.slow  # whole sweeps in subprocesses: seconds each
 def test_ddp_ranks_train_the_same_trial_and_prune_together(xray_root, tmp_path):
     """Lightning starts rank 1 by running the command line again: in a sweep that would be a
     sweep of its own (another trial, other parameters). Both ranks train trial 0, rank 1 stops
@@ -222,6 +224,7 @@ def test_ddp_ranks_train_the_same_trial_and_prune_together(xray_root, tmp_path):
     assert "GLOBAL_RANK: 1" in rank1 and "at epoch 2" in rank1 and "optuna.trial=0)" in rank1
 
 
+@pytest.mark.slow  # whole sweeps in subprocesses: seconds each
 def test_grid_runs_every_point_and_a_refused_one_fails_its_trial_only(xray_root, tmp_path):
     """The grid sampler tries each point once; a point the config refuses (4 blocks with 3
     widths) fails its own trial, and with max_failure_rate=1 the search goes on."""
@@ -281,6 +284,7 @@ def two_workers(xray_root, tmp_path, storage):
             assert study.trials[number].value == pytest.approx(best)  # each job's value told to its own trial
 
 
+@pytest.mark.slow  # whole sweeps in subprocesses: seconds each
 def test_two_workers_share_one_sqlite_study(xray_root, tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     two_workers(xray_root, tmp_path, url)
@@ -303,6 +307,7 @@ def test_two_workers_share_one_sqlite_study(xray_root, tmp_path):
     assert len(optuna.load_study(study_name="shared", storage=url).trials) == 5
 
 
+@pytest.mark.slow  # whole sweeps in subprocesses: seconds each
 def test_a_dead_workers_trial_is_failed_and_run_again(xray_root, tmp_path):
     """A worker that died leaves a running trial whose heartbeat stops: the next worker fails
     it and runs its parameters again (Optuna's heartbeat and RetryHeartbeatStaleTrialCallback)."""
@@ -382,6 +387,7 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow  # whole sweeps in subprocesses: seconds each
 def test_two_workers_share_one_postgresql_study(xray_root, tmp_path, postgres):
     two_workers(xray_root, tmp_path, postgres)
 

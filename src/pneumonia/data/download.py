@@ -45,7 +45,7 @@ def fetch(force: bool = False) -> Path:
         import kagglehub
     except ImportError:
         raise DownloadError(
-            "downloading the data needs kagglehub: pip install -e '.[data]' (or download it by hand, see README 'Data')"
+            "downloading the data needs kagglehub: pip install -e '.[data]' (or download it by hand, see docs/data.md)"
         ) from None
     log.warning("Fetching %s (%s) with kagglehub into %s", DATASET, SIZE, _cache_folder())
     try:
@@ -58,13 +58,13 @@ def fetch(force: bool = False) -> Path:
             ) from None
         raise DownloadError(
             f"could not download {DATASET}: {_first_line(err)} (no network? download it on "
-            f"another machine and set data.root=..., see README 'Data')"
+            f"another machine and set data.root=..., see docs/data.md)"
         ) from None
     except Exception as err:  # kagglehub/requests raise their own types for network and HTTP errors
         raise DownloadError(
             f"could not download {DATASET}: {type(err).__name__}: {_first_line(err)} "
             f"(no network? download it on another machine and set data.root=..., "
-            f"see README 'Data')"
+            f"see docs/data.md)"
         ) from None
     root = find_data_root(path)
     check_kaggle_counts(root)

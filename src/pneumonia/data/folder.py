@@ -212,12 +212,12 @@ def scan_split(root: str | Path, split: str, *, required: bool = True) -> SplitF
     if root.exists() and not root.is_dir():
         raise DataLayoutError(
             f"data.root '{root}' is a file, not a folder: expected a folder with train/ val/ "
-            f"test/ subfolders (see README, 'Data')"
+            f"test/ subfolders (see docs/data.md)"
         )
     if not root.is_dir():
         raise DataLayoutError(
             f"data.root '{root}' does not exist: expected a folder with train/ val/ test/ "
-            f"subfolders, each holding {'/ and '.join(CLASSES)}/ (see README, 'Data')"
+            f"subfolders, each holding {'/ and '.join(CLASSES)}/ (see docs/data.md)"
         )
     split_dir = root / split
     if not split_dir.is_dir():
