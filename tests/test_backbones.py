@@ -81,6 +81,7 @@ def calibrate_bn(net: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 # ---- configs, shapes, Grad-CAM layer ----------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_config_builds_the_arch_for_gray_and_rgb(arch, xray_root, tmp_path):
     cfg = cfg_for(xray_root, tmp_path, arch)
@@ -144,6 +145,7 @@ def test_gray_conv_on_a_replicated_gray_image_equals_the_rgb_conv():
         torch.testing.assert_close(gray(g), rgb(g.expand(-1, 3, -1, -1)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gray_net_from_rgb_weights_matches_the_rgb_net_on_gray_images(arch):
     """'Pretrained' RGB weights (random, batch norm calibrated), the state copied, the copy
@@ -254,6 +256,7 @@ def datamodule(xray_root, tmp_path_factory):
     return dm
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_training_step_checkpoint_round_trip_and_gradcam(arch, datamodule, xray_root, tmp_path):
     cfg = cfg_for(xray_root, tmp_path, arch, "seed=3")

@@ -98,6 +98,7 @@ def test_threshold_is_chosen_on_the_temperature_scaled_probabilities(scaled):
     assert st.auroc(probs.numpy(), labels.numpy()) == pytest.approx(st.auroc(logits.numpy(), labels.numpy()))
 
 
+@pytest.mark.slow
 def test_eval_and_predict_apply_the_stored_temperature(scaled, xray_root, tmp_path):
     ckpt, _, _, _, _ = scaled
     predictor = Predictor.from_checkpoint(ckpt)

@@ -115,6 +115,7 @@ def test_the_same_images_under_another_root_pair_by_class_and_name(pair_of_runs,
         compare(dir_a, relabelled)
 
 
+@pytest.mark.slow
 def test_two_real_eval_runs_compared_from_the_command_line(tiny_checkpoint, xray_root, tmp_path):
     runs = []
     for name, extra in (("stored", []), ("half", ["threshold=0.5"])):
@@ -186,6 +187,7 @@ def test_a_csv_of_neither_layout_is_one_line(tmp_path):
         compare(tmp_path, tmp_path)
 
 
+@pytest.mark.slow
 def test_real_eval_and_predict_runs_of_one_checkpoint_compare(tiny_checkpoint, xray_root, tmp_path):
     """The same checkpoint through eval.py and predict.py: the same images, the same decisions."""
     evaluate(

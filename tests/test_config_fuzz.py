@@ -240,6 +240,7 @@ def test_train_config_fuzz(stops, xray_root, tmp_path):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_train_config_fuzz_of_the_optional_parts(stops, xray_root, tmp_path):
     """The keys that exist only with a group option or a switch: callbacks=swa, data.stress,
     a torchvision net, an ensemble recipe, a cross-validation."""
@@ -270,6 +271,7 @@ def test_scoring_configs_fuzz(entry, overrides, stops, xray_root, tiny_checkpoin
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, expected",
     [

@@ -31,7 +31,18 @@ def instantiate_all(cfg, root):
 
 
 @pytest.mark.parametrize(
-    "group", ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug"]
+    "group",
+    [
+        "data",
+        pytest.param("model", marks=pytest.mark.slow),  # builds every torchvision backbone
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "callbacks",
+        pytest.param("logger", marks=pytest.mark.slow),  # imports MLflow and W&B
+        pytest.param("experiment", marks=pytest.mark.slow),
+        "debug",
+    ],
 )
 def test_every_option_composes_and_instantiates(group, xray_root, tmp_path):
     opts = options(group)

@@ -121,6 +121,7 @@ def test_datamodule_validates_on_one_fold_and_moves_between_folds_without_decodi
 
 
 # ---- cv.folds=3 ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cv_run_writes_folds_out_of_fold_predictions_and_summary(run, root):
     out, score = run
     files = {str(p) for p in train_files(root)}
@@ -173,6 +174,7 @@ def test_a_fold_of_a_sweep_trial_reports_nothing_to_the_trial(root, tmp_path):
     assert cfg.optuna.trial == 4  # the trial's own config is left as it is
 
 
+@pytest.mark.slow
 def test_fold_ensemble_threshold_is_chosen_on_the_out_of_fold_scores(run, root, tmp_path):
     from pneumonia.runners.eval import evaluate
     from pneumonia.runners.predict import predict

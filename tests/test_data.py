@@ -128,6 +128,7 @@ def test_training_never_yields_a_single_image_batch():
     assert [len(b) for b in EpochBatchSampler(18, 8, shuffle=True)] == [8, 8, 2]
 
 
+@pytest.mark.slow
 def test_disk_cache_is_memory_mapped_and_shared_by_readers(xray_root, tmp_path):
     files = scan_split(xray_root, "train")
     a = decode_images(files.paths, files.labels, Preprocess(32, 1), cache_dir=tmp_path)

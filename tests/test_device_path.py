@@ -135,6 +135,7 @@ def test_deferred_finite_loss_guard_raises_before_validation():
         FiniteLossGuard(every_n_batches=0)
 
 
+@pytest.mark.slow
 def test_fast_path_settings_train_to_the_same_validation_metrics(xray_root, tmp_path):
     reports = []
     for run, extra in (("host", ()), ("fast", ("data.device_resident=true", "module.defer_sync=true"))):

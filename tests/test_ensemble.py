@@ -117,6 +117,7 @@ def test_ensemble_net_averages_probabilities_or_logits_with_member_temperatures(
 
 
 # ---- experiment=best_ensemble: the checkpoint ------------------------------------------------
+@pytest.mark.slow
 def test_best_ensemble_trains_members_and_writes_one_calibrated_checkpoint(run):
     ckpt = load_checkpoint(ckpt_of(run))  # weights_only=True, like every loader
     net = ckpt["hyper_parameters"]["net"]
@@ -166,6 +167,7 @@ def test_threshold_is_chosen_on_the_validation_split_with_the_recipe_method(run,
     assert {k: got[k] for k in ("tn", "fp", "fn", "tp", "n")} == {k: stored[k] for k in ("tn", "fp", "fn", "tp", "n")}
 
 
+@pytest.mark.slow
 def test_eval_scores_the_ensemble_at_its_own_threshold(run, xray_root, tmp_path):
     from pneumonia.runners.eval import evaluate
 

@@ -70,6 +70,7 @@ def assert_parity(eager_probs, probs, threshold):
     assert ((probs >= np.float32(threshold)) == (eager_probs >= np.float32(threshold))).all()
 
 
+@pytest.mark.slow
 def test_onnx_and_torch_export_match_eager_at_any_batch_size(exported, eager):
     onnx_predictor = OnnxPredictor.from_model(exported["onnx"] / "model.onnx")
     program = torch.export.load(str(exported["torch_export"] / "model.pt2")).module()
@@ -85,6 +86,7 @@ def test_onnx_and_torch_export_match_eager_at_any_batch_size(exported, eager):
         assert (onnx_predictor.decide(expected) == eager.decide(torch.from_numpy(expected)).numpy()).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torch_export"])
 def test_original_network_exports_with_matching_scores(fmt, tmp_path):
     """The notebook's network (dilated, unpadded blocks 4-5) at 150 px gray, no checkpoint."""
@@ -317,6 +319,7 @@ def test_model_card_names_the_network_it_holds():
     assert ens.startswith("an ensemble of 2 networks, logit averaging: CustomCNN: depth 4") and "densenet121" in ens
 
 
+@pytest.mark.slow
 def test_model_json_is_checked_against_its_schema_and_the_model(exported, xray_root, tmp_path):
     from pneumonia.evaluation.threshold import METHODS
     from pneumonia.data.preprocess import NORMALIZE

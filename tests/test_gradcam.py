@@ -98,6 +98,7 @@ def trained(one_thread):
     return net, train_acc, test_acc, x_test, y_test
 
 
+@pytest.mark.slow
 def test_the_model_learned_the_task(trained):
     _, train_acc, test_acc, _, _ = trained
     assert train_acc > 0.95, train_acc
@@ -244,6 +245,7 @@ def count_red(path) -> int:
     return int(((rgb[..., 0] > 180) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
 
 
+@pytest.mark.slow
 def test_figures(trained, tmp_path):
     from pneumonia.explain.figures import caption, save_gallery, save_overlay
     from pneumonia.explain.gradcam import gradcam

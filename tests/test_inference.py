@@ -111,6 +111,7 @@ def test_bad_predictor_settings_are_one_line_errors(checkpoint, tmp_path):
         Predictor.from_checkpoint(tmp_path / "mismatch.ckpt")
 
 
+@pytest.mark.slow
 def test_importing_inference_stays_light():
     code = (
         "import sys, pneumonia.inference; heavy = sorted({m.split('.')[0] for m in sys.modules} & "

@@ -120,6 +120,7 @@ def test_a_checkpoint_without_a_checksum_loads_with_one_notice(tiny_checkpoint, 
 
 
 # ---- checkpoints with missing settings --------------------------------------------------------------------
+@pytest.mark.slow
 def test_missing_settings_are_named_in_one_line(tiny_checkpoint, xray_root, tmp_path):
     cases = {
         "no_net": (lambda c: c["hyper_parameters"].pop("net"), "the network's spec (hyper_parameters 'net')"),

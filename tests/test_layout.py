@@ -103,6 +103,7 @@ def test_download_links_data_root_to_the_checked_release(fake_kagglehub, tmp_pat
     assert len(fake_kagglehub.calls) == 1
 
 
+@pytest.mark.slow
 def test_partial_download_is_an_error_not_a_smaller_dataset(fake_kagglehub, tmp_path):
     real = full_release(fake_kagglehub.cache)
     for victim in list((real / "train" / "PNEUMONIA").iterdir())[:5]:
@@ -135,6 +136,7 @@ def test_disk_full_says_where_and_what_to_do(monkeypatch):
         fetch()
 
 
+@pytest.mark.slow
 def test_datamodule_download_knob_fetches_when_root_is_missing(fake_kagglehub, tmp_path):
     real = full_release(fake_kagglehub.cache)
     root = tmp_path / "missing" / "chest_xray"
@@ -143,6 +145,7 @@ def test_datamodule_download_knob_fetches_when_root_is_missing(fake_kagglehub, t
     assert root.is_symlink() and dm.data_root.resolve() == real.resolve()
 
 
+@pytest.mark.slow
 def test_download_cli_with_a_stand_in_kagglehub(tmp_path):
     import subprocess
 

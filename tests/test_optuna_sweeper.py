@@ -395,6 +395,7 @@ def test_two_workers_share_one_postgresql_study(xray_root, tmp_path, postgres):
 # --- one-line errors ---
 
 
+@pytest.mark.slow
 def test_bad_settings_are_one_line_errors(xray_root, tmp_path):
     # through the command line: the sweeper's refusal is one line, before any job
     res = run_cli(

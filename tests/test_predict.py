@@ -74,6 +74,7 @@ def test_folder_walk_ignores_debris_and_non_images_and_reads_dicom(tiny_checkpoi
     assert not (tmp_path / "out" / "bad_images.tsv").exists()
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_and_reported_and_rows_are_kept(tiny_checkpoint, xray_root, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(xray_root / "test" / "NORMAL", folder)
@@ -110,6 +111,7 @@ def test_explain_writes_a_heatmap_per_image_and_gallery_a_grid(tiny_checkpoint, 
         assert img.size == (4 * 240, 280)  # 4 thumbnails in one row: gallery_size caps it
 
 
+@pytest.mark.slow
 def test_bad_settings_and_inputs_are_one_line_errors(tiny_checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataLayoutError, match="holds no image"):

@@ -28,6 +28,7 @@ def int8_export(tiny_checkpoint, tmp_path_factory):
     return out, meta
 
 
+@pytest.mark.slow
 def test_int8_model_is_quantized_and_within_its_bounds(int8_export):
     from pneumonia.export.onnx_predictor import sha256_file
     from pneumonia.export.quantize import MAX_AUROC_CHANGE, MIN_AGREEMENT
@@ -62,6 +63,7 @@ def test_onnx_backend_scores_the_int8_model_like_fp32(int8_export, tiny_checkpoi
     assert np.mean((int8 >= t) == (fp32 >= t)) >= 0.99
 
 
+@pytest.mark.slow
 def test_a_model_with_tta_in_its_graph_quantizes(tiny_checkpoint, tmp_path):
     """experiment=best exports its TTA into the graph (GridSample), which onnxruntime's symbolic
     shape inference cannot follow: the int8 export still works and keeps its bounds."""
@@ -74,6 +76,7 @@ def test_a_model_with_tta_in_its_graph_quantizes(tiny_checkpoint, tmp_path):
     assert abs(parity["auroc_change"]) <= 0.002 and parity["agreement"] >= 0.99
 
 
+@pytest.mark.slow
 def test_an_int8_model_outside_its_bounds_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
     from pneumonia.export import quantize
     from pneumonia.export.runner import export

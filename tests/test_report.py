@@ -99,6 +99,7 @@ def evaluated(tiny_checkpoint, xray_root, tmp_path_factory):
     return out, rep
 
 
+@pytest.mark.slow
 def test_metrics_json_keeps_its_keys_first_and_adds_intervals_and_sections(evaluated):
     out, rep = evaluated
     metrics = json.loads((out / "metrics.json").read_text())
@@ -186,6 +187,7 @@ def test_recipe_rows_summarise_the_roc_and_long_values():
     assert all(len(v) <= MAX_CELL for v in rows.values())
 
 
+@pytest.mark.slow
 def test_printed_table_and_tensorboard_text_have_the_intervals(tiny_checkpoint, xray_root, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -213,6 +215,7 @@ def test_printed_table_and_tensorboard_text_have_the_intervals(tiny_checkpoint, 
     assert "describe=false" in page.plain and len(page.images) == 5  # no gallery asked for (4 figures + shift)
 
 
+@pytest.mark.slow
 def test_errors_gallery_is_in_the_report(tiny_checkpoint, xray_root, tmp_path):
     out = tmp_path / "eval"
     rep = evaluate(eval_cfg(tiny_checkpoint, xray_root, out, "threshold=0.0", "logger=none", "intervals.resamples=200"))

@@ -407,6 +407,7 @@ def test_training_batches_are_normalised_after_the_augmentation(xray_root, tmp_p
     assert torch.allclose(x.flatten(1).std(1, correction=0), torch.ones(len(x)), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -101,6 +101,7 @@ def test_printed_commands_paste_back(tmp_path):
     assert res.returncode == 2 and f"ckpt_path '{folder / 'best.ckpt'}' does not exist" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, expected",
     [

@@ -87,6 +87,7 @@ def predict_py_probabilities(ckpt: Path, files: list[Path], out: Path) -> dict[s
         return {Path(r["path"]).name: float(r["probability"]) for r in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_answers_equal_predict_py_for_images_and_dicom(server, tiny_checkpoint, xray_root, tmp_path):
     files = (
         sorted((xray_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
@@ -115,6 +116,7 @@ def test_answers_equal_predict_py_for_images_and_dicom(server, tiny_checkpoint, 
     assert info["classes"] == ["NORMAL", "PNEUMONIA"] and "not diagnosis" in info["intended_use"]
 
 
+@pytest.mark.slow
 def test_gradcam_png_when_asked(server, xray_root):
     path = sorted((xray_root / "test" / "NORMAL").glob("*.jpeg"))[0]
     r = httpx.post(server + "/predict?gradcam=true", files={"file": (path.name, path.read_bytes())}, headers=HEADERS)
@@ -125,6 +127,7 @@ def test_gradcam_png_when_asked(server, xray_root):
     assert "gradcam_png" not in plain and plain["probability"] == pytest.approx(r.json()["probability"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_wrong_or_missing_key_is_401_and_health_needs_none(server, xray_root):
     path = sorted((xray_root / "test" / "NORMAL").glob("*.jpeg"))[0]
     for headers in ({}, {"X-API-Key": "wrong-key-000"}):
@@ -134,6 +137,7 @@ def test_wrong_or_missing_key_is_401_and_health_needs_none(server, xray_root):
     assert httpx.get(server + "/health").status_code == 200
 
 
+@pytest.mark.slow
 def test_bad_bodies_are_one_line_json_errors(server, tmp_path):
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1100, 1100), np.uint8)).save(big)  # 1.2 MP, > 0.25 MB
@@ -160,6 +164,7 @@ def test_bad_bodies_are_one_line_json_errors(server, tmp_path):
     assert httpx.get(server + "/health").status_code == 200  # still serving
 
 
+@pytest.mark.slow
 def test_concurrent_identical_requests_get_identical_answers_in_batches(server, xray_root):
     path = sorted((xray_root / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
     data = path.read_bytes()
@@ -179,6 +184,7 @@ def test_concurrent_identical_requests_get_identical_answers_in_batches(server, 
     assert max(r.json()["timing_ms"]["batch_size"] for r in good) > 1  # dynamic batching happened
 
 
+@pytest.mark.slow
 def test_settings_are_refused_in_one_line_before_torch(tiny_checkpoint):
     for args, words in (
         ([], "exactly one of them"),
@@ -195,6 +201,7 @@ def test_settings_are_refused_in_one_line_before_torch(tiny_checkpoint):
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], (args, res.stderr)
 
 
+@pytest.mark.slow
 def test_onnx_backend_answers_equal_predict_py_onnx(tiny_checkpoint, xray_root, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -176,6 +176,7 @@ def _inverted_tree(root, out):
     return out
 
 
+@pytest.mark.slow
 def test_calibration_stores_the_reference_and_eval_warns_on_a_shifted_folder_only(
     tiny_checkpoint, xray_root, tmp_path, capsys
 ):
@@ -253,6 +254,7 @@ def test_an_old_checkpoint_without_the_reference_compares_scores_only(tiny_check
     assert again == shift_reference(load_checkpoint(tiny_checkpoint))  # the same validation images
 
 
+@pytest.mark.slow
 def test_predict_reports_the_shift_in_its_summary_and_warns_on_a_shifted_folder_only(
     tiny_checkpoint, xray_root, tmp_path, capsys
 ):

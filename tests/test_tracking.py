@@ -58,6 +58,7 @@ def artifact_paths(client, run_id, path=None):
     return found
 
 
+@pytest.mark.slow
 def test_training_run_holds_params_metrics_tags_and_artifacts(tracked, xray_root, store):
     out, client, run_id, tracked_ending = tracked
     run = client.get_run(run_id)
@@ -91,6 +92,7 @@ def test_training_run_holds_params_metrics_tags_and_artifacts(tracked, xray_root
     assert open(local, "rb").read() == (out / "checkpoints" / "best.ckpt").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_goes_on_in_its_mlflow_run(xray_root, tmp_path):
     from pneumonia.runners.train import train
 
@@ -124,6 +126,7 @@ def test_data_fingerprint_follows_the_files_not_the_folder(tmp_path):
     assert data_fingerprint({"train": [tmp_path / "b" / "NORMAL" / "x.jpeg"]}, tmp_path / "b") != fp["a"]
 
 
+@pytest.mark.slow
 def test_eval_logs_to_the_checkpoint_run(tracked, tmp_path, store):
     from pneumonia.runners.eval import evaluate
 
@@ -157,6 +160,7 @@ def test_eval_logs_to_the_checkpoint_run(tracked, tmp_path, store):
     assert metrics["test/auroc_ci_low"] <= metrics["test/auroc"] <= metrics["test/auroc_ci_high"]
 
 
+@pytest.mark.slow
 def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(
     tracked, xray_root, tmp_path, store, capsys
 ):
@@ -217,6 +221,7 @@ def test_register_then_predict_from_the_registry_scores_like_the_checkpoint(
         assert abs(float(a["probability"]) - float(b["probability"])) <= 1e-4
 
 
+@pytest.mark.slow
 def test_app_and_serve_take_a_model_uri(tracked, tmp_path, store):
     """app.py model_uri=: the checkpoint the version was exported from (its training run's
     best.ckpt, checked by weights checksum); serve.py model_uri=: the version's ONNX export, as
@@ -270,6 +275,7 @@ def cli(capsys, *args, uri):
     return status, out.out, out.err
 
 
+@pytest.mark.slow
 def test_a_sweep_logs_one_run_per_job_under_a_parent(xray_root, tmp_path, monkeypatch):
     """train.py -m seed=1,2: Hydra's basic launcher runs both jobs in this process (as from a
     terminal, less the second import of torch and mlflow)."""
@@ -335,6 +341,7 @@ def test_bad_settings_are_one_line_before_torch(config_name, overrides, message,
     assert problem and message in problem and "\n" not in problem
 
 
+@pytest.mark.slow
 def test_registry_errors_are_one_line(tracked, store, tmp_path, capsys):
     from pneumonia.runners.predict import predict
 

@@ -81,6 +81,7 @@ def wandb_run(xray_root, tmp_path_factory):
     return out, wandb_records(run_file), "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_offline_run_holds_params_metrics_tags_and_the_model(wandb_run, xray_root):
     out, records, ending = wandb_run
     kinds = [r.WhichOneof("record_type") for r in records]

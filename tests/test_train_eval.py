@@ -55,6 +55,7 @@ def test_training_writes_checkpoints_summary_and_learns(trained):
     assert ckpt["hyper_parameters"]["net"]["depth"] == 3
 
 
+@pytest.mark.slow
 def test_tensorboard_has_epoch_metrics_figures_and_hparams(trained):
     out, _, _ = trained
     tags = tb_tags(out / "tensorboard")
@@ -77,6 +78,7 @@ def test_tensorboard_has_epoch_metrics_figures_and_hparams(trained):
         assert "val/auroc" in f.readline()
 
 
+@pytest.mark.slow
 def test_eval_writes_metrics_predictions_and_figures(trained, xray_root, tmp_path):
     out, _, val_report = trained
     cfg = compose_cfg(
