@@ -32,6 +32,8 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ("train.py model=resnet (typo)", ["train.py", "model=resnet"]),
     ("train.py data.root=missing", ["train.py", "data.root=missing"]),
     ("eval.py --help", ["eval.py", "--help"]),
+    ("eval.py ckpt_path=missing.ckpt", ["eval.py", "ckpt_path=missing.ckpt"]),
+    ("predict.py input=scans/ (typo)", ["predict.py", "input=scans/"]),
     ("predict.py --help", ["predict.py", "--help"]),
 ]
 

@@ -287,3 +287,35 @@ def test_command_line_typos_are_one_line(args, expected, tmp_path):
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    "script, args, expected",
+    [
+        ("predict", ["input=scans/"], "input is not a setting of predict.py (did you mean inputs?"),
+        ("train", ["optimiser.lr=0.1"], "optimiser.lr is not a setting of train.py (did you mean optimizer.lr?"),
+        ("train", ["data.batchsize=8"], "(did you mean data.batch_size?"),
+        ("train", ["zzz=1"], "zzz is not a setting of train.py (python train.py --cfg job"),  # nothing close
+    ],
+)
+def test_an_unknown_key_names_the_closest_one(script, args, expected, capsys):
+    from pneumonia.config.entry import check_command_line
+
+    with pytest.raises(SystemExit) as exit_:
+        check_command_line(script, f"{script}.py", argv=args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("script", ["eval", "predict", "export", "serve", "app"])
+def test_a_wrong_ckpt_path_is_refused_before_torch(script, tmp_path):
+    """The quick checks (no torch) name a checkpoint that is missing or is a folder."""
+    from pneumonia.config.compose import compose
+    from pneumonia.runners.quick import check_or_fail
+
+    extra = {"predict": [f"inputs={tmp_path}"]}.get(script, [])
+    missing = check_or_fail(script, compose(script, [f"ckpt_path={tmp_path / 'nope.ckpt'}", *extra]))
+    assert missing == f"ckpt_path '{tmp_path / 'nope.ckpt'}' does not exist"
+    folder = check_or_fail(script, compose(script, [f"ckpt_path={tmp_path}", *extra]))
+    assert folder == f"ckpt_path '{tmp_path}' is not a file"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pneumonia.errors import UserError
+from pneumonia.errors import CheckpointError, UserError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, disk quota exceeded
 
@@ -36,6 +36,17 @@ def disk_full(
     return DiskFullError(
         f"no space left in '{where}'{what}{free}; free some space (or point the output elsewhere) and run again"
     )
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """`path` (user-expanded) when it is a file; a one-line `CheckpointError` otherwise. Torch-free,
+    so the entry points refuse a wrong `ckpt_path=` before torch is imported."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"ckpt_path '{path}' does not exist" if not path.exists() else f"ckpt_path '{path}' is not a file"
+        )
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object], *, needed: int | None = None) -> None:

@@ -80,14 +80,14 @@ def check_command_line(
         try:
             composed.append(compose(config_name, trial, hydra_config=True))
         except HydraException as err:
-            _fail(_composition_error(err, script))
+            _fail(_composition_error(err, script, config_name, trials[0]))
     for cfg in composed:  # then the values that need no torch: answered before it is imported
         problem = check(config_name, cfg) if check is not None else None
         if problem:
             _fail(problem)
 
 
-def _composition_error(err: Exception, script: str) -> str:
+def _composition_error(err: Exception, script: str, config_name: str = "", overrides: list[str] | None = None) -> str:
     from hydra.errors import MissingConfigException
 
     text = str(err)
@@ -99,11 +99,43 @@ def _composition_error(err: Exception, script: str) -> str:
         )
     if "is not in struct" in text or "Could not override" in text:
         key = text.split("'")[1] if "'" in text else "the key"
+        near = _near_key(config_name, overrides or [], key) if config_name else None
+        hint = f"did you mean {near}? " if near else ""
         return (
-            f"{key} is not a setting of {script} (python {script} --cfg job shows them all; "
+            f"{key} is not a setting of {script} ({hint}python {script} --cfg job shows them all; "
             f"to add a new one: +{key}=...)"
         )
     return _first_line(err)
+
+
+def _near_key(config_name: str, overrides: list[str], key: str) -> str | None:
+    """The existing key closest to a mistyped one (`input` -> `inputs`, `optimiser.lr` ->
+    `optimizer.lr`), looked up level by level in the config composed without the bad key."""
+    import difflib
+
+    from omegaconf import DictConfig
+
+    from pneumonia.config.compose import compose
+
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        node: object = compose(config_name, kept)
+    except Exception:  # the other overrides do not compose either: no suggestion
+        return None
+    found: list[str] = []
+    for part in key.split("."):
+        if not isinstance(node, DictConfig):
+            return None
+        keys = [str(k) for k in node.keys()]
+        if part not in keys:
+            close = difflib.get_close_matches(part, keys, n=1, cutoff=0.6)
+            if not close:
+                return None
+            part = close[0]
+        found.append(part)
+        node = node.get(part)
+    near = ".".join(found)
+    return near if near != key else None
 
 
 def _first_line(err: BaseException) -> str:

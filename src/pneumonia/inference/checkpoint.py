@@ -40,7 +40,7 @@ import torch
 
 from pneumonia.errors import CheckpointError
 from pneumonia.integrity import seal, stored_digest, weights_digest
-from pneumonia.io import atomic_torch_save
+from pneumonia.io import atomic_torch_save, checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,7 @@ _NOTICED: set[str] = set()  # checkpoints without a digest already reported (one
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint as a dict; a `CheckpointError` for anything that is not one of ours."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(
-            f"ckpt_path '{path}' does not exist" if not path.exists() else f"ckpt_path '{path}' is not a file"
-        )
+    path = checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

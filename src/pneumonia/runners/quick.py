@@ -55,6 +55,8 @@ def quick_check(config_name: str, cfg: DictConfig) -> None:
         from pneumonia.tracking.registry import parse_model_uri
 
         parse_model_uri(cfg.model_uri)
+    if config_name in ("eval", "predict", "export", "app", "serve"):
+        _check_checkpoint(cfg)
     for key, node in _built_nodes(cfg):
         check_node(key, node)
     if config_name == "train":
@@ -72,6 +74,18 @@ def _check_serve(cfg: DictConfig) -> None:
         )
     checks.threshold_override(cfg.get("threshold"))
     checks._optional_int(cfg, "threads", 1)
+
+
+def _check_checkpoint(cfg: DictConfig) -> None:
+    """A `ckpt_path=` that is not a file: the checkpoint reader's own one line, before torch.
+    (predict.py with backend=onnx reads `model_path=` instead and ignores it.)"""
+    from pneumonia.io import checkpoint_file
+
+    if "ckpt_path" not in cfg or OmegaConf.is_missing(cfg, "ckpt_path") or cfg.get("backend") == "onnx":
+        return
+    path = cfg.get("ckpt_path")
+    if isinstance(path, str) and path:
+        checkpoint_file(path)
 
 
 def _check_root(cfg: DictConfig) -> None:
