@@ -3,6 +3,9 @@
 
     python benchmarks/cpu_step.py                          # the table below, 150 px, batch 64
     python benchmarks/cpu_step.py --profile fp32_cl_rgb    # + the PyTorch profiler's top ops of one variant
+    # the Keras peer first, in the same sitting, then ours; the table to docs/results/cpu_step_avx2.json
+    python benchmarks/cpu_step.py --keras /path/to/tf-venv/bin/python keras_seed_cnn.py <data>/train \
+        --keras-onednn --variants fp32_nchw_rgb fp32_cl_rgb fp32_cl_gray fp32_cl_gray_compile --write cpu_step_avx2
 
 Each variant runs the project's network (`pneumonia.models.CustomCNN`, the seed's 5 blocks,
 dense 256) through forward, BCE loss, backward and an Adam step on one fixed random batch,
@@ -17,12 +20,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_result  # noqa: E402
 
 # name -> (channels, channels_last, autocast bf16, compile)
+LABELS = {
+    "fp32_nchw_rgb": "ours, fp32, NCHW, RGB",
+    "fp32_cl_rgb": "ours, fp32, channels_last, RGB",
+    "fp32_cl_rgb_compile": "ours, fp32, channels_last, RGB, `torch.compile`",
+    "fp32_cl_gray": "ours, fp32, channels_last, gray (`train.py`'s path where bf16 is not native)",
+    "fp32_cl_gray_compile": "ours, fp32, channels_last, gray, `torch.compile`",
+    "bf16_cl_gray": "ours, bf16-mixed, channels_last, gray",
+    "bf16_cl_gray_compile": "ours, bf16-mixed, channels_last, gray, `torch.compile`",
+}
 VARIANTS = {
     "fp32_nchw_rgb": (3, False, False, False),
     "fp32_cl_rgb": (3, True, False, False),
@@ -93,6 +111,30 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     return result
 
 
+def run_keras(python: str, script: str, data: str, args: argparse.Namespace, onednn: bool | None) -> dict:
+    """The Keras peer's SUMMARY line (`train_compute`, `e2e_fit` images/s) in a fresh process;
+    `onednn` sets TF_ENABLE_ONEDNN_OPTS (TensorFlow turns oneDNN on by itself only on some CPUs)."""
+    env = dict(os.environ)
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
+    cmd = [python, script, data, "--batch", str(args.batch), "--size", str(args.size), "--steps", "10"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    found = re.search(r"SUMMARY .*train_compute=([\d.]+) e2e_fit=([\d.]+)", out.stdout)
+    if out.returncode != 0 or not found:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"error: the Keras peer failed ({' '.join(cmd)}): {tail[:200]}")
+    versions = re.search(r"^TF (\S+)", out.stdout, re.M)
+    mkl = re.search(r"IsMklEnabled: (\S+)", out.stdout)
+    return {
+        "train": float(found.group(1)),
+        "fit": float(found.group(2)),
+        "tf": versions.group(1) if versions else "?",
+        "onednn": onednn,
+        "mkl": mkl.group(1) if mkl else "?",
+        "stdout": out.stdout,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=150)
@@ -103,6 +145,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--profile", choices=list(VARIANTS), default=None)
+    ap.add_argument(
+        "--keras",
+        nargs=3,
+        metavar=("PYTHON", "SCRIPT", "TRAIN_DIR"),
+        help="run the Keras peer (its venv's python, keras_seed_cnn.py, a train/ folder) first, same sitting",
+    )
+    ap.add_argument(
+        "--keras-onednn", action="store_true", help="run the peer a second time with TF_ENABLE_ONEDNN_OPTS=1"
+    )
+    ap.add_argument("--write", metavar="NAME", help="write the table to docs/results/NAME.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -111,8 +163,19 @@ def main() -> None:
     from pneumonia.hardware import cpu_has_native_bf16
 
     print(f"seed CNN, {args.size} px, batch {args.batch}, native bf16: {cpu_has_native_bf16()}")
+    rows: list[list[object]] = []
+    peers: list[dict] = []
+    if args.keras:
+        for onednn in [None, True] if args.keras_onednn else [None]:
+            k = run_keras(*args.keras, args, onednn)
+            peers.append({key: value for key, value in k.items() if key != "stdout"})
+            how = "TF_ENABLE_ONEDNN_OPTS=1" if onednn else f"TensorFlow's default (oneDNN: {k['mkl']})"
+            label = f"Keras (TensorFlow {k['tf']}), fp32, RGB, {how}: `train_on_batch`"
+            rows.append([label, k["train"], f"end to end `model.fit(flow_from_directory)`: {k['fit']}"])
+            print(f"| {label} | {k['train']:.1f} | fit {k['fit']:.1f} |", flush=True)
     print("| variant | train img/s (compute only) | first steps (s) |")
     print("|---|---|---|")
+    profile = ""
     for name in args.variants:
         cmd = [
             sys.executable,
@@ -139,8 +202,28 @@ def main() -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {name} | {r['img_s']:.1f} | {r['warmup_s']:.1f} |", flush=True)
+        rows.append([LABELS[name], round(r["img_s"], 1), f"first {args.warmup} steps {r['warmup_s']:.1f} s"])
         if "profile" in r:
             print(r["profile"])
+            profile = r["profile"]
+    if args.write:
+        import torch
+
+        write_result(
+            args.write,
+            title=(
+                f"One training step, compute only: forward, loss, backward and optimizer step on a fixed "
+                f"batch of {args.batch} at {args.size} px (median of {args.repeats} windows of {args.steps} steps)"
+            ),
+            columns=["path", "train img/s", "note"],
+            rows=rows,
+            notes=(
+                f"torch {torch.__version__.split('+')[0]}, threads {torch.get_num_threads()}; one process per "
+                "variant, run back to back with nothing else running; the Keras peer is "
+                "../shared/peers/keras_seed_cnn.py (not in this repository), in its own venv"
+            ),
+            extra={"keras": peers, **({"profile": profile} if args.profile else {})},
+        )
 
 
 if __name__ == "__main__":

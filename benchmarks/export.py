@@ -266,8 +266,9 @@ def main() -> None:
     ap.add_argument(
         "--write-int8",
         action="store_true",
-        help="write docs/results/onnx_int8_cpu.json from the ort_all_t* and ort_int8_t* rows",
+        help="write docs/results/<--int8-name>.json from the ort_all_t* and ort_int8_t* rows",
     )
+    ap.add_argument("--int8-name", default="onnx_int8_cpu", help="its name (one file per kind of CPU)")
     ap.add_argument("--note", default="", help="added to the written table's notes")
     ap.add_argument("--imports", action="store_true", help="also time the imports and RSS of both predict paths")
     ap.add_argument("--import-runs", type=int, default=3)
@@ -368,7 +369,7 @@ def main() -> None:
                     ]
                 )
             write_result(
-                "onnx_int8_cpu",
+                args.int8_name,
                 title=f"onnxruntime fp32 against int8 (QDQ) on the CPU: {model}",
                 columns=[
                     "variant",
