@@ -48,6 +48,16 @@ def item_key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+def offline_wandb(mp: pytest.MonkeyPatch, home: Path) -> None:
+    """W&B offline, its folders under `home`, no key, an unroutable server."""
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        mp.setenv(name, str(home / name.lower()))
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_SILENT", "true")
+    mp.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: a request would fail
+    mp.delenv("WANDB_API_KEY", raising=False)
+
+
 @pytest.fixture(scope="module")
 def wandb_run(xray_root, tmp_path_factory):
     """A tiny run trained 2 epochs with logger=wandb_tensorboard, W&B offline: (run folder,
@@ -59,12 +69,7 @@ def wandb_run(xray_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("wandb_run")
     home = tmp_path_factory.mktemp("wandb_home")
     with pytest.MonkeyPatch.context() as mp, logged_lines() as lines:
-        for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-            mp.setenv(name, str(home / name.lower()))
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: a request would fail
-        mp.delenv("WANDB_API_KEY", raising=False)
+        offline_wandb(mp, home)
         train(
             train_cfg(
                 xray_root,
@@ -88,6 +93,7 @@ def test_offline_run_holds_params_metrics_tags_and_the_model(wandb_run, xray_roo
     info = json.loads((out / "wandb_run.json").read_text())
     assert info["offline"] and Path(info["folder"]).parent == out / "wandb"
     assert Path(info["folder"]).name.startswith("offline-run-") and info["folder"].endswith(info["run_id"])
+    assert info["folders"] == [info["folder"]]
     assert f"W&B run {info['run_id']} offline (upload: wandb sync {info['folder']})" in ending
 
     run = [r.run for r in records if r.WhichOneof("record_type") == "run"][-1]
@@ -137,6 +143,75 @@ def test_offline_run_holds_params_metrics_tags_and_the_model(wandb_run, xray_roo
     assert files["checkpoints/best.ckpt"].size == best.stat().st_size  # the calibrated best.ckpt
     assert "exit" in kinds  # the run was finished: `wandb sync` uploads it whole
     assert any((out / "tensorboard").rglob("events.out.tfevents*"))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_goes_on_in_its_wandb_run(xray_root, tmp_path, monkeypatch):
+    """resume=<run folder>: the same W&B run id, a second offline folder, both in wandb_run.json
+    and in the closing line's `wandb sync` command (which uploads them in order as one run)."""
+    pytest.importorskip("wandb")
+    from pneumonia.runners.train import train
+
+    offline_wandb(monkeypatch, tmp_path / "wandb_home")
+    out = tmp_path / "run"
+    common = [
+        "callbacks.early_stopping=null",
+        "logger=wandb",
+        "logger.wandb.log_checkpoint=false",
+        "intervals.resamples=0",
+    ]
+    train(train_cfg(xray_root, out, "trainer.max_epochs=1", *common))
+    first = json.loads((out / "wandb_run.json").read_text())
+    with logged_lines() as lines:
+        train(train_cfg(xray_root, out, "trainer.max_epochs=2", f"resume={out}", *common))
+    info = json.loads((out / "wandb_run.json").read_text())
+    assert info["run_id"] == first["run_id"] and info["folders"][0] == first["folder"]
+    assert len(info["folders"]) == 2 and info["folder"] == info["folders"][1] != first["folder"]
+    assert [Path(f).parent for f in info["folders"]] == [out / "wandb"] * 2
+    assert all(Path(f).name.endswith(info["run_id"]) for f in info["folders"])
+    assert f"W&B run {info['run_id']} offline (upload: wandb sync {info['folders'][0]} {info['folders'][1]})" in (
+        "\n".join(lines)
+    )
+    # the second attempt's own file: the same run, the epoch it went on with
+    [run_file] = Path(info["folder"]).glob("run-*.wandb")
+    records = wandb_records(run_file)
+    assert {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"} == {info["run_id"]}
+    epochs = [
+        json.loads(i.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+        for i in r.history.item
+        if item_key(i) == "epoch"
+    ]
+    assert epochs and set(epochs) == {1}  # the resumed attempt logged epoch 2 (0-based 1) only
+
+
+def test_a_run_folder_with_a_wandb_run_goes_on_in_it(tmp_path):
+    """The logger of a folder that already names a W&B run of its project resumes it; of another
+    project, or a fresh folder, starts a new one; the closing note lists every offline folder."""
+    pytest.importorskip("wandb")
+    from pneumonia.tracking.wandb_run import RUN_FILE, wandb_logger, wandb_note
+
+    folder = tmp_path / "run"
+    first = str(folder / "wandb" / "offline-run-20250101_000000-abc123")
+    assert wandb_note(folder) == ""
+    fresh = wandb_logger(save_dir=str(folder), run_folder=str(folder))
+    assert fresh._wandb_init.get("id") is None
+    (folder / RUN_FILE).write_text(
+        json.dumps({"run_id": "abc123", "project": "pneumonia", "offline": True, "folder": first})
+    )
+    logger = wandb_logger(save_dir=str(folder), run_folder=str(folder))
+    assert logger._wandb_init["id"] == "abc123" and logger._wandb_init["resume"] == "allow"
+    other = wandb_logger(project="chest", save_dir=str(folder), run_folder=str(folder))
+    assert other._wandb_init.get("id") is None
+    assert wandb_note(folder) == f"; W&B run abc123 offline (upload: wandb sync {first})"
+    second = first.replace("000000", "010000")
+    (folder / RUN_FILE).write_text(
+        json.dumps(
+            {"run_id": "abc123", "project": "pneumonia", "offline": True, "folder": second, "folders": [first, second]}
+        )
+    )
+    assert wandb_note(folder) == f"; W&B run abc123 offline (upload: wandb sync {first} {second})"
 
 
 def test_logger_wandb_without_wandb_is_one_line_before_decoding(xray_root, tmp_path, monkeypatch):

@@ -13,6 +13,8 @@ Then, in `<run>/`:
   the fold model that never trained on it, decided at that model's threshold;
 - `cv_summary.json`: each fold's validation metrics, their mean and standard deviation, the
   pooled out-of-fold AUROC;
+- with `logger=mlflow`: a parent run holding the means, sd, out-of-fold AUROC and these files,
+  each fold's run nested under it (`pneumonia.tracking.mlflow_run.start_cv_run`);
 - with `cv.ensemble=true`: the K fold models built into one ensemble checkpoint
   (`<run>/checkpoints/best.ckpt`, `pneumonia.ensemble.build`), its threshold (and temperature)
   chosen on the out-of-fold scores, K times more images than one fold's.
@@ -42,6 +44,7 @@ from pneumonia.config.plain import to_dict
 from pneumonia.ensemble.train import finished, write_member_config
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation.artefacts import TrainSummary, read_train_summary, read_val_metrics, write_train_summary
+from pneumonia.tracking.mlflow_run import finish_cv_run, start_cv_run
 
 if TYPE_CHECKING:
     from pneumonia.runners.calibration import Scores
@@ -130,6 +133,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if resuming and Path(str(cfg.resume)).resolve() != run_dir.resolve():
         raise ConfigError(f"resume={cfg.resume}: a cross-validation resumes in its own folder, not in {run_dir}")
     start = time.perf_counter()
+    start_cv_run(cfg, run_dir)  # with logger=mlflow: the parent run of the folds' runs
     scores: list[float | None] = []
     for k in range(k_folds):
         folder = fold_dir(run_dir, k)
@@ -155,6 +159,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if settings.ensemble:
         build(cfg, run_dir, settings, oof, resuming)
     write_mean_summary(cfg, run_dir, summary, settings.ensemble)
+    finish_cv_run(cfg, run_dir)  # the files above, logged to the parent run
     mean = summary["best_score"]["mean"]
     log.info(
         "Cross-validation, %d folds: %s = %s\nOutputs in %s: %s, %s, %s%s",

@@ -52,7 +52,7 @@ from pneumonia.runners.common import (
 )
 from pneumonia.runners.trial import TrialReporter, trial_reporter
 from pneumonia.tracking.mlflow_run import finish_training_run, start_training_run
-from pneumonia.tracking.wandb_run import finish_wandb_run, start_wandb_run
+from pneumonia.tracking.wandb_run import finish_wandb_run, start_wandb_run, wandb_note
 
 log = logging.getLogger(__name__)
 
@@ -421,12 +421,7 @@ def ending(
     if tracked.is_file():
         run = json.loads(tracked.read_text())
         where += f"; MLflow run {run['run_id']} (mlflow ui --backend-store-uri {run['tracking_uri']})"
-    wandb_file = out_dir / "wandb_run.json"
-    if wandb_file.is_file():
-        run = json.loads(wandb_file.read_text())
-        where += f"; W&B run {run['run_id']}" + (
-            f" offline (upload: wandb sync {shlex.quote(run['folder'])})" if run.get("offline") else ""
-        )
+    where += wandb_note(out_dir)  # every attempt's offline folder in its `wandb sync` command
     nxt = (
         f"Next: python train.py {cli_override('resume', out_dir)} (goes on from {last.name})"
         if trainer.interrupted

@@ -1,6 +1,7 @@
 """MLflow runs: the logger `logger=mlflow` builds (Lightning's `MLFlowLogger`), what train.py
-adds to its run (the composed config as flat params, tags, artifacts), how eval.py finds the
-run of a checkpoint and logs the test results to it."""
+adds to its run (the composed config as flat params, tags, artifacts), the parent run of a
+cross-validation (`cv.folds=K`: each fold's run nests under it), how eval.py finds the run of
+a checkpoint and logs the test results to it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 TAG_DIGEST = "pneumonia.weights_digest"  # best.ckpt's weights checksum: finds the run of a copied checkpoint
 TAG_SWEEP = "pneumonia.sweep_dir"
 TAG_PARENT = "pneumonia.sweep_parent"
+TAG_CV = "pneumonia.cv_dir"  # a cross-validation's parent run: its run folder
+CV_FILES = ("cv_summary.json", "folds.csv", "oof_predictions.csv", "train_summary.json", "val_metrics.json")
 
 
 def mlflow_logger(
@@ -94,7 +97,12 @@ def start_training_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: A
         _log_params(client, run_id, params)
         if sweep:
             client.set_tag(run_id, TAG_SWEEP, sweep)
-            client.set_tag(run_id, "mlflow.parentRunId", _sweep_parent(client, lg.experiment_id, sweep))
+        # a fold of a cross-validation nests under the cross-validation's run, a sweep's job under the sweep's
+        parent = _cv_parent(out_dir, lg._tracking_uri) or (
+            _sweep_parent(client, lg.experiment_id, sweep) if sweep else None
+        )
+        if parent:
+            client.set_tag(run_id, "mlflow.parentRunId", parent)
     first = runs[0]
     (out_dir / RUN_FILE).write_text(
         json.dumps(
@@ -140,6 +148,23 @@ def _sweep_parent(client: Any, experiment_id: str, sweep: str) -> str:
     return parent.info.run_id
 
 
+def _read_run_file(folder: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((folder / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("run_id") else None
+
+
+def _cv_parent(out_dir: Path, tracking_uri: str) -> str | None:
+    """The parent run of a cross-validation's fold (`<run>/fold_<k>`): the run that
+    `<run>/mlflow_run.json` names, in the same store."""
+    info = _read_run_file(out_dir.parent)
+    if info and info.get("cv") and info.get("tracking_uri") == tracking_uri:
+        return str(info["run_id"])
+    return None
+
+
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
@@ -178,6 +203,136 @@ def finish_training_run(
         for folder in (".hydra", "tensorboard"):
             if (out_dir / folder).is_dir():
                 client.log_artifacts(run_id, str(out_dir / folder), folder.lstrip("."))
+
+
+# ---- the parent run of a cross-validation -------------------------------------------------
+def _mlflow_logger_node(cfg: Any) -> dict[str, Any] | None:
+    """The `logger.*` node that builds an MLflow logger (`logger=mlflow`, `mlflow_tensorboard`)."""
+    from pneumonia.config.plain import to_dict
+
+    nodes = to_dict(cfg.logger, resolve=True) if cfg.get("logger") else {}
+    for node in (nodes or {}).values():
+        if isinstance(node, dict) and str(node.get("_target_", "")).endswith("mlflow_run.mlflow_logger"):
+            return node
+    return None
+
+
+def start_cv_run(cfg: Any, run_dir: Path) -> str | None:
+    """With an MLflow logger, the parent run of the cross-validation in `run_dir`: the composed
+    config as params, the tags `pneumonia.cv_dir`, `cv.folds`, `git.*`; nested under a sweep's
+    parent run in a sweep. `<run>/mlflow_run.json` names it (marked `"cv": true`): each fold's
+    run (`<run>/fold_<k>`) nests under it, eval.py of the folds' ensemble logs to it, and a
+    resumed cross-validation goes on in it. Returns its id (None without MLflow)."""
+    import os
+
+    node = _mlflow_logger_node(cfg)
+    if node is None or os.environ.get("LOCAL_RANK", "0") != "0":  # DDP ranks 1..: rank 0 keeps the run
+        return None
+    from pneumonia.evaluation.report import git_state
+    from pneumonia.tracking.settings import make_store_folder, require_mlflow
+
+    require_mlflow("logger=mlflow")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    settings = MlflowSettings(
+        tracking_uri=node["tracking_uri"],
+        artifact_location=node.get("artifact_location"),
+        experiment_name=node["experiment_name"],
+        run_name=node.get("run_name"),
+    )
+    make_store_folder(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri)
+    before = _read_run_file(run_dir)
+    if before and before.get("cv") and before.get("tracking_uri") == settings.tracking_uri:
+        try:
+            client.update_run(before["run_id"], status="RUNNING")  # a resumed cross-validation
+            _log_params(client, before["run_id"], config_params(cfg))
+            return str(before["run_id"])
+        except MlflowException as err:
+            log.warning("%s names an MLflow run that cannot be read (%s): a new one", run_dir / RUN_FILE, err)
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(settings.experiment_name, artifact_location=settings.artifact_location)
+    )
+    task = cfg.get("task_name")
+    git = git_state()
+    tags = {
+        TAG_CV: str(run_dir.resolve()),
+        "cv.folds": str(cfg.cv.folds),
+        "run_folder": str(run_dir),
+        "monitor": str(cfg.monitor),
+        "seed": str(cfg.seed),
+        "git.commit": str(git["commit"]),
+        "git.dirty": str(git["dirty"]),
+    }
+    sweep = _sweep_dir()
+    if sweep:
+        tags[TAG_SWEEP] = sweep
+        tags["mlflow.parentRunId"] = _sweep_parent(client, experiment_id, sweep)
+    run = client.create_run(
+        experiment_id, run_name=settings.run_name or (f"{task}/{run_dir.name}" if task else run_dir.name), tags=tags
+    )
+    run_id = run.info.run_id
+    _log_params(client, run_id, config_params(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_FILE).write_text(
+        json.dumps(
+            {"tracking_uri": settings.tracking_uri, "run_id": run_id, "experiment_id": experiment_id, "cv": True},
+            indent=2,
+        )
+        + "\n"
+    )
+    return run_id
+
+
+def finish_cv_run(cfg: Any, run_dir: Path) -> str | None:
+    """The cross-validation's results on its parent run, from the files the cross-validation
+    wrote: `cv/best_score_mean|sd` (the folds' best `monitor`), `cv/<metric>_mean|sd` (their
+    validation metrics at their thresholds), `cv/oof_auroc` (the pooled out-of-fold AUROC);
+    cv_summary.json, folds.csv, oof_predictions.csv, train_summary.json as artifacts, and with
+    `cv.ensemble=true` the ensemble's val_metrics.json, best.ckpt (`mlflow.log_checkpoint`) and
+    its weights checksum tag. Folds trained alone (`data.fold=k` into `<run>/fold_<k>`) are
+    nested under it too. The run is then finished. Returns its id (None without a parent run)."""
+    info = _read_run_file(run_dir)
+    if not info or not info.get("cv"):
+        return None
+    from mlflow import MlflowClient
+
+    client, run_id = MlflowClient(info["tracking_uri"]), str(info["run_id"])
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    metrics: dict[str, float] = {}
+    for stat in ("mean", "sd"):
+        value = (summary.get("best_score") or {}).get(stat)
+        if isinstance(value, (int, float)):
+            metrics[f"cv/best_score_{stat}"] = float(value)
+        for key, value in (summary.get(stat) or {}).items():
+            if isinstance(value, (int, float)):
+                metrics[f"cv/{key}_{stat}"] = float(value)
+    oof_auroc = (summary.get("out_of_fold") or {}).get("auroc")
+    if isinstance(oof_auroc, (int, float)):
+        metrics["cv/oof_auroc"] = float(oof_auroc)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for name in CV_FILES:
+        if (run_dir / name).is_file():
+            client.log_artifact(run_id, str(run_dir / name))
+    best = run_dir / "checkpoints" / "best.ckpt"  # cv.ensemble=true: the folds' ensemble
+    if best.is_file():
+        digest = weights_digest(str(best))
+        if digest:
+            client.set_tag(run_id, TAG_DIGEST, digest)
+        if bool((cfg.get("mlflow") or {}).get("log_checkpoint", True)):
+            client.log_artifact(run_id, str(best), "checkpoints")
+    for fold in sorted(run_dir.glob("fold_*")):
+        child = _read_run_file(fold)
+        if child and child.get("tracking_uri") == info["tracking_uri"]:
+            client.set_tag(str(child["run_id"]), "mlflow.parentRunId", run_id)
+    client.set_terminated(run_id)
+    log.info("MLflow run %s: the cross-validation, its folds nested under it", run_id)
+    return run_id
 
 
 # ---- finding the run of a checkpoint ------------------------------------------------------

@@ -2,7 +2,9 @@
 by default: everything stays in the run folder's `wandb/` until `wandb sync`), and what
 train.py adds to its run, the same as to an MLflow run (`tracking.run_info`): the composed
 config as flat params, the tags, the validation results at the chosen threshold, best.ckpt,
-val_metrics.json and train_summary.json as a model artifact."""
+val_metrics.json and train_summary.json as a model artifact. A resumed run (`resume=<run
+folder>`) goes on in the W&B run its folder's `wandb_run.json` names: each attempt writes a
+folder of its own, all listed there and in the closing line's `wandb sync` command."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pneumonia.tracking.settings import INSTALL_TRACKING
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "wandb_run.json"  # in a training run's folder: its W&B run (id, project, offline folder)
+RUN_FILE = "wandb_run.json"  # in a training run's folder: its W&B run (id, project, each attempt's folder)
 MAX_TAG = 64  # characters of a W&B tag (W&B refuses longer ones)
 # the run tags shown as W&B tags (`key=value`, short); every tag is also in the config as `tags.<key>`
 LABELS = ("git.commit", "git.dirty", "seed", "task_name", "monitor", "accelerator", "precision", "data.fingerprint")
@@ -49,7 +51,8 @@ def wandb_logger(
     sync`. No console capture, no code saving, no login prompt; W&B's own lines are silenced.
     Default run name: `<task_name>/<run folder name>`. `log_checkpoint`: best.ckpt (after
     calibration) in the run's model artifact (Lightning's own `log_model` stays off: it would
-    log the checkpoint before the threshold is chosen)."""
+    log the checkpoint before the threshold is chosen). A run folder that already has a W&B
+    run of this project (`wandb_run.json`: a resumed run) goes on in it (`id=`, `resume="allow"`)."""
     require_wandb("logger=wandb")
     import wandb
     from lightning.pytorch.loggers import WandbLogger
@@ -62,6 +65,7 @@ def wandb_logger(
     if not run_name and run_folder:
         run_name = f"{task_name}/{Path(run_folder).name}" if task_name else Path(run_folder).name
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    resumed = previous_run(run_folder, project)
     logger = WandbLogger(
         name=run_name,
         save_dir=save_dir,
@@ -70,11 +74,28 @@ def wandb_logger(
         entity=entity,
         log_model=False,
         settings=wandb.Settings(silent=True, console="off", save_code=False, disable_job_creation=True),
+        **({"id": resumed["run_id"], "resume": "allow"} if resumed else {}),
     )
     # Lightning passes `anonymous=None`, which wandb 0.2x+ warns about at every run ("has no effect")
     logger._wandb_init.pop("anonymous", None)
     logger.pneumonia_log_checkpoint = bool(log_checkpoint)  # type: ignore[attr-defined]  # read by finish_wandb_run
     return logger
+
+
+def previous_run(run_folder: str | Path | None, project: str) -> dict[str, Any] | None:
+    """The W&B run a run folder already holds (its `wandb_run.json`), when it is of `project`:
+    a resumed run goes on in it. `folders`: each attempt's local folder, the first first."""
+    run_file = Path(run_folder) / RUN_FILE if run_folder else None
+    if run_file is None or not run_file.is_file():
+        return None
+    try:
+        info = json.loads(run_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not info.get("run_id") or info.get("project") != project:
+        return None
+    info["folders"] = [str(f) for f in info.get("folders") or ([info["folder"]] if info.get("folder") else [])]
+    return info
 
 
 def wandb_loggers(loggers: list[Any]) -> list[Any]:
@@ -93,8 +114,8 @@ def labels(tags: dict[str, str]) -> list[str]:
 def start_wandb_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: Any, out_dir: Path) -> None:
     """On each W&B logger's run: the composed config as flat params (`optimizer.lr`, `seed`,
     ...), the tags under `tags.<key>` in the config and the short ones as W&B tags
-    (`git.commit=<sha>`, ...); `wandb_run.json` in the run folder names the run and its
-    offline folder."""
+    (`git.commit=<sha>`, ...); `wandb_run.json` in the run folder names the run and its local
+    folders (a resumed run's: every attempt's, the first first)."""
     runs = wandb_loggers(loggers)
     if not runs or not trainer.is_global_zero:
         return
@@ -106,19 +127,39 @@ def start_wandb_run(loggers: list[Any], cfg: Any, datamodule: Any, trainer: Any,
         run.config.update({f"tags.{k}": v for k, v in tags.items()}, allow_val_change=True)
         run.tags = tuple(dict.fromkeys([*(run.tags or ()), *labels(tags)]))
     run = runs[0].experiment
-    folder = Path(run.dir).parent  # <save_dir>/wandb/offline-run-<time>-<id> (files/ below it)
+    folder = str(Path(run.dir).parent)  # <save_dir>/wandb/offline-run-<time>-<id> (files/ below it)
+    before = previous_run(out_dir, run.project)
+    folders = before["folders"] if before and before["run_id"] == run.id else []
     (out_dir / RUN_FILE).write_text(
         json.dumps(
             {
                 "run_id": run.id,
                 "project": run.project,
                 "offline": bool(run.offline),
-                "folder": str(folder),
+                "folder": folder,  # this attempt's
+                "folders": [*(f for f in folders if f != folder), folder],
             },
             indent=2,
         )
         + "\n"
     )
+
+
+def wandb_note(out_dir: Path) -> str:
+    """`; W&B run <id>` for a run's closing lines, offline with the command that uploads every
+    attempt's offline folder in order (`wandb sync <first> <second> ...`: one W&B run); '' for
+    a run without W&B."""
+    import shlex
+
+    run_file = out_dir / RUN_FILE
+    if not run_file.is_file():
+        return ""
+    info = json.loads(run_file.read_text())
+    note = f"; W&B run {info['run_id']}"
+    if not info.get("offline"):
+        return note
+    folders = [f for f in info.get("folders") or [info["folder"]] if Path(f).name.startswith("offline-run-")]
+    return note + f" offline (upload: wandb sync {' '.join(shlex.quote(f) for f in folders)})"
 
 
 def finish_wandb_run(
