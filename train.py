@@ -16,7 +16,9 @@ def main(cfg: DictConfig) -> float | None:
     elif cfg.get("ensemble"):  # experiment=best_ensemble: members, then the ensemble
         from pneumonia.ensemble.train import train
     else:
-        from pneumonia.runners.train import train
+        from pneumonia.runners.train import train_run
+
+        return run(cfg, train_run, "train.py").best_score  # what a Hydra sweeper optimises
     score, _ = run(cfg, train, "train.py")
     return score  # what a Hydra sweeper optimises
 

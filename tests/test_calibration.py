@@ -44,10 +44,10 @@ def scaled(tiny_checkpoint, xray_root, tmp_path_factory):
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    module, val_report = calibrate_threshold(
+    calibrated = calibrate_threshold(
         trainer, dm, str(ckpt), SETTINGS, out, calibration={"temperature": True}, interval_settings={"resamples": 300}
     )
-    return ckpt, out, dm, module, val_report
+    return ckpt, out, dm, calibrated.module, calibrated.val_report
 
 
 def test_temperature_is_stored_and_reported_before_and_after(scaled, tiny_checkpoint):

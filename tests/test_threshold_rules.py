@@ -351,7 +351,9 @@ def test_study_scores_validation_as_calibration_did(tiny_checkpoint, xray_root, 
         enable_model_summary=False,
     )
     settings = {**DEFAULTS, "method": "youden_bootstrap", "bootstrap_resamples": 50, "bootstrap_seed": 3}
-    _, report = calibrate_threshold(trainer, dm, str(ckpt), settings, tmp_path, interval_settings={"resamples": 0})
+    report = calibrate_threshold(
+        trainer, dm, str(ckpt), settings, tmp_path, interval_settings={"resamples": 0}
+    ).val_report
     expected = choose_threshold(scores["probs"], scores["labels"], "youden_bootstrap", resamples=50, seed=3)
     assert report["threshold"] == pytest.approx(expected, abs=1e-6)
     assert Predictor.from_checkpoint(ckpt).recipe.threshold_method == "youden_bootstrap"

@@ -165,7 +165,7 @@ def build_ensemble(
                         f"'{m.path}' was calibrated on {n} images: the data changed since training (or "
                         "--data-root points at other data)"
                     )
-        ckpt_format.new_checkpoint(
+        written = ckpt_format.new_checkpoint(
             ckpt_path,
             state_dict=module.state_dict(),
             module_settings=settings,
@@ -182,12 +182,20 @@ def build_ensemble(
             enable_model_summary=False,
             use_distributed_sampler=False,
         )
+        # the checkpoint just written, as it is in memory: calibration reads no file
         if oof is None:
-            _, val_report = calibrate_threshold(
-                trainer, datamodule, str(ckpt_path), threshold, out_dir, calibration=cal, interval_settings=boot
-            )
+            val_report = calibrate_threshold(
+                trainer,
+                datamodule,
+                str(ckpt_path),
+                threshold,
+                out_dir,
+                calibration=cal,
+                interval_settings=boot,
+                loaded=written,
+            ).val_report
         else:
-            _, val_report = calibrate_scores(
+            val_report = calibrate_scores(
                 str(ckpt_path),
                 oof,
                 threshold,
@@ -196,7 +204,8 @@ def build_ensemble(
                 interval_settings=boot,
                 precision=str(trainer.precision),
                 shift_reference=oof_reference,
-            )
+                loaded=written,
+            ).val_report
     except BaseException:
         ckpt_path.unlink(missing_ok=True)  # never leave an uncalibrated ensemble behind
         if created and not any(f.is_file() for f in out_dir.rglob("*")):

@@ -47,7 +47,11 @@ from pneumonia.evaluation.artefacts import TrainSummary, read_train_summary, rea
 from pneumonia.tracking.mlflow_run import finish_cv_run, start_cv_run
 
 if TYPE_CHECKING:
-    from pneumonia.runners.calibration import Scores
+    from collections.abc import Sequence
+
+    from pneumonia.data.datamodule import ChestXrayDataModule
+    from pneumonia.inference import Predictor
+    from pneumonia.runners.calibration import Calibrated, Scores
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +128,7 @@ def check_kept_fold(cfg: DictConfig, folder: Path, k_folds: int, fold: int) -> N
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Train the folds, score out of fold, summarise, build the ensemble when asked; returns the
     mean over the folds of their best `monitor` and the summary's mean/sd."""
-    from pneumonia.runners.train import train as train_one
+    from pneumonia.runners.train import train_run
 
     settings = check_cv_config(cfg)
     k_folds = settings.folds
@@ -135,24 +139,30 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     start = time.perf_counter()
     start_cv_run(cfg, run_dir)  # with logger=mlflow: the parent run of the folds' runs
     scores: list[float | None] = []
+    held_out: list[Calibrated | None] = []  # each fold's calibration record: its held-out scores
     for k in range(k_folds):
         folder = fold_dir(run_dir, k)
         if resuming and finished(folder):
             check_kept_fold(cfg, folder, k_folds, k)
             log.info("Fold %d/%d: finished before, kept: %s", k + 1, k_folds, folder)
             scores.append(read_train_summary(folder).best_score)
+            held_out.append(None)  # trained by an earlier process: scored again below
             continue
         again = resuming and (folder / "checkpoints" / "last.ckpt").is_file()
         run = fold_config(cfg, k_folds, k, folder, again)
         write_member_config(run, folder, [f"data.folds={k_folds}", f"data.fold={k}"])
         log.info("Fold %d/%d%s: %s", k + 1, k_folds, ", resumed" if again else "", folder)
-        score, _ = train_one(run)
-        scores.append(score)
+        result = train_run(run)
+        scores.append(result.best_score)
+        held_out.append(result.calibration)
     log.info(
-        "%d folds trained in %.1f min; scoring each fold with its model", k_folds, (time.perf_counter() - start) / 60
+        "%d folds trained in %.1f min; %d of them scored on their held-out fold by calibration",
+        k_folds,
+        (time.perf_counter() - start) / 60,
+        sum(c is not None for c in held_out),
     )
 
-    oof = score_out_of_fold(cfg, run_dir, k_folds)
+    oof = score_out_of_fold(cfg, run_dir, k_folds, held_out)
     summary = summarise(cfg, run_dir, k_folds, scores, oof)
     (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
     log.info("%s", fold_table(summary))
@@ -186,44 +196,43 @@ class OutOfFold:
     patients: int
 
 
-def score_out_of_fold(cfg: DictConfig, run_dir: Path, k_folds: int) -> OutOfFold:
-    """Score fold k with fold k's best.ckpt as the Predictor does (its temperature and TTA), for
-    every k, on one decoding of train/; write folds.csv and oof_predictions.csv."""
-    import lightning as L
+def score_out_of_fold(
+    cfg: DictConfig, run_dir: Path, k_folds: int, held_out: Sequence[Calibrated | None] = ()
+) -> OutOfFold:
+    """Every training image scored by the model of its fold, as the Predictor scores them (its
+    temperature and TTA), on one decoding of train/; write folds.csv and oof_predictions.csv.
+    `held_out[k]`: fold k's calibration record, when this process trained fold k: its scores
+    of fold k (the fold model's validation split) are these, bit for bit, so they are taken
+    as they are; the folds without one (kept by `resume=`) are scored here with their best.ckpt."""
     import torch
 
     from pneumonia.data.datamodule import ChestXrayDataModule
     from pneumonia.data.patients import patient_id
-    from pneumonia.evaluation.calibration import predict_logits
     from pneumonia.evaluation.predictions import EVAL_COLUMNS, eval_row
     from pneumonia.inference import Predictor
     from pneumonia.runners.calibration import Scores, shift_reference_of
 
-    predictors = [Predictor.from_checkpoint(fold_dir(run_dir, k) / "checkpoints" / "best.ckpt") for k in range(k_folds)]
-    data = {**predictors[0].data_settings, "fold": 0, "bad_image_report": None, "download": False}
+    records = list(held_out) + [None] * (k_folds - len(held_out))
+    predictors = {k: Predictor.from_checkpoint(fold_checkpoint(run_dir, k)) for k, r in enumerate(records) if r is None}
+    first = records[0].data_settings if records[0] is not None else predictors[0].data_settings
+    data = {**first, "fold": 0, "bad_image_report": None, "download": False}
     datamodule = ChestXrayDataModule(**data)
     datamodule.setup("fit")
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=to_dict(cfg.trainer, resolve=True)["precision"],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
     parts: list[tuple[torch.Tensor, ...]] = []
     paths: list[str] = []
     fold_of: list[int] = []
-    for k, predictor in enumerate(predictors):
-        datamodule.use_fold(k)
-        probs, labels, indices, logits = predict_logits(trainer, predictor.lightning_module(), datamodule, "val")
-        parts.append((probs, labels, logits))
-        paths += [datamodule.paths["val"][i] for i in indices.tolist()]
-        fold_of += [k] * len(indices)
+    thresholds: list[float] = []
+    for k, record in enumerate(records):
+        if record is not None:
+            fold, threshold = record.scores, record.threshold
+        else:
+            datamodule.use_fold(k)
+            fold, threshold = score_fold(cfg, predictors[k], datamodule), predictors[k].threshold
+        parts.append((fold.probs, fold.labels, fold.logits))
+        paths += fold.paths
+        fold_of += [k] * len(fold.paths)
+        thresholds.append(threshold)
     probs, labels, logits = (torch.cat(t) for t in zip(*parts))
-    thresholds = [p.threshold for p in predictors]
 
     assigned = datamodule.fold_of()
     with (run_dir / FOLDS).open("w", newline="") as f:
@@ -243,6 +252,33 @@ def score_out_of_fold(cfg: DictConfig, run_dir: Path, k_folds: int) -> OutOfFold
         shift_reference_of(datamodule.all_folds()),
         len({patient_id(p) for p in paths}),
     )
+
+
+def fold_checkpoint(run_dir: Path, fold: int) -> Path:
+    return fold_dir(run_dir, fold) / "checkpoints" / "best.ckpt"
+
+
+def score_fold(cfg: DictConfig, predictor: Predictor, datamodule: ChestXrayDataModule) -> Scores:
+    """The validation split of `datamodule` (set to a fold) scored by `predictor` (that fold's
+    model, with its temperature and TTA) through a one-device Trainer under `trainer.precision`,
+    as calibration scored it after training."""
+    import lightning as L
+
+    from pneumonia.evaluation.calibration import predict_logits
+    from pneumonia.runners.calibration import Scores
+
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=to_dict(cfg.trainer, resolve=True)["precision"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    probs, labels, indices, logits = predict_logits(trainer, predictor.lightning_module(), datamodule, "val")
+    return Scores(probs, labels, logits, [datamodule.paths["val"][i] for i in indices.tolist()])
 
 
 def summarise(
@@ -357,7 +393,7 @@ def build(cfg: DictConfig, run_dir: Path, settings: CvSettings, oof: OutOfFold, 
     if resuming:
         target.unlink(missing_ok=True)  # derived from the folds: built again
     summary = build_ensemble(
-        [fold_dir(run_dir, k) / "checkpoints" / "best.ckpt" for k in range(settings.folds)],
+        [fold_checkpoint(run_dir, k) for k in range(settings.folds)],
         run_dir,
         combine=settings.combine,
         threshold=to_dict(cfg.threshold, resolve=True),

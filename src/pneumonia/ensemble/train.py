@@ -86,7 +86,7 @@ def finished(folder: Path) -> bool:
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Train the members, build the ensemble; returns its validation `monitor` value and report."""
     from pneumonia.ensemble.build import build_ensemble, eval_command, members_table
-    from pneumonia.runners.train import train as train_one
+    from pneumonia.runners.train import train_run
 
     seeds, combine = check_ensemble_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
@@ -104,7 +104,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             member = member_config(cfg, seed, folder, again)
             write_member_config(member, folder, [f"seed={seed}"])
             log.info("Member %d/%d (seed %d)%s: %s", i + 1, len(seeds), seed, ", resumed" if again else "", folder)
-            train_one(member)
+            train_run(member)
         paths.append(folder / "checkpoints" / "best.ckpt")
     log.info("Members trained in %.1f min; building the ensemble (%s)", (time.perf_counter() - start) / 60, combine)
 

@@ -272,12 +272,16 @@ def store_calibration(
     temperature_value: float | None = None,
     val_roc: dict[str, Any] | None = None,
     shift_reference: dict[str, Any] | None = None,
+    loaded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the validation-chosen threshold, its method and validation metrics, the
     precision they were measured under and the fitted temperature (None: none fitted) into
-    the checkpoint at `path` (atomically)."""
-    ckpt = load_checkpoint(path)
-    ckpt["state_dict"]["threshold"] = torch.tensor(float(threshold_value))
+    the checkpoint at `path` (atomically). `loaded`: the checkpoint as `load_checkpoint(path)`
+    gave it, when the caller holds it (the file is then not read again); it is left as it was.
+    Returns the checkpoint as written (sealed: `stored_digest` gives its new weights checksum)."""
+    source = load_checkpoint(path) if loaded is None else loaded
+    # a new top-level dict and state dict: the tensors are shared, `loaded` is not changed
+    ckpt = {**source, "state_dict": {**source["state_dict"], "threshold": torch.tensor(float(threshold_value))}}
     ckpt[CALIBRATION] = Calibration(
         threshold_method=method,
         val_report=val_report,

@@ -166,14 +166,17 @@ class Predictor:
         accelerator: str = "auto",
         tta: bool | None = None,
         require_calibration: bool = True,
+        loaded: dict[str, Any] | None = None,
     ) -> Predictor:
         """Load `path` (with `weights_only=True`). `precision`/`threshold`/`temperature`/`tta`
         override the stored ones (`temperature=1.0`: the raw logits; `tta=None`: the
         recipe's `data.tta`); `accelerator` is what `precision: auto` is resolved for when
         nothing is stored. A checkpoint that was never calibrated (its threshold is the
         default 0.5) is refused unless `threshold` is given or `require_calibration=False`
-        (calibration itself, which chooses it)."""
-        ckpt = ckpt_format.load_checkpoint(path)
+        (calibration itself, which chooses it). `loaded`: the checkpoint as
+        `checkpoint.load_checkpoint(path)` gave it, when the caller has just read or written it
+        (training's calibration): the file is then not read again."""
+        ckpt = ckpt_format.load_checkpoint(path) if loaded is None else loaded
         if require_calibration and threshold is None and not ckpt_format.is_calibrated(ckpt):
             raise ckpt_format.CheckpointError(
                 f"'{path}' is not calibrated (no validation-chosen threshold: calibration after training never "

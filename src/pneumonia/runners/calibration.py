@@ -10,9 +10,9 @@ probabilities, which are what every later scoring path (the `Predictor`) produce
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -24,7 +24,10 @@ from pneumonia.evaluation.calibration import CALIBRATION_DEFAULTS, INTERVAL_DEFA
 from pneumonia.evaluation.metrics import report
 from pneumonia.evaluation.threshold import choose_threshold, roc_points, rule_options
 from pneumonia.inference import Predictor
-from pneumonia.inference.checkpoint import store_calibration
+from pneumonia.inference.checkpoint import data_settings, load_checkpoint, saved_epoch, store_calibration
+from pneumonia.inference.checkpoint import threshold as stored_threshold
+from pneumonia.inference.predictor import with_temperature
+from pneumonia.integrity import stored_digest
 
 if TYPE_CHECKING:
     from pneumonia.data.datamodule import ChestXrayDataModule
@@ -44,6 +47,28 @@ class Scores:
     paths: list[str]
 
 
+@dataclass(frozen=True)
+class Calibrated:
+    """What calibration chose, stored and scored: the record `calibrate_threshold` and
+    `calibrate_scores` return. `scores` are the labelled images as the stored checkpoint scores
+    them (P = sigmoid(logit / T), logits / T, in float32 as `TemperatureScaled` computes
+    them): scoring them again through the Predictor gives the same tensors, so the
+    cross-validation's out-of-fold scores are these (`ensemble.cv.score_out_of_fold`)."""
+
+    checkpoint: str
+    threshold: float  # as stored: the float32 buffer's value (the Predictor's threshold)
+    method: str
+    temperature: float | None  # None: none fitted
+    val_report: dict[str, Any]  # the metrics at `threshold` (val_metrics.json's `at_threshold`)
+    scores: Scores
+    epoch: int | None  # the checkpoint's (0-based, as Lightning saved it)
+    digest: str | None  # the weights checksum of the checkpoint as written (`pneumonia.integrity`)
+    data_settings: dict[str, Any]  # the checkpoint's DataModule arguments
+    # the LightningModule with the stored threshold and temperature, when calibration built one
+    # (`calibrate_threshold`: the module that scored); None once the record is kept (`TrainResult`)
+    module: L.LightningModule | None = field(default=None, repr=False, compare=False)
+
+
 def calibrate_threshold(
     trainer: L.Trainer,
     datamodule: ChestXrayDataModule,
@@ -52,19 +77,22 @@ def calibrate_threshold(
     out_dir: Path,
     calibration: dict[str, Any] | None = None,
     interval_settings: dict[str, Any] | None = None,
-    predictor: Predictor | None = None,
-) -> tuple[L.LightningModule, dict[str, Any]]:
+    loaded: dict[str, Any] | None = None,
+) -> Calibrated:
     """Fit the temperature (when `calibration["temperature"]`), then choose the threshold on
     validation for `ckpt_path`, write both into that file and `val_metrics.json` (the metrics
     at the chosen threshold with bootstrap intervals by patient, the point estimates at 0.5,
     ECE and Brier score before and after the temperature).
-    Returns the checkpoint's module (with that threshold and temperature) and the
-    validation report at the chosen threshold. `predictor`: the Predictor of `ckpt_path`
-    already loaded by the caller (read from the file when None)."""
+    Returns the record, with the one LightningModule built here: it scored validation (raw
+    logits) and then gets the chosen threshold and temperature (`Calibrated.module`).
+    `loaded`: the checkpoint as `load_checkpoint(ckpt_path)` gave it, when the caller holds
+    it; else the file is read here, once."""
     rule_options(settings)  # a wrong threshold.* fails here, before any scoring
-    raw = predictor or Predictor.from_checkpoint(ckpt_path, require_calibration=False)
+    loaded = load_checkpoint(ckpt_path) if loaded is None else loaded
+    raw = Predictor.from_checkpoint(ckpt_path, require_calibration=False, loaded=loaded)
     # fit on the raw logits, whatever temperature is stored
-    probs, labels, indices, logits = predict_logits(trainer, raw.lightning_module(temperature=1.0), datamodule, "val")
+    module = raw.lightning_module(temperature=1.0)
+    probs, labels, indices, logits = predict_logits(trainer, module, datamodule, "val")
     paths = [datamodule.paths["val"][i] for i in indices.tolist()]
     return calibrate_scores(
         ckpt_path,
@@ -75,7 +103,8 @@ def calibrate_threshold(
         interval_settings=interval_settings,
         precision=str(trainer.precision),
         shift_reference=_shift_reference(datamodule),
-        predictor=raw,
+        loaded=loaded,
+        module=module,
     )
 
 
@@ -89,25 +118,31 @@ def calibrate_scores(
     interval_settings: dict[str, Any] | None = None,
     precision: str,
     shift_reference: dict[str, Any] | None,
-    predictor: Predictor | None = None,
-) -> tuple[L.LightningModule, dict[str, Any]]:
+    loaded: dict[str, Any] | None = None,
+    module: L.LightningModule | None = None,
+) -> Calibrated:
     """`calibrate_threshold` on scores already made: fit the temperature (when
     `calibration["temperature"]`) and choose the threshold on `scores`, store both in
     `ckpt_path` (with `precision`, the one the scores were made under, and `shift_reference`)
-    and write `val_metrics.json` into `out_dir`. `predictor`: `ckpt_path`'s Predictor when
-    the caller holds it (the returned module is built from its weights, not read again)."""
+    and write `val_metrics.json` into `out_dir`. `loaded`: the checkpoint as
+    `load_checkpoint(ckpt_path)` gave it, when the caller holds it (the file is then only
+    written). `module`: the LightningModule that made `scores` (temperature 1), given the
+    chosen threshold and temperature here and returned in the record; none is built."""
     cal = {**CALIBRATION_DEFAULTS, **(calibration or {})}
     boot = {**INTERVAL_DEFAULTS, **(interval_settings or {})}
     rule = rule_options(settings)
     probs, labels, logits, paths = scores.probs, scores.labels, scores.logits, scores.paths
     temperature = None
     scaled_logits = logits.double()
+    held_out = Scores(probs, labels, logits, paths)  # as the stored checkpoint scores them
     if cal["temperature"]:
         temperature = st.fit_temperature(logits.double().numpy(), labels.numpy())
         raw_probs = probs
         # exactly what the scoring paths compute (`TemperatureScaled`): float32 logit / float32 T
-        probs = torch.sigmoid(logits.float() / torch.tensor(temperature, dtype=torch.float32))
+        scaled = logits.float() / torch.tensor(temperature, dtype=torch.float32)
+        probs = torch.sigmoid(scaled)
         scaled_logits = logits.double() / temperature
+        held_out = Scores(probs, labels, scaled, paths)
     threshold = choose_threshold(probs, labels, logits=scaled_logits, **rule)
     at_half = report(probs, labels, 0.5)
     chosen: dict[str, Any] = report(probs, labels, threshold)
@@ -126,7 +161,7 @@ def calibrate_scores(
         calib["before_temperature"]["nll"] = st.binary_nll(logits.double().numpy(), labels.numpy())
     chosen["calibration"] = calib
     # the precision the threshold was chosen under: eval.py and predict.py score with it by default
-    store_calibration(
+    written = store_calibration(
         ckpt_path,
         threshold,
         method=rule["method"],
@@ -135,15 +170,14 @@ def calibrate_scores(
         temperature_value=temperature,
         val_roc=roc_points(probs, labels),
         shift_reference=shift_reference,
+        loaded=loaded,
     )
-    if predictor is not None:
-        # with the stored threshold and temperature: the module the stored checkpoint gives, built
-        # from the weights already loaded (the threshold buffer is float32, as stored)
-        module = predictor.lightning_module(threshold=threshold, temperature=temperature or 1.0)
-        epoch = predictor.recipe.epoch
-    else:
-        stored = Predictor.from_checkpoint(ckpt_path)
-        module, epoch = stored.lightning_module(), stored.recipe.epoch
+    if module is not None:
+        # the module the stored checkpoint gives, without building another: the threshold
+        # buffer is float32, as stored; the temperature wraps the net as the Predictor does
+        cast(Any, module.threshold).fill_(float(threshold))
+        module.net = with_temperature(cast(Any, module).net, temperature or 1.0).to(module.device)
+    epoch = saved_epoch(written)
     write_val_metrics(
         out_dir,
         ValMetrics(
@@ -175,7 +209,18 @@ def calibrate_scores(
             calib["brier"],
             calib["bins"],
         )
-    return module, chosen
+    return Calibrated(
+        checkpoint=str(ckpt_path),
+        threshold=stored_threshold(written),  # as stored (float32) and as the Predictor gives it
+        method=str(rule["method"]),
+        temperature=temperature,
+        val_report=chosen,
+        scores=held_out,
+        epoch=epoch,
+        digest=stored_digest(written),
+        data_settings=data_settings(written),
+        module=module,
+    )
 
 
 def _shift_reference(datamodule: L.LightningDataModule) -> dict[str, Any] | None:
@@ -224,11 +269,12 @@ def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelera
     from pneumonia.hardware import auto_precision
 
     from pneumonia.errors import CheckpointError
-    from pneumonia.inference.checkpoint import ensemble_info, load_checkpoint
+    from pneumonia.inference.checkpoint import ensemble_info
 
     ckpt_path = Path(ckpt_path).expanduser()
-    raw = Predictor.from_checkpoint(ckpt_path, require_calibration=False)  # a clear error for a bad file
-    if ensemble_info(load_checkpoint(ckpt_path)).get("cv"):
+    loaded = load_checkpoint(ckpt_path)  # a clear error for a bad file; the one read of it
+    raw = Predictor.from_checkpoint(ckpt_path, require_calibration=False, loaded=loaded)  # and for a bad network
+    if ensemble_info(loaded).get("cv"):
         raise CheckpointError(
             f"'{ckpt_path}' is the ensemble of a cross-validation's fold models: every training image was "
             "trained on by one of them, so its threshold was chosen on their out-of-fold scores; build it again "
@@ -252,7 +298,7 @@ def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelera
         enable_model_summary=False,
     )
     out_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    _, val_report = calibrate_threshold(
+    return calibrate_threshold(
         trainer,
         datamodule,
         str(ckpt_path),
@@ -260,6 +306,5 @@ def recalibrate(ckpt_path: str | Path, *, data_root: str | None = None, accelera
         out_dir,
         calibration=run["calibration"],
         interval_settings=run["intervals"],
-        predictor=raw,
-    )
-    return val_report
+        loaded=loaded,
+    ).val_report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from pneumonia.data.datamodule import ChestXrayDataModule
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation.artefacts import TrainSummary, write_train_summary
 from pneumonia.evaluation.calibration import check_settings
-from pneumonia.runners.calibration import calibrate_threshold
+from pneumonia.runners.calibration import Calibrated, calibrate_threshold
 from pneumonia.evaluation.metrics import METRIC_NAMES
 from pneumonia.evaluation.tables import markdown_table
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
@@ -161,10 +162,32 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return path
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What one training run gives back (`train_run`): its run folder, best checkpoint, best
+    `monitor` value, the validation report at the chosen threshold and the calibration record
+    (the held-out validation scores among it; None where calibration did not run: DDP ranks
+    other than 0, fast_dev_run, no checkpoint written)."""
+
+    run_dir: Path
+    best_checkpoint: str  # "" when none was written
+    monitor: str
+    best_score: float | None  # of `monitor`: what a sweeper optimises
+    val_report: dict[str, Any]  # {} without calibration
+    calibration: Calibrated | None
+    epochs: int
+
+
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
-    """Fit, pick the threshold on validation, optionally test. Returns the best value of
-    `cfg.monitor` (what a sweeper optimises) and the validation report. A signal ends it with
-    one line and exit status 143 (SIGTERM) or 130 (SIGINT): see `stop_interrupted`."""
+    """`train_run`, as (best value of `cfg.monitor`, validation report)."""
+    result = train_run(cfg)
+    return result.best_score, result.val_report
+
+
+def train_run(cfg: DictConfig) -> TrainResult:
+    """Fit, pick the threshold on validation, optionally test (train.py, each member of an
+    ensemble, each fold of a cross-validation). A signal ends it with one line and exit
+    status 143 (SIGTERM) or 130 (SIGINT): see `stop_interrupted`."""
     sigterm = SigtermBeforeFit()
     try:
         return _train(cfg, sigterm)
@@ -188,7 +211,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         sigterm.release()
 
 
-def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> tuple[float | None, dict[str, Any]]:
+def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> TrainResult:
     parts = check_train_config(cfg)  # the run's one DataModule and one LightningModule
     datamodule, module = parts.datamodule, parts.module
     check_settings(
@@ -236,10 +259,13 @@ def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> tuple[float | None, di
     best_path = checkpoint.best_model_path if checkpoint else ""
     best_score = float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None
     val_report: dict[str, Any] = {}
+    calibrated: Calibrated | None = None
     if trainer.world_size > 1:
         trainer.strategy.barrier()
-        if not trainer.is_global_zero:
-            return best_score, val_report  # rank 0 alone calibrates and writes the summaries
+        if not trainer.is_global_zero:  # rank 0 alone calibrates and writes the summaries
+            return TrainResult(
+                out_dir, best_path, str(cfg.monitor), best_score, val_report, None, trainer.current_epoch
+            )
     if best_path and not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's connectors, not declared
         # a plain one-device Trainer: after DDP, collective ops on rank 0 alone would hang
         solo = L.Trainer(
@@ -254,7 +280,8 @@ def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> tuple[float | None, di
             callbacks=[interruption],
         )
         try:  # a signal here: Lightning's SystemExit (predict/test) or a KeyboardInterrupt outside them
-            val_report = after_training(cfg, solo, datamodule, best_path, out_dir, loggers, trainer.current_epoch)
+            calibrated = after_training(cfg, solo, datamodule, best_path, out_dir, loggers, trainer.current_epoch)
+            val_report = calibrated.val_report
         except (SystemExit, KeyboardInterrupt) as err:
             if isinstance(err, KeyboardInterrupt):
                 interruption.signal = "SIGINT"
@@ -279,6 +306,7 @@ def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> tuple[float | None, di
         pruned_at_epoch=reporter.pruned_epoch if reporter is not None else None,
     )
     write_train_summary(out_dir, summary)
+    digest = calibrated.digest if calibrated is not None else None  # of best.ckpt as calibration wrote it
     if not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's Trainer, undeclared
         finish_training_run(
             loggers,
@@ -287,10 +315,20 @@ def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> tuple[float | None, di
             val_report,
             METRIC_NAMES,
             log_checkpoint=bool((cfg.get("mlflow") or {}).get("log_checkpoint", True)),
+            digest=digest,
         )
-        finish_wandb_run(loggers, out_dir, best_path, val_report, METRIC_NAMES)
-    log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report))
-    return best_score, val_report
+        finish_wandb_run(loggers, out_dir, best_path, val_report, METRIC_NAMES, digest=digest)
+    log.info("%s", ending(trainer, cfg, best_score, best_path, out_dir, val_report, calibrated))
+    return TrainResult(
+        run_dir=out_dir,
+        best_checkpoint=best_path,
+        monitor=str(cfg.monitor),
+        best_score=best_score,
+        val_report=val_report,
+        # the module stays behind: the record is what later steps (out-of-fold scores) need
+        calibration=None if calibrated is None else replace(calibrated, module=None),
+        epochs=trainer.current_epoch,
+    )
 
 
 def after_training(
@@ -301,10 +339,11 @@ def after_training(
     out_dir: Path,
     loggers: list[Any],
     epoch: int,
-) -> dict[str, Any]:
-    """Choose and store best.ckpt's threshold on validation, log it, score test/ when asked;
-    the validation report."""
-    best_module, val_report = calibrate_threshold(
+) -> Calibrated:
+    """Choose and store best.ckpt's threshold on validation (the one read of best.ckpt after
+    training, the one LightningModule built from it), log it, score test/ with that module when
+    asked; the calibration record."""
+    calibrated = calibrate_threshold(
         solo,
         datamodule,
         best_path,
@@ -313,13 +352,15 @@ def after_training(
         calibration=to_dict(cfg.calibration) if cfg.get("calibration") else None,
         interval_settings=to_dict(cfg.intervals) if cfg.get("intervals") else None,
     )
+    val_report = calibrated.val_report
     hp_metrics = {f"hp/val_{k}": val_report[k] for k in (*METRIC_NAMES, "threshold")}
     for tb in tensorboard_loggers(loggers):
         tb.log_hyperparams(flat_hparams(cfg), metrics=hp_metrics)
         tb.experiment.add_text("val/metrics", markdown_table(val_report), global_step=epoch)
     if cfg.test:
-        solo.test(best_module, datamodule=datamodule)
-    return val_report
+        assert calibrated.module is not None  # calibrate_threshold returns the module it built
+        solo.test(calibrated.module, datamodule=datamodule)
+    return calibrated
 
 
 def stop_interrupted(
@@ -368,8 +409,10 @@ def ending(
     best_path: str,
     out_dir: Path,
     val_report: dict[str, Any] | None = None,
+    calibrated: Calibrated | None = None,
 ) -> str:
-    """How the run ended, what it left where, and the command to run next (three lines)."""
+    """How the run ended, what it left where, and the command to run next (three lines).
+    `calibrated`: calibration's record of best.ckpt (its epoch; the file is not read again)."""
     if trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by Lightning's connectors, not declared
         return "fast_dev_run: one batch of each step ran; no checkpoint is kept and no threshold chosen"
     last = out_dir / "checkpoints" / "last.ckpt"
@@ -402,7 +445,10 @@ def ending(
         how = f"Trained {trainer.current_epoch} epochs (trainer.max_epochs={trainer.max_epochs})"
     if not best_path:
         return f"{how}; no checkpoint was written (trainer.max_epochs={trainer.max_epochs}?); outputs in {out_dir}"
-    best_epoch = trained_epochs(load_checkpoint(best_path))
+    if calibrated is not None:
+        best_epoch = 0 if calibrated.epoch is None else calibrated.epoch + 1  # as trained_epochs counts
+    else:
+        best_epoch = trained_epochs(load_checkpoint(best_path))
     limit = cfg.trainer.get("limit_val_batches")
     limited = limit is not None and not (isinstance(limit, float) and limit == 1.0)
     note = (

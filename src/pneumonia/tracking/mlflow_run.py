@@ -176,15 +176,17 @@ def finish_training_run(
     val_report: dict[str, Any],
     metric_names: tuple[str, ...],
     log_checkpoint: bool = True,
+    digest: str | None = None,
 ) -> None:
     """The validation results at the chosen threshold (`hp/val_*`, as in TensorBoard), the
     weights checksum tag, and the artifacts: best.ckpt, val_metrics.json, train_summary.json,
-    the config (.hydra/), the TensorBoard folder (its figures) and any PNG of the run folder."""
+    the config (.hydra/), the TensorBoard folder (its figures) and any PNG of the run folder.
+    `digest`: best.ckpt's weights checksum as calibration wrote it (read from the file when None)."""
     runs = mlflow_loggers(loggers)
     if not runs:
         return
     metrics = val_results(val_report, metric_names)
-    digest = weights_digest(best_path)
+    digest = digest or weights_digest(best_path)
     for lg in runs:
         client, run_id = lg.experiment, lg.run_id
         for key, value in metrics.items():

@@ -163,11 +163,17 @@ def wandb_note(out_dir: Path) -> str:
 
 
 def finish_wandb_run(
-    loggers: list[Any], out_dir: Path, best_path: str, val_report: dict[str, Any], metric_names: tuple[str, ...]
+    loggers: list[Any],
+    out_dir: Path,
+    best_path: str,
+    val_report: dict[str, Any],
+    metric_names: tuple[str, ...],
+    digest: str | None = None,
 ) -> None:
     """The validation results at the chosen threshold (`hp/val_*`) and the weights checksum in
     the run's summary; best.ckpt, val_metrics.json and train_summary.json as the run's model
-    artifact `model-<run id>` (alias `best`); then the run is finished (its files written)."""
+    artifact `model-<run id>` (alias `best`); then the run is finished (its files written).
+    `digest`: best.ckpt's weights checksum as calibration wrote it (read from the file when None)."""
     runs = wandb_loggers(loggers)
     if not runs:
         return
@@ -176,7 +182,7 @@ def finish_wandb_run(
     summary: dict[str, Any] = dict(val_results(val_report, metric_names))
     if val_report.get("method"):
         summary["threshold.method"] = str(val_report["method"])
-    digest = weights_digest(best_path)
+    digest = digest or weights_digest(best_path)
     if digest:
         summary["pneumonia.weights_digest"] = digest
     for lg in runs:
