@@ -104,3 +104,36 @@ def test_a_fold_nests_under_the_cross_validation_of_its_folder(tmp_path):
     (tmp_path / "mlflow_run.json").write_text(json.dumps({"tracking_uri": uri, "run_id": "p1", "cv": True}))
     assert _cv_parent(fold, uri) == "p1"
     assert _cv_parent(fold, "sqlite:////y/mlflow.db") is None  # another store
+
+
+@pytest.mark.slow
+def test_a_stopped_cross_validation_leaves_its_parent_failed_or_killed(tmp_path, monkeypatch):
+    from pneumonia.ensemble import cv
+    from pneumonia.tracking.mlflow_run import end_cv_run_early
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("cv")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    end_cv_run_early(run_dir, interrupted=False)  # no parent run: nothing to do, no error
+    parent = client.create_run(experiment).info.run_id
+    (run_dir / "mlflow_run.json").write_text(json.dumps({"tracking_uri": uri, "run_id": parent, "cv": True}))
+
+    def stop(error):
+        def folds(*args, **kwargs):
+            raise error
+
+        return folds
+
+    monkeypatch.setattr(cv, "check_cv_config", lambda cfg: None)
+    monkeypatch.setattr(cv, "start_cv_run", lambda cfg, run_dir: None)
+    cfg = train_cfg(tmp_path / "data", run_dir)
+    monkeypatch.setattr(cv, "_train_folds", stop(RuntimeError("a fold broke")))
+    with pytest.raises(RuntimeError, match="a fold broke"):
+        cv.train(cfg)
+    assert client.get_run(parent).info.status == "FAILED"
+    monkeypatch.setattr(cv, "_train_folds", stop(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        cv.train(cfg)
+    assert client.get_run(parent).info.status == "KILLED"

@@ -44,7 +44,7 @@ from pneumonia.config.plain import to_dict
 from pneumonia.ensemble.train import finished, write_member_config
 from pneumonia.errors import ConfigError
 from pneumonia.evaluation.artefacts import TrainSummary, read_train_summary, read_val_metrics, write_train_summary
-from pneumonia.tracking.mlflow_run import finish_cv_run, start_cv_run
+from pneumonia.tracking.mlflow_run import end_cv_run_early, finish_cv_run, start_cv_run
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -127,17 +127,28 @@ def check_kept_fold(cfg: DictConfig, folder: Path, k_folds: int, fold: int) -> N
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """Train the folds, score out of fold, summarise, build the ensemble when asked; returns the
-    mean over the folds of their best `monitor` and the summary's mean/sd."""
-    from pneumonia.runners.train import train_run
-
+    mean over the folds of their best `monitor` and the summary's mean/sd. With MLflow, a
+    cross-validation stopped by an error or Ctrl-C leaves its parent run FAILED or KILLED."""
     settings = check_cv_config(cfg)
-    k_folds = settings.folds
     run_dir = Path(cfg.paths.output_dir)
     resuming = bool(cfg.get("resume"))
     if resuming and Path(str(cfg.resume)).resolve() != run_dir.resolve():
         raise ConfigError(f"resume={cfg.resume}: a cross-validation resumes in its own folder, not in {run_dir}")
     start = time.perf_counter()
     start_cv_run(cfg, run_dir)  # with logger=mlflow: the parent run of the folds' runs
+    try:
+        return _train_folds(cfg, settings, run_dir, resuming, start)
+    except BaseException as err:
+        end_cv_run_early(run_dir, interrupted=isinstance(err, KeyboardInterrupt))
+        raise
+
+
+def _train_folds(
+    cfg: DictConfig, settings: CvSettings, run_dir: Path, resuming: bool, start: float
+) -> tuple[float | None, dict[str, Any]]:
+    from pneumonia.runners.train import train_run
+
+    k_folds = settings.folds
     scores: list[float | None] = []
     held_out: list[Calibrated | None] = []  # each fold's calibration record: its held-out scores
     for k in range(k_folds):

@@ -337,6 +337,23 @@ def finish_cv_run(cfg: Any, run_dir: Path) -> str | None:
     return run_id
 
 
+def end_cv_run_early(run_dir: Path, *, interrupted: bool) -> None:
+    """A cross-validation that stopped with an error (FAILED) or Ctrl-C (KILLED): its parent run
+    says so instead of staying RUNNING; `resume=<run>` sets it running again. Never raises: the
+    error that stopped the run is the one the user sees."""
+    info = _read_run_file(run_dir)
+    if not info or not info.get("cv"):
+        return
+    try:
+        from mlflow import MlflowClient
+
+        MlflowClient(info["tracking_uri"]).set_terminated(
+            str(info["run_id"]), status="KILLED" if interrupted else "FAILED"
+        )
+    except Exception as err:  # noqa: BLE001 - the store may be the reason the run stopped
+        log.warning("could not mark MLflow run %s as stopped: %s", info["run_id"], err)
+
+
 # ---- finding the run of a checkpoint ------------------------------------------------------
 def _store_exists(settings: MlflowSettings) -> bool:
     """A SQLite store that was never written holds no runs (and is not made by looking)."""
