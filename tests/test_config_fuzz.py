@@ -319,3 +319,24 @@ def test_a_wrong_ckpt_path_is_refused_before_torch(script, tmp_path):
     assert missing == f"ckpt_path '{tmp_path / 'nope.ckpt'}' does not exist"
     folder = check_or_fail(script, compose(script, [f"ckpt_path={tmp_path}", *extra]))
     assert folder == f"ckpt_path '{tmp_path}' is not a file"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("intervals.resamples=many", "intervals.resamples='many' must be an integer"),
+        ("intervals.seed=-1", "intervals.seed=-1 must be >= 0"),
+        ("ece_bins=0", "ece_bins=0 must be >= 1"),
+        ("tta=maybe", "tta='maybe' must be true or false"),
+        ("temperature=abc", "temperature='abc' must be a positive number"),
+        ("temperature=0", "temperature=0 must be a positive number"),
+    ],
+)
+def test_eval_values_are_refused_before_torch(value, expected, tmp_path):
+    """eval.py's own keys, under their eval.py names, by the quick checks (no torch), before the
+    checkpoint is looked at."""
+    from pneumonia.config.compose import compose
+    from pneumonia.runners.quick import check_or_fail
+
+    error = check_or_fail("eval", compose("eval", [f"ckpt_path={tmp_path / 'nope.ckpt'}", value]))
+    assert error is not None and error.startswith(expected), error

@@ -24,3 +24,21 @@ def threshold_override(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigError(f"threshold={value!r} must be a number in [0, 1] (or null: the stored one)")
     return float(value)
+
+
+def check_temperature(temperature: object) -> float:
+    """`temperature` as a float; a `ConfigError` unless it is a positive finite number."""
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0.0 < float(temperature) < float("inf")
+    ):
+        raise ConfigError(f"temperature={temperature!r} must be a positive number (1 = no temperature scaling)")
+    return float(temperature)
+
+
+def check_tta(value: object, key: str = "tta") -> bool:
+    """A TTA switch: true or false; a `ConfigError` naming `key` otherwise."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value

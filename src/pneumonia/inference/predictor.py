@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from pneumonia import CLASSES
-from pneumonia.validators import threshold_override
+from pneumonia.validators import check_temperature, check_tta, threshold_override
 from pneumonia.data.pixels import DEFAULT_MAX_PIXELS
 from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError, UserError
@@ -44,7 +44,7 @@ from pneumonia.hardware import auto_precision
 from pneumonia.inference import checkpoint as ckpt_format
 from pneumonia.inference.checkpoint import Calibration, Recipe
 from pneumonia.models import build_net
-from pneumonia.models.tta import check_tta, with_tta
+from pneumonia.models.tta import with_tta
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,6 @@ class TemperatureScaled(nn.Module):
         # in float32 even under bf16/fp16 autocast: a second rounding to 8 bits of mantissa
         # would move scores near the threshold away from where calibration chose it
         return self.net(x).float() / self.temperature
-
-
-def check_temperature(temperature: Any) -> float:
-    """`temperature` as a float; a `ConfigError` unless it is a positive finite number."""
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not 0.0 < float(temperature) < float("inf")
-    ):
-        raise ConfigError(f"temperature={temperature!r} must be a positive number (1 = no temperature scaling)")
-    return float(temperature)
 
 
 def with_temperature(net: nn.Module, temperature: float) -> nn.Module:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pneumonia.errors import ConfigError
 from pneumonia.signature import Ge, Le, MinLen, check_arguments
+from pneumonia.validators import check_tta
 
 DEFAULT_SCALES = (1.0, 0.95, 1.05)
 DEFAULT_SHIFTS = (0.0, 0.03)
@@ -88,10 +88,3 @@ class TTA(nn.Module):
 def with_tta(net: nn.Module, enabled: bool) -> nn.Module:
     """`net` behind a `TTA` wrapper (the default variants) when `enabled`, else `net` itself."""
     return TTA(net) if check_tta(enabled) else net
-
-
-def check_tta(value: object, key: str = "tta") -> bool:
-    """A TTA switch: true or false; a `ConfigError` naming `key` otherwise."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} must be true or false")
-    return value

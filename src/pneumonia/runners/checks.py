@@ -11,7 +11,7 @@ from pneumonia.config.plain import to_dict
 from pneumonia.errors import ConfigError
 from pneumonia.hardware import cuda_available, no_gpu_visible
 from pneumonia.signature import check_values, static_hints
-from pneumonia.validators import optional_int, threshold_override
+from pneumonia.validators import check_temperature, check_tta, optional_int, threshold_override
 
 if TYPE_CHECKING:
     from pneumonia.data.datamodule import ChestXrayDataModule
@@ -288,26 +288,36 @@ def check_mlflow(cfg: DictConfig) -> None:
         MlflowSettings.from_config(cfg.mlflow)
 
 
+def check_eval_values(cfg: DictConfig) -> None:
+    """eval.py's own values, under their eval.py names, with no torch (run before it is imported,
+    and again by `check_eval_config`)."""
+    _optional_int(cfg, "threads", 1)
+    _int(cfg, "gallery_size", 0)
+    _bool(cfg, "describe")
+    threshold_override(cfg.get("threshold"))
+    if "ece_bins" in cfg:
+        _int(cfg, "ece_bins", 1)
+    if cfg.get("intervals") is not None:
+        _int(cfg, "intervals.resamples", 0)
+        _int(cfg, "intervals.seed", 0)
+    if cfg.get("tta") is not None:
+        check_tta(cfg.tta)
+    if cfg.get("temperature") is not None:
+        check_temperature(cfg.temperature)
+
+
 def check_eval_config(cfg: DictConfig) -> None:
     """Check a composed eval config before the checkpoint is scored (the keys without an
     owner class; `data.*` is checked by the DataModule, `trainer.*` by Lightning)."""
     from pneumonia.config.rundir import check_output_dir
-    from pneumonia.evaluation.calibration import CALIBRATION_DEFAULTS, check_settings
 
     check_output_dir(cfg.paths.output_dir, "paths.output_dir")
     check_folders(cfg)
     check_trainer(cfg)
     check_mlflow(cfg)
-    _optional_int(cfg, "threads", 1)
-    _int(cfg, "gallery_size", 0)
-    _bool(cfg, "describe")
+    check_eval_values(cfg)
     if cfg.data.get("download") is not None:
         _bool(cfg, "data.download")
-    threshold_override(cfg.get("threshold"))
-    check_settings(
-        {"ece_bins": cfg.get("ece_bins", CALIBRATION_DEFAULTS["ece_bins"])},
-        to_dict(cfg.intervals) if cfg.get("intervals") else None,
-    )
 
 
 def check_optimization(cfg: DictConfig) -> None:

@@ -39,10 +39,7 @@ def quick_check(config_name: str, cfg: DictConfig) -> None:
     if "trainer" in cfg:
         checks.check_trainer(cfg, quick=True)
     if config_name == "eval":
-        checks._optional_int(cfg, "threads", 1)
-        checks._int(cfg, "gallery_size", 0)
-        checks._bool(cfg, "describe")
-        checks.threshold_override(cfg.get("threshold"))
+        checks.check_eval_values(cfg)
     if config_name == "serve":
         _check_serve(cfg)
     if config_name == "export":
