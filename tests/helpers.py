@@ -133,3 +133,29 @@ def write_dicom(
         ds.PixelData = pixels.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def artifact_paths(client, run_id: str, path: str | None = None) -> list[str]:
+    """Every artifact file of an MLflow run, folders walked (paths relative to the run's root)."""
+    found: list[str] = []
+    for a in client.list_artifacts(run_id, path):
+        found.extend(artifact_paths(client, run_id, a.path) if a.is_dir else [a.path])
+    return found
+
+
+# a tiny k-fold cross-validation with its ensemble (tests/test_cv.py, tests/test_data_flow.py)
+CV_FOLDS = 3
+TINY_CV = (
+    f"cv.folds={CV_FOLDS}",
+    "cv.ensemble=true",
+    "trainer.max_epochs=1",
+    "trainer.precision=32-true",  # bf16 would round the tiny models' scores to a few values
+    "threshold.method=youden",
+    "logger=none",
+    "callbacks.gradcam=null",
+    "intervals.resamples=20",
+    "data.image_size=32",
+    "model.depth=2",
+    "model.widths=[4,8]",
+    "model.dense_units=8",
+)

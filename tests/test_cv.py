@@ -25,25 +25,12 @@ from pneumonia.evaluation.threshold import choose_threshold
 from pneumonia.inference import Predictor
 from pneumonia.inference.checkpoint import data_settings, ensemble_info, load_checkpoint
 from pneumonia.runners.quick import check_or_fail
-from tests.helpers import compose_cfg, train_cfg
+from tests.helpers import CV_FOLDS, TINY_CV, compose_cfg, train_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
-FOLDS = 3
-RECIPE = (
-    f"cv.folds={FOLDS}",
-    "cv.ensemble=true",
-    "trainer.max_epochs=1",
-    "trainer.precision=32-true",  # bf16 would round the tiny models' scores to a few values
-    "threshold.method=youden",
-    "logger=none",
-    "callbacks.gradcam=null",
-    "intervals.resamples=20",
-    "data.image_size=32",
-    "model.depth=2",
-    "model.widths=[4,8]",
-    "model.dense_units=8",
-)
+FOLDS = CV_FOLDS
+RECIPE = TINY_CV
 
 
 @pytest.fixture(scope="module")

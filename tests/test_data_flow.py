@@ -25,26 +25,12 @@ from pneumonia.inference import Predictor
 from pneumonia.inference.checkpoint import load_checkpoint
 from pneumonia.integrity import stored_digest
 from pneumonia.models.classifier import PneumoniaClassifier
-from tests.helpers import train_cfg
+from tests.helpers import CV_FOLDS, TINY_CV, train_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
-FOLDS = 3
-CV_RECIPE = (
-    f"cv.folds={FOLDS}",
-    "cv.ensemble=true",
-    "calibration.temperature=true",  # the held-out scores as the stored temperature gives them
-    "trainer.max_epochs=1",
-    "trainer.precision=32-true",
-    "threshold.method=youden",
-    "logger=none",
-    "callbacks.gradcam=null",
-    "intervals.resamples=20",
-    "data.image_size=32",
-    "model.depth=2",
-    "model.widths=[4,8]",
-    "model.dense_units=8",
-)
+FOLDS = CV_FOLDS
+CV_RECIPE = (*TINY_CV, "calibration.temperature=true")  # the held-out scores as the stored temperature gives them
 
 
 @dataclass

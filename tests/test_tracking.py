@@ -11,7 +11,7 @@ import pytest
 
 from pneumonia.errors import UserError
 from pneumonia.runners.quick import check_or_fail
-from tests.helpers import PROJECT_ROOT, TINY, compose_cfg, logged_lines, train_cfg
+from tests.helpers import PROJECT_ROOT, TINY, artifact_paths, compose_cfg, logged_lines, train_cfg
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("onnxruntime")
@@ -49,13 +49,6 @@ def tracked(xray_root, store, tmp_path_factory):
         )
     info = json.loads((out / "mlflow_run.json").read_text())
     return out, MlflowClient(store[1], registry_uri=store[1]), info["run_id"], "\n".join(lines)
-
-
-def artifact_paths(client, run_id, path=None):
-    found = []
-    for a in client.list_artifacts(run_id, path):
-        found.extend(artifact_paths(client, run_id, a.path) if a.is_dir else [a.path])
-    return found
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pneumonia.data.synthetic import make_chest_xray_tree
-from tests.helpers import train_cfg
+from tests.helpers import artifact_paths, train_cfg
 
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,13 +32,6 @@ RECIPE = (
     "model.widths=[4,8]",
     "model.dense_units=8",
 )
-
-
-def artifact_paths(client, run_id, path=None):
-    found = []
-    for a in client.list_artifacts(run_id, path):
-        found.extend(artifact_paths(client, run_id, a.path) if a.is_dir else [a.path])
-    return found
 
 
 @pytest.mark.slow

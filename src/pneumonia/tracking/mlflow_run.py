@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia.evaluation.artefacts import train_summary_path, val_metrics_path
-from pneumonia.tracking.run_info import config_params, run_tags, val_results, weights_digest
+from pneumonia.tracking.run_info import config_params, read_run_file, run_tags, val_results, weights_digest
 from pneumonia.tracking.settings import RUN_FILE, MlflowSettings
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,8 @@ def mlflow_logger(
 def _resumed_run(run_folder: str | None, tracking_uri: str) -> str | None:
     """The MLflow run of a run folder that already has one in this store (a resumed run goes on
     logging into it)."""
-    run_file = Path(run_folder) / RUN_FILE if run_folder else None
-    if run_file is None or not run_file.is_file():
-        return None
-    try:
-        info = json.loads(run_file.read_text())
-    except (OSError, ValueError):
-        return None
-    return info.get("run_id") if info.get("tracking_uri") == tracking_uri else None
+    info = _read_run_file(run_folder)
+    return info["run_id"] if info and info.get("tracking_uri") == tracking_uri else None
 
 
 def mlflow_loggers(loggers: list[Any]) -> list[Any]:
@@ -148,12 +142,8 @@ def _sweep_parent(client: Any, experiment_id: str, sweep: str) -> str:
     return parent.info.run_id
 
 
-def _read_run_file(folder: Path) -> dict[str, Any] | None:
-    try:
-        info = json.loads((folder / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("run_id") else None
+def _read_run_file(folder: str | Path | None) -> dict[str, Any] | None:
+    return read_run_file(folder, RUN_FILE)
 
 
 def _cv_parent(out_dir: Path, tracking_uri: str) -> str | None:

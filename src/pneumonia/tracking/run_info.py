@@ -111,3 +111,15 @@ def weights_digest(best_path: str) -> str | None:
     from pneumonia.integrity import stored_digest
 
     return stored_digest(load_checkpoint(best_path))
+
+
+def read_run_file(folder: str | Path | None, name: str) -> dict[str, Any] | None:
+    """A tracker's run file in a run folder (`mlflow_run.json`, `wandb_run.json`) when it names
+    a run; None when there is no folder, no file, or no readable JSON object with a `run_id`."""
+    if not folder:
+        return None
+    try:
+        info = json.loads((Path(folder) / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("run_id") else None

@@ -18,7 +18,7 @@ from annotated_types import MinLen
 
 from pneumonia.evaluation.artefacts import train_summary_path, val_metrics_path
 from pneumonia.errors import ConfigError
-from pneumonia.tracking.run_info import config_params, run_tags, val_results, weights_digest
+from pneumonia.tracking.run_info import config_params, read_run_file, run_tags, val_results, weights_digest
 from pneumonia.tracking.settings import INSTALL_TRACKING
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,8 @@ def wandb_logger(
 def previous_run(run_folder: str | Path | None, project: str) -> dict[str, Any] | None:
     """The W&B run a run folder already holds (its `wandb_run.json`), when it is of `project`:
     a resumed run goes on in it. `folders`: each attempt's local folder, the first first."""
-    run_file = Path(run_folder) / RUN_FILE if run_folder else None
-    if run_file is None or not run_file.is_file():
-        return None
-    try:
-        info = json.loads(run_file.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or not info.get("run_id") or info.get("project") != project:
+    info = read_run_file(run_folder, RUN_FILE)
+    if info is None or info.get("project") != project:
         return None
     info["folders"] = [str(f) for f in info.get("folders") or ([info["folder"]] if info.get("folder") else [])]
     return info
