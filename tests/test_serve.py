@@ -165,7 +165,7 @@ def test_bad_bodies_are_one_line_json_errors(server, tmp_path):
 
 
 @pytest.mark.slow
-def test_concurrent_identical_requests_get_identical_answers_in_batches(server, xray_root):
+def test_concurrent_identical_requests_get_the_same_answer_in_batches(server, xray_root):
     path = sorted((xray_root / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
     data = path.read_bytes()
     bad = base64.b64encode(b"not an image").decode()
@@ -180,7 +180,11 @@ def test_concurrent_identical_requests_get_identical_answers_in_batches(server, 
     good = [r for i, r in enumerate(answers) if i % 4 != 3]
     assert all(r.status_code == 200 for r in good), [r.text for r in good]
     assert all(r.status_code == 422 for i, r in enumerate(answers) if i % 4 == 3)
-    assert len({r.json()["probability"] for r in good}) == 1
+    # the same image in batches of different sizes: oneDNN may pick other kernels per batch
+    # size, so the answers agree to float32 rounding, not always bit for bit (seen: 0.45134783
+    # and 0.45134786 on an AVX2 CPU)
+    probs = [r.json()["probability"] for r in good]
+    assert max(probs) - min(probs) < 1e-6, probs
     assert max(r.json()["timing_ms"]["batch_size"] for r in good) > 1  # dynamic batching happened
 
 
