@@ -38,6 +38,7 @@ LABELS = {
     "fp32_cl_rgb_compile": "ours, fp32, channels_last, RGB, `torch.compile`",
     "fp32_cl_gray": "ours, fp32, channels_last, gray (`train.py`'s path where bf16 is not native)",
     "fp32_cl_gray_compile": "ours, fp32, channels_last, gray, `torch.compile`",
+    "fp32_cl_gray_split": "ours, fp32, channels_last, gray, batch split over the threads (`module.split_batch`)",
     "bf16_cl_gray": "ours, bf16-mixed, channels_last, gray",
     "bf16_cl_gray_compile": "ours, bf16-mixed, channels_last, gray, `torch.compile`",
 }
@@ -47,6 +48,7 @@ VARIANTS = {
     "fp32_cl_rgb_compile": (3, True, False, True),
     "fp32_cl_gray": (1, True, False, False),
     "fp32_cl_gray_compile": (1, True, False, True),
+    "fp32_cl_gray_split": (1, True, False, False),
     "bf16_cl_gray": (1, True, True, False),
     "bf16_cl_gray_compile": (1, True, True, True),
 }
@@ -62,6 +64,8 @@ def step_fn(name: str, size: int, batch: int):
     net = CustomCNN(depth=5, in_channels=channels, image_size=size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt).train()
+    if name.endswith("_split"):  # what PneumoniaClassifier.on_fit_start sets (module.split_batch)
+        net.split_workers = torch.get_num_threads()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x = torch.rand(batch, channels, size, size).contiguous(memory_format=fmt)
     y = (torch.rand(batch) > 0.5).float()

@@ -40,10 +40,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_result  # noqa: E402
 
-from pneumonia.config.checks import check_train_config  # noqa: E402
+from pneumonia.runners.checks import check_train_config  # noqa: E402
 from pneumonia.config.compose import compose  # noqa: E402
 from pneumonia.runners.common import build_callbacks, build_trainer, configure_torch  # noqa: E402
-from pneumonia.runners.train import build_module  # noqa: E402
+from pneumonia.runners.train import balance_pos_weight  # noqa: E402
 
 SETTINGS = {
     "before": ["data.device_resident=false", "module.defer_sync=false", "module.compile=false"],
@@ -155,7 +155,8 @@ def run_config(args: argparse.Namespace, name: str, batch: int, out: Path, profi
         *args.override,
     ]
     cfg = compose("train", overrides, out)
-    datamodule = check_train_config(cfg)
+    start = check_train_config(cfg)  # the DataModule and the module, each built once
+    datamodule = start.datamodule
     configure_torch(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     window = Window(
@@ -164,7 +165,8 @@ def run_config(args: argparse.Namespace, name: str, batch: int, out: Path, profi
     callbacks = [*build_callbacks(cfg, has_logger=False), window]
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=False)
     datamodule.setup("fit")
-    module = build_module(cfg, datamodule)
+    module = start.module
+    balance_pos_weight(cfg, module, datamodule)
     trainer.fit(module, datamodule=datamodule)
     window.precision = str(trainer.precision)  # type: ignore[attr-defined]
     return window

@@ -94,7 +94,8 @@ def train_rate(root: str, size: int, steps: int, cache_dir: str | None, batch: i
 
     from pneumonia.config.compose import compose
     from pneumonia.config.instantiate import instantiate
-    from pneumonia.runners.train import build_module
+    from pneumonia.runners.checks import build_module
+    from pneumonia.runners.train import balance_pos_weight
 
     cfg = compose(
         "train",
@@ -118,7 +119,8 @@ def train_rate(root: str, size: int, steps: int, cache_dir: str | None, batch: i
     )
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
-    module = build_module(cfg, dm)
+    module = build_module(cfg, pretrained=False)
+    balance_pos_weight(cfg, module, dm)
     times: list[float] = []
 
     class Clock(L.Callback):

@@ -38,6 +38,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "grayscale, channels_last, fp32 (the default path without native bf16)",
         ["trainer.precision=32-true"],
     ),
+    "fp32_cl_gray_nosplit": (
+        "grayscale, channels_last, fp32, module.split_batch=false (the batch not split over threads)",
+        ["trainer.precision=32-true", "module.split_batch=false"],
+    ),
     "fp32_cl_gray_compile": (
         "+ module.compile=true (torch.compile)",
         ["trainer.precision=32-true", "module.compile=true"],
@@ -84,7 +88,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
 
     from pneumonia.config.compose import compose
     from pneumonia.runners.common import configure_torch
-    from pneumonia.runners.train import build_module
+    from pneumonia.runners.checks import build_module
+    from pneumonia.runners.train import balance_pos_weight
 
     overrides = [] if name == "baseline" else VARIANTS[name][1]
     if name == "baseline":
@@ -109,7 +114,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     prepare_s = time.perf_counter() - t0
-    module = build_module(cfg, dm)
+    module = build_module(cfg, pretrained=False)
+    balance_pos_weight(cfg, module, dm)
     n_train = args.warmup + args.steps * args.repeats
     n_val = 1 + args.eval_steps
     clock = Clock()

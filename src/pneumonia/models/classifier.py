@@ -25,9 +25,11 @@ from torchmetrics.classification import BinaryAUROC
 from pneumonia.config.instantiate import instantiate
 from pneumonia.evaluation.metrics import classification_metrics, set_threshold, split_confmat
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
+from pneumonia.hardware import cpu_has_native_bf16
 from pneumonia.integrity import seal
 from pneumonia.signature import Ge, Lt, check_arguments
 from pneumonia.models import build_net
+from pneumonia.models.custom_cnn import CustomCNN
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
@@ -57,6 +59,7 @@ class PneumoniaClassifier(L.LightningModule):
         # COMPILE_MODES
         compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False,
         defer_sync: bool | Literal["auto"] = False,
+        split_batch: bool | Literal["auto"] = False,
         *,
         pretrained: bool = True,
     ) -> None:
@@ -105,6 +108,35 @@ class PneumoniaClassifier(L.LightningModule):
         mode = self.hparams.get("compile")
         if stage == "fit" and mode:
             self.net.compile(**({} if mode is True else {"mode": mode}))
+
+    def on_fit_start(self) -> None:
+        if isinstance(self.net, CustomCNN) and (workers := self.split_workers()):
+            self.net.split_workers = workers
+
+    def on_fit_end(self) -> None:
+        if isinstance(self.net, CustomCNN):
+            self.net.split_workers = 0
+
+    def split_workers(self) -> int:
+        """`module.split_batch`: the threads the net's conv blocks run a training batch's chunks
+        on (`models.thread_split`), 0 for none. true: on the CPU in fp32 with 2+ intra-op
+        threads, for a net that allows it (the custom CNN without batch norm), not compiled;
+        auto: that, on a CPU without native bf16 only (where it was measured to pay)."""
+        setting = self.hparams.get("split_batch", False)
+        trainer = self._trainer
+        precision = str(trainer.precision) if trainer is not None else "32-true"
+        if (
+            not setting
+            or not isinstance(self.net, CustomCNN)
+            or not self.net.splits_batch
+            or self.hparams.get("compile")
+            or self.device.type != "cpu"
+            or precision not in ("32", "32-true")
+            or (setting == "auto" and cpu_has_native_bf16())
+        ):
+            return 0
+        threads = torch.get_num_threads()
+        return threads if threads >= 2 else 0
 
     @property
     def defers_sync(self) -> bool:

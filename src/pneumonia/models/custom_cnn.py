@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pneumonia.errors import ConfigError
+from pneumonia.models.thread_split import split_run
 from pneumonia.signature import Ge, Lt, MinLen, check_arguments
 
 ORIGINAL_WIDTHS = (16, 32, 64, 96, 128, 160, 192)
@@ -74,7 +75,19 @@ class CustomCNN(nn.Module):
             nn.Linear(dense_units, 1),
         )
 
+    # `split_run`'s threads for the conv blocks while training (set by the LightningModule,
+    # `module.split_batch`); 0 = off. Not a weight: checkpoints do not carry it.
+    split_workers: int = 0
+
+    @property
+    def splits_batch(self) -> bool:
+        """Whether the conv blocks may run as chunks of the batch on threads (`split_run`):
+        no batch statistics in them (batch norm would see a chunk, not the batch), no randomness."""
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.features.modules())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.split_workers > 1:
+            return self.head(split_run(self.features, x, self.split_workers)).squeeze(1)
         return self.head(self.features(x)).squeeze(1)
 
 
