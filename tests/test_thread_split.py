@@ -126,3 +126,25 @@ def test_a_compiled_module_does_not_split(monkeypatch):
     m = module(True, monkeypatch)
     m.hparams.compile = True
     assert m.split_workers() == 0
+
+
+def test_grad_cam_during_training_sees_the_unsplit_net():
+    # the Grad-CAM callback runs inside fit, where the net's split is on: its hooks must see one graph
+    from pneumonia.explain.gradcam import gradcam
+
+    net = small_net()
+    x = torch.rand(4, 1, 48, 48)
+    plain, _ = gradcam(net, x)
+    net.split_workers = 2
+    split, _ = gradcam(net, x)
+    torch.testing.assert_close(split, plain)
+
+
+def test_a_hooked_layer_turns_the_split_off_in_training():
+    net = small_net().train()
+    net.split_workers = 2
+    seen = []
+    handle = net.features[0].register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    net(torch.rand(4, 1, 48, 48))
+    handle.remove()
+    assert seen == [4]  # one graph, the whole batch

@@ -86,7 +86,7 @@ class CustomCNN(nn.Module):
         return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.features.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.split_workers > 1:
+        if self.split_workers > 1 and self.training and not _hooked(self.features):
             return self.head(split_run(self.features, x, self.split_workers)).squeeze(1)
         return self.head(self.features(x)).squeeze(1)
 
@@ -102,3 +102,11 @@ def _conv_block(in_ch: int, out_ch: int, *, dilated: bool, batch_norm: bool) -> 
         layers.append(nn.ReLU(inplace=True))
     layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a hook watches a layer (Grad-CAM, captum, a user's probe): hooks see one graph,
+    which `split_run`'s chunks would hide from them."""
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in module.modules()
+    )
