@@ -4,6 +4,7 @@ without wandb. No network: offline mode, W&B's folders under tmp_path, an unrout
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,18 @@ from pneumonia.errors import ConfigError
 from tests.helpers import logged_lines, train_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def finished_records(run_file: Path, timeout: float = 60.0) -> list:
+    """The records of a finished offline run, read once its `exit` record is on disk: W&B's
+    service writes the file after `run.finish()` returns, a moment later (in a full suite the
+    file was read back empty: CI, 2 cores), and the process's exit waits for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(run_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
 
 
 def wandb_records(run_file: Path) -> list:
@@ -29,6 +42,8 @@ def wandb_records(run_file: Path) -> list:
         if left < 7 or (kind == 0 and length == 0):  # a block's zero-filled tail
             pos += left
             continue
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 1:
             chunks.append(chunk)
@@ -83,7 +98,7 @@ def wandb_run(xray_root, tmp_path_factory):
             )
         )
     [run_file] = out.glob("wandb/offline-run-*/run-*.wandb")
-    return out, wandb_records(run_file), "\n".join(lines)
+    return out, finished_records(run_file), "\n".join(lines)
 
 
 @pytest.mark.slow
@@ -168,13 +183,14 @@ def test_a_resumed_run_goes_on_in_its_wandb_run(xray_root, tmp_path, monkeypatch
     assert info["run_id"] == first["run_id"] and info["folders"][0] == first["folder"]
     assert len(info["folders"]) == 2 and info["folder"] == info["folders"][1] != first["folder"]
     assert [Path(f).parent for f in info["folders"]] == [out / "wandb"] * 2
-    assert all(Path(f).name.endswith(info["run_id"]) for f in info["folders"])
+    # offline-run-<time>-<id>, and `-1` after it when both attempts started within one second
+    assert all(Path(f).name.split("-")[3] == info["run_id"] for f in info["folders"])
     assert f"W&B run {info['run_id']} offline (upload: wandb sync {info['folders'][0]} {info['folders'][1]})" in (
         "\n".join(lines)
     )
     # the second attempt's own file: the same run, the epoch it went on with
     [run_file] = Path(info["folder"]).glob("run-*.wandb")
-    records = wandb_records(run_file)
+    records = finished_records(run_file)
     assert {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"} == {info["run_id"]}
     epochs = [
         json.loads(i.value_json)
