@@ -34,7 +34,16 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
         ["data.augment.acquisition=0.5", "data.augment.overlay=0.5"],
         "+ `data.augment.acquisition=0.5 data.augment.overlay=0.5`",
     ),
+    "overlay_frame": (
+        ["data.augment.overlay=0.5", "data.augment.frame=0.5"],
+        "+ `data.augment.overlay=0.5 data.augment.frame=0.5`",
+    ),
     "longer": (["trainer.max_epochs=20"], "+ `trainer.max_epochs=20` (cosine over twice the epochs)"),
+    # the teacher: the ensemble of this sitting's `best` runs (seeds as --seeds), built first
+    "distill": (
+        ["distill.teacher={teacher}", "distill.weight=0.5"],
+        "+ `distill.teacher=<ensemble of the best runs above> distill.weight=0.5`",
+    ),
 }
 # perturbation kinds that no candidate's augmentation imitates: the held-out worst case
 # (acquisition: gamma, blur, noise, resolution, composed; overlay: marker, border; frame: fov)
@@ -62,6 +71,26 @@ def train(name: str, overrides: list[str], seed: int, data_root: str, out: Path)
     return json.loads(summary.read_text())
 
 
+def teacher(seeds: list[int], data_root: str, out: Path) -> Path:
+    """The ensemble of the `best` runs of `seeds` (trained first when missing): distill's teacher."""
+    folder = out / "teacher"
+    if not (folder / "checkpoints" / "best.ckpt").is_file():
+        members = [str(out / "best" / f"seed{s}") for s in seeds]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pneumonia.tools.ensemble",
+            *members,
+            "--out",
+            str(folder),
+            "--data-root",
+            data_root,
+        ]
+        print("+", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return folder
+
+
 def stress(name: str, seeds: list[int], out: Path) -> dict:
     path = out / name / "stress_all.json"
     runs = [out / name / f"seed{s}" for s in seeds]
@@ -84,6 +113,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "shift_candidates")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run (a smoke test: debug=tiny)")
     ap.add_argument("--no-write", action="store_true", help="print the table, write no docs/results file")
+    ap.add_argument("--name", default="shift_candidates", help="the docs/results/NAME.json to write")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.candidates.split(",")
@@ -95,6 +125,11 @@ def main() -> None:
     rows, per_seed = [], {}
     for name in names:
         overrides, label = CANDIDATES[name]
+        if any("{teacher}" in o for o in overrides):
+            for s in seeds:
+                train("best", CANDIDATES["best"][0] + args.extra, s, data_root, args.out)
+            folder = teacher(seeds, data_root, args.out)
+            overrides = [o.format(teacher=folder) for o in overrides]
         summaries = [train(name, [*overrides, *args.extra], s, data_root, args.out) for s in seeds]
         results = stress(name, seeds, args.out)
         by_seed = [results[str(args.out / name / f"seed{s}" / "checkpoints" / "best.ckpt")] for s in seeds]
@@ -138,13 +173,13 @@ def main() -> None:
     if args.no_write:
         return
     write_result(
-        "shift_candidates",
+        args.name,
         title=(
             f"Candidates against the worst case: mean ± sample sd over seeds {args.seeds}, "
             "validation split only, each checkpoint at its stored threshold and TTA"
         ),
         command=f"python benchmarks/shift_candidates.py --data-root <chest_xray> --candidates {args.candidates} "
-        f"--seeds {args.seeds}",
+        f"--seeds {args.seeds}" + (f" --name {args.name}" if args.name != "shift_candidates" else ""),
         columns=[
             "recipe",
             "plain AUROC",

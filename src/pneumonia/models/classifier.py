@@ -1,9 +1,11 @@
 """`PneumoniaClassifier`: the LightningModule around a net: BCE on logits, the optimizer and
 scheduler, per-split metrics.
 
-Training targets may be soft: label smoothing (`label_smoothing`, training loss only) and
+Training targets may be soft: label smoothing (`label_smoothing`, training loss only),
 mixup (the DataModule's `data.augment.mixup`, whose training batches carry soft targets as a
-4th element) change what the loss fits; the training metrics always count the hard labels.
+4th element) and distillation (`distill_weight` with a `teacher`: the targets mixed with a
+teacher's probabilities on the same augmented batch) change what the loss fits; the training
+metrics always count the hard labels.
 With the stress validation on (`data.stress.enabled`), validation has a second dataloader:
 the same images under acquisition changes, scored into `val_stress/*` (its own metric
 collection and an AUROC per perturbation), never into `val/*`, the loss or the monitor.
@@ -14,6 +16,7 @@ checkpoint loads with `torch.load(weights_only=True)` and cannot run code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import lightning as L
@@ -27,7 +30,8 @@ from pneumonia.evaluation.metrics import classification_metrics, set_threshold, 
 from pneumonia.evaluation.tensorboard import tensorboard_loggers
 from pneumonia.hardware import cpu_has_native_bf16
 from pneumonia.integrity import seal
-from pneumonia.signature import Ge, Lt, check_arguments
+from pneumonia.errors import ConfigError
+from pneumonia.signature import Ge, Le, Lt, check_arguments
 from pneumonia.models import build_net
 from pneumonia.models.custom_cnn import CustomCNN
 
@@ -60,6 +64,7 @@ class PneumoniaClassifier(L.LightningModule):
         compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False,
         defer_sync: bool | Literal["auto"] = False,
         split_batch: bool | Literal["auto"] = False,
+        distill_weight: Annotated[float, Ge(0), Le(1)] = 0.0,
         *,
         pretrained: bool = True,
     ) -> None:
@@ -93,6 +98,10 @@ class PneumoniaClassifier(L.LightningModule):
         # `defer_sync`: per phase, the steps' (probabilities, labels, losses, weights), still on
         # the device, given to the metrics once at the epoch's end
         self._pending: dict[str, list[tuple[Any, ...]]] = {"train": [], "val": []}
+        # `distill_weight`: a function from a training batch's inputs to a teacher's logits (N,),
+        # set by the training run (runners/distill.py); a plain attribute, not a submodule: the
+        # teacher is neither trained nor saved with the student
+        self.teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def set_pos_weight(self, pos_weight: float) -> None:
         """The BCE weight of the PNEUMONIA class, once known: `module.pos_weight: balanced` is
@@ -110,6 +119,8 @@ class PneumoniaClassifier(L.LightningModule):
             self.net.compile(**({} if mode is True else {"mode": mode}))
 
     def on_fit_start(self) -> None:
+        if self.hparams.get("distill_weight") and self.teacher is None:
+            raise ConfigError("module.distill_weight > 0 needs a teacher: set distill.teacher=<checkpoint>")
         if isinstance(self.net, CustomCNN) and (workers := self.split_workers()):
             self.net.split_workers = workers
 
@@ -180,9 +191,15 @@ class PneumoniaClassifier(L.LightningModule):
 
     def targets(self, phase: str, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """What the loss fits: the labels as floats, or a training batch's soft targets
-        (mixup's 4th element), smoothed towards 0.5 by `label_smoothing` when training:
-        y * (1 - eps) + eps / 2."""
+        (mixup's 4th element); when training, mixed with the teacher's probability on the same
+        inputs, (1 - w) * y + w * P_teacher (`distill_weight` w: BCE is linear in its target, so
+        this is (1 - w) * BCE(label) + w * BCE(teacher)), then smoothed towards 0.5 by
+        `label_smoothing`: y * (1 - eps) + eps / 2."""
         targets = batch[3].float() if phase == "train" and len(batch) > 3 else batch[1].float()
+        weight = float(self.hparams.get("distill_weight") or 0.0)
+        if phase == "train" and weight and self.teacher is not None:
+            taught = torch.sigmoid(self.teacher(batch[0]).float()).to(targets.device)
+            targets = (1 - weight) * targets + weight * taught
         eps = float(self.hparams.get("label_smoothing") or 0.0)
         if phase == "train" and eps:
             targets = targets * (1 - eps) + eps / 2

@@ -268,6 +268,8 @@ def build_module(cfg: DictConfig, *, pretrained: bool) -> PneumoniaClassifier:
     module = {k: v for k, v in to_dict(cfg.module, resolve=True).items() if k != "pos_weight"}
     check_arguments("module", module, PneumoniaClassifier)
     pos_weight = cfg.module.pos_weight
+    from pneumonia.runners.distill import distill_weight
+
     return PneumoniaClassifier(
         net=to_dict(cfg.model, resolve=True),
         optimizer=to_dict(cfg.optimizer, resolve=True),
@@ -275,6 +277,7 @@ def build_module(cfg: DictConfig, *, pretrained: bool) -> PneumoniaClassifier:
         pos_weight=None if pos_weight == "balanced" else pos_weight,
         seed=cfg.seed,
         pretrained=pretrained,
+        distill_weight=distill_weight(cfg),
         **module,
     )
 

@@ -225,6 +225,10 @@ def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> TrainResult:
     out_dir = make_output_dir(cfg.paths.output_dir)
 
     datamodule.check_layout(("fit", "test") if cfg.test else ("fit",))  # fail before any decoding
+    if module.hparams.get("distill_weight"):  # the teacher read (and matched to the inputs) before decoding too
+        from pneumonia.runners.distill import load_teacher
+
+        module.teacher = load_teacher(cfg, datamodule.preprocess)
     # loggers, callbacks and the Trainer before decoding too: their settings fail in seconds
     loggers = build_loggers(cfg)
     clock, interruption = TrainingClock(), Interruption()
