@@ -1,11 +1,16 @@
 import os
 from pathlib import Path
 
-import pytest
-
-from pneumonia.data.synthetic import make_chest_xray_tree
-
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests run on the CPU, always
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one of several test processes (pytest-xdist, one per core): one thread each, set before torch
+    # is imported, and inherited by the command lines the tests run. Two processes of two threads
+    # on 2 cores spin-wait on each other (see `one_thread`).
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+
+from pneumonia.data.synthetic import make_chest_xray_tree  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -295,6 +295,8 @@ def test_command_line_typos_are_one_line(args, expected, tmp_path):
         ("predict", ["input=scans/"], "input is not a setting of predict.py (did you mean inputs?"),
         ("train", ["optimiser.lr=0.1"], "optimiser.lr is not a setting of train.py (did you mean optimizer.lr?"),
         ("train", ["data.batchsize=8"], "(did you mean data.batch_size?"),
+        ("train", ["modle=custom_cnn_bn"], "(did you mean model?"),  # a transposition before an insertion (module)
+        ("train", ["modle.depth=3"], "(did you mean model.depth?"),
         ("train", ["zzz=1"], "zzz is not a setting of train.py (python train.py --cfg job"),  # nothing close
     ],
 )

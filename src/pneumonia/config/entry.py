@@ -110,31 +110,36 @@ def _composition_error(err: Exception, script: str, config_name: str = "", overr
 
 def _near_key(config_name: str, overrides: list[str], key: str) -> str | None:
     """The existing key closest to a mistyped one (`input` -> `inputs`, `optimiser.lr` ->
-    `optimizer.lr`), looked up level by level in the config composed without the bad key."""
-    import difflib
-
+    `optimizer.lr`, `modle.depth` -> `model.depth`), looked up level by level in the config
+    composed without the bad key: at each level difflib's close names, a transposition of the
+    typed letters first (`modle` is `model` before `module`), the first whose rest resolves."""
     from omegaconf import DictConfig
 
     from pneumonia.config.compose import compose
 
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
     try:
-        node: object = compose(config_name, kept)
+        root: object = compose(config_name, kept)
     except Exception:  # the other overrides do not compose either: no suggestion
         return None
-    found: list[str] = []
-    for part in key.split("."):
+
+    def resolve(node: object, parts: list[str]) -> list[str] | None:
+        if not parts:
+            return []
         if not isinstance(node, DictConfig):
             return None
-        keys = [str(k) for k in node.keys()]
-        if part not in keys:
-            close = difflib.get_close_matches(part, keys, n=1, cutoff=0.6)
-            if not close:
-                return None
-            part = close[0]
-        found.append(part)
-        node = node.get(part)
-    near = ".".join(found)
+        import difflib
+
+        part, keys = parts[0], [str(k) for k in node.keys()]
+        close = [part] if part in keys else difflib.get_close_matches(part, keys, n=3, cutoff=0.6)
+        for name in sorted(close, key=lambda name: sorted(name) != sorted(part)):  # stable: difflib's order next
+            rest = resolve(node.get(name), parts[1:])
+            if rest is not None:
+                return [name, *rest]
+        return None
+
+    found = resolve(root, key.split("."))
+    near = ".".join(found) if found else None
     return near if near != key else None
 
 
