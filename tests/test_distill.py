@@ -49,7 +49,7 @@ def test_targets_mix_labels_and_the_teachers_probability_on_the_same_inputs():
 
 def test_a_weight_without_a_teacher_stops_before_training():
     m = module(0.5)
-    with pytest.raises(ConfigError, match="needs a teacher"):
+    with pytest.raises(ConfigError, match="distill.weight > 0 needs a teacher"):
         m.on_fit_start()
 
 
@@ -63,6 +63,19 @@ def test_weight_is_checked():
     for bad in (0, 1.5, "half", True):
         with pytest.raises(ConfigError, match="distill.weight"):
             distill_weight(OmegaConf.create({"distill": {"teacher": "a.ckpt", "weight": bad}}))
+    from pneumonia.runners.distill import teacher_path
+
+    with pytest.raises(ConfigError, match="must be a checkpoint or run folder path"):
+        teacher_path(5)
+
+
+def test_bad_distill_settings_are_one_line_before_torch(tmp_path):
+    from tests.helpers import run_cli
+
+    result = run_cli("train.py", "distill.teacher=nowhere/x.ckpt", f"hydra.run.dir={tmp_path}/run")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == "error: distill.teacher=nowhere/x.ckpt: no such checkpoint (give a .ckpt or a run folder)"
 
 
 @pytest.mark.slow
@@ -83,3 +96,30 @@ def test_a_student_trains_from_a_teacher_run_and_bad_teachers_are_one_line(xray_
     with pytest.raises(ConfigError, match=r"image_size 48 \(teacher\) vs 32"):
         train(train_cfg(xray_root, tmp_path / "b", *common, "data.image_size=32", f"distill.teacher={teacher_run}"))
     assert not (tmp_path / "b" / "cache").exists()  # refused before decoding
+    # another validation split: the student's validation images could be the teacher's training images
+    with pytest.raises(ConfigError, match=r"data.split_seed 42 \(teacher\) vs 7"):
+        train(train_cfg(xray_root, tmp_path / "c", *common, "data.split_seed=7", f"distill.teacher={teacher_run}"))
+    with pytest.raises(ConfigError, match="cross-validation"):
+        train(train_cfg(xray_root, tmp_path / "d", *common, "cv.folds=3", f"distill.teacher={teacher_run}"))
+    # resuming a distilled run without its teacher would quietly stop distilling
+    with pytest.raises(ConfigError, match="distill.weight=0.0"):
+        train(train_cfg(xray_root, out, "trainer.max_epochs=2", *common[1:], f"resume={out}"))
+
+
+def test_the_teacher_scores_on_the_batch_device_in_its_precision_and_is_shared_by_copies(tiny_checkpoint):
+    import copy
+
+    from pneumonia.inference.predictor import Predictor
+    from pneumonia.runners.distill import Teacher
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, precision="32-true", tta=False)
+    teacher = Teacher(predictor).to("cpu")
+    x = torch.rand(4, 1, 48, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the student's bf16 step
+        logits = teacher(x)
+    assert logits.dtype == torch.float32 and not logits.is_inference() and not logits.requires_grad
+    torch.testing.assert_close(logits, predictor.logits(x))  # fp32, as its precision says, not bf16
+    # a target for a loss that goes backward (an inference-mode tensor could not be saved for it)
+    student = torch.zeros(4, requires_grad=True)
+    nn.functional.binary_cross_entropy_with_logits(student, torch.sigmoid(logits)).backward()
+    assert copy.deepcopy(teacher) is teacher  # SWA's copy of the student shares it

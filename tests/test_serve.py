@@ -26,12 +26,13 @@ HEADERS = {"X-API-Key": KEY}
 MAX_FILE_MB = 0.25
 
 
-def start_server(*args: str, timeout: float = 90) -> tuple[subprocess.Popen, str]:
-    """`python serve.py args...` on a free 127.0.0.1 port, once /health answers 200."""
+def start_server(run_dir: Path, *args: str, timeout: float = 90) -> tuple[subprocess.Popen, str]:
+    """`python serve.py args...` on a free 127.0.0.1 port, its run folder `run_dir` (not the
+    checkout's outputs/), once /health answers 200."""
     port = free_port("127.0.0.1")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PNEUMONIA_SERVE_API_KEY": KEY}
     proc = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "serve.py"), f"serve.port={port}", *args],
+        [sys.executable, str(PROJECT_ROOT / "serve.py"), f"serve.port={port}", f"hydra.run.dir={run_dir}", *args],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -64,8 +65,9 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint):
+def server(tiny_checkpoint, tmp_path_factory):
     proc, url = start_server(
+        tmp_path_factory.mktemp("serve_run"),
         f"ckpt_path={tiny_checkpoint}",
         "serve.max_batch_size=4",
         "serve.batch_timeout=0.05",
@@ -226,7 +228,7 @@ def test_onnx_backend_answers_equal_predict_py_onnx(tiny_checkpoint, xray_root, 
     )
     with open(tmp_path / "predict" / "predictions.csv") as f:
         expected = {Path(r["path"]).name: float(r["probability"]) for r in csv.DictReader(f)}
-    proc, url = start_server(f"model_path={model}", "serve.max_batch_size=1")
+    proc, url = start_server(tmp_path / "serve_run", f"model_path={model}", "serve.max_batch_size=1")
     try:
         info = httpx.get(url + "/info", headers=HEADERS).json()["model"]
         assert info["model"]["backend"] == "onnx" and len(info["model"]["sha256"]) == 64

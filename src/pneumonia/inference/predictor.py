@@ -228,9 +228,11 @@ class Predictor:
 
     # ---- scoring -------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
+        """The stored precision: autocast to it, or autocast off for full precision (also
+        inside a caller's autocast: a distillation teacher inside the student's bf16 step)."""
         dtype = _AUTOCAST.get(self.precision)
         if dtype is None:
-            return contextlib.nullcontext()
+            return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.inference_mode()

@@ -101,7 +101,7 @@ class PneumoniaClassifier(L.LightningModule):
         # `distill_weight`: a function from a training batch's inputs to a teacher's logits (N,),
         # set by the training run (runners/distill.py); a plain attribute, not a submodule: the
         # teacher is neither trained nor saved with the student
-        self.teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.teacher: Callable[[torch.Tensor], torch.Tensor] | None = None  # with `.to(device)` if it moves
 
     def set_pos_weight(self, pos_weight: float) -> None:
         """The BCE weight of the PNEUMONIA class, once known: `module.pos_weight: balanced` is
@@ -120,7 +120,9 @@ class PneumoniaClassifier(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.hparams.get("distill_weight") and self.teacher is None:
-            raise ConfigError("module.distill_weight > 0 needs a teacher: set distill.teacher=<checkpoint>")
+            raise ConfigError("distill.weight > 0 needs a teacher: set distill.teacher=<checkpoint>")
+        if self.teacher is not None and callable(getattr(self.teacher, "to", None)):
+            self.teacher.to(self.device)  # type: ignore[attr-defined]  # this rank's device (DDP: its own GPU)
         if isinstance(self.net, CustomCNN) and (workers := self.split_workers()):
             self.net.split_workers = workers
 

@@ -129,6 +129,9 @@ def check_train_settings(cfg: DictConfig, *, quick: bool = False) -> None:
     _bool(cfg, "module.channels_last")
     _optional_path(cfg, "resume")
     _optional_path(cfg, "ckpt_path")
+    from pneumonia.runners.distill import check_distill_settings
+
+    check_distill_settings(cfg)
     epochs = _int(cfg, "trainer.max_epochs", -1)
     callbacks = cfg.get("callbacks") or {}
     if epochs == 0 or (epochs == -1 and not callbacks.get("early_stopping")):
@@ -265,7 +268,8 @@ def build_module(cfg: DictConfig, *, pretrained: bool) -> PneumoniaClassifier:
     from pneumonia.config.instantiate import check_arguments
     from pneumonia.models.classifier import PneumoniaClassifier
 
-    module = {k: v for k, v in to_dict(cfg.module, resolve=True).items() if k != "pos_weight"}
+    # distill_weight: from distill.weight (a teacher named), not module.*
+    module = {k: v for k, v in to_dict(cfg.module, resolve=True).items() if k not in ("pos_weight", "distill_weight")}
     check_arguments("module", module, PneumoniaClassifier)
     pos_weight = cfg.module.pos_weight
     from pneumonia.runners.distill import distill_weight

@@ -6,25 +6,33 @@ several seeds, `python -m pneumonia.tools.ensemble`) teaches one network of the 
 Each training batch, as augmented, is scored by the teacher (eval mode, no TTA, its stored
 precision), and the student fits (1 - weight) * label + weight * P_teacher
 (`PneumoniaClassifier.targets`). The teacher is read through the `Predictor`, as every scoring
-path reads a checkpoint; its preprocessing preset must be the student's (same image size,
-channels and normalisation), or the run stops before decoding with one line. Validation,
-the checkpoint choice and the threshold are the student's own, on the validation split: the
-teacher's members must not have trained on it (the same `data.split_seed`, the default).
+path reads a checkpoint; its preprocessing preset and validation split must be the student's,
+or the run stops before decoding with one line. Validation, the checkpoint choice and the
+threshold are the student's own, on the validation split, which the teacher never trained on.
+
+The settings are checked without torch (`check_distill_settings`, before Hydra starts a job).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig
 
-from pneumonia.data.preprocess import Preprocess
 from pneumonia.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
+    from pneumonia.data.preprocess import Preprocess
+    from pneumonia.inference.predictor import Predictor
+
 log = logging.getLogger(__name__)
+
+# the data settings that decide the validation split: the teacher's must be the student's
+SPLIT_KEYS = ("split_seed", "val_fraction", "min_val_images", "folds", "fold")
 
 
 def distill_weight(cfg: DictConfig) -> float:
@@ -38,9 +46,11 @@ def distill_weight(cfg: DictConfig) -> float:
     return float(weight)
 
 
-def teacher_path(teacher: str | Path) -> Path:
+def teacher_path(teacher: Any) -> Path:
     """A checkpoint file, or a run folder holding checkpoints/best.ckpt."""
-    path = Path(teacher)
+    if not isinstance(teacher, str | Path):
+        raise ConfigError(f"distill.teacher={teacher!r} must be a checkpoint or run folder path, or null (off)")
+    path = Path(teacher).expanduser()
     if path.is_dir():
         path = path / "checkpoints" / "best.ckpt"
     if not path.is_file():
@@ -48,20 +58,77 @@ def teacher_path(teacher: str | Path) -> Path:
     return path
 
 
-def load_teacher(cfg: DictConfig, preprocess: Preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The teacher's logits for a batch of model inputs, on the teacher's device, without
-    TTA (one forward per member: TTA's 7 would make training several times slower)."""
+def check_distill_settings(cfg: DictConfig) -> None:
+    """`distill.*` without torch: the weight, the teacher's file, and no cross-validation (each
+    fold validates on images the teacher, trained on the usual split, learned)."""
+    if not distill_weight(cfg):
+        return
+    teacher_path(cfg.distill.teacher)
+    if (cfg.get("cv") or {}).get("folds") is not None or (cfg.get("data") or {}).get("folds") is not None:
+        raise ConfigError(
+            "distill.teacher with cross-validation (cv.folds / data.folds): each fold would validate on images "
+            "the teacher trained on; distill a run on the usual validation split"
+        )
+
+
+class Teacher:
+    """A teacher's logits for a batch of the student's inputs, on the batch's device, without
+    gradients, in the precision its threshold was chosen under (autocast off for full
+    precision, also inside the student's bf16 autocast). Moved with the student
+    (`to`, at the start of fit); shared, not copied, by `copy.deepcopy` (the SWA callback copies
+    the student: the teacher is never trained, and a copy would double its memory)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def to(self, device: torch.device | str) -> Teacher:
+        import torch
+
+        self.predictor.device = torch.device(device)
+        self.predictor.net.to(self.predictor.device)
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        p = self.predictor
+        x = x.to(p.device, non_blocking=True)
+        if p.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), p.autocast():
+            # a plain tensor (not inference mode's): the student's loss saves its target for backward
+            return p.net(x).float()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Teacher:
+        return self
+
+
+def load_teacher(cfg: DictConfig, preprocess: Preprocess) -> Teacher:
+    """The run's teacher, on the CPU until the student's fit moves it to its device (a DDP
+    rank's own GPU), checked against the run's preprocessing and validation split."""
+    from pneumonia.inference.checkpoint import load_checkpoint
     from pneumonia.inference.predictor import Predictor
 
     path = teacher_path(cfg.distill.teacher)
+    loaded = load_checkpoint(path)
     # threshold given: the teacher's own (chosen with its TTA) is not used here
-    predictor = Predictor.from_checkpoint(path, device="auto", tta=False, threshold=0.5)
+    predictor = Predictor.from_checkpoint(path, device="cpu", tta=False, threshold=0.5, loaded=loaded)
     theirs, ours = predictor.preprocess.describe(), preprocess.describe()
-    differ = [k for k in ("image_size", "channels", "normalize") if theirs.get(k) != ours.get(k)]
+    differ = [
+        f"{k} {theirs.get(k)} (teacher) vs {ours.get(k)}"
+        for k in ("image_size", "channels", "normalize")
+        if theirs.get(k) != ours.get(k)
+    ]
+    stored, data = predictor.data_settings, cfg.data
+    differ += [
+        f"data.{k} {stored.get(k)} (teacher) vs {data.get(k)}"
+        for k in SPLIT_KEYS
+        if k in stored and stored.get(k) != data.get(k)
+    ]
     if differ:
         raise ConfigError(
-            f"distill.teacher={cfg.distill.teacher} was trained on other inputs than this run: "
-            + ", ".join(f"{k} {theirs.get(k)} (teacher) vs {ours.get(k)}" for k in differ)
+            f"distill.teacher={cfg.distill.teacher} was trained on other inputs or another validation split "
+            f"than this run: {', '.join(differ)}"
         )
     log.info("Distilling from %s (weight %.2f, no TTA)", path, float(cfg.distill.weight))
-    return predictor.logits
+    return Teacher(predictor)

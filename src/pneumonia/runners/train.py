@@ -43,6 +43,7 @@ from pneumonia.runners.callbacks import (
     TrainingClock,
 )
 from pneumonia.runners.checkpoint_io import AtomicCheckpointIO
+from pneumonia.runners.distill import distill_weight
 from pneumonia.runners.common import (
     build_callbacks,
     build_loggers,
@@ -119,6 +120,10 @@ def check_same_recipe(cfg: DictConfig, ckpt: dict[str, Any], key: str) -> None:
         for k in ("image_size", "channels")
         if k in stored_data and cfg.data.get(k) != stored_data[k]
     ]
+    # a distilled run goes on with its teacher: without it, the rest of the epochs would silently not be distilled
+    stored_weight = float(module_settings(ckpt).get("distill_weight") or 0.0)
+    if stored_weight != distill_weight(cfg):
+        differ.append(f"distill.weight={distill_weight(cfg)} with a teacher (the checkpoint: {stored_weight})")
     if differ:
         run = Path(str(cfg.get(key))).parent.parent if key == "ckpt_path" else Path(str(cfg.get(key)))
         first = run / ".hydra" / "overrides.yaml"
