@@ -91,11 +91,11 @@ def teacher(seeds: list[int], data_root: str, out: Path) -> Path:
     return folder
 
 
-def stress(name: str, seeds: list[int], out: Path) -> dict:
-    path = out / name / "stress_all.json"
+def stress(name: str, seeds: list[int], out: Path, which: str = "all") -> dict:
+    path = out / name / f"stress_{which}.json"
     runs = [out / name / f"seed{s}" for s in seeds]
     if not path.is_file() or set(json.loads(path.read_text())) != {str(r / "checkpoints" / "best.ckpt") for r in runs}:
-        cmd = [sys.executable, "-m", "pneumonia.tools.stress", *map(str, runs), "--set", "all", "--json", str(path)]
+        cmd = [sys.executable, "-m", "pneumonia.tools.stress", *map(str, runs), "--set", which, "--json", str(path)]
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return json.loads(path.read_text())
 
@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run (a smoke test: debug=tiny)")
     ap.add_argument("--no-write", action="store_true", help="print the table, write no docs/results file")
     ap.add_argument("--name", default="shift_candidates", help="the docs/results/NAME.json to write")
+    ap.add_argument("--no-dicom", action="store_true", help="leave out the DICOM-path column (--set dicom)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.candidates.split(",")
@@ -133,6 +134,12 @@ def main() -> None:
         summaries = [train(name, [*overrides, *args.extra], s, data_root, args.out) for s in seeds]
         results = stress(name, seeds, args.out)
         by_seed = [results[str(args.out / name / f"seed{s}" / "checkpoints" / "best.ckpt")] for s in seeds]
+        dicom = [] if args.no_dicom else stress(name, seeds, args.out, "dicom")
+        dicom_auroc = (
+            [dicom[str(args.out / name / f"seed{s}" / "checkpoints" / "best.ckpt")]["worst"]["auroc"] for s in seeds]
+            if dicom
+            else []
+        )
         worst = [r["worst"]["auroc"] for r in by_seed]
         held_out = [
             min(m["auroc"] for p, m in r["per_perturbation"].items() if p.split("_", 1)[0] in UNTRAINED_KINDS)
@@ -152,9 +159,10 @@ def main() -> None:
                 "plain_sensitivity": r["plain"]["recall"],
                 "threshold": r["threshold"],
                 "train_minutes": sm["train_minutes"],
+                **({"dicom_auroc": d} if dicom_auroc else {}),
                 "per_perturbation_auroc": {p: m["auroc"] for p, m in r["per_perturbation"].items()},
             }
-            for s, r, h, sm in zip(seeds, by_seed, held_out, summaries)
+            for s, r, h, sm, d in zip(seeds, by_seed, held_out, summaries, dicom_auroc or [None] * len(seeds))
         ]
         rows.append(
             [
@@ -163,6 +171,7 @@ def main() -> None:
                 mean_sd(worst) + " (" + ", ".join(f"{p} {c}x" if c > 1 else p for p, c in where) + ")",
                 mean_sd(held_out),
                 mean_sd([r["stress"]["auroc"] for r in by_seed]),
+                *([mean_sd(dicom_auroc)] if dicom_auroc else []),
                 f"{statistics.fmean(r['plain']['specificity'] for r in by_seed):.3f} / "
                 f"{statistics.fmean(r['stress']['specificity'] for r in by_seed):.3f}",
                 mean_sd([s["train_minutes"] for s in summaries], 1),
@@ -186,6 +195,7 @@ def main() -> None:
             "worst-case stress AUROC (where)",
             f"worst AUROC, untrained kinds ({', '.join(UNTRAINED_KINDS)})",
             "pooled stress AUROC",
+            *([] if args.no_dicom else ["DICOM path AUROC"]),
             "specificity plain / stress",
             "train minutes per seed",
         ],
@@ -193,7 +203,9 @@ def main() -> None:
         notes=(
             "Stress set `all`: the 9 acquisition changes and the 6 shortcut perturbations of data/stress.py. "
             "The overlay augmentation burns in A, P and digits, never the R/L of the `marker` perturbation; "
-            "the untrained kinds are imitated by no candidate's augmentation. Train minutes from each run's "
+            "the untrained kinds are imitated by no candidate's augmentation. The DICOM path (`--set dicom`): each "
+            "validation image as a 12-bit DICOM with a window 0.8 times its 1-99th percentile range, half of them "
+            "MONOCHROME1, read back by data/dicom.py (imitated by no candidate). Train minutes from each run's "
             "train_summary.json (the fit alone, one run at a time)."
         ),
         extra={"per_seed": per_seed},

@@ -165,3 +165,22 @@ def test_the_config_lists_the_shortcut_set_commented_with_its_strengths():
     text = (Path(__file__).parents[1] / "conf" / "data" / "chest_xray.yaml").read_text()
     listed = dict(re.findall(r"^    # (\w+): ([0-9.]+)\s", text, flags=re.M))
     assert {k: float(v) for k, v in listed.items()} == SHORTCUT_PERTURBATIONS
+
+
+def test_the_dicom_path_windows_12_bits_and_reads_monochrome1_back_upright():
+    """`dicom`: each image through a 12-bit DICOM file and the project's reader; deterministic,
+    MONOCHROME1 images come back upright (not inverted), a narrow window clips the tails and a
+    window far wider than the image's range gives the image back."""
+    pytest.importorskip("pydicom")
+    x = xrays(8, 48)
+    once = perturb(x, "dicom", 0.8, seed=3)
+    assert once.dtype == torch.uint8 and once.shape == x.shape and torch.equal(once, perturb(x, "dicom", 0.8, seed=3))
+    for a, b in zip(x.float(), once.float()):
+        assert np.corrcoef(a.flatten(), b.flatten())[0, 1] > 0.9  # upright, MONOCHROME1 or not
+    saturated = lambda t: ((t == 0) | (t == 255)).float().mean()  # noqa: E731
+    assert saturated(perturb(x, "dicom", 0.5)) > saturated(x) + 0.05  # the window's tails clipped
+    # a window wider than the image: the reader's min..max scaling alone, as for any DICOM it reads
+    lo, hi = x.flatten(1).min(1).values.view(-1, 1, 1, 1).float(), x.flatten(1).max(1).values.view(-1, 1, 1, 1).float()
+    stretched = (x.float() - lo) / (hi - lo) * 255
+    assert (perturb(x, "dicom", 10).float() - stretched).abs().max() <= 3
+    assert "dicom" in PERTURBATION_SETS["dicom"] and "dicom" not in PERTURBATION_SETS["all"]

@@ -36,10 +36,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--set",
         dest="perturbation_set",
-        choices=("standard", "shortcut", "all"),
+        choices=("standard", "shortcut", "all", "dicom"),
         default="standard",
         help="which perturbations: standard (the acquisition changes of data.stress, the default), "
-        "shortcut (composed, marker, border, fov, apex, costophrenic) or all of them",
+        "shortcut (composed, marker, border, fov, apex, costophrenic), all of them, or dicom (the DICOM "
+        "path: a 12-bit file with a clinical window read back by the project's reader; needs pydicom)",
     )
     ap.add_argument(
         "--perturbations",
