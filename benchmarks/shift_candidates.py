@@ -39,6 +39,7 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
         "+ `data.augment.overlay=0.5 data.augment.frame=0.5`",
     ),
     "longer": (["trainer.max_epochs=20"], "+ `trainer.max_epochs=20` (cosine over twice the epochs)"),
+    "crop": (["data.crop=content"], "+ `data.crop=content` (each image cut to its content, every path)"),
     # the teacher: the ensemble of this sitting's `best` runs (seeds as --seeds), built first
     "distill": (
         ["distill.teacher={teacher}", "distill.weight=0.5"],

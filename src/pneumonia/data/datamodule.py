@@ -85,6 +85,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         augment: Mapping[str, Any] | None = None,
         download: bool = False,
         normalize: Literal["none", "standardize", "equalize"] = "none",
+        crop: Literal["none", "content"] = "none",
         stress: Mapping[str, Any] | None = None,
         tta: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -99,7 +100,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             raise ConfigError(f"fold={fold!r} must be one of 0..folds-1 with folds={folds!r} (both set, or both null)")
         # checks image_size, channels and normalize; stored in checkpoints with the other
         # arguments (datamodule_hyper_parameters), so every scoring path normalises alike
-        self.preprocess = Preprocess(image_size, channels, normalize, max_pixels)
+        self.preprocess = Preprocess(image_size, channels, normalize, max_pixels, crop)
         self.stress_settings = StressSettings.from_config(stress)
         self.save_hyperparameters(logger=False)
         try:

@@ -7,8 +7,9 @@ Two steps, used by everything that feeds the network:
    The decoded-image cache stores exactly this, and the Predictor calls it per file. The
    code is in `pneumonia.data.decode` (no torch), which the ONNX backend runs too.
 2. `Preprocess.to_input(batch)`: uint8 (N, C, S, S) → float, on whatever device the batch
-   is on: `to_unit` (/255 to [0, 1]), then `normalize_input` (`normalize`: none, per-image
-   standardisation, or histogram equalisation). The DataModule applies it after the batch
+   is on: `to_unit` (/255 to [0, 1]), then `normalize_input` (`crop`: none, or each image cut
+   to its content, black bands and a wider black field of view removed; then `normalize`:
+   none, per-image standardisation, or histogram equalisation). The DataModule applies it after the batch
    reached the model's device (when training, the augmentation runs between the two steps,
    on images in [0, 1], so normalisation is always the last thing before the network); the
    Predictor applies it to its batches.
@@ -32,6 +33,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from pneumonia.data import decode
@@ -42,6 +44,7 @@ from pneumonia.signature import Ge, check_arguments
 
 Normalize = Literal["none", "standardize", "equalize"]  # spelled out in signatures too (read unimported)
 NORMALIZE: tuple[str, ...] = typing.get_args(Normalize)
+Crop = Literal["none", "content"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Preprocess:
     channels: int = 1
     normalize: Literal["none", "standardize", "equalize"] = "none"  # NORMALIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    crop: Literal["none", "content"] = "none"  # Crop
 
     def __post_init__(self) -> None:
         # the fields declare their types and ranges; errors name the bare field (the caller adds `data.`)
@@ -85,13 +89,14 @@ class Preprocess:
         return images.float().div_(255)
 
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The float batch in [0, 1] (N, C, S, S), normalised by `normalize` (the identity for none)."""
-        return normalized(x, self.normalize)
+        """The float batch in [0, 1] (N, C, S, S), cut to its content (`crop`), then normalised
+        by `normalize` (the identity for none and none)."""
+        return normalized(cropped(x, self.crop), self.normalize)
 
     def normalizer(self) -> torch.nn.Module:
         """`normalize_input` as a module, to put in front of a network (an exported graph
-        that takes uint8 / 255, as model.json says, and normalises inside)."""
-        return InputNormalization(self.normalize)
+        that takes uint8 / 255, as model.json says, and crops and normalises inside)."""
+        return InputNormalization(self.normalize, self.crop)
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, S, S) → the network's float32 input on the same device: in [0, 1],
@@ -109,6 +114,9 @@ class Preprocess:
             "normalize": self.normalize,
             "normalization": NORMALIZATION_TEXT[self.normalize],
         }
+        if self.crop != "none":
+            described["crop"] = self.crop
+            described["cropping"] = CROP_TEXT
         if self.normalize != "none":
             described["scale"] = "uint8 / 255 -> float32 in [0, 1], then `normalization`"
         return described
@@ -165,16 +173,69 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     return (lut.gather(1, levels).float() / 255).view(n, c, h, w).to(x.dtype)
 
 
-class InputNormalization(torch.nn.Module):
-    """`Preprocess.normalize_input` of a `normalize` value as a module (the identity for none)."""
+# `crop: content`: a pixel is content above CONTENT_LEVEL (of 1), a row or column when more
+# than CONTENT_SHARE of its pixels are (a burnt-in letter on a black band is not); a box
+# under CONTENT_MIN_SIDE of a side is not trusted (that side is kept whole)
+CONTENT_LEVEL, CONTENT_SHARE, CONTENT_MIN_SIDE = 8 / 255, 0.2, 0.5
+CROP_TEXT = (
+    f"before normalisation, each image cut to the box of its rows and columns with more than {CONTENT_SHARE:.0%} "
+    f"of pixels above {CONTENT_LEVEL * 255:.0f}/255 (a side kept whole where the box is under "
+    f"{CONTENT_MIN_SIDE:.0%} of it), resized back (bilinear, grid_sample); images without such borders unchanged"
+)
 
-    def __init__(self, normalize: Normalize = "none") -> None:
+
+def _extent(content: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, last) index of True along dim 1 of (N, size), or (0, size - 1) where there is
+    none or the span is under CONTENT_MIN_SIDE of `size`."""
+    idx = torch.arange(size, device=content.device)
+    first = torch.where(content, idx, size).amin(1)
+    last = torch.where(content, idx, -1).amax(1)
+    keep = (last - first + 1) >= CONTENT_MIN_SIDE * size
+    return torch.where(keep, first, 0), torch.where(keep, last, size - 1)
+
+
+def crop_to_content(x: torch.Tensor) -> torch.Tensor:
+    """Each image of a float (N, C, H, W) batch in [0, 1] cut to the box of its content and
+    resized back to (H, W): black collimator bands and a black field of view around the chest
+    go, whatever their size (`CROP_TEXT`). Images whose box is the whole image come back
+    unchanged (bit for bit). Vectorised, on the batch's device; exports to ONNX (GridSample)."""
+    n, c, h, w = x.shape
+    bright = (x.amax(1) > CONTENT_LEVEL).to(x.dtype)  # (N, H, W)
+    top, bottom = _extent(bright.mean(2) > CONTENT_SHARE, h)
+    left, right = _extent(bright.mean(1) > CONTENT_SHARE, w)
+    # each output pixel's centre, mapped into the box (in input pixels), then to grid_sample's [-1, 1]
+    ys = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) / w
+    # clamped to the box's outer pixel centres: no black from outside the box blends in at its edges
+    py = torch.minimum(
+        torch.maximum(top[:, None] + ys[None] * (bottom - top + 1)[:, None], top[:, None] + 0.5), bottom[:, None] + 0.5
+    )
+    px = torch.minimum(
+        torch.maximum(left[:, None] + xs[None] * (right - left + 1)[:, None], left[:, None] + 0.5), right[:, None] + 0.5
+    )
+    gy, gx = py / h * 2 - 1, px / w * 2 - 1  # (N, H), (N, W)
+    grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=-1)
+    resampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    whole = ((top == 0) & (bottom == h - 1) & (left == 0) & (right == w - 1)).view(n, 1, 1, 1)
+    return torch.where(whole, x, resampled)
+
+
+def cropped(x: torch.Tensor, crop: str) -> torch.Tensor:
+    """The one dispatch of `data.crop`."""
+    return crop_to_content(x) if crop == "content" else x
+
+
+class InputNormalization(torch.nn.Module):
+    """`Preprocess.normalize_input` of a `normalize` and `crop` value as a module (the
+    identity for none and none)."""
+
+    def __init__(self, normalize: Normalize = "none", crop: Crop = "none") -> None:
         super().__init__()
-        Preprocess(8, 1, normalize)  # checks the value
-        self.normalize = normalize
+        Preprocess(8, 1, normalize, crop=crop)  # checks the values
+        self.normalize, self.crop = normalize, crop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return normalized(x, self.normalize)
+        return normalized(cropped(x, self.crop), self.normalize)
 
 
 def normalized(x: torch.Tensor, normalize: str) -> torch.Tensor:

@@ -211,6 +211,7 @@ class Predictor:
                 int(data_hp["channels"]),
                 data_hp.get("normalize", "none"),
                 data_hp.get("max_pixels", DEFAULT_MAX_PIXELS),
+                data_hp.get("crop", "none"),
             ),
             chosen,
             temperature=temp,
