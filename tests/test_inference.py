@@ -53,7 +53,7 @@ def test_recipe_and_calibration_are_typed_frozen_records(checkpoint):
     assert list(recipe.to_dict()) == [
         *("checkpoint", "epoch", "net", "optimizer", "scheduler", "pos_weight", "seed", "image_size"),
         *("channels", "augment", "threshold_method", "val_report", "val_roc", "calibrated", "temperature"),
-        *("tta", "normalize"),
+        *("tta", "normalize", "crop"),
     ]
     assert recipe.calibrated and recipe.checkpoint == str(checkpoint) and recipe.image_size == 48
     assert cal.to_dict() == {k: v for k, v in ckpt["pneumonia"].items()}  # what calibration stored, round-tripped

@@ -24,8 +24,8 @@ SUMMARY_KEYS = (*METRIC_NAMES, "threshold", "n")  # what ensemble.json keeps of 
 # and one preprocessing preset feeds every member); with the value a checkpoint that
 # predates the key stands for
 SPLIT_KEYS = ("root", "val_fraction", "min_val_images", "split_seed", "on_bad_image", "folds", "fold")
-INPUT_KEYS = ("image_size", "channels", "normalize", "tta")
-KEY_DEFAULTS: dict[str, Any] = {"normalize": "none", "tta": False, "folds": None, "fold": None}
+INPUT_KEYS = ("image_size", "channels", "normalize", "crop", "tta")
+KEY_DEFAULTS: dict[str, Any] = {"normalize": "none", "crop": "none", "tta": False, "folds": None, "fold": None}
 # defaults of conf/train.yaml, for members whose run folder has no .hydra/config.yaml
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "threshold": dict(threshold_defaults),

@@ -247,7 +247,7 @@ def git_commit(where: Path | None = None) -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
-def preprocess_steps(channels: int, image_size: int, normalize: str = "none") -> list[str]:
+def preprocess_steps(channels: int, image_size: int, normalize: str = "none", crop: str = "none") -> list[str]:
     """The decode rule of `pneumonia.data.decode.load_image`, step by step, for a service
     that reimplements it."""
     mode = "L" if channels == 1 else "RGB"
@@ -268,7 +268,8 @@ def preprocess_steps(channels: int, image_size: int, normalize: str = "none") ->
             ", no mean/std normalisation"
             if normalize == "none"
             else f"; the graph applies the recipe's normalisation ({normalize}) itself"
-        ),
+        )
+        + ("; the graph cuts each image to its content (data.crop=content) first, itself" if crop != "none" else ""),
     ]
 
 
@@ -344,7 +345,10 @@ def build_sidecar(
             "batch": "dynamic, the input's",
         },
         "tta": tta,
-        "preprocess": {**prep.describe(), "steps": preprocess_steps(prep.channels, prep.image_size, prep.normalize)},
+        "preprocess": {
+            **prep.describe(),
+            "steps": preprocess_steps(prep.channels, prep.image_size, prep.normalize, prep.crop),
+        },
         "classes": summary["classes"],
         "positive_class": summary["positive_class"],
         "threshold": predictor.threshold,

@@ -224,6 +224,7 @@ class Recipe:
     temperature: float = 1.0  # the stored one (1.0: none fitted)
     tta: bool = False  # as trained and calibrated (data.tta)
     normalize: str = "none"
+    crop: str = "none"  # data.crop
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types, in this order (model.json, the report, /info); {} for the blank recipe."""
@@ -254,6 +255,7 @@ def recipe_of(ckpt: dict[str, Any], path: str | Path) -> Recipe:
         temperature=temperature(ckpt),
         tta=bool(data.get("tta", False)),
         normalize=data.get("normalize", "none"),
+        crop=data.get("crop", "none"),
     )
 
 

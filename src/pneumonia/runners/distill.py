@@ -116,7 +116,7 @@ def load_teacher(cfg: DictConfig, preprocess: Preprocess) -> Teacher:
     theirs, ours = predictor.preprocess.describe(), preprocess.describe()
     differ = [
         f"{k} {theirs.get(k)} (teacher) vs {ours.get(k)}"
-        for k in ("image_size", "channels", "normalize")
+        for k in ("image_size", "channels", "normalize", "crop")
         if theirs.get(k) != ours.get(k)
     ]
     stored, data = predictor.data_settings, cfg.data

@@ -107,7 +107,7 @@ def describe(scorer: Any) -> dict[str, Any]:
         method = p.recipe.threshold_method
         prep = summary["preprocess"]
         precision = p.precision
-    keep = ("net", "image_size", "channels", "epoch", "seed", "tta", "normalize", "temperature", "calibrated")
+    keep = ("net", "image_size", "channels", "epoch", "seed", "tta", "normalize", "crop", "temperature", "calibrated")
     return {
         "classes": list(CLASSES),
         "positive_class": CLASSES[1],
