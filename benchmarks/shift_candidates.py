@@ -40,6 +40,10 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     ),
     "longer": (["trainer.max_epochs=20"], "+ `trainer.max_epochs=20` (cosine over twice the epochs)"),
     "crop": (["data.crop=content"], "+ `data.crop=content` (each image cut to its content, every path)"),
+    "longer_crop": (
+        ["trainer.max_epochs=20", "data.crop=content"],
+        "+ `trainer.max_epochs=20 data.crop=content`",
+    ),
     # the teacher: the ensemble of this sitting's `best` runs (seeds as --seeds), built first
     "distill": (
         ["distill.teacher={teacher}", "distill.weight=0.5"],
