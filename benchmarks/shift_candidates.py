@@ -176,7 +176,11 @@ def main() -> None:
                 mean_sd(worst) + " (" + ", ".join(f"{p} {c}x" if c > 1 else p for p, c in where) + ")",
                 mean_sd(held_out),
                 mean_sd([r["stress"]["auroc"] for r in by_seed]),
-                *([mean_sd(dicom_auroc)] if dicom_auroc else []),
+                *(
+                    [mean_sd(dicom_auroc), mean_sd([min(w, d) for w, d in zip(worst, dicom_auroc)])]
+                    if dicom_auroc
+                    else []
+                ),
                 f"{statistics.fmean(r['plain']['specificity'] for r in by_seed):.3f} / "
                 f"{statistics.fmean(r['stress']['specificity'] for r in by_seed):.3f}",
                 mean_sd([s["train_minutes"] for s in summaries], 1),
@@ -200,7 +204,7 @@ def main() -> None:
             "worst-case stress AUROC (where)",
             f"worst AUROC, untrained kinds ({', '.join(UNTRAINED_KINDS)})",
             "pooled stress AUROC",
-            *([] if args.no_dicom else ["DICOM path AUROC"]),
+            *([] if args.no_dicom else ["DICOM path AUROC", "worst case with the DICOM path"]),
             "specificity plain / stress",
             "train minutes per seed",
         ],
