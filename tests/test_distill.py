@@ -59,6 +59,8 @@ def test_weight_is_checked():
     from pneumonia.runners.distill import distill_weight
 
     assert distill_weight(OmegaConf.create({"distill": {"teacher": None, "weight": 0.5}})) == 0.0
+    with pytest.raises(ConfigError, match="distill.weight"):  # checked with no teacher too
+        distill_weight(OmegaConf.create({"distill": {"teacher": None, "weight": 2}}))
     assert distill_weight(OmegaConf.create({"distill": {"teacher": "a.ckpt", "weight": 1}})) == 1.0
     for bad in (0, 1.5, "half", True):
         with pytest.raises(ConfigError, match="distill.weight"):

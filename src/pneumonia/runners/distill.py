@@ -36,14 +36,13 @@ SPLIT_KEYS = ("split_seed", "val_fraction", "min_val_images", "folds", "fold")
 
 
 def distill_weight(cfg: DictConfig) -> float:
-    """`distill.weight` when a teacher is named, else 0 (off); checked to lie in (0, 1]."""
+    """`distill.weight` when a teacher is named, else 0 (off); checked to lie in (0, 1] either
+    way (a typo fails now, not when a teacher is added)."""
     settings = cfg.get("distill") or {}
-    if not settings.get("teacher"):
-        return 0.0
     weight = settings.get("weight", 0.5)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 1:
         raise ConfigError(f"distill.weight={weight!r} must be a number in (0, 1]")
-    return float(weight)
+    return float(weight) if settings.get("teacher") else 0.0
 
 
 def teacher_path(teacher: Any) -> Path:
@@ -62,6 +61,9 @@ def check_distill_settings(cfg: DictConfig) -> None:
     """`distill.*` without torch: the weight, the teacher's file, and no cross-validation (each
     fold validates on images the teacher, trained on the usual split, learned)."""
     if not distill_weight(cfg):
+        teacher = (cfg.get("distill") or {}).get("teacher")
+        if teacher is not None and not isinstance(teacher, str):  # false, 0: neither off (null) nor a path
+            teacher_path(teacher)
         return
     teacher_path(cfg.distill.teacher)
     if (cfg.get("cv") or {}).get("folds") is not None or (cfg.get("data") or {}).get("folds") is not None:
