@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run (a smoke test: debug=tiny)")
     ap.add_argument("--no-write", action="store_true", help="print the table, write no docs/results file")
     ap.add_argument("--name", default="shift_candidates", help="the docs/results/NAME.json to write")
+    ap.add_argument("--note", default="", help="a sentence added to the table's notes (what shared the CPU)")
     ap.add_argument("--no-dicom", action="store_true", help="leave out the DICOM-path column (--set dicom)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -215,7 +216,7 @@ def main() -> None:
             "the untrained kinds are imitated by no candidate's augmentation. The DICOM path (`--set dicom`): each "
             "validation image as a 12-bit DICOM with a window 0.8 times its 1-99th percentile range, half of them "
             "MONOCHROME1, read back by data/dicom.py (imitated by no candidate). Train minutes from each run's "
-            "train_summary.json (the fit alone, one run at a time)."
+            "train_summary.json (the fit alone, one run at a time)." + (f" {args.note}" if args.note else "")
         ),
         extra={"per_seed": per_seed},
     )
