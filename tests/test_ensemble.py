@@ -298,7 +298,7 @@ def with_changes(
 def test_three_members_with_a_stored_temperature_fold_it_in(run, tiny_checkpoint, tmp_path):
     # without TTA (with it, a member's temperature scales its TTA-averaged logit, the ensemble's
     # each variant's logit: close, not equal; docs/training.md "Ensembles"), and with one preprocessing
-    plain = {"tta": False, "normalize": "none"}
+    plain = {"tta": False, "normalize": "none", "crop": "none"}
     hot = with_changes(members_of(run)[0], tmp_path / "hot.ckpt", data=plain, calibration={"temperature": 2.0})
     second = with_changes(members_of(run)[1], tmp_path / "second.ckpt", data=plain)
     members = [hot, second, tiny_checkpoint]  # another recipe on the same split: a fine member
