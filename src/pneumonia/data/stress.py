@@ -244,7 +244,7 @@ def _dicom(images: torch.Tensor, width: float, rng: np.random.Generator) -> torc
 
     _import_pydicom()  # without pydicom: one line naming the extra
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     n, c, h, w = images.shape
     gray = images.float().mean(1).numpy() if c > 1 else images[:, 0].numpy().astype(np.float32)
@@ -256,7 +256,7 @@ def _dicom(images: torch.Tensor, width: float, rng: np.random.Generator) -> torc
         units = stored.astype(np.float64) - 1024  # what the rescale gives
         low, mid, high = np.percentile(units, [1, 50, 99])
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
+        meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1")  # CR image storage
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
