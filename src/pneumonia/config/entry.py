@@ -113,6 +113,8 @@ def _near_key(config_name: str, overrides: list[str], key: str) -> str | None:
     `optimizer.lr`, `modle.depth` -> `model.depth`), looked up level by level in the config
     composed without the bad key: at each level difflib's close names, a transposition of the
     typed letters first (`modle` is `model` before `module`), the first whose rest resolves."""
+    import difflib
+
     from omegaconf import DictConfig
 
     from pneumonia.config.compose import compose
@@ -128,8 +130,6 @@ def _near_key(config_name: str, overrides: list[str], key: str) -> str | None:
             return []
         if not isinstance(node, DictConfig):
             return None
-        import difflib
-
         part, keys = parts[0], [str(k) for k in node.keys()]
         close = [part] if part in keys else difflib.get_close_matches(part, keys, n=3, cutoff=0.6)
         for name in sorted(close, key=lambda name: sorted(name) != sorted(part)):  # stable: difflib's order next

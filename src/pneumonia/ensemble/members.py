@@ -19,13 +19,9 @@ from pneumonia.inference import checkpoint as ckpt_format
 
 BEST = Path("checkpoints") / "best.ckpt"
 SUMMARY_KEYS = (*METRIC_NAMES, "threshold", "n")  # what ensemble.json keeps of a validation report
-# DataModule arguments that decide which images are in the validation split and what the
-# networks see: every member must have the same (the ensemble's threshold is chosen there,
-# and one preprocessing preset feeds every member); with the value a checkpoint that
-# predates the key stands for
-SPLIT_KEYS = ("root", "val_fraction", "min_val_images", "split_seed", "on_bad_image", "folds", "fold")
-INPUT_KEYS = ("image_size", "channels", "normalize", "crop", "tta")
-KEY_DEFAULTS: dict[str, Any] = {"normalize": "none", "crop": "none", "tta": False, "folds": None, "fold": None}
+# every member must have the same data settings (ckpt_format.SPLIT_KEYS, INPUT_KEYS): the
+# ensemble's threshold is chosen on the split, and one preprocessing preset feeds every member
+SPLIT_KEYS, INPUT_KEYS = ckpt_format.SPLIT_KEYS, ckpt_format.INPUT_KEYS
 # defaults of conf/train.yaml, for members whose run folder has no .hydra/config.yaml
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "threshold": dict(threshold_defaults),
@@ -214,10 +210,7 @@ def check_agreement(members: Sequence[Member], ignore: Sequence[str] = ()) -> No
 
 
 def _setting(member: Member, key: str) -> Any:
-    value = member.data.get(key, KEY_DEFAULTS.get(key))
-    if key == "root" and isinstance(value, str):
-        return os.path.normpath(os.path.expanduser(value))
-    return value
+    return ckpt_format.data_setting(member.data, key)
 
 
 def common_setting(

@@ -32,6 +32,7 @@ calibrated, what `Predictor.recipe` holds) and `Calibration` (`calibration_of`: 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,24 @@ from pneumonia.integrity import seal, stored_digest, weights_digest
 from pneumonia.io import atomic_torch_save, checkpoint_file
 
 log = logging.getLogger(__name__)
+
+# DataModule arguments stored in a checkpoint that decide which images are in its validation
+# split and what its network sees, with the value a checkpoint that predates the key stands
+# for: an ensemble's members must agree on all of them, a distillation teacher with its
+# student on all but `tta` (the teacher scores without it)
+SPLIT_KEYS = ("root", "val_fraction", "min_val_images", "split_seed", "on_bad_image", "folds", "fold")
+INPUT_KEYS = ("image_size", "channels", "normalize", "crop", "tta")
+KEY_DEFAULTS: dict[str, Any] = {"normalize": "none", "crop": "none", "tta": False, "folds": None, "fold": None}
+
+
+def data_setting(data: Any, key: str) -> Any:
+    """`key` of stored (or configured) data settings, its default where it is missing; a
+    `root` normalised (`~` expanded, `..` folded) so equal folders compare equal."""
+    value = data.get(key, KEY_DEFAULTS.get(key))
+    if key == "root" and isinstance(value, str):
+        return os.path.normpath(os.path.expanduser(value))
+    return value
+
 
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
 NET_PREFIX = "net."

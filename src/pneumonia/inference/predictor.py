@@ -240,11 +240,16 @@ class Predictor:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float inputs (N, C, S, S) in [0, 1] → float32 logits (N,) on the CPU, divided by
         the temperature (logit / T: what the threshold applies to after sigmoid)."""
+        return self.device_logits(x).cpu()
+
+    def device_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """`logits` left on this Predictor's device, in the caller's grad mode (a distillation
+        teacher: under no_grad, a plain tensor the student's loss can save for backward)."""
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            return self.net(x).float().cpu()
+            return self.net(x).float()
 
     def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Float inputs (N, C, S, S) in [0, 1] → P(pneumonia) = sigmoid(logit / T) (N,)."""

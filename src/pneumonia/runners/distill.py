@@ -25,14 +25,9 @@ from pneumonia.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
-
-    from pneumonia.data.preprocess import Preprocess
     from pneumonia.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
-
-# the data settings that decide the validation split: the teacher's must be the student's
-SPLIT_KEYS = ("split_seed", "val_fraction", "min_val_images", "folds", "fold")
 
 
 def distill_weight(cfg: DictConfig) -> float:
@@ -42,7 +37,7 @@ def distill_weight(cfg: DictConfig) -> float:
     weight = settings.get("weight", 0.5)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 1:
         raise ConfigError(f"distill.weight={weight!r} must be a number in (0, 1]")
-    return float(weight) if settings.get("teacher") else 0.0
+    return float(weight) if settings.get("teacher") is not None else 0.0
 
 
 def teacher_path(teacher: Any) -> Path:
@@ -60,12 +55,11 @@ def teacher_path(teacher: Any) -> Path:
 def check_distill_settings(cfg: DictConfig) -> None:
     """`distill.*` without torch: the weight, the teacher's file, and no cross-validation (each
     fold validates on images the teacher, trained on the usual split, learned)."""
-    if not distill_weight(cfg):
-        teacher = (cfg.get("distill") or {}).get("teacher")
-        if teacher is not None and not isinstance(teacher, str):  # false, 0: neither off (null) nor a path
-            teacher_path(teacher)
+    distill_weight(cfg)
+    teacher = (cfg.get("distill") or {}).get("teacher")
+    if teacher is None:
         return
-    teacher_path(cfg.distill.teacher)
+    teacher_path(teacher)
     if (cfg.get("cv") or {}).get("folds") is not None or (cfg.get("data") or {}).get("folds") is not None:
         raise ConfigError(
             "distill.teacher with cross-validation (cv.folds / data.folds): each fold would validate on images "
@@ -93,39 +87,27 @@ class Teacher:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
-        p = self.predictor
-        x = x.to(p.device, non_blocking=True)
-        if p.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), p.autocast():
-            # a plain tensor (not inference mode's): the student's loss saves its target for backward
-            return p.net(x).float()
+        with torch.no_grad():
+            return self.predictor.device_logits(x)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Teacher:
         return self
 
 
-def load_teacher(cfg: DictConfig, preprocess: Preprocess) -> Teacher:
+def load_teacher(cfg: DictConfig) -> Teacher:
     """The run's teacher, on the CPU until the student's fit moves it to its device (a DDP
     rank's own GPU), checked against the run's preprocessing and validation split."""
-    from pneumonia.inference.checkpoint import load_checkpoint
+    from pneumonia.inference.checkpoint import INPUT_KEYS, SPLIT_KEYS, data_setting
     from pneumonia.inference.predictor import Predictor
 
     path = teacher_path(cfg.distill.teacher)
-    loaded = load_checkpoint(path)
     # threshold given: the teacher's own (chosen with its TTA) is not used here
-    predictor = Predictor.from_checkpoint(path, device="cpu", tta=False, threshold=0.5, loaded=loaded)
-    theirs, ours = predictor.preprocess.describe(), preprocess.describe()
+    predictor = Predictor.from_checkpoint(path, device="cpu", tta=False, threshold=0.5)
+    stored = predictor.data_settings
     differ = [
-        f"{k} {theirs.get(k)} (teacher) vs {ours.get(k)}"
-        for k in ("image_size", "channels", "normalize", "crop")
-        if theirs.get(k) != ours.get(k)
-    ]
-    stored, data = predictor.data_settings, cfg.data
-    differ += [
-        f"data.{k} {stored.get(k)} (teacher) vs {data.get(k)}"
-        for k in SPLIT_KEYS
-        if k in stored and stored.get(k) != data.get(k)
+        f"data.{k} {data_setting(stored, k)} (teacher) vs {data_setting(cfg.data, k)}"
+        for k in (*SPLIT_KEYS, *INPUT_KEYS)
+        if k != "tta" and data_setting(stored, k) != data_setting(cfg.data, k)
     ]
     if differ:
         raise ConfigError(

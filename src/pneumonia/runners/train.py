@@ -121,9 +121,9 @@ def check_same_recipe(cfg: DictConfig, ckpt: dict[str, Any], key: str) -> None:
         if k in stored_data and cfg.data.get(k) != stored_data[k]
     ]
     # a distilled run goes on with its teacher: without it, the rest of the epochs would silently not be distilled
-    stored_weight = float(module_settings(ckpt).get("distill_weight") or 0.0)
-    if stored_weight != distill_weight(cfg):
-        differ.append(f"distill.weight={distill_weight(cfg)} with a teacher (the checkpoint: {stored_weight})")
+    stored_weight, weight = float(module_settings(ckpt).get("distill_weight") or 0.0), distill_weight(cfg)
+    if stored_weight != weight:
+        differ.append(f"distill.weight={weight} with a teacher (the checkpoint: {stored_weight})")
     if differ:
         run = Path(str(cfg.get(key))).parent.parent if key == "ckpt_path" else Path(str(cfg.get(key)))
         first = run / ".hydra" / "overrides.yaml"
@@ -233,7 +233,7 @@ def _train(cfg: DictConfig, sigterm: SigtermBeforeFit) -> TrainResult:
     if module.hparams.get("distill_weight"):  # the teacher read (and matched to the inputs) before decoding too
         from pneumonia.runners.distill import load_teacher
 
-        module.teacher = load_teacher(cfg, datamodule.preprocess)
+        module.teacher = load_teacher(cfg)
     # loggers, callbacks and the Trainer before decoding too: their settings fail in seconds
     loggers = build_loggers(cfg)
     clock, interruption = TrainingClock(), Interruption()
